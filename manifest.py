@@ -1,0 +1,361 @@
+"""The edge package manifest: one versioned JSON document that both export and runtime use.
+
+The typed part (model facts, tokenizer, segments, exits, thresholds, files) is what a runtime
+needs and is validated field by field on read, so an app in another language can rely on
+`docs/manifest.md`. The records (calibration, validation, evaluation, export) are reports for
+people and tools; they are kept as plain JSON objects.
+
+No dependency beyond the standard library: the runtime reads this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, TypeVar
+
+from .errors import PackageError
+
+FORMAT_NAME = "edgeinfer.package"
+SCHEMA_VERSION = "1.0"
+SEGMENT_KINDS = ("embed", "block", "exit", "head")
+TASKS = ("feature-extraction", "text-classification")
+CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine")
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+
+# attention_bias semantics (docs/manifest.md): 0 for a token, log(size) for a token standing for
+# `size` merged tokens, PAD_BIAS for padding. Graphs treat any bias below VALID_BIAS_FLOOR as padding.
+# -1e4 rather than -inf: exp() gives exactly 0 in fp32 and the value survives fp16 variants.
+PAD_BIAS = -10000.0
+VALID_BIAS_FLOOR = -1000.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One stored graph of a segment at one precision (fp32 is always present)."""
+
+    precision: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    kind: str
+    index: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    variants: tuple[Variant, ...]
+
+    def graph(self, precision: str = "fp32") -> str:
+        for variant in self.variants:
+            if variant.precision == precision:
+                return variant.path
+        raise PackageError(f"segment {self.name!r} has no {precision} variant; "
+                           f"it has {[v.precision for v in self.variants]}")
+
+
+@dataclass(frozen=True)
+class ExitHead:
+    """An exit after `after_block` blocks (1-based count of blocks run)."""
+
+    after_block: int
+    segment: str
+    confidence: str
+
+
+@dataclass(frozen=True)
+class ExitThresholds:
+    """Per-exit thresholds calibrated for one agreement level with the full model.
+
+    `thresholds[i]` belongs to `exits[i]`; None means the exit never answers at this level.
+    `exit_shares` has one entry per exit plus a last one for the full depth.
+    """
+
+    agreement: float
+    thresholds: tuple[float | None, ...]
+    exit_shares: tuple[float, ...]
+    expected_mean_depth: float
+    calibration_agreement: float
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    family: str
+    model_type: str
+    task: str
+    num_blocks: int
+    hidden_size: int
+    num_heads: int
+    labels: tuple[str, ...] | None
+    embedding_dim: int | None
+    normalize_embedding: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    path: str
+    max_length: int
+    uses_token_type_ids: bool
+    pad_id: int
+    special_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: str
+    model: ModelFacts
+    tokenizer: TokenizerSpec
+    segments: tuple[Segment, ...]
+    exits: tuple[ExitHead, ...]
+    exit_thresholds: tuple[ExitThresholds, ...]
+    files: tuple[FileEntry, ...] = ()
+    calibration: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+
+    def segment(self, name: str) -> Segment:
+        for segment in self.segments:
+            if segment.name == name:
+                return segment
+        raise PackageError(f"manifest has no segment {name!r}")
+
+    def blocks(self) -> tuple[Segment, ...]:
+        return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))
+
+    def thresholds_for(self, agreement: float) -> ExitThresholds | None:
+        """The calibrated set for the strictest stored level at or above `agreement`."""
+        fitting = [t for t in self.exit_thresholds if t.agreement >= agreement - 1e-12]
+        return min(fitting, key=lambda t: t.agreement) if fitting else None
+
+    def to_json(self) -> str:
+        document = {"format": FORMAT_NAME, **asdict(self)}
+        return json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+    @staticmethod
+    def from_json(text: str | bytes) -> "Manifest":
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise PackageError(f"manifest is {len(text)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise PackageError(f"manifest is not valid JSON ({_short(err)}); re-export the package") from None
+        return _parse_manifest(document)
+
+
+# --- validation on read -------------------------------------------------------------------------
+
+def _short(err: BaseException) -> str:
+    return str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+
+
+def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise PackageError(f"manifest: {where} must be an object")
+    if key not in obj:
+        raise PackageError(f"manifest: {where}.{key} is missing")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    is_bool = isinstance(value, bool)
+    if (is_bool and bool not in kinds) or not isinstance(value, kinds):
+        names = "/".join(k.__name__ for k in kinds)
+        raise PackageError(f"manifest: {where}.{key} must be {names}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PackageError(f"manifest: {where}.{key} must be finite")
+    return value
+
+
+def _int(obj: Any, key: str, where: str, low: int = 0, high: int = 2**31) -> int:
+    value = _need(obj, key, int, where)
+    if not low <= value <= high:
+        raise PackageError(f"manifest: {where}.{key}={value} is outside [{low}, {high}]")
+    return value
+
+
+def _str(obj: Any, key: str, where: str, choices: tuple[str, ...] | None = None) -> str:
+    value = _need(obj, key, str, where)
+    if choices is not None and value not in choices:
+        raise PackageError(f"manifest: {where}.{key}={value!r} is not one of {list(choices)}")
+    return value
+
+
+def _list(obj: Any, key: str, where: str, parse: Callable[[Any, str], T], limit: int = 10_000) -> tuple[T, ...]:
+    items = _need(obj, key, list, where)
+    if len(items) > limit:
+        raise PackageError(f"manifest: {where}.{key} has {len(items)} items, over the limit of {limit}")
+    return tuple(parse(item, f"{where}.{key}[{i}]") for i, item in enumerate(items))
+
+
+def _record(obj: Any, key: str) -> dict[str, Any]:
+    value = obj.get(key, {}) if isinstance(obj, dict) else {}
+    if not isinstance(value, dict):
+        raise PackageError(f"manifest: {key} must be an object")
+    return value
+
+
+def _check_version(document: Any) -> str:
+    if not isinstance(document, dict):
+        raise PackageError("manifest: top level must be a JSON object")
+    if document.get("format") != FORMAT_NAME:
+        raise PackageError(f"manifest: format must be {FORMAT_NAME!r}; this is not an edge package")
+    version = _str(document, "schema_version", "manifest")
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise PackageError(f"manifest: schema_version {version!r} is not MAJOR.MINOR") from None
+    supported = int(SCHEMA_VERSION.split(".")[0])
+    if major > supported:
+        raise PackageError(f"package schema {version} is newer than this edgeinfer reads "
+                           f"({SCHEMA_VERSION}); upgrade edgeinfer")
+    if major < supported:
+        raise PackageError(f"package schema {version} is older than this edgeinfer reads "
+                           f"({SCHEMA_VERSION}); re-export the package")
+    return version
+
+
+def _parse_model(obj: Any, where: str) -> ModelFacts:
+    labels = obj.get("labels") if isinstance(obj, dict) else None
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise PackageError(f"manifest: {where}.labels must be a list of strings or null")
+    embedding_dim = obj.get("embedding_dim") if isinstance(obj, dict) else None
+    if embedding_dim is not None and (isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int)):
+        raise PackageError(f"manifest: {where}.embedding_dim must be an integer or null")
+    return ModelFacts(
+        family=_str(obj, "family", where),
+        model_type=_str(obj, "model_type", where),
+        task=_str(obj, "task", where, TASKS),
+        num_blocks=_int(obj, "num_blocks", where, 1, 1024),
+        hidden_size=_int(obj, "hidden_size", where, 1, 1 << 16),
+        num_heads=_int(obj, "num_heads", where, 1, 1024),
+        labels=tuple(labels) if labels is not None else None,
+        embedding_dim=embedding_dim,
+        normalize_embedding=_need(obj, "normalize_embedding", bool, where),
+        source=_str(obj, "source", where),
+    )
+
+
+def _parse_tokenizer(obj: Any, where: str) -> TokenizerSpec:
+    return TokenizerSpec(
+        path=_str(obj, "path", where),
+        max_length=_int(obj, "max_length", where, 2, 1 << 16),
+        uses_token_type_ids=_need(obj, "uses_token_type_ids", bool, where),
+        pad_id=_int(obj, "pad_id", where),
+        special_ids=_list(obj, "special_ids", where, lambda x, w: _int({"id": x}, "id", w)),
+    )
+
+
+def _parse_variant(obj: Any, where: str) -> Variant:
+    return Variant(precision=_str(obj, "precision", where), path=_str(obj, "path", where))
+
+
+def _parse_segment(obj: Any, where: str) -> Segment:
+    names = lambda key: _list(obj, key, where, lambda x, w: _str({"n": x}, "n", w))  # noqa: E731
+    segment = Segment(
+        name=_str(obj, "name", where),
+        kind=_str(obj, "kind", where, SEGMENT_KINDS),
+        index=_int(obj, "index", where, 0, 1024),
+        inputs=names("inputs"),
+        outputs=names("outputs"),
+        variants=_list(obj, "variants", where, _parse_variant),
+    )
+    if not any(v.precision == "fp32" for v in segment.variants):
+        raise PackageError(f"manifest: {where} ({segment.name}) has no fp32 variant")
+    return segment
+
+
+def _parse_exit(obj: Any, where: str) -> ExitHead:
+    return ExitHead(
+        after_block=_int(obj, "after_block", where, 1, 1024),
+        segment=_str(obj, "segment", where),
+        confidence=_str(obj, "confidence", where, CONFIDENCE_KINDS),
+    )
+
+
+def _optional_float(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    return float(_need({"v": value}, "v", (int, float), where))
+
+
+def _parse_thresholds(obj: Any, where: str) -> ExitThresholds:
+    raw = _need(obj, "thresholds", list, where)
+    return ExitThresholds(
+        agreement=float(_need(obj, "agreement", (int, float), where)),
+        thresholds=tuple(_optional_float(v, f"{where}.thresholds[{i}]") for i, v in enumerate(raw)),
+        exit_shares=_list(obj, "exit_shares", where, lambda x, w: float(_need({"v": x}, "v", (int, float), w))),
+        expected_mean_depth=float(_need(obj, "expected_mean_depth", (int, float), where)),
+        calibration_agreement=float(_need(obj, "calibration_agreement", (int, float), where)),
+    )
+
+
+def _parse_file(obj: Any, where: str) -> FileEntry:
+    digest = _str(obj, "sha256", where)
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise PackageError(f"manifest: {where}.sha256 is not a hex sha256")
+    return FileEntry(path=_str(obj, "path", where), bytes=_int(obj, "bytes", where, 0, 1 << 62), sha256=digest)
+
+
+def _parse_manifest(document: Any) -> Manifest:
+    version = _check_version(document)
+    manifest = Manifest(
+        schema_version=version,
+        model=_parse_model(_need(document, "model", dict, "manifest"), "model"),
+        tokenizer=_parse_tokenizer(_need(document, "tokenizer", dict, "manifest"), "tokenizer"),
+        segments=_list(document, "segments", "manifest", _parse_segment),
+        exits=_list(document, "exits", "manifest", _parse_exit),
+        exit_thresholds=_list(document, "exit_thresholds", "manifest", _parse_thresholds),
+        files=_list(document, "files", "manifest", _parse_file),
+        calibration=_record(document, "calibration"),
+        validation=_record(document, "validation"),
+        evaluation=_record(document, "evaluation"),
+        export=_record(document, "export"),
+    )
+    _check_consistency(manifest)
+    return manifest
+
+
+def _check_consistency(manifest: Manifest) -> None:
+    names = [s.name for s in manifest.segments]
+    if len(set(names)) != len(names):
+        raise PackageError("manifest: segment names repeat")
+    kinds = [s.kind for s in manifest.segments]
+    if kinds.count("embed") != 1 or kinds.count("head") != 1:
+        raise PackageError("manifest: a package needs exactly one embed and one head segment")
+    blocks = sorted(s.index for s in manifest.segments if s.kind == "block")
+    if blocks != list(range(manifest.model.num_blocks)):
+        raise PackageError(f"manifest: blocks {blocks} do not match num_blocks={manifest.model.num_blocks}")
+    for exit_head in manifest.exits:
+        if exit_head.segment not in names:
+            raise PackageError(f"manifest: exit after block {exit_head.after_block} names unknown segment")
+        if exit_head.after_block >= manifest.model.num_blocks:
+            raise PackageError(f"manifest: exit after block {exit_head.after_block} is not before the last block")
+    for level in manifest.exit_thresholds:
+        if len(level.thresholds) != len(manifest.exits) or len(level.exit_shares) != len(manifest.exits) + 1:
+            raise PackageError(f"manifest: thresholds for agreement {level.agreement} do not match the exits")
+
+
+def file_entry(root: "os.PathLike[str] | str", relative: str) -> FileEntry:
+    """Size and sha256 of one package file, streamed so large graphs never sit in memory twice."""
+    digest = hashlib.sha256()
+    path = os.path.join(root, relative)
+    size = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return FileEntry(path=relative, bytes=size, sha256=digest.hexdigest())

@@ -1,0 +1,38 @@
+"""A package summary for `edgeinfer inspect` (plain data, printed as text or JSON)."""
+
+from __future__ import annotations
+
+from .package import Package
+
+
+def describe_package(package: Package) -> dict:
+    manifest = package.manifest
+    sizes = {f.path: f.bytes for f in manifest.files}
+    levels = [str(t.agreement) for t in manifest.exit_thresholds]
+    exits = []
+    for i, exit_head in enumerate(manifest.exits):
+        exits.append({
+            "after_block": exit_head.after_block,
+            "segment": exit_head.segment,
+            "confidence": exit_head.confidence,
+            "levels": {str(t.agreement): {"threshold": t.thresholds[i], "share": t.exit_shares[i]}
+                       for t in manifest.exit_thresholds},
+        })
+    return {
+        "path": str(package.root),
+        "schema_version": manifest.schema_version,
+        "total_bytes": sum(sizes.values()),
+        "model": manifest.model.__dict__ | {"labels": list(manifest.model.labels or [])},
+        "segments": [
+            {"name": s.name, "kind": s.kind, "precisions": [v.precision for v in s.variants],
+             "bytes": sum(sizes.get(v.path, 0) for v in s.variants)}
+            for s in manifest.segments
+        ],
+        "exits": exits,
+        "agreement_levels": levels,
+        "expected_mean_depth": {str(t.agreement): t.expected_mean_depth for t in manifest.exit_thresholds},
+        "full_depth_share": {str(t.agreement): t.exit_shares[-1] for t in manifest.exit_thresholds},
+        "validation": manifest.validation,
+        "calibration": manifest.calibration,
+        "evaluation": manifest.evaluation,
+    }

@@ -1,0 +1,72 @@
+"""Opening an edge package: the manifest is read and every file checked before any graph loads.
+
+A package is untrusted input (an app downloads it): paths must stay inside the package, every
+file the manifest relies on must be listed with its size and sha256, and a mismatch is refused
+with one line before onnxruntime ever sees the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import PackageError
+from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, file_entry
+
+MAX_FILE_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class Package:
+    root: Path
+    manifest: Manifest
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def _inside(root: Path, relative: str) -> Path:
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts or relative.startswith(("/", "\\")) or ":" in relative:
+        raise PackageError(f"package path {relative!r} leaves the package; refusing it")
+    resolved = (root / relative).resolve()
+    if root not in resolved.parents:
+        raise PackageError(f"package path {relative!r} resolves outside the package (symlink?); refusing it")
+    return resolved
+
+
+def open_package(path: str | os.PathLike[str], verify: bool = True) -> Package:
+    root = Path(path)
+    if not root.is_dir():
+        raise PackageError(f"{root} is not an edge package directory; export one with `edgeinfer export`")
+    root = root.resolve()
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise PackageError(f"{root} has no {MANIFEST_NAME}; it is not an edge package")
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; refusing it")
+    manifest = Manifest.from_json(manifest_path.read_bytes())
+    if verify:
+        verify_files(root, manifest)
+    return Package(root, manifest)
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    listed = {entry.path: entry for entry in manifest.files}
+    needed = {v.path for s in manifest.segments for v in s.variants} | {manifest.tokenizer.path}
+    for relative in sorted(needed):
+        if relative not in listed:
+            raise PackageError(f"{relative} is used by the manifest but not listed in its files; "
+                               f"the package is incomplete or tampered with")
+    for relative, entry in listed.items():
+        target = _inside(root, relative)
+        if entry.bytes > MAX_FILE_BYTES:
+            raise PackageError(f"{relative} declares {entry.bytes} bytes, over the {MAX_FILE_BYTES} limit")
+        if not target.is_file():
+            raise PackageError(f"{relative} is missing from the package; re-export or re-download it")
+        if target.stat().st_size != entry.bytes:
+            raise PackageError(f"{relative} has {target.stat().st_size} bytes where the manifest says "
+                               f"{entry.bytes}; the package is damaged or tampered with")
+        if file_entry(root, relative).sha256 != entry.sha256:
+            raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")

@@ -1,0 +1,61 @@
+"""onnxruntime sessions that share one thread pool.
+
+FACTS.md: every session owns a thread pool whose threads spin after each run; with 9 sessions of
+a segmented MiniLM the spinning threads starved the running one and the model ran ~7x slower.
+All sessions in this process therefore use one global pool (set once, before the first session),
+or, where that API is missing, per-session pools with spinning turned off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import onnxruntime as ort
+
+from ..errors import PackageError
+
+_lock = threading.Lock()
+_global_pool_threads: int | None = None
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _ensure_global_pool(threads: int) -> bool:
+    global _global_pool_threads
+    with _lock:
+        if _global_pool_threads is None:
+            try:
+                from onnxruntime.capi import _pybind_state
+
+                _pybind_state.set_global_thread_pool_sizes(threads, 1)
+                _global_pool_threads = threads
+            except (ImportError, AttributeError, RuntimeError):
+                _global_pool_threads = 0
+        return _global_pool_threads > 0
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    threads = threads or default_threads()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if _ensure_global_pool(threads):
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def open_session(path: Path, threads: int | None = None,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=list(providers))
+    except Exception as err:  # onnxruntime raises its own untyped errors for bad graphs
+        raise PackageError(f"graph {Path(path).name} cannot be loaded by onnxruntime "
+                           f"({str(err).splitlines()[0][:160]})") from None
