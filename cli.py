@@ -41,6 +41,42 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    from .errors import InputError
+
+    if args.text:
+        return list(args.text)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise InputError(f"{path} does not exist; pass a text file with one input per line")
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    else:
+        lines = sys.stdin.read().splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise InputError("no input texts; pass --text, --file, or lines on stdin")
+    return texts
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runtime.policy import Policy
+    from .runtime.session import load
+
+    session = load(args.package, policy=Policy(agreement=None if args.full_depth else args.agreement),
+                   threads=args.threads)
+    for text, result in zip(texts := _read_texts(args), session.run(texts)):
+        if args.json:
+            print(json.dumps({"text": text, **result.to_dict()}))
+        elif result.label is not None:
+            print(f"{result.label}\t{result.confidence:.4f}\texit after block {result.trace.exit_after_block}"
+                  f"\t{result.trace.total_ms:.2f} ms")
+        else:
+            print(f"embedding[{len(result.embedding)}]\texit after block {result.trace.exit_after_block}"
+                  f"\t{result.trace.total_ms:.2f} ms")
+    return 0
+
+
 def summary_text(summary: dict) -> str:
     model = summary["model"]
     lines = [
@@ -116,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("package")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(handler=_inspect)
+
+    run = sub.add_parser("run", help="run an edge package on texts (--text, --file, or stdin lines)")
+    run.add_argument("package")
+    run.add_argument("--text", action="append", help="an input text (repeatable)")
+    run.add_argument("--file", help="a file with one input text per line")
+    run.add_argument("--agreement", type=float, default=0.99,
+                     help="agreement with the full model to hold when exiting early (default 0.99)")
+    run.add_argument("--full-depth", action="store_true", help="never exit early")
+    run.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
+    run.add_argument("--json", action="store_true", help="print one JSON object per input")
+    run.set_defaults(handler=_run)
     return parser
 
 

@@ -1,0 +1,41 @@
+"""What a run returns: the answer, how sure it is, and a trace of what ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Trace:
+    segments: tuple[str, ...]
+    tokens_per_block: tuple[int, ...]
+    exit_after_block: int  # blocks run before answering; num_blocks means full depth
+    milliseconds: dict[str, float] = field(default_factory=dict)
+    total_ms: float = 0.0
+    truncated: bool = False
+    thresholds_level: float | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    label: str | None
+    probabilities: np.ndarray | None
+    embedding: np.ndarray | None
+    confidence: float | None
+    trace: Trace
+
+    def to_dict(self) -> dict:
+        out: dict = {"confidence": self.confidence, "exit_after_block": self.trace.exit_after_block}
+        if self.label is not None:
+            out["label"] = self.label
+            out["probabilities"] = [float(p) for p in self.probabilities]
+        if self.embedding is not None:
+            out["embedding"] = [float(x) for x in self.embedding]
+        out["trace"] = {
+            "segments": list(self.trace.segments), "tokens_per_block": list(self.trace.tokens_per_block),
+            "milliseconds": self.trace.milliseconds, "total_ms": self.trace.total_ms,
+            "truncated": self.trace.truncated, "thresholds_level": self.trace.thresholds_level,
+        }
+        return out
