@@ -77,6 +77,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .bench.demo import run_demo
+
+    out = Path(args.out)
+    report = run_demo(out, agreement=args.agreement, force=args.force)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"package: {report['package']}\nreport:  {out / 'report.json'}, {out / 'report.md'}")
+    return 0
+
+
 def summary_text(summary: dict) -> str:
     model = summary["model"]
     lines = [
@@ -163,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
     run.set_defaults(handler=_run)
+
+    demo = sub.add_parser("demo", help="export all-MiniLM-L6-v2, run it on a bundled sample, write a report")
+    demo.add_argument("--out", default="edgeinfer-demo", help="folder for the package and report")
+    demo.add_argument("--agreement", type=float, default=0.99)
+    demo.add_argument("--force", action="store_true", help="re-export even if the package exists")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

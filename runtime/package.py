@@ -55,6 +55,8 @@ def open_package(path: str | os.PathLike[str], verify: bool = True) -> Package:
 def verify_files(root: Path, manifest: Manifest) -> None:
     listed = {entry.path: entry for entry in manifest.files}
     needed = {v.path for s in manifest.segments for v in s.variants} | {manifest.tokenizer.path}
+    for relative in sorted(needed | set(listed)):
+        _inside(root, relative)
     for relative in sorted(needed):
         if relative not in listed:
             raise PackageError(f"{relative} is used by the manifest but not listed in its files; "

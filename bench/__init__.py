@@ -1,0 +1,1 @@
+"""Benchmarks and reports: the runtime beside plain baselines, measured in the same run."""

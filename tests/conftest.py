@@ -1,0 +1,129 @@
+"""Fixtures: tiny random models built from local configs (no hub), and the real models exported
+once per test run."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED = Path(os.environ.get("EDGEINFER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SST2 = SHARED / "data" / "sst2"
+MINILM_SST2 = SHARED / "models" / "minilm-sst2"
+
+WORDS = ("good great bad awful movie film plot actor story fun dull bright dark slow fast kind cold warm "
+         "happy sad long short new old city river phone laptop music game team match rain sun").split()
+
+
+def _tokenizer(directory: Path, family: str) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if family == "roberta":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        cls, sep, pad, unk, mask = specials
+    else:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        pad, unk, cls, sep, mask = specials
+    vocab = {token: i for i, token in enumerate(specials + list(WORDS))}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=unk))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=unk, pad_token=pad, cls_token=cls,
+                                   sep_token=sep, mask_token=mask)
+    fast.save_pretrained(str(directory))
+
+
+def build_tiny_model(directory: Path, family: str, task: str, layers: int = 3, seed: int = 0) -> Path:
+    import torch
+    from transformers import (AutoModel, AutoModelForSequenceClassification, BertConfig, DistilBertConfig,
+                              RobertaConfig)
+
+    torch.manual_seed(seed)
+    vocab_size = 5 + len(WORDS)
+    common = dict(vocab_size=vocab_size, num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    if family == "bert":
+        config = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=128, pad_token_id=0, **common)
+    elif family == "roberta":
+        config = RobertaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=130, pad_token_id=1,
+                               bos_token_id=0, eos_token_id=2, **common)
+    elif family == "distilbert":
+        config = DistilBertConfig(dim=32, n_layers=layers, n_heads=4, hidden_dim=64, max_position_embeddings=128,
+                                  pad_token_id=0, **common)
+    else:
+        raise ValueError(family)
+    loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+    model = loader.from_config(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    _tokenizer(directory, family)
+    return directory
+
+
+def write_calibration(path: Path, n: int = 120, labels: bool = True, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = ["sentence\tlabel"] if labels else []
+    for _ in range(n):
+        words = rng.choices(WORDS, k=rng.randint(2, 12))
+        text = " ".join(words)
+        lines.append(f"{text}\t{rng.randint(0, 1)}" if labels else text)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {(family, task): build_tiny_model(root / f"{family}-{task}", family, task)
+            for family in ("bert", "roberta", "distilbert")
+            for task in ("feature-extraction", "text-classification")}
+
+
+@pytest.fixture(scope="session")
+def tiny_calibration(tmp_path_factory) -> Path:
+    return write_calibration(tmp_path_factory.mktemp("calib") / "calib.tsv")
+
+
+@pytest.fixture(scope="session")
+def tiny_packages(tiny_models, tiny_calibration, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("tiny-packages")
+    packages = {}
+    for (family, task), directory in tiny_models.items():
+        out = root / f"{family}-{task}.edge"
+        export_model(str(directory), out, ExportOptions(task=task, calib=str(tiny_calibration), max_length=64))
+        packages[(family, task)] = out
+    return packages
+
+
+@pytest.fixture(scope="session")
+def minilm_package(tmp_path_factory) -> Path:
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("minilm") / "m.edge"
+    export_model("minilm", out, ExportOptions(task="feature-extraction"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sst2_package(tmp_path_factory) -> Path:
+    if not MINILM_SST2.is_dir():
+        pytest.skip("shared/models/minilm-sst2 is not on this machine")
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("sst2") / "s.edge"
+    export_model(str(MINILM_SST2), out, ExportOptions(
+        task="text-classification", calib=str(SST2 / "train.tsv"), eval_data=str(SST2 / "dev.tsv"),
+        head_examples=2000, threshold_examples=1500))
+    return out

@@ -1,0 +1,112 @@
+"""Export: every family and task becomes a valid, validated package."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeinfer.manifest import Manifest
+from edgeinfer.runtime.package import open_package
+
+FAMILIES = ("bert", "roberta", "distilbert")
+TASKS = ("feature-extraction", "text-classification")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("task", TASKS)
+def test_package_has_segments_exits_and_passed_validation(tiny_packages, family, task):
+    package = open_package(tiny_packages[(family, task)])
+    manifest = package.manifest
+    assert manifest.model.num_blocks == 3
+    assert [s.name for s in manifest.blocks()] == ["block_00", "block_01", "block_02"]
+    assert [e.after_block for e in manifest.exits] == [1, 2]  # default: every block but the last
+    assert manifest.validation["passed"] is True
+    assert manifest.validation["max_abs_diff"] <= 1e-4
+    assert {c["tokens"] for c in manifest.validation["cases"]} >= {4, 16, 64}
+    assert [t.agreement for t in manifest.exit_thresholds] == [0.95, 0.98, 0.99, 0.995]
+    for level in manifest.exit_thresholds:
+        assert abs(sum(level.exit_shares) - 1.0) < 1e-5
+        assert 1.0 <= level.expected_mean_depth <= 3.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graphs_are_opset17_checked_and_dynamic(tiny_packages, family):
+    package = open_package(tiny_packages[(family, "text-classification")])
+    block = onnx.load(str(package.path(package.manifest.segment("block_00").graph())))
+    onnx.checker.check_model(block, full_check=True)
+    assert max(o.version for o in block.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = [d.dim_param for d in block.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[:2] == ["batch", "sequence"]
+    assert [o.name for o in block.graph.output] == ["next_hidden", "token_importance"]
+
+
+def test_token_types_only_where_the_family_has_them(tiny_packages):
+    bert = open_package(tiny_packages[("bert", "feature-extraction")]).manifest.segment("embed")
+    distil = open_package(tiny_packages[("distilbert", "feature-extraction")]).manifest.segment("embed")
+    assert bert.inputs == ("input_ids", "token_type_ids")
+    assert distil.inputs == ("input_ids",)
+
+
+def test_manifest_round_trips_and_matches_the_json_schema(tiny_packages):
+    import jsonschema
+
+    from pathlib import Path
+
+    path = tiny_packages[("bert", "text-classification")] / "manifest.json"
+    manifest = Manifest.from_json(path.read_text())
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json").read_text())
+    jsonschema.validate(json.loads(path.read_text()), schema)
+
+
+def test_every_file_listed_with_size_and_sha256(tiny_packages):
+    root = tiny_packages[("roberta", "feature-extraction")]
+    manifest = open_package(root).manifest
+    on_disk = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert sorted(f.path for f in manifest.files) == on_disk
+    assert all(f.bytes == (root / f.path).stat().st_size for f in manifest.files)
+
+
+def test_chosen_exits_only(tiny_models, tiny_calibration, tmp_path):
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    manifest = export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "p.edge",
+                            ExportOptions(task="text-classification", exits="2", calib=str(tiny_calibration)))
+    assert [e.after_block for e in manifest.exits] == [2]
+    assert not (tmp_path / "p.edge" / "graphs" / "exit_01.onnx").exists()
+
+
+def test_evaluation_recorded_when_eval_data_given(tiny_models, tiny_calibration, tmp_path):
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    manifest = export_model(str(tiny_models[("distilbert", "text-classification")]), tmp_path / "p.edge",
+                            ExportOptions(task="text-classification", calib=str(tiny_calibration),
+                                          eval_data=str(tiny_calibration)))
+    evaluation = manifest.evaluation
+    assert evaluation["examples"] == 120
+    assert {e["after_block"] for e in evaluation["exits"]} == {1, 2}
+    assert all(0.0 <= e["accuracy"] <= 1.0 and 0.0 <= e["agreement_with_final"] <= 1.0
+               for e in evaluation["exits"])
+    assert [lv["agreement"] for lv in evaluation["levels"]] == [0.95, 0.98, 0.99, 0.995]
+
+
+def test_runtime_full_depth_matches_pytorch(tiny_models, tiny_packages):
+    """The runtime's full-depth answer is the Hugging Face model's answer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import edgeinfer
+
+    directory = tiny_models[("bert", "text-classification")]
+    model = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    text = "good movie with a dull plot and a kind actor"
+    with torch.no_grad():
+        expected = torch.softmax(model(**tokenizer(text, return_tensors="pt")).logits, -1)[0].numpy()
+    session = edgeinfer.load(tiny_packages[("bert", "text-classification")], policy=edgeinfer.Policy(agreement=None))
+    result = session.run(text)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)
+    assert result.trace.exit_after_block == 3

@@ -1,0 +1,84 @@
+"""Bad export input: one clear error, nothing written or touched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeinfer.errors import ExportError
+from edgeinfer.export.pipeline import ExportOptions, export_model
+
+
+def _no_leftovers(folder):
+    return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ExportError, match="neither a directory nor a built-in name"):
+        export_model(str(tmp_path / "nowhere"), tmp_path / "out.edge")
+    assert not (tmp_path / "out.edge").exists()
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ExportError, match=r"not supported; supported: bert, distilbert, electra, roberta"):
+        export_model(str(tmp_path / "gpt"), tmp_path / "out.edge")
+
+
+def test_exits_out_of_range(tiny_models, tmp_path):
+    with pytest.raises(ExportError, match=r"out of range: this model has 3 blocks"):
+        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge", ExportOptions(exits="1,3"))
+    with pytest.raises(ExportError, match="must be block numbers"):
+        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge", ExportOptions(exits="x"))
+    assert _no_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "has no examples"),
+    ("\n\n  \n", "has no examples"),
+    ("words\tlabel\nsome text\t1\n", "has no text column"),
+    ("sentence\tlabel\ngood movie\tmaybe\n", "neither an integer nor a label"),
+    ("sentence\tlabel\ngood movie\t7\n", "outside the model's 2 classes"),
+    ("sentence\tlabel\ngood\tmovie\t1\n", "3 fields where the header has 2"),
+])
+def test_bad_calibration_file(tiny_models, tmp_path, content, message):
+    calib = tmp_path / "calib.tsv"
+    calib.write_text(content)
+    with pytest.raises(ExportError, match=message):
+        export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "o.edge",
+                     ExportOptions(task="text-classification", calib=str(calib)))
+    assert not (tmp_path / "o.edge").exists()
+
+
+def test_existing_output_untouched_without_force(tiny_models, tiny_calibration, tmp_path):
+    out = tmp_path / "o.edge"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_model(str(tiny_models[("bert", "feature-extraction")]), out, ExportOptions(calib=str(tiny_calibration)))
+    assert (out / "keep.txt").read_text() == "mine"
+    export_model(str(tiny_models[("bert", "feature-extraction")]), out,
+                 ExportOptions(calib=str(tiny_calibration), force=True))
+    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_failure_midway_leaves_nothing(tiny_models, tiny_calibration, tmp_path, monkeypatch):
+    from edgeinfer.export import pipeline
+
+    def broken(*args, **kwargs):
+        raise ExportError("validation failed: simulated")
+
+    monkeypatch.setattr(pipeline, "validate_graphs", broken)
+    with pytest.raises(ExportError, match="simulated"):
+        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge",
+                     ExportOptions(calib=str(tiny_calibration)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_classification_needs_a_trained_head(tiny_models, tmp_path):
+    with pytest.raises(ExportError, match="no trained classification head"):
+        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge",
+                     ExportOptions(task="text-classification"))

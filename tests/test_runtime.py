@@ -1,0 +1,85 @@
+"""The runtime answers from a package, exits early when confident, and stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.errors import InputError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run_with_onnxruntime.py"
+
+
+def _example(package: Path, text: str) -> dict:
+    out = subprocess.run([sys.executable, str(EXAMPLE), str(package), text], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("task", ["feature-extraction", "text-classification"])
+def test_onnxruntime_only_example_reproduces_full_depth(tiny_packages, task):
+    package = tiny_packages[("roberta", task)]
+    text = "good film with a slow plot"
+    result = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None)).run(text)
+    example = _example(package, text)
+    if task == "text-classification":
+        np.testing.assert_allclose(example["probabilities"], result.probabilities, atol=1e-5)
+        assert example["label"] == result.label
+    else:
+        np.testing.assert_allclose(example["embedding"], result.embedding, atol=1e-5)
+
+
+def test_early_exit_uses_the_calibrated_thresholds(tiny_packages):
+    package = tiny_packages[("bert", "text-classification")]
+    session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95))
+    level = session.level
+    results = session.run(["good movie", "bad dull plot", "happy sun rain city"])
+    for result in results:
+        depth = result.trace.exit_after_block
+        if depth < 3:
+            index = [e.after_block for e in session.manifest.exits].index(depth)
+            assert result.confidence >= level.thresholds[index]
+        assert result.trace.segments[0] == "embed"
+        assert len(result.trace.tokens_per_block) == depth
+
+
+def test_bad_inputs_get_one_clear_error(tiny_packages):
+    session = edgeinfer.load(tiny_packages[("bert", "feature-extraction")])
+    for bad, message in [("", "empty"), ("   ", "empty"), ([], "empty list"), ([3], "not a string"),
+                         (None, "string or a list")]:
+        with pytest.raises(InputError, match=message):
+            session.run(bad)
+
+
+def test_long_input_is_truncated_and_says_so(tiny_packages):
+    session = edgeinfer.load(tiny_packages[("bert", "feature-extraction")])
+    result = session.run("good " * 500)
+    assert result.trace.truncated and result.trace.tokens_per_block[0] == 64
+
+
+def test_runtime_never_imports_torch(tiny_packages):
+    code = ("import sys, edgeinfer; s = edgeinfer.load(sys.argv[1]); s.run('good movie'); "
+            "bad = [m for m in ('torch', 'transformers', 'edgeinfer.export') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_packages[("bert", "text-classification")])],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cli_run_inspect_and_one_line_errors(tiny_packages, tmp_path):
+    package = str(tiny_packages[("distilbert", "text-classification")])
+    cli = [sys.executable, "-m", "edgeinfer.cli"]
+    run = subprocess.run(cli + ["run", package, "--text", "good movie", "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["label"] in ("neg", "pos")
+    inspect = subprocess.run(cli + ["inspect", package, "--json"], capture_output=True, text=True)
+    assert [s["name"] for s in json.loads(inspect.stdout)["segments"]][:2] == ["embed", "block_00"]
+    missing = subprocess.run(cli + ["run", str(tmp_path / "none.edge"), "--text", "x"], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and "not an edge package directory" in missing.stderr
