@@ -12,7 +12,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED = Path(os.environ.get("EDGEINFER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def _shared_dir() -> Path:
+    """../shared beside the checkout, or EDGEINFER_SHARED, or the workplace's /work/shared."""
+    candidates = [os.environ.get("EDGEINFER_SHARED"), Path(__file__).resolve().parents[2] / "shared", "/work/shared"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+SHARED = _shared_dir()
 SST2 = SHARED / "data" / "sst2"
 MINILM_SST2 = SHARED / "models" / "minilm-sst2"
 
