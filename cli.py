@@ -17,7 +17,7 @@ def _export(args: argparse.Namespace) -> int:
     options = ExportOptions(
         task=args.task, exits=args.exits, calib=args.calib, calib_thresholds=args.calib_thresholds,
         eval_data=args.eval, max_length=args.max_length, train_exits=args.train_exits,
-        head_examples=args.head_examples, threshold_examples=args.threshold_examples,
+        head_examples=args.head_examples, joint_steps=args.joint_steps, threshold_examples=args.threshold_examples,
         force=args.force, seed=args.seed,
     )
     manifest = export_model(args.model, args.output, options)
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--train-exits", choices=["heads", "joint"], default="heads",
                         help="heads: train exit heads on a frozen backbone (default); "
                              "joint: fine-tune backbone and exits together (needs labels)")
+    export.add_argument("--joint-steps", type=int, default=1200, help="optimizer steps of --train-exits joint")
     export.add_argument("--head-examples", type=int, default=4000, help="examples that train exit heads")
     export.add_argument("--threshold-examples", type=int, default=3000, help="examples that calibrate thresholds")
     export.add_argument("--seed", type=int, default=0)

@@ -24,7 +24,7 @@ command="${1:-}"
 shift || true
 case "$command" in
   demo) setup; exec .venv/bin/edgeinfer demo "$@" ;;
-  test) setup; exec .venv/bin/python -m pytest -q "$@" ;;
+  test) setup; exec .venv/bin/python -m pytest -q tests "$@" ;;
   setup) setup ;;
   *) echo "usage: ./run.sh demo|test|setup [options]" >&2; exit 2 ;;
 esac

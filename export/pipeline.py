@@ -27,6 +27,7 @@ from .exit_heads import (ClassifierExit, EmbeddingExit, TrainingSettings, cosine
                          train_head)
 from .exit_quality import EMBEDDING_AGREEMENT_COSINE, evaluate, exit_outputs, judge
 from .features import TorchSegments, attention_bias, collect_features
+from .joint_training import JointSettings, final_probabilities, fine_tune_jointly
 from .model_source import LoadedModel, load_model
 from .onnx_graphs import export_graph
 from .package_writer import discard, finalize, prepare_staging
@@ -48,6 +49,8 @@ class ExportOptions:
     max_length: int = 128
     train_exits: str = "heads"
     head_examples: int = 4000
+    joint_examples: int = 20000
+    joint_steps: int = 1200
     threshold_examples: int = 3000
     force: bool = False
     seed: int = 0
@@ -93,12 +96,13 @@ def _tokenizer_spec(loaded: LoadedModel, max_length: int) -> TokenizerSpec:
 
 def _calibration_sets(options: ExportOptions, labels: tuple[str, ...] | None) -> tuple[Examples, Examples]:
     main = read_examples(options.calib or BUNDLED_SAMPLE, labels)
+    wanted = options.joint_examples if options.train_exits == "joint" else options.head_examples
     if options.calib_thresholds:
         thresholds = read_examples(options.calib_thresholds, labels)
-        heads, _ = main.split(options.head_examples, 0, options.seed)
+        heads, _ = main.split(wanted, 0, options.seed)
         _, thresholds = thresholds.split(0, options.threshold_examples, options.seed)
         return heads, thresholds
-    head_share = min(options.head_examples, int(len(main) * 0.5))
+    head_share = min(wanted, max(len(main) - options.threshold_examples, len(main) // 2))
     heads, thresholds = main.split(head_share, options.threshold_examples, options.seed)
     if len(heads) < 8 or len(thresholds) < 8:
         raise ExportError(f"{main.source} has {len(main)} usable examples; at least 16 are needed "
@@ -129,8 +133,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     spec = TokenizerSpec(**{**spec.__dict__, "uses_token_type_ids": segments.embed.uses_token_type_ids})
     heads_data, threshold_data = _calibration_sets(options, loaded.labels)
     eval_data = read_examples(options.eval_data, loaded.labels) if options.eval_data else None
-    if options.train_exits == "joint":
-        raise ExportError("--train-exits joint is not available yet; use --train-exits heads")
+    if options.train_exits == "joint" and (heads_data.labels is None or options.task != "text-classification"):
+        raise ExportError("--train-exits joint needs a text-classification model and a --calib TSV with labels")
 
     staging = prepare_staging(output, options.force)
     try:
@@ -138,9 +142,15 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         encoder = TextEncoder(staging / spec.path, spec)
         exit_modules = {depth: _make_exit(options.task, loaded, segments) for depth in exit_blocks}
         features_of = type(next(iter(exit_modules.values()))).features if exit_modules else None
+        joint_record = None
+        if options.train_exits == "joint":
+            joint_record = _fine_tune(segments, exit_modules, encoder, heads_data, eval_data or threshold_data,
+                                      JointSettings(steps=options.joint_steps, seed=options.seed))
         calibration, thresholds, evaluation = _train_and_calibrate(
             options, loaded, segments, encoder, exit_modules, features_of, heads_data, threshold_data,
             eval_data, num_blocks)
+        if joint_record is not None:
+            calibration["exit_training"]["joint"] = joint_record
         graph_segments, exits = _export_graphs(staging, segments, exit_modules, spec)
         validation = _validate(staging, graph_segments, exits, exit_modules, segments, loaded, options, spec)
         manifest = Manifest(
@@ -164,6 +174,22 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     except BaseException:
         discard(staging)
         raise
+
+
+def _fine_tune(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module], encoder: TextEncoder,
+               train: Examples, measure: Examples, settings: JointSettings) -> dict:
+    """Joint fine-tuning, and how far it moved the final layer from the original model."""
+    before = final_probabilities(segments, encoder, measure.texts).argmax(-1)
+    record = fine_tune_jointly(segments, exit_modules, encoder, train, settings)
+    after = final_probabilities(segments, encoder, measure.texts).argmax(-1)
+    record.update(examples=len(train), measured_on=measure.source,
+                  final_agreement_with_original=round(float((before == after).mean()), 6))
+    if measure.labels is not None:
+        labels = np.array(measure.labels)
+        record.update(original_accuracy=round(float((before == labels).mean()), 6),
+                      accuracy=round(float((after == labels).mean()), 6),
+                      accuracy_change=round(float((after == labels).mean() - (before == labels).mean()), 6))
+    return record
 
 
 def _model_facts(loaded: LoadedModel, task: str, segments: TorchSegments) -> ModelFacts:
