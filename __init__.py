@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .errors import BudgetError, EdgeInferError, ExportError, InputError, PackageError  # noqa: E402
-from .runtime.policy import Policy  # noqa: E402
+from .runtime.policy import Budget, Policy  # noqa: E402
 from .runtime.result import Result, Trace  # noqa: E402
 from .runtime.session import EdgeSession, load  # noqa: E402
 
 if TYPE_CHECKING:
     from .export.pipeline import ExportOptions, export_model  # noqa: F401
 
-__all__ = ["load", "Policy", "EdgeSession", "Result", "Trace", "BudgetError", "EdgeInferError", "ExportError", "InputError", "PackageError",
+__all__ = ["load", "Budget", "Policy", "EdgeSession", "Result", "Trace", "BudgetError", "EdgeInferError", "ExportError", "InputError", "PackageError",
            "ExportOptions", "export_model", "__version__"]
 
 

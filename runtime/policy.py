@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,17 +12,47 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class Policy:
-    """agreement: the calibrated level of agreement with the full model to hold (None: full depth).
+    """How an input may be answered with less work than the full model.
 
-    The runtime uses the strictest calibrated level at or above it; if the package has none, every
-    input runs at full depth.
+    agreement: the calibrated agreement level with the full model that early exits must hold
+        (the strictest stored level at or above it is used); None turns early exit off.
+    keep_schedule: token pruning as (after_block, fraction of the original tokens kept), e.g.
+        ((2, 0.7), (4, 0.5)); empty turns pruning off.
     """
 
     agreement: float | None = 0.99
+    keep_schedule: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.agreement is not None and not 0.5 <= self.agreement <= 1.0:
-            raise InputError(f"policy agreement {self.agreement} must be between 0.5 and 1.0 (or None)")
+        if self.agreement is not None and not (isinstance(self.agreement, (int, float))
+                                               and 0.5 <= self.agreement <= 1.0):
+            raise InputError(f"policy agreement {self.agreement!r} must be between 0.5 and 1.0 (or None)")
+        blocks = [b for b, _ in self.keep_schedule]
+        if blocks != sorted(set(blocks)):
+            raise InputError(f"keep_schedule {self.keep_schedule} must name each block once, in order")
+        for block, fraction in self.keep_schedule:
+            if not (isinstance(block, int) and block >= 1 and 0.0 < fraction <= 1.0):
+                raise InputError(f"keep_schedule entry ({block}, {fraction}) needs a block >= 1 and "
+                                 f"a fraction in (0, 1]")
+
+    @staticmethod
+    def off() -> "Policy":
+        """Every adaptive feature off: the full model, every token."""
+        return Policy(agreement=None)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """latency_ms: the deadline for one input; memory_mb: the cap on resident model memory."""
+
+    latency_ms: float | None = None
+    memory_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("latency_ms", "memory_mb"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InputError(f"budget {name}={value!r} must be a positive number (or None)")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ class Trace:
     total_ms: float = 0.0
     truncated: bool = False
     thresholds_level: float | None = None
+    deadline_cut: bool = False  # the deadline guard answered from the best exit reached
 
 
 @dataclass(frozen=True)
@@ -37,5 +38,6 @@ class Result:
             "segments": list(self.trace.segments), "tokens_per_block": list(self.trace.tokens_per_block),
             "milliseconds": self.trace.milliseconds, "total_ms": self.trace.total_ms,
             "truncated": self.trace.truncated, "thresholds_level": self.trace.thresholds_level,
+            "deadline_cut": self.trace.deadline_cut,
         }
         return out

@@ -1,39 +1,86 @@
-"""A loaded edge package that answers texts, leaving at the first exit confident enough for the
-policy's agreement level (thresholds calibrated at export)."""
+"""A loaded edge package that answers texts adaptively.
+
+Per input: tokenize -> embed -> for each block: [deadline guard] -> block -> [exit check]
+-> [prune] -> head or exit head (DESIGN.md, "Runtime flow"). The decisions are the pure functions
+of policy.py and pruning.py; this module only sequences them and records what ran.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InputError, PackageError
+from ..errors import InputError
 from ..manifest import ExitHead, Segment
+from .cost_model import LinearCost, measure_linear_cost
 from .package import Package, open_package
-from .policy import Policy, classification_confidence, cosine, should_exit, softmax
+from .policy import Budget, Policy, classification_confidence, cosine, should_exit, softmax
+from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
 from .sessions import open_session
 from .tokenize import TextEncoder
 
 
+class GraphRunner:
+    """One onnxruntime session per segment, created on first use and shared by all threads."""
+
+    def __init__(self, package: Package, threads: int | None):
+        self.package = package
+        self.threads = threads
+        self._graphs: dict[str, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+
+    def graph(self, segment: Segment) -> ort.InferenceSession:
+        graph = self._graphs.get(segment.name)
+        if graph is None:
+            with self._lock:
+                graph = self._graphs.get(segment.name)
+                if graph is None:
+                    graph = open_session(self.package.path(segment.graph("fp32")), self.threads)
+                    self._graphs[segment.name] = graph
+        return graph
+
+
+@dataclass
+class _Run:
+    """What one input's run has done so far (private to a call, so threads never share it)."""
+
+    started: float
+    segments: list[str] = field(default_factory=list)
+    milliseconds: dict[str, float] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=list)
+    predicted_ms: float = 0.0
+
+
 class EdgeSession:
-    def __init__(self, package: Package, policy: Policy = Policy(), threads: int | None = None):
+    def __init__(self, package: Package, policy: Policy = Policy(), budget: Budget = Budget(),
+                 threads: int | None = None):
         self.package = package
         self.manifest = package.manifest
         self.policy = policy
-        self.threads = threads
+        self.budget = budget
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
-        self._graphs: dict[str, ort.InferenceSession] = {}
-        self._lock = threading.Lock()
+        self.runner = GraphRunner(package, threads)
         self._blocks = self.manifest.blocks()
         self._embed = next(s for s in self.manifest.segments if s.kind == "embed")
         self._head = next(s for s in self.manifest.segments if s.kind == "head")
         self.level = self.manifest.thresholds_for(policy.agreement) if policy.agreement is not None else None
         self._exits = self._active_exits()
+        self._keep = dict(policy.keep_schedule)
+        bad = [b for b in self._keep if b >= len(self._blocks)]
+        if bad:
+            raise InputError(f"keep_schedule prunes after blocks {bad}, but the model has {len(self._blocks)} "
+                             f"blocks; prune after blocks 1..{len(self._blocks) - 1}")
+        self.block_cost: LinearCost | None = None
+        self.exit_cost: LinearCost | None = None
+        if budget.latency_ms is not None:
+            self._measure_costs()
 
     def _active_exits(self) -> dict[int, tuple[ExitHead, float | None]]:
         """Exits worth running at this level: those with a threshold, and for embeddings the exit
@@ -51,15 +98,23 @@ class EdgeSession:
                 active.setdefault(before.after_block, (before, self.level.thresholds[i - 1]))
         return active
 
-    def _graph(self, segment: Segment) -> ort.InferenceSession:
-        graph = self._graphs.get(segment.name)
-        if graph is None:
-            with self._lock:
-                graph = self._graphs.get(segment.name)
-                if graph is None:
-                    graph = open_session(self.package.path(segment.graph("fp32")), self.threads)
-                    self._graphs[segment.name] = graph
-        return graph
+    def _measure_costs(self) -> None:
+        hidden_size = self.manifest.model.hidden_size
+
+        def runner(segment: Segment):
+            graph = self.runner.graph(segment)
+
+            def run(tokens: int) -> None:
+                feeds = {"hidden": np.zeros((1, tokens, hidden_size), np.float32),
+                         "attention_bias": np.zeros((1, tokens), np.float32)}
+                graph.run(None, {k: feeds[k] for k in segment.inputs})
+            return run
+
+        self.block_cost = measure_linear_cost(runner(self._blocks[0]))
+        if self.manifest.exits:
+            self.exit_cost = measure_linear_cost(runner(self.manifest.segment(self.manifest.exits[0].segment)))
+
+    # --- running ---------------------------------------------------------------------------------
 
     def run(self, texts: str | list[str]) -> Result | list[Result]:
         if isinstance(texts, str):
@@ -70,37 +125,72 @@ class EdgeSession:
             raise InputError("run() got an empty list; pass at least one text")
         return [self._run_one(text) for text in texts]
 
+    def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        graph = self.runner.graph(segment)
+        t0 = time.perf_counter()
+        out = graph.run(None, {k: feeds[k] for k in segment.inputs})
+        state.milliseconds[segment.name] = round((time.perf_counter() - t0) * 1000, 4)
+        state.segments.append(segment.name)
+        return out
+
+    def _deadline_passes(self, state: _Run, tokens: int, exit_next: bool) -> bool:
+        """Would running the next block (and its exit) overrun the latency budget?"""
+        if self.budget.latency_ms is None or self.block_cost is None:
+            return False
+        cost = self.block_cost.predict(tokens)
+        if exit_next and self.exit_cost is not None:
+            cost += self.exit_cost.predict(tokens)
+        elapsed = (time.perf_counter() - state.started) * 1000
+        return elapsed + cost > self.budget.latency_ms
+
     def _run_one(self, text: str) -> Result:
-        started = time.perf_counter()
+        state = _Run(started=time.perf_counter())
         batch = self.encoder.encode([text])
-        timings: dict[str, float] = {}
-        segments_run: list[str] = []
-
-        def call(segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            graph = self._graph(segment)
-            t0 = time.perf_counter()
-            out = graph.run(None, {k: feeds[k] for k in segment.inputs})
-            timings[segment.name] = round((time.perf_counter() - t0) * 1000, 4)
-            segments_run.append(segment.name)
-            return out
-
-        hidden = call(self._embed, {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids})[0]
+        hidden = self._call(state, self._embed, {"input_ids": batch.input_ids,
+                                                 "token_type_ids": batch.token_type_ids})[0]
         bias = np.zeros(batch.input_ids.shape, dtype=np.float32)
-        tokens: list[int] = []
+        protected = batch.special_mask[0]
+        original_tokens = hidden.shape[1]
+        best: tuple[np.ndarray, float | None, int] | None = None  # the deepest exit answer so far
         previous_exit: np.ndarray | None = None
+        num_blocks = len(self._blocks)
         for depth, block in enumerate(self._blocks, start=1):
-            tokens.append(int(hidden.shape[1]))
-            hidden = call(block, {"hidden": hidden, "attention_bias": bias})[0]
-            if depth in self._exits and depth < len(self._blocks):
+            if depth > 1 and self._deadline_passes(state, hidden.shape[1], depth in self._exits or depth == num_blocks):
+                return self._anytime(state, batch, hidden, bias, depth - 1, best)
+            state.tokens.append(int(hidden.shape[1]))
+            hidden, importance = self._call(state, block, {"hidden": hidden, "attention_bias": bias})
+            if depth in self._exits and depth < num_blocks:
                 exit_head, threshold = self._exits[depth]
-                output = call(self.manifest.segment(exit_head.segment), {"hidden": hidden, "attention_bias": bias})[0][0]
+                output = self._call(state, self.manifest.segment(exit_head.segment),
+                                    {"hidden": hidden, "attention_bias": bias})[0][0]
                 confidence = self._confidence(exit_head, output, previous_exit)
-                previous_exit = output
+                previous_exit, best = output, (output, confidence, depth)
                 if should_exit(confidence, threshold):
-                    return self._answer(output, confidence, depth, segments_run, tokens, timings, started, batch)
-        output = call(self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
-        confidence = classification_confidence(output) if self.manifest.model.task == "text-classification" else None
-        return self._answer(output, confidence, len(self._blocks), segments_run, tokens, timings, started, batch)
+                    return self._answer(state, batch, output, confidence, depth)
+            if depth in self._keep:
+                keep = keep_count(original_tokens, hidden.shape[1], self._keep[depth], int(protected.sum()))
+                index = keep_tokens(importance[0], protected, keep)
+                hidden, bias, protected = hidden[:, index], bias[:, index], protected[index]
+        output = self._call(state, self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
+        return self._answer(state, batch, output, self._final_confidence(output), num_blocks)
+
+    def _anytime(self, state: _Run, batch, hidden, bias, depth: int, best) -> Result:
+        """The deadline guard tripped after `depth` blocks: answer from the deepest exit reached,
+        or from an exit head on the current state when none has run yet."""
+        if best is None or best[2] < depth:
+            exit_here = next((e for e in self.manifest.exits if e.after_block == depth), None)
+            if exit_here is not None:
+                output = self._call(state, self.manifest.segment(exit_here.segment),
+                                    {"hidden": hidden, "attention_bias": bias})[0][0]
+                best = (output, self._confidence(exit_here, output, None), depth)
+        if best is None:  # no exit at or before this depth: the head is the only answer there is
+            output = self._call(state, self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
+            return self._answer(state, batch, output, self._final_confidence(output), depth, cut_short=True)
+        output, confidence, exit_depth = best
+        return self._answer(state, batch, output, confidence, exit_depth, cut_short=True)
+
+    def _final_confidence(self, output: np.ndarray) -> float | None:
+        return classification_confidence(output) if self.manifest.model.task == "text-classification" else None
 
     @staticmethod
     def _confidence(exit_head: ExitHead, output: np.ndarray, previous: np.ndarray | None) -> float | None:
@@ -108,10 +198,13 @@ class EdgeSession:
             return classification_confidence(output)
         return cosine(output, previous) if previous is not None else None
 
-    def _answer(self, output, confidence, depth, segments_run, tokens, timings, started, batch) -> Result:
-        trace = Trace(segments=tuple(segments_run), tokens_per_block=tuple(tokens), exit_after_block=depth,
-                      milliseconds=timings, total_ms=round((time.perf_counter() - started) * 1000, 4),
-                      truncated=batch.truncated[0], thresholds_level=self.level.agreement if self.level else None)
+    def _answer(self, state: _Run, batch, output: np.ndarray, confidence: float | None, depth: int,
+                cut_short: bool = False) -> Result:
+        trace = Trace(segments=tuple(state.segments), tokens_per_block=tuple(state.tokens), exit_after_block=depth,
+                      milliseconds=state.milliseconds,
+                      total_ms=round((time.perf_counter() - state.started) * 1000, 4),
+                      truncated=batch.truncated[0], thresholds_level=self.level.agreement if self.level else None,
+                      deadline_cut=cut_short)
         if self.manifest.model.task == "text-classification":
             probabilities = softmax(output)
             labels = self.manifest.model.labels or tuple(str(i) for i in range(len(output)))
@@ -119,11 +212,11 @@ class EdgeSession:
         return Result(None, None, output.astype(np.float32), confidence, trace)
 
 
-def load(package: str | os.PathLike[str], target: str = "cpu", policy: Policy = Policy(),
-         threads: int | None = None) -> EdgeSession:
+def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
+         policy: Policy = Policy(), threads: int | None = None) -> EdgeSession:
     """Open and verify a package, ready to run. Only the CPU target exists so far."""
     if target != "cpu":
         raise InputError(f"target {target!r} is not available; use 'cpu'")
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
-    return EdgeSession(open_package(Path(package)), policy, threads)
+    return EdgeSession(open_package(Path(package)), policy, budget, threads)

@@ -110,3 +110,28 @@ def test_runtime_full_depth_matches_pytorch(tiny_models, tiny_packages):
     result = session.run(text)
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)
     assert result.trace.exit_after_block == 3
+
+
+def test_joint_fine_tuning_records_how_far_the_final_layer_moved(tiny_models, tiny_calibration, tmp_path):
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    manifest = export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "j.edge",
+                            ExportOptions(task="text-classification", calib=str(tiny_calibration),
+                                          eval_data=str(tiny_calibration), train_exits="joint", joint_steps=15))
+    joint = manifest.calibration["exit_training"]["joint"]
+    assert joint["steps"] == 15 and joint["measured_on"] == str(tiny_calibration)
+    assert 0.0 <= joint["final_agreement_with_original"] <= 1.0
+    assert joint["accuracy_change"] == pytest.approx(joint["accuracy"] - joint["original_accuracy"], abs=1e-5)
+    assert manifest.validation["passed"]  # graphs come from the fine-tuned weights and match them
+
+
+def test_joint_fine_tuning_needs_labels(tiny_models, tmp_path):
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    from conftest import write_calibration
+
+    calib = write_calibration(tmp_path / "plain.txt", labels=False)
+    with pytest.raises(ExportError, match="needs a text-classification model and a --calib TSV with labels"):
+        export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "j.edge",
+                     ExportOptions(task="text-classification", calib=str(calib), train_exits="joint"))

@@ -1,0 +1,41 @@
+"""Predicted cost of a segment from a measurement on this device: fixed + per-token milliseconds.
+
+An encoder block's latency on a CPU is close to linear in tokens up to a few hundred
+(shared/reference/algorithms.md §8.1), so two token counts fix the line. Until device profiles
+exist (the targets issue), the runtime measures one block and one exit at load time when a
+latency budget asks for predictions; every block of a model shares one shape, hence one line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LinearCost:
+    fixed_ms: float
+    per_token_ms: float
+
+    def predict(self, tokens: int) -> float:
+        return self.fixed_ms + self.per_token_ms * tokens
+
+
+def measure_linear_cost(run: Callable[[int], object], token_counts: tuple[int, int] = (8, 64),
+                        repeats: int = 7) -> LinearCost:
+    """Median time of `run(tokens)` at two token counts, after one warm-up each."""
+    medians = []
+    for tokens in token_counts:
+        run(tokens)
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(tokens)
+            samples.append((time.perf_counter() - t0) * 1000)
+        medians.append(float(np.median(samples)))
+    (n0, n1), (t0_ms, t1_ms) = token_counts, medians
+    per_token = max((t1_ms - t0_ms) / (n1 - n0), 0.0)
+    return LinearCost(fixed_ms=max(t0_ms - per_token * n0, 0.0), per_token_ms=per_token)
