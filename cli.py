@@ -59,12 +59,23 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def _keep_schedule(spec: str | None) -> tuple[tuple[int, float], ...]:
+    from .errors import InputError
+
+    if not spec:
+        return ()
+    try:
+        return tuple((int(b), float(k)) for b, k in (part.split(":") for part in spec.split(",")))
+    except ValueError:
+        raise InputError(f"--keep {spec!r} must look like 2:0.7,4:0.5 (after block : share of tokens kept)") from None
+
+
 def _run(args: argparse.Namespace) -> int:
-    from .runtime.policy import Policy
+    from .runtime.policy import Budget, Policy
     from .runtime.session import load
 
-    session = load(args.package, policy=Policy(agreement=None if args.full_depth else args.agreement),
-                   threads=args.threads)
+    policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=_keep_schedule(args.keep))
+    session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms), threads=args.threads)
     for text, result in zip(texts := _read_texts(args), session.run(texts)):
         if args.json:
             print(json.dumps({"text": text, **result.to_dict()}))
@@ -171,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agreement", type=float, default=0.99,
                      help="agreement with the full model to hold when exiting early (default 0.99)")
     run.add_argument("--full-depth", action="store_true", help="never exit early")
+    run.add_argument("--keep", default=None, help="token pruning: after block : share of tokens kept, e.g. 2:0.7,4:0.5")
+    run.add_argument("--budget-ms", type=float, default=None,
+                     help="latency budget per input; past it, answer from the best exit reached")
     run.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
     run.set_defaults(handler=_run)

@@ -1,0 +1,197 @@
+"""The runtime benchmark the project keeps (issue 3): edgeinfer's adaptive configurations beside a
+monolithic onnxruntime session of the same model (fp32 and int8), in one process, on the same
+inputs, interleaved input by input so that machine noise hits every configuration alike.
+
+    python -m edgeinfer.bench.runtime_bench PACKAGE --data DEV.tsv [--model HF_DIR] [--report DIR]
+
+Figures: accuracy, agreement with the monolithic fp32 model, latency mean/p50/p90/p99 and the ratio
+to the monolithic fp32 mean, mean depth, tokens per block, deadline compliance, and the overhead of
+the segmented runtime with every adaptive feature off at fixed token counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..export.calibration_data import read_examples
+from ..progress import progress_bar
+from ..runtime.policy import Budget, Policy, softmax
+from ..runtime.session import EdgeSession, load
+from .baselines import MonolithicModel, export_monolithic, quantize_int8
+from .report_files import write_atomically, write_json
+from .timing import latency_summary
+
+WARMUP = 10
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    answer: Callable[[str], tuple[int, int, list[int], bool]]  # label, depth, tokens per block, cut short
+
+
+def _edgeinfer(name: str, session: EdgeSession) -> Configuration:
+    labels = list(session.manifest.model.labels or [])
+
+    def answer(text: str):
+        result = session.run(text)
+        return labels.index(result.label), result.trace.exit_after_block, list(result.trace.tokens_per_block), \
+            result.trace.deadline_cut
+    return Configuration(name, answer)
+
+
+def _monolithic(name: str, model: MonolithicModel, session: EdgeSession) -> Configuration:
+    blocks = session.manifest.model.num_blocks
+
+    def answer(text: str):
+        batch = session.encoder.encode([text])
+        logits = model.run(batch)[0]
+        return int(softmax(logits).argmax()), blocks, [batch.input_ids.shape[1]] * blocks, False
+    return Configuration(name, answer)
+
+
+def _measure(configurations: list[Configuration], texts: list[str], repeats: int, desc: str) -> dict:
+    answers = {c.name: [None] * len(texts) for c in configurations}
+    times = {c.name: [] for c in configurations}
+    for c in configurations:
+        for text in texts[:WARMUP]:
+            c.answer(text)
+    with progress_bar(repeats * len(texts), desc) as bar:
+        for _ in range(repeats):
+            for i, text in enumerate(texts):
+                for c in configurations:
+                    t0 = time.perf_counter()
+                    out = c.answer(text)
+                    times[c.name].append((time.perf_counter() - t0) * 1000)
+                    answers[c.name][i] = out
+                bar.update()
+    return {"answers": answers, "times": times}
+
+
+def _texts_of_length(session: EdgeSession, tokens: int) -> str:
+    text = "the " * (tokens - 2)
+    assert session.encoder.encode([text]).input_ids.shape[1] == tokens
+    return text
+
+
+def overhead(monolithic: MonolithicModel, off: EdgeSession, tokens: int, runs: int) -> dict:
+    """Adaptivity off vs one monolithic session, same text, interleaved."""
+    text = _texts_of_length(off, tokens)
+    mono = _monolithic("mono", monolithic, off)
+    seg = _edgeinfer("off", off)
+    measured = _measure([mono, seg], [text] * runs, 1, f"overhead at {tokens} tokens")
+    m, s = np.array(measured["times"]["mono"]), np.array(measured["times"]["off"])
+    return {"tokens": tokens, "runs": runs, "monolithic": latency_summary(list(m)), "edgeinfer_off": latency_summary(list(s)),
+            "mean_ratio": round(float(s.mean() / m.mean()), 4), "median_ratio": round(float(np.median(s) / np.median(m)), 4)}
+
+
+def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path, repeats: int = 3,
+              keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5)), agreement: float = 0.99,
+              overhead_runs: int = 300) -> dict:
+    examples = read_examples(data, None)
+    texts = list(examples.texts)
+    off = load(package, policy=Policy.off())
+    manifest = off.manifest
+    labels = list(manifest.model.labels or [])
+    raw_labels = read_examples(data, tuple(labels)).labels
+    model_dir = model_dir or manifest.model.source
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = export_monolithic(model_dir, manifest.model.task, Path(tmp) / "model.onnx")
+        int8_path = quantize_int8(fp32_path, Path(tmp) / "model.int8.onnx")
+        fp32, int8 = MonolithicModel(fp32_path), MonolithicModel(int8_path)
+        sessions = {
+            "edgeinfer off": off,
+            f"edgeinfer exits@{agreement}": load(package, policy=Policy(agreement=agreement)),
+            "edgeinfer prune " + ",".join(f"{b}:{k}" for b, k in keep_schedule):
+                load(package, policy=Policy(agreement=None, keep_schedule=keep_schedule)),
+            f"edgeinfer exits@{agreement} + prune": load(package, policy=Policy(agreement=agreement,
+                                                                                 keep_schedule=keep_schedule)),
+        }
+        configurations = [_monolithic("onnxruntime fp32 (monolithic)", fp32, off),
+                          _monolithic("onnxruntime int8 dynamic (monolithic)", int8, off)]
+        configurations += [_edgeinfer(name, s) for name, s in sessions.items()]
+        measured = _measure(configurations, texts, repeats, "benchmark")
+        overheads = [overhead(fp32, off, n, overhead_runs) for n in (16, 128)]
+        full_median = float(np.median(measured["times"]["onnxruntime fp32 (monolithic)"]))
+        deadline = _deadline(package, texts, full_median / 2, agreement)
+    reference = [a[0] for a in measured["answers"]["onnxruntime fp32 (monolithic)"]]
+    base_mean = float(np.mean(measured["times"]["onnxruntime fp32 (monolithic)"]))
+    rows = []
+    for c in configurations:
+        answers = measured["answers"][c.name]
+        predicted = np.array([a[0] for a in answers])
+        row = {"configuration": c.name, **latency_summary(measured["times"][c.name]),
+               "latency_vs_monolithic_fp32": round(float(np.mean(measured["times"][c.name]) / base_mean), 4),
+               "agreement_with_full": round(float((predicted == np.array(reference)).mean()), 4),
+               "mean_depth": round(float(np.mean([a[1] for a in answers])), 3),
+               "mean_tokens_per_block": [round(float(np.mean([a[2][b] for a in answers if len(a[2]) > b])), 2)
+                                         for b in range(manifest.model.num_blocks)]}
+        if raw_labels is not None:
+            row["accuracy"] = round(float((predicted == np.array(raw_labels)).mean()), 4)
+        rows.append(row)
+    report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats,
+              "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_json(report_dir / "runtime_bench.json", report)
+    write_atomically(report_dir / "runtime_bench.md", _markdown(report))
+    return report
+
+
+def _deadline(package: Path, texts: list[str], budget_ms: float, agreement: float) -> dict:
+    session = load(package, policy=Policy(agreement=agreement), budget=Budget(latency_ms=budget_ms))
+    for text in texts[:WARMUP]:
+        session.run(text)
+    totals, cut = [], 0
+    for text in texts:
+        t0 = time.perf_counter()
+        result = session.run(text)
+        totals.append((time.perf_counter() - t0) * 1000)
+        cut += result.trace.deadline_cut
+    totals_arr = np.array(totals)
+    return {"budget_ms": round(budget_ms, 4), "inputs": len(texts), **latency_summary(totals),
+            "within_budget_plus_1ms": round(float((totals_arr <= budget_ms + 1.0).mean()), 4),
+            "cut_short": int(cut)}
+
+
+def _markdown(report: dict) -> str:
+    lines = [f"# Runtime benchmark: {report['package']}", "",
+             f"{report['inputs']} inputs from {report['data']}, batch 1, {report['warmup']} warm-up runs, "
+             f"{report['repeats']} interleaved repeats per configuration.", "",
+             "| configuration | accuracy | agreement | mean ms | p50 | p90 | p99 | vs fp32 | mean depth |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["configurations"]:
+        lines.append(f"| {r['configuration']} | {r.get('accuracy', float('nan')):.4f} | {r['agreement_with_full']:.4f} | "
+                     f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['latency_vs_monolithic_fp32']:.3f} | {r['mean_depth']:.2f} |")
+    lines += ["", "Adaptivity off vs one monolithic session (same text, interleaved):", ""]
+    for o in report["overhead"]:
+        lines.append(f"- {o['tokens']} tokens, {o['runs']} runs: mean ratio {o['mean_ratio']:.3f}, "
+                     f"median ratio {o['median_ratio']:.3f}")
+    d = report["deadline"]
+    lines += ["", f"Deadline {d['budget_ms']:.2f} ms (half the monolithic median): "
+                  f"{d['within_budget_plus_1ms']:.1%} within budget + 1 ms, {d['cut_short']} of {d['inputs']} cut short.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("package")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", default=None, help="the Hugging Face directory the package came from")
+    parser.add_argument("--report", default="reports")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    report = run_bench(Path(args.package), Path(args.data), args.model, Path(args.report), args.repeats)
+    print(_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

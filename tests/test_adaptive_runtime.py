@@ -1,0 +1,60 @@
+"""Token pruning and the deadline guard, on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.errors import InputError
+from edgeinfer.runtime.pruning import keep_count, keep_tokens
+
+
+def test_keep_tokens_keeps_protected_and_most_important_in_order():
+    importance = np.array([0.01, 0.5, 0.02, 0.3, 0.4, 0.0])
+    protected = np.array([True, False, False, False, False, True])
+    assert keep_tokens(importance, protected, 4).tolist() == [0, 1, 4, 5]
+    assert keep_tokens(importance, protected, 10).tolist() == list(range(6))
+
+
+def test_keep_count_is_a_share_of_the_original_length():
+    assert keep_count(original_tokens=20, current_tokens=20, keep_fraction=0.5, protected=2) == 10
+    assert keep_count(original_tokens=20, current_tokens=8, keep_fraction=0.5, protected=2) == 8
+    assert keep_count(original_tokens=4, current_tokens=4, keep_fraction=0.1, protected=2) == 3
+
+
+def test_pruned_tokens_are_removed_physically(tiny_packages):
+    session = edgeinfer.load(tiny_packages[("bert", "text-classification")],
+                             policy=edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.5),)))
+    result = session.run("good movie with a long dull plot and a kind happy actor in the city")
+    first, second = result.trace.tokens_per_block[:2]
+    assert second == int(np.ceil(first * 0.5)) and result.trace.exit_after_block == 3
+
+
+def test_keep_schedule_past_the_last_block_is_refused(tiny_packages):
+    with pytest.raises(InputError, match="prune after blocks 1..2"):
+        edgeinfer.load(tiny_packages[("bert", "text-classification")],
+                       policy=edgeinfer.Policy(agreement=None, keep_schedule=((3, 0.5),)))
+
+
+@pytest.mark.parametrize("schedule", [((2, 0.5), (1, 0.7)), ((1, 1.5),), ((0, 0.5),)])
+def test_bad_keep_schedules(schedule):
+    with pytest.raises(InputError):
+        edgeinfer.Policy(keep_schedule=schedule)
+
+
+def test_deadline_guard_answers_from_an_exit_and_says_so(tiny_packages):
+    package = tiny_packages[("bert", "text-classification")]
+    session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None),
+                             budget=edgeinfer.Budget(latency_ms=1e-3))
+    result = session.run("good movie")
+    assert result.trace.deadline_cut
+    assert result.trace.exit_after_block == 1 and result.label in ("neg", "pos")
+    relaxed = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None), budget=edgeinfer.Budget(latency_ms=1e4))
+    assert not relaxed.run("good movie").trace.deadline_cut
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), "fast"])
+def test_bad_budgets(bad):
+    with pytest.raises(InputError):
+        edgeinfer.Budget(latency_ms=bad)
