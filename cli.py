@@ -104,7 +104,8 @@ def summary_text(summary: dict) -> str:
         f"{summary['path']}  (schema {summary['schema_version']}, {summary['total_bytes'] / 1e6:.1f} MB)",
         f"model      {model['model_type']} ({model['family']}), task {model['task']}, "
         f"{model['num_blocks']} blocks, hidden {model['hidden_size']}, source {model['source']}",
-        "segments",
+        f"weights    {summary['shared_weights_bytes'] / 1e6:.1f} MB shared by all graphs (graphs/weights.bin)",
+        "segments   (graph bytes; 'full' is the fused embed..head graph used when nothing is decided)",
     ]
     for segment in summary["segments"]:
         lines.append(f"  {segment['name']:<10} {segment['kind']:<6} {segment['bytes'] / 1e6:8.2f} MB  "

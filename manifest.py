@@ -20,8 +20,8 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.0"
-SEGMENT_KINDS = ("embed", "block", "exit", "head")
+SCHEMA_VERSION = "1.1"
+SEGMENT_KINDS = ("embed", "block", "exit", "head", "span")
 TASKS = ("feature-extraction", "text-classification")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine")
 MANIFEST_NAME = "manifest.json"
@@ -59,6 +59,7 @@ class Segment:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     variants: tuple[Variant, ...]
+    covers: tuple[str, ...] = ()  # a span: the consecutive segments it computes in one graph
 
     def graph(self, precision: str = "fp32") -> str:
         for variant in self.variants:
@@ -134,6 +135,10 @@ class Manifest:
             if segment.name == name:
                 return segment
         raise PackageError(f"manifest has no segment {name!r}")
+
+    def span_covering(self, names: tuple[str, ...]) -> Segment | None:
+        """A fused graph computing exactly these consecutive segments, if the package has one."""
+        return next((s for s in self.segments if s.kind == "span" and s.covers == names), None)
 
     def blocks(self) -> tuple[Segment, ...]:
         return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))
@@ -272,6 +277,7 @@ def _parse_segment(obj: Any, where: str) -> Segment:
         inputs=names("inputs"),
         outputs=names("outputs"),
         variants=_list(obj, "variants", where, _parse_variant),
+        covers=_list(obj, "covers", where, lambda x, w: _str({"n": x}, "n", w)) if "covers" in obj else (),
     )
     if not any(v.precision == "fp32" for v in segment.variants):
         raise PackageError(f"manifest: {where} ({segment.name}) has no fp32 variant")
@@ -339,6 +345,9 @@ def _check_consistency(manifest: Manifest) -> None:
     blocks = sorted(s.index for s in manifest.segments if s.kind == "block")
     if blocks != list(range(manifest.model.num_blocks)):
         raise PackageError(f"manifest: blocks {blocks} do not match num_blocks={manifest.model.num_blocks}")
+    for span in (s for s in manifest.segments if s.kind == "span"):
+        if not span.covers or any(name not in names for name in span.covers):
+            raise PackageError(f"manifest: span {span.name!r} covers unknown segments")
     for exit_head in manifest.exits:
         if exit_head.segment not in names:
             raise PackageError(f"manifest: exit after block {exit_head.after_block} names unknown segment")

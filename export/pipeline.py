@@ -31,7 +31,8 @@ from .joint_training import JointSettings, final_probabilities, fine_tune_jointl
 from .model_source import LoadedModel, load_model
 from .onnx_graphs import export_graph
 from .package_writer import discard, finalize, prepare_staging
-from .segments import ClassifierHead, EmbedSegment, EncoderBlock, MeanPoolHead
+from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead
+from .shared_weights import WEIGHTS_FILE, share_weights
 from .thresholds import AGREEMENT_LEVELS, BOUND_CONFIDENCE, calibrate_level
 from .validate import sample_batches, validate_graphs
 
@@ -276,6 +277,12 @@ def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[in
         jobs.append((f"exit_{depth:02d}", "exit", depth, module, (hidden, bias), ["hidden", "attention_bias"],
                      [out_name]))
     jobs.append(("head", "head", 0, segments.head, (hidden, bias), ["hidden", "attention_bias"], [out_name]))
+    full = FullDepth(segments.embed, segments.blocks, segments.head)
+    full_inputs = ["input_ids", "token_type_ids", "attention_bias"] if segments.embed.uses_token_type_ids \
+        else ["input_ids", "attention_bias"]
+    full_args = (ids, types, bias) if segments.embed.uses_token_type_ids else (ids, bias)
+    jobs.append(("full", "span", 0, full, full_args, full_inputs, [out_name]))
+    covers = ("embed", *(f"block_{i:02d}" for i in range(len(segments.blocks))), "head")
     graph_segments: list[Segment] = []
     with progress_bar(len(jobs), "exporting graphs") as bar:
         for name, kind, index, module, args, inputs, outputs in jobs:
@@ -283,8 +290,10 @@ def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[in
             real_inputs, real_outputs = export_graph(module, args, inputs, outputs, path)
             graph_segments.append(Segment(name=name, kind=kind, index=index, inputs=tuple(real_inputs),
                                           outputs=tuple(real_outputs),
-                                          variants=(Variant("fp32", f"graphs/{name}.onnx"),)))
+                                          variants=(Variant("fp32", f"graphs/{name}.onnx"),),
+                                          covers=covers if kind == "span" else ()))
             bar.update()
+    share_weights([graph_dir / f"{job[0]}.onnx" for job in jobs], graph_dir / WEIGHTS_FILE)
     confidence = "max_prob" if out_name == "logits" else "consecutive_cosine"
     exits = [ExitHead(after_block=depth, segment=f"exit_{depth:02d}", confidence=confidence)
              for depth in sorted(exit_modules)]

@@ -52,12 +52,16 @@ def reference_output(model: torch.nn.Module, task: str, normalize: bool, ids: np
 
 def chain_output(graph_dir: Path, segments: list[Segment], ids: np.ndarray, mask: np.ndarray,
                  exits: dict[int, Segment]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Full-depth output and every exit's output from the ONNX graphs, batch as given."""
+    """Full-depth output of the segment chain, every exit's output, and every span's output."""
     sessions = {s.name: open_session(graph_dir / Path(s.graph()).name) for s in segments}
     embed = next(s for s in segments if s.kind == "embed")
+    bias = np.where(mask > 0, 0.0, PAD_BIAS).astype(np.float32)
+    spans = {}
+    for span in (s for s in segments if s.kind == "span"):
+        feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_bias": bias}
+        spans[span.name] = sessions[span.name].run(None, {k: feeds[k] for k in span.inputs})[0]
     feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids)}
     hidden = sessions[embed.name].run(None, {k: feeds[k] for k in embed.inputs})[0]
-    bias = np.where(mask > 0, 0.0, PAD_BIAS).astype(np.float32)
     exit_outputs: dict[int, np.ndarray] = {}
     blocks = sorted((s for s in segments if s.kind == "block"), key=lambda s: s.index)
     for depth, block in enumerate(blocks, start=1):
@@ -67,7 +71,7 @@ def chain_output(graph_dir: Path, segments: list[Segment], ids: np.ndarray, mask
             exit_outputs[depth] = sessions[exit_seg.name].run(
                 None, _head_feeds(exit_seg, hidden, bias))[0]
     head = next(s for s in segments if s.kind == "head")
-    return sessions[head.name].run(None, _head_feeds(head, hidden, bias))[0], exit_outputs
+    return sessions[head.name].run(None, _head_feeds(head, hidden, bias))[0], exit_outputs, spans
 
 
 def _head_feeds(segment: Segment, hidden: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
@@ -83,8 +87,8 @@ def validate_graphs(graph_dir: Path, segments: list[Segment], exits: dict[int, S
     per_length: list[dict] = []
     for ids, mask in batches:
         expected = reference_output(model, task, normalize, ids, mask)
-        got, exit_outputs = chain_output(graph_dir, segments, ids, mask, exits)
-        diff = float(np.abs(expected - got).max())
+        got, exit_outputs, spans = chain_output(graph_dir, segments, ids, mask, exits)
+        diff = max([float(np.abs(expected - got).max())] + [float(np.abs(expected - s).max()) for s in spans.values()])
         worst = max(worst, diff)
         for depth, module in exit_modules.items():
             hidden, bias = torch_hidden_at(ids, mask, depth)

@@ -23,6 +23,7 @@ def describe_package(package: Package) -> dict:
         "schema_version": manifest.schema_version,
         "total_bytes": sum(sizes.values()),
         "model": manifest.model.__dict__ | {"labels": list(manifest.model.labels or [])},
+        "shared_weights_bytes": sum(b for p, b in sizes.items() if p.endswith(".bin")),
         "segments": [
             {"name": s.name, "kind": s.kind, "precisions": [v.precision for v in s.variants],
              "bytes": sum(sizes.get(v.path, 0) for v in s.variants)}

@@ -77,6 +77,10 @@ class EdgeSession:
         if bad:
             raise InputError(f"keep_schedule prunes after blocks {bad}, but the model has {len(self._blocks)} "
                              f"blocks; prune after blocks 1..{len(self._blocks) - 1}")
+        # nothing to decide between embed and head: one fused graph instead of a chain of calls
+        no_decisions = not self._exits and not self._keep and budget.latency_ms is None
+        chain = ("embed", *(b.name for b in self._blocks), "head")
+        self._full = self.manifest.span_covering(chain) if no_decisions else None
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
         if budget.latency_ms is not None:
@@ -146,6 +150,12 @@ class EdgeSession:
     def _run_one(self, text: str) -> Result:
         state = _Run(started=time.perf_counter())
         batch = self.encoder.encode([text])
+        if self._full is not None:
+            feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
+                     "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32)}
+            output = self._call(state, self._full, feeds)[0][0]
+            state.tokens.extend([int(batch.input_ids.shape[1])] * len(self._blocks))
+            return self._answer(state, batch, output, self._final_confidence(output), len(self._blocks))
         hidden = self._call(state, self._embed, {"input_ids": batch.input_ids,
                                                  "token_type_ids": batch.token_type_ids})[0]
         bias = np.zeros(batch.input_ids.shape, dtype=np.float32)

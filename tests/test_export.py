@@ -135,3 +135,21 @@ def test_joint_fine_tuning_needs_labels(tiny_models, tmp_path):
     with pytest.raises(ExportError, match="needs a text-classification model and a --calib TSV with labels"):
         export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "j.edge",
                      ExportOptions(task="text-classification", calib=str(calib), train_exits="joint"))
+
+
+def test_weights_stored_once_and_full_span_matches_the_chain(tiny_packages):
+    import edgeinfer
+
+    root = tiny_packages[("bert", "text-classification")]
+    manifest = open_package(root).manifest
+    full = manifest.segment("full")
+    assert full.kind == "span" and full.covers == ("embed", "block_00", "block_01", "block_02", "head")
+    graph_bytes = sum(f.bytes for f in manifest.files if f.path.endswith(".onnx"))
+    weights = next(f.bytes for f in manifest.files if f.path == "graphs/weights.bin")
+    assert graph_bytes < weights  # graphs hold structure; the tensors live once in weights.bin
+    text = "good movie with a dull plot"
+    fused = edgeinfer.load(root, policy=edgeinfer.Policy.off()).run(text)
+    assert fused.trace.segments == ("full",)
+    chained = edgeinfer.load(root, policy=edgeinfer.Policy(agreement=None, keep_schedule=((2, 1.0),))).run(text)
+    assert chained.trace.segments[0] == "embed"
+    np.testing.assert_allclose(fused.probabilities, chained.probabilities, atol=1e-5)
