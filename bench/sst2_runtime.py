@@ -1,0 +1,61 @@
+"""Issue 3's SST-2 benchmark end to end: export the SST-2 MiniLM with exits, then run the runtime
+benchmark on SST-2 dev, which neither trained nor calibrated anything.
+
+    python -m edgeinfer.bench.sst2_runtime [--shared ../shared] [--joint] [--report reports/sst2]
+
+Exit heads train on SST-2 train rows. Thresholds are calibrated on the train rows of 12 words or
+more: train rows are mostly short phrases while deployment inputs are sentences, and thresholds
+fitted on phrases for 99% agreement reached only ~0.98 on dev sentences (shared/models/README.md
+saw 0.963 with CLS-only heads). Calibrating on the inputs that look like deployment is the
+remedy the export issue names (`--calib-thresholds`); no dev row is used for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..export.calibration_data import read_examples
+from ..export.pipeline import ExportOptions, export_model
+from .report_files import write_atomically
+from .runtime_bench import _markdown, run_bench
+
+SENTENCE_WORDS = 12
+
+
+def sentence_like_rows(train: Path, out: Path, min_words: int = SENTENCE_WORDS) -> Path:
+    examples = read_examples(train, None)
+    rows = ["sentence\tlabel"]
+    for text, label in zip(examples.texts, examples.labels or ()):
+        if len(text.split()) >= min_words:
+            rows.append(f"{text}\t{label}")
+    write_atomically(out, "\n".join(rows) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/edgeinfer/bench"))
+    parser.add_argument("--joint", action="store_true", help="export with --train-exits joint")
+    parser.add_argument("--report", default="reports/sst2")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    shared, cache = Path(args.shared), Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    model = shared / "models" / "minilm-sst2"
+    train, dev = shared / "data" / "sst2" / "train.tsv", shared / "data" / "sst2" / "dev.tsv"
+    sentences = sentence_like_rows(train, cache / "sst2_train_sentences.tsv")
+    package = cache / ("sst2-joint.edge" if args.joint else "sst2-heads.edge")
+    if not package.exists():
+        export_model(str(model), package, ExportOptions(
+            task="text-classification", calib=str(train), calib_thresholds=str(sentences), eval_data=str(dev),
+            train_exits="joint" if args.joint else "heads"))
+    report = run_bench(package, dev, str(model), Path(args.report), args.repeats)
+    print(_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
