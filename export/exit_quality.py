@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..manifest import ExitThresholds
+from ..runtime.policy import softmax
 from .thresholds import simulate
 
 # An embedding exit "agrees" with the full model when their cosine similarity reaches this.
@@ -22,11 +23,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     return (a * b).sum(-1)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def judge(task: str, outputs: dict[int, np.ndarray], final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

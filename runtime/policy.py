@@ -18,12 +18,18 @@ class Policy:
         (the strictest stored level at or above it is used); None turns early exit off.
     keep_schedule: token pruning as (after_block, fraction of the original tokens kept), e.g.
         ((2, 0.7), (4, 0.5)); empty turns pruning off.
+    restart_below: when the answer's confidence is below this, run again at the strongest point
+        (full depth, every token), if the latency budget covers it; None turns restart off.
     """
 
     agreement: float | None = 0.99
     keep_schedule: tuple[tuple[int, float], ...] = ()
+    restart_below: float | None = None
 
     def __post_init__(self) -> None:
+        if self.restart_below is not None and not (isinstance(self.restart_below, (int, float))
+                                                   and 0.0 < self.restart_below <= 1.0):
+            raise InputError(f"restart_below {self.restart_below!r} must be a confidence in (0, 1] (or None)")
         if self.agreement is not None and not (isinstance(self.agreement, (int, float))
                                                and 0.5 <= self.agreement <= 1.0):
             raise InputError(f"policy agreement {self.agreement!r} must be between 0.5 and 1.0 (or None)")

@@ -17,6 +17,7 @@ class Trace:
     truncated: bool = False
     thresholds_level: float | None = None
     deadline_cut: bool = False  # the deadline guard answered from the best exit reached
+    restarts: int = 0  # low confidence made the run start again at a stronger operating point
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,6 @@ class Result:
             "segments": list(self.trace.segments), "tokens_per_block": list(self.trace.tokens_per_block),
             "milliseconds": self.trace.milliseconds, "total_ms": self.trace.total_ms,
             "truncated": self.trace.truncated, "thresholds_level": self.trace.thresholds_level,
-            "deadline_cut": self.trace.deadline_cut,
+            "deadline_cut": self.trace.deadline_cut, "restarts": self.trace.restarts,
         }
         return out

@@ -55,7 +55,15 @@ class _Run:
     segments: list[str] = field(default_factory=list)
     milliseconds: dict[str, float] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
-    predicted_ms: float = 0.0
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class _Answer:
+    output: np.ndarray
+    confidence: float | None
+    depth: int  # blocks run before answering
+    cut_short: bool = False
 
 
 class EdgeSession:
@@ -78,7 +86,8 @@ class EdgeSession:
             raise InputError(f"keep_schedule prunes after blocks {bad}, but the model has {len(self._blocks)} "
                              f"blocks; prune after blocks 1..{len(self._blocks) - 1}")
         # nothing to decide between embed and head: one fused graph instead of a chain of calls
-        no_decisions = not self._exits and not self._keep and budget.latency_ms is None
+        no_decisions = not self._exits and not self._keep and budget.latency_ms is None \
+            and policy.restart_below is None
         chain = ("embed", *(b.name for b in self._blocks), "head")
         self._full = self.manifest.span_covering(chain) if no_decisions else None
         self.block_cost: LinearCost | None = None
@@ -151,53 +160,79 @@ class EdgeSession:
         state = _Run(started=time.perf_counter())
         batch = self.encoder.encode([text])
         if self._full is not None:
-            feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
-                     "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32)}
-            output = self._call(state, self._full, feeds)[0][0]
-            state.tokens.extend([int(batch.input_ids.shape[1])] * len(self._blocks))
-            return self._answer(state, batch, output, self._final_confidence(output), len(self._blocks))
+            answer = self._full_pass(state, batch)
+        else:
+            answer = self._adaptive_pass(state, batch, self._exits, self._keep, deadline=True)
+        if self._should_restart(state, answer, batch):
+            state.restarts += 1
+            answer = self._full_pass(state, batch)
+        return self._answer(state, batch, answer)
+
+    def _should_restart(self, state: _Run, answer: _Answer, batch) -> bool:
+        """Confidence-based restart: a low-confidence cheap answer is redone at full depth with every
+        token, when the remaining latency budget covers the predicted cost of doing so."""
+        limit = self.policy.restart_below
+        if limit is None or answer.confidence is None or answer.confidence >= limit or answer.cut_short:
+            return False
+        if self.budget.latency_ms is None or self.block_cost is None:
+            return True
+        predicted = self.block_cost.predict(batch.input_ids.shape[1]) * len(self._blocks)
+        return (time.perf_counter() - state.started) * 1000 + predicted <= self.budget.latency_ms
+
+    def _full_pass(self, state: _Run, batch) -> _Answer:
+        """The strongest point: the whole model on every token, one fused graph when there is one."""
+        span = self.manifest.span_covering(("embed", *(b.name for b in self._blocks), "head"))
+        if span is None:
+            return self._adaptive_pass(state, batch, {}, {}, deadline=False)
+        feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
+                 "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32)}
+        output = self._call(state, span, feeds)[0][0]
+        state.tokens.extend([int(batch.input_ids.shape[1])] * len(self._blocks))
+        return _Answer(output, self._final_confidence(output), len(self._blocks))
+
+    def _adaptive_pass(self, state: _Run, batch, exits: dict, keep_schedule: dict, deadline: bool) -> _Answer:
         hidden = self._call(state, self._embed, {"input_ids": batch.input_ids,
                                                  "token_type_ids": batch.token_type_ids})[0]
         bias = np.zeros(batch.input_ids.shape, dtype=np.float32)
         protected = batch.special_mask[0]
         original_tokens = hidden.shape[1]
-        best: tuple[np.ndarray, float | None, int] | None = None  # the deepest exit answer so far
+        best: _Answer | None = None  # the deepest exit answer so far
         previous_exit: np.ndarray | None = None
         num_blocks = len(self._blocks)
         for depth, block in enumerate(self._blocks, start=1):
-            if depth > 1 and self._deadline_passes(state, hidden.shape[1], depth in self._exits or depth == num_blocks):
-                return self._anytime(state, batch, hidden, bias, depth - 1, best)
+            if deadline and depth > 1 and self._deadline_passes(state, hidden.shape[1],
+                                                                depth in exits or depth == num_blocks):
+                return self._anytime(state, hidden, bias, depth - 1, best)
             state.tokens.append(int(hidden.shape[1]))
             hidden, importance = self._call(state, block, {"hidden": hidden, "attention_bias": bias})
-            if depth in self._exits and depth < num_blocks:
-                exit_head, threshold = self._exits[depth]
+            if depth in exits and depth < num_blocks:
+                exit_head, threshold = exits[depth]
                 output = self._call(state, self.manifest.segment(exit_head.segment),
                                     {"hidden": hidden, "attention_bias": bias})[0][0]
                 confidence = self._confidence(exit_head, output, previous_exit)
-                previous_exit, best = output, (output, confidence, depth)
+                previous_exit, best = output, _Answer(output, confidence, depth)
                 if should_exit(confidence, threshold):
-                    return self._answer(state, batch, output, confidence, depth)
-            if depth in self._keep:
-                keep = keep_count(original_tokens, hidden.shape[1], self._keep[depth], int(protected.sum()))
+                    return best
+            if depth in keep_schedule:
+                keep = keep_count(original_tokens, hidden.shape[1], keep_schedule[depth], int(protected.sum()))
                 index = keep_tokens(importance[0], protected, keep)
                 hidden, bias, protected = hidden[:, index], bias[:, index], protected[index]
         output = self._call(state, self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
-        return self._answer(state, batch, output, self._final_confidence(output), num_blocks)
+        return _Answer(output, self._final_confidence(output), num_blocks)
 
-    def _anytime(self, state: _Run, batch, hidden, bias, depth: int, best) -> Result:
+    def _anytime(self, state: _Run, hidden, bias, depth: int, best: _Answer | None) -> _Answer:
         """The deadline guard tripped after `depth` blocks: answer from the deepest exit reached,
         or from an exit head on the current state when none has run yet."""
-        if best is None or best[2] < depth:
+        if best is None or best.depth < depth:
             exit_here = next((e for e in self.manifest.exits if e.after_block == depth), None)
             if exit_here is not None:
                 output = self._call(state, self.manifest.segment(exit_here.segment),
                                     {"hidden": hidden, "attention_bias": bias})[0][0]
-                best = (output, self._confidence(exit_here, output, None), depth)
+                best = _Answer(output, self._confidence(exit_here, output, None), depth)
         if best is None:  # no exit at or before this depth: the head is the only answer there is
             output = self._call(state, self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
-            return self._answer(state, batch, output, self._final_confidence(output), depth, cut_short=True)
-        output, confidence, exit_depth = best
-        return self._answer(state, batch, output, confidence, exit_depth, cut_short=True)
+            best = _Answer(output, self._final_confidence(output), depth)
+        return _Answer(best.output, best.confidence, best.depth, cut_short=True)
 
     def _final_confidence(self, output: np.ndarray) -> float | None:
         return classification_confidence(output) if self.manifest.model.task == "text-classification" else None
@@ -208,13 +243,14 @@ class EdgeSession:
             return classification_confidence(output)
         return cosine(output, previous) if previous is not None else None
 
-    def _answer(self, state: _Run, batch, output: np.ndarray, confidence: float | None, depth: int,
-                cut_short: bool = False) -> Result:
-        trace = Trace(segments=tuple(state.segments), tokens_per_block=tuple(state.tokens), exit_after_block=depth,
+    def _answer(self, state: _Run, batch, answer: _Answer) -> Result:
+        output, confidence = answer.output, answer.confidence
+        trace = Trace(segments=tuple(state.segments), tokens_per_block=tuple(state.tokens),
+                      exit_after_block=answer.depth, restarts=state.restarts,
                       milliseconds=state.milliseconds,
                       total_ms=round((time.perf_counter() - state.started) * 1000, 4),
                       truncated=batch.truncated[0], thresholds_level=self.level.agreement if self.level else None,
-                      deadline_cut=cut_short)
+                      deadline_cut=answer.cut_short)
         if self.manifest.model.task == "text-classification":
             probabilities = softmax(output)
             labels = self.manifest.model.labels or tuple(str(i) for i in range(len(output)))

@@ -58,3 +58,35 @@ def test_deadline_guard_answers_from_an_exit_and_says_so(tiny_packages):
 def test_bad_budgets(bad):
     with pytest.raises(InputError):
         edgeinfer.Budget(latency_ms=bad)
+
+
+def test_concurrent_runs_match_sequential_runs(tiny_packages):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import WORDS
+
+    session = edgeinfer.load(tiny_packages[("bert", "text-classification")],
+                             policy=edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.6),)))
+    texts = [" ".join(WORDS[i:i + 3 + i % 7]) for i in range(24)]
+    sequential = [session.run(t) for t in texts]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        concurrent = list(pool.map(session.run, texts * 3))
+    for i, result in enumerate(concurrent):
+        expected = sequential[i % len(texts)]
+        assert result.trace.exit_after_block == expected.trace.exit_after_block
+        np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-6)
+
+
+def test_low_confidence_restarts_at_full_depth(tiny_packages):
+    package = tiny_packages[("bert", "text-classification")]
+    text = "good movie with a dull plot"
+    full = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
+    cheap = edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.5),))
+    always = edgeinfer.load(package, policy=edgeinfer.Policy(**{**cheap.__dict__, "restart_below": 1.0})).run(text)
+    assert always.trace.restarts == 1 and always.trace.segments[-1] == "full"
+    np.testing.assert_allclose(always.probabilities, full.probabilities, atol=1e-6)
+    never = edgeinfer.load(package, policy=edgeinfer.Policy(**{**cheap.__dict__, "restart_below": 1e-9})).run(text)
+    assert never.trace.restarts == 0
+    no_time = edgeinfer.load(package, policy=edgeinfer.Policy(**{**cheap.__dict__, "restart_below": 1.0}),
+                             budget=edgeinfer.Budget(latency_ms=1e-3)).run(text)
+    assert no_time.trace.restarts == 0  # the budget cannot cover a full-depth run
