@@ -94,7 +94,7 @@ def overhead(monolithic: MonolithicModel, off: EdgeSession, tokens: int, runs: i
 
 def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path, repeats: int = 3,
               keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5)), agreement: float = 0.99,
-              overhead_runs: int = 300) -> dict:
+              overhead_runs: int = 300, importance: str = "token_importance") -> dict:
     examples = read_examples(data, None)
     texts = list(examples.texts)
     off = load(package, policy=Policy.off())
@@ -110,9 +110,9 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
             "edgeinfer off": off,
             f"edgeinfer exits@{agreement}": load(package, policy=Policy(agreement=agreement)),
             "edgeinfer prune " + ",".join(f"{b}:{k}" for b, k in keep_schedule):
-                load(package, policy=Policy(agreement=None, keep_schedule=keep_schedule)),
-            f"edgeinfer exits@{agreement} + prune": load(package, policy=Policy(agreement=agreement,
-                                                                                 keep_schedule=keep_schedule)),
+                load(package, policy=Policy(agreement=None, keep_schedule=keep_schedule, importance=importance)),
+            f"edgeinfer exits@{agreement} + prune": load(package, policy=Policy(
+                agreement=agreement, keep_schedule=keep_schedule, importance=importance)),
         }
         configurations = [_monolithic("onnxruntime fp32 (monolithic)", fp32, off),
                           _monolithic("onnxruntime int8 dynamic (monolithic)", int8, off)]
@@ -137,6 +137,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
             row["accuracy"] = round(float((predicted == np.array(raw_labels)).mean()), 4)
         rows.append(row)
     report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats,
+              "keep_schedule": [list(k) for k in keep_schedule], "importance": importance,
               "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json(report_dir / "runtime_bench.json", report)

@@ -66,7 +66,7 @@ def collect_features(segments: TorchSegments, encoder: TextEncoder, texts: tuple
         for index in batches:
             hidden, bias = embed_batch(segments, encoder.encode([texts[i] for i in index]))
             for depth, block in enumerate(segments.blocks, start=1):
-                hidden, _ = block(hidden, bias)
+                hidden = block(hidden, bias)[0]
                 if depth in per_exit:
                     per_exit[depth].append((index, features_of(hidden, bias)))
             finals.append((index, segments.head(hidden, bias)))

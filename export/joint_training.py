@@ -59,7 +59,7 @@ def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tu
     for index in length_batches(encoder, texts, batch_size):
         hidden, bias = embed_batch(segments, encoder.encode([texts[i] for i in index]))
         for block in segments.blocks:
-            hidden, _ = block(hidden, bias)
+            hidden = block(hidden, bias)[0]
         probabilities = torch.softmax(segments.head(hidden, bias), -1).numpy()
         if out.shape[1] == 0:
             out = np.empty((len(texts), probabilities.shape[1]), dtype=np.float32)
@@ -108,7 +108,7 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
             hidden, bias = embed_batch(segments, batch)
             loss = torch.zeros(())
             for depth, block in enumerate(segments.blocks, start=1):
-                hidden, _ = block(hidden, bias)
+                hidden = block(hidden, bias)[0]
                 if depth in exit_modules:
                     logits = exit_modules[depth](hidden, bias)
                     loss = loss + depth_weights[depth] * distillation_loss(

@@ -23,6 +23,7 @@ DYNAMIC_AXES = {
     "attention_bias": {0: "batch", 1: "sequence"},
     "next_hidden": {0: "batch", 1: "sequence"},
     "token_importance": {0: "batch", 1: "sequence"},
+    "cls_attention": {0: "batch", 1: "sequence"},
     "logits": {0: "batch"},
     "embedding": {0: "batch"},
 }

@@ -272,7 +272,7 @@ def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[in
         jobs.append(("embed", "embed", 0, segments.embed, (ids,), ["input_ids"], ["hidden"]))
     for i, block in enumerate(segments.blocks):
         jobs.append((f"block_{i:02d}", "block", i, block, (hidden, bias), ["hidden", "attention_bias"],
-                     ["next_hidden", "token_importance"]))
+                     ["next_hidden", "token_importance", "cls_attention"]))
     for depth, module in sorted(exit_modules.items()):
         jobs.append((f"exit_{depth:02d}", "exit", depth, module, (hidden, bias), ["hidden", "attention_bias"],
                      [out_name]))
@@ -312,7 +312,7 @@ def _validate(staging, graph_segments, exits, exit_modules, segments, loaded, op
             hidden = segments.embed(torch.from_numpy(ids), types)
             bias = attention_bias(mask)
             for block in segments.blocks[:depth]:
-                hidden, _ = block(hidden, bias)
+                hidden = block(hidden, bias)[0]
         return hidden, bias
 
     batches = sample_batches(config.vocab_size, loaded.special_ids, cls_id, sep_id, loaded.pad_id, spec.max_length)

@@ -74,7 +74,9 @@ class EncoderBlock(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> next hidden, attention received (LTP score), attention from the first token (EViT score)."""
         q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
         scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim ** -0.5)
         probs = torch.softmax(scores + attention_bias[:, None, None, :], dim=-1)
@@ -82,9 +84,10 @@ class EncoderBlock(nn.Module):
         attended = self.attention_norm(hidden + self.attention_out(context))
         out = self.ffn_norm(attended + self.ffn_out(self.activation(self.ffn_in(attended))))
         valid_queries = (attention_bias > VALID_BIAS_FLOOR).to(hidden.dtype)
-        received = (probs.mean(1) * valid_queries.unsqueeze(-1)).sum(1)
+        head_mean = probs.mean(1)
+        received = (head_mean * valid_queries.unsqueeze(-1)).sum(1)
         importance = received / valid_queries.sum(1, keepdim=True).clamp_min(1.0)
-        return out, importance
+        return out, importance, head_mean[:, 0]
 
 
 class EmbedSegment(nn.Module):
@@ -140,5 +143,5 @@ class FullDepth(nn.Module):
         token_type_ids, attention_bias = rest if len(rest) == 2 else (None, rest[0])
         hidden = self.embed(input_ids, token_type_ids)
         for block in self.blocks:
-            hidden, _ = block(hidden, attention_bias)
+            hidden = block(hidden, attention_bias)[0]
         return self.head(hidden, attention_bias)

@@ -10,6 +10,9 @@ import numpy as np
 from ..errors import InputError
 
 
+IMPORTANCE_SCORES = ("token_importance", "cls_attention")
+
+
 @dataclass(frozen=True)
 class Policy:
     """How an input may be answered with less work than the full model.
@@ -18,6 +21,8 @@ class Policy:
         (the strictest stored level at or above it is used); None turns early exit off.
     keep_schedule: token pruning as (after_block, fraction of the original tokens kept), e.g.
         ((2, 0.7), (4, 0.5)); empty turns pruning off.
+    importance: which block output ranks tokens for pruning: "token_importance" (attention received,
+        averaged over heads and queries; LTP) or "cls_attention" (attention from the first token; EViT).
     restart_below: when the answer's confidence is below this, run again at the strongest point
         (full depth, every token), if the latency budget covers it; None turns restart off.
     """
@@ -25,8 +30,11 @@ class Policy:
     agreement: float | None = 0.99
     keep_schedule: tuple[tuple[int, float], ...] = ()
     restart_below: float | None = None
+    importance: str = "token_importance"
 
     def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCE_SCORES:
+            raise InputError(f"importance {self.importance!r} must be one of {', '.join(IMPORTANCE_SCORES)}")
         if self.restart_below is not None and not (isinstance(self.restart_below, (int, float))
                                                    and 0.0 < self.restart_below <= 1.0):
             raise InputError(f"restart_below {self.restart_below!r} must be a confidence in (0, 1] (or None)")

@@ -90,6 +90,10 @@ class EdgeSession:
             and policy.restart_below is None
         chain = ("embed", *(b.name for b in self._blocks), "head")
         self._full = self.manifest.span_covering(chain) if no_decisions else None
+        if policy.importance not in self._blocks[0].outputs:
+            raise InputError(f"this package's blocks do not output {policy.importance!r} "
+                             f"(they give {list(self._blocks[0].outputs[1:])}); re-export it or pick one of those")
+        self._importance_output = self._blocks[0].outputs.index(policy.importance)
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
         if budget.latency_ms is not None:
@@ -204,7 +208,8 @@ class EdgeSession:
                                                                 depth in exits or depth == num_blocks):
                 return self._anytime(state, hidden, bias, depth - 1, best)
             state.tokens.append(int(hidden.shape[1]))
-            hidden, importance = self._call(state, block, {"hidden": hidden, "attention_bias": bias})
+            outputs = self._call(state, block, {"hidden": hidden, "attention_bias": bias})
+            hidden = outputs[0]
             if depth in exits and depth < num_blocks:
                 exit_head, threshold = exits[depth]
                 output = self._call(state, self.manifest.segment(exit_head.segment),
@@ -215,7 +220,7 @@ class EdgeSession:
                     return best
             if depth in keep_schedule:
                 keep = keep_count(original_tokens, hidden.shape[1], keep_schedule[depth], int(protected.sum()))
-                index = keep_tokens(importance[0], protected, keep)
+                index = keep_tokens(outputs[self._importance_output][0], protected, keep)
                 hidden, bias, protected = hidden[:, index], bias[:, index], protected[index]
         output = self._call(state, self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
         return _Answer(output, self._final_confidence(output), num_blocks)

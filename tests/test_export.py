@@ -40,7 +40,7 @@ def test_graphs_are_opset17_checked_and_dynamic(tiny_packages, family):
     assert max(o.version for o in block.opset_import if o.domain in ("", "ai.onnx")) >= 17
     dims = [d.dim_param for d in block.graph.input[0].type.tensor_type.shape.dim]
     assert dims[:2] == ["batch", "sequence"]
-    assert [o.name for o in block.graph.output] == ["next_hidden", "token_importance"]
+    assert [o.name for o in block.graph.output] == ["next_hidden", "token_importance", "cls_attention"]
 
 
 def test_token_types_only_where_the_family_has_them(tiny_packages):
