@@ -259,7 +259,7 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
 def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[int, torch.nn.Module],
                    spec: TokenizerSpec) -> tuple[list[Segment], list[ExitHead]]:
     hidden_size = segments.blocks[0].query.in_features
-    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]], dtype=torch.long) % 100 + 1
+    ids = torch.arange(1, 7, dtype=torch.long).unsqueeze(0)  # trace inputs only; every axis is dynamic
     types = torch.zeros_like(ids)
     hidden = torch.randn(1, ids.shape[1], hidden_size)
     bias = torch.zeros(1, ids.shape[1])

@@ -8,6 +8,7 @@ the bias convention or a head shows up here and the export fails loudly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -79,7 +80,8 @@ def _head_feeds(segment: Segment, hidden: np.ndarray, bias: np.ndarray) -> dict[
 
 
 def validate_graphs(graph_dir: Path, segments: list[Segment], exits: dict[int, Segment],
-                    exit_modules: dict[int, torch.nn.Module], torch_hidden_at: "callable",
+                    exit_modules: dict[int, torch.nn.Module],
+                    torch_hidden_at: Callable[[np.ndarray, np.ndarray, int], tuple[torch.Tensor, torch.Tensor]],
                     model: torch.nn.Module, task: str, normalize: bool,
                     batches: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     worst = 0.0

@@ -88,8 +88,8 @@ class EdgeSession:
         # nothing to decide between embed and head: one fused graph instead of a chain of calls
         no_decisions = not self._exits and not self._keep and budget.latency_ms is None \
             and policy.restart_below is None
-        chain = ("embed", *(b.name for b in self._blocks), "head")
-        self._full = self.manifest.span_covering(chain) if no_decisions else None
+        self._full_span = self.manifest.span_covering(("embed", *(b.name for b in self._blocks), "head"))
+        self._full = self._full_span if no_decisions else None
         if policy.importance not in self._blocks[0].outputs:
             raise InputError(f"this package's blocks do not output {policy.importance!r} "
                              f"(they give {list(self._blocks[0].outputs[1:])}); re-export it or pick one of those")
@@ -185,8 +185,8 @@ class EdgeSession:
 
     def _full_pass(self, state: _Run, batch) -> _Answer:
         """The strongest point: the whole model on every token, one fused graph when there is one."""
-        span = self.manifest.span_covering(("embed", *(b.name for b in self._blocks), "head"))
-        if span is None:
+        span = self._full_span
+        if span is None:  # a schema 1.0 package: the chain of segments, deciding nothing
             return self._adaptive_pass(state, batch, {}, {}, deadline=False)
         feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
                  "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32)}
