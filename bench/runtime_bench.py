@@ -4,7 +4,7 @@ inputs, interleaved input by input so that machine noise hits every configuratio
 
     python -m edgeinfer.bench.runtime_bench PACKAGE --data DEV.tsv [--model HF_DIR] [--report DIR]
 
-Figures: accuracy, agreement with the monolithic fp32 model, latency mean/p50/p90/p99 and the ratio
+Figures: accuracy, agreement with the package's own full model (edgeinfer off), latency mean/p50/p90/p99 and the ratio
 to the monolithic fp32 mean, mean depth, tokens per block, deadline compliance, and the overhead of
 the segmented runtime with every adaptive feature off at fixed token counts.
 """
@@ -121,7 +121,9 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
         overheads = [overhead(fp32, off, n, overhead_runs) for n in (16, 128)]
         full_median = float(np.median(measured["times"]["onnxruntime fp32 (monolithic)"]))
         deadline = _deadline(package, texts, full_median / 2, agreement)
-    reference = [a[0] for a in measured["answers"]["onnxruntime fp32 (monolithic)"]]
+    # agreement is with the package's own full model (after joint fine-tuning it differs from the
+    # original, which the monolithic rows still show)
+    reference = [a[0] for a in measured["answers"]["edgeinfer off"]]
     base_mean = float(np.mean(measured["times"]["onnxruntime fp32 (monolithic)"]))
     rows = []
     for c in configurations:
