@@ -85,14 +85,15 @@ def build_segments(loaded: LoadedModel, task: str) -> TorchSegments:
     return TorchSegments(EmbedSegment(embed_fn, model, uses_types), blocks, head)
 
 
-def _tokenizer_spec(loaded: LoadedModel, max_length: int) -> TokenizerSpec:
+def _tokenizer_spec(loaded: LoadedModel, max_length: int, uses_token_type_ids: bool) -> TokenizerSpec:
     limit = int(getattr(loaded.model.config, "max_position_embeddings", 512))
     if loaded.model.config.model_type in ("roberta", "xlm-roberta"):
         limit -= 2  # positions start after padding_idx
     if not 8 <= max_length <= limit:
         raise ExportError(f"--max-length {max_length} must be between 8 and this model's limit {limit}")
     return TokenizerSpec(path="tokenizer/tokenizer.json", max_length=max_length,
-                         uses_token_type_ids=False, pad_id=loaded.pad_id, special_ids=loaded.special_ids)
+                         uses_token_type_ids=uses_token_type_ids, pad_id=loaded.pad_id,
+                         special_ids=loaded.special_ids)
 
 
 def _calibration_sets(options: ExportOptions, labels: tuple[str, ...] | None) -> tuple[Examples, Examples]:
@@ -130,8 +131,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     segments = build_segments(loaded, options.task)
     num_blocks = len(segments.blocks)
     exit_blocks = parse_exits(options.exits, num_blocks)
-    spec = _tokenizer_spec(loaded, options.max_length)
-    spec = TokenizerSpec(**{**spec.__dict__, "uses_token_type_ids": segments.embed.uses_token_type_ids})
+    spec = _tokenizer_spec(loaded, options.max_length, segments.embed.uses_token_type_ids)
     heads_data, threshold_data = _calibration_sets(options, loaded.labels)
     eval_data = read_examples(options.eval_data, loaded.labels) if options.eval_data else None
     if options.train_exits == "joint" and (heads_data.labels is None or options.task != "text-classification"):
@@ -209,11 +209,9 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
     exit_blocks = tuple(sorted(exit_modules))
     if not exit_blocks:
         return {"exits": "none"}, (), {}
-    torch.set_grad_enabled(False)
     train = collect_features(segments, encoder, heads_data.texts, exit_blocks, features_of, "features (heads)")
     calib = collect_features(segments, encoder, threshold_data.texts, exit_blocks, features_of,
                              "features (thresholds)")
-    torch.set_grad_enabled(True)
     classification = options.task == "text-classification"
     target = torch.softmax(train.final, -1) if classification else train.final
     labels = torch.tensor(heads_data.labels) if classification and heads_data.labels is not None else None
@@ -247,9 +245,7 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
     }
     evaluation = {}
     if eval_data is not None:
-        torch.set_grad_enabled(False)
         ev = collect_features(segments, encoder, eval_data.texts, exit_blocks, features_of, "features (eval)")
-        torch.set_grad_enabled(True)
         ev_labels = np.array(eval_data.labels) if eval_data.labels is not None else None
         evaluation = evaluate(options.task, exit_outputs(exit_modules, ev.per_exit), ev.final.numpy(),
                               ev_labels, levels, num_blocks, eval_data.source)
