@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime.session import load
 
     policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=_keep_schedule(args.keep))
-    session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms), threads=args.threads)
+    session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms, memory_mb=args.memory_mb),
+                   threads=args.threads)
     for text, result in zip(texts := _read_texts(args), session.run(texts)):
         if args.json:
             print(json.dumps({"text": text, **result.to_dict()}))
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep", default=None, help="token pruning: after block : share of tokens kept, e.g. 2:0.7,4:0.5")
     run.add_argument("--budget-ms", type=float, default=None,
                      help="latency budget per input; past it, answer from the best exit reached")
+    run.add_argument("--memory-mb", type=float, default=None,
+                     help="memory cap for the model; refused with the smallest budget that fits")
     run.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
     run.set_defaults(handler=_run)

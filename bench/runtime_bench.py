@@ -24,7 +24,9 @@ from ..export.calibration_data import read_examples
 from ..progress import progress_bar
 from ..runtime.policy import Budget, Policy, softmax
 from ..runtime.session import EdgeSession, load
+from ..runtime.memory import memory_need
 from .baselines import MonolithicModel, export_monolithic, quantize_int8
+from .peak_memory import peak_rss_of_run
 from .report_files import write_atomically, write_json
 from .timing import latency_summary
 
@@ -138,7 +140,11 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
         if raw_labels is not None:
             row["accuracy"] = round(float((predicted == np.array(raw_labels)).mean()), 4)
         rows.append(row)
-    report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats,
+    need = memory_need(manifest)
+    memory = {"edgeinfer_run_peak_rss_mb": round(peak_rss_of_run(package, texts[:200]), 1),
+              "predicted_model_mb": round(need.total_mb, 1), "predicted_weights_mb": round(need.weights_mb, 1),
+              "note": "peak RSS is the whole process (Python, numpy, onnxruntime, tokenizers) running 200 inputs"}
+    report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats, "memory": memory,
               "keep_schedule": [list(k) for k in keep_schedule], "importance": importance,
               "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +186,9 @@ def _markdown(report: dict) -> str:
     d = report["deadline"]
     lines += ["", f"Deadline {d['budget_ms']:.2f} ms (half the monolithic median): "
                   f"{d['within_budget_plus_1ms']:.1%} within budget + 1 ms, {d['cut_short']} of {d['inputs']} cut short.", ""]
+    m = report["memory"]
+    lines += [f"Peak RSS of `edgeinfer run` over 200 inputs: {m['edgeinfer_run_peak_rss_mb']:.0f} MB "
+              f"(predicted model memory {m['predicted_model_mb']:.0f} MB, of which weights {m['predicted_weights_mb']:.0f} MB).", ""]
     return "\n".join(lines)
 
 

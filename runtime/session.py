@@ -19,6 +19,7 @@ import onnxruntime as ort
 from ..errors import InputError
 from ..manifest import ExitHead, Segment
 from .cost_model import LinearCost, measure_linear_cost
+from .memory import check_memory_budget
 from .package import Package, open_package
 from .policy import Budget, Policy, classification_confidence, cosine, should_exit, softmax
 from .pruning import keep_count, keep_tokens
@@ -73,6 +74,7 @@ class EdgeSession:
         self.manifest = package.manifest
         self.policy = policy
         self.budget = budget
+        self.memory = check_memory_budget(self.manifest, budget.memory_mb)  # before any graph loads
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
         self.runner = GraphRunner(package, threads)
         self._blocks = self.manifest.blocks()

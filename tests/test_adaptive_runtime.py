@@ -90,3 +90,15 @@ def test_low_confidence_restarts_at_full_depth(tiny_packages):
     no_time = edgeinfer.load(package, policy=edgeinfer.Policy(**{**cheap.__dict__, "restart_below": 1.0}),
                              budget=edgeinfer.Budget(latency_ms=1e-3)).run(text)
     assert no_time.trace.restarts == 0  # the budget cannot cover a full-depth run
+
+
+def test_memory_budget_below_the_need_is_refused_with_the_smallest_that_fits(tiny_packages, minilm_package):
+    from edgeinfer.errors import BudgetError
+
+    with pytest.raises(BudgetError) as err:
+        edgeinfer.load(minilm_package, budget=edgeinfer.Budget(memory_mb=10))
+    message = str(err.value)
+    assert "\n" not in message and "give at least" in message
+    smallest = int(message.rsplit("give at least ", 1)[1].split()[0])
+    assert 85 <= smallest <= 200  # MiniLM fp32 weights are ~90 MB
+    assert edgeinfer.load(minilm_package, budget=edgeinfer.Budget(memory_mb=smallest)).run("fits").embedding is not None
