@@ -36,7 +36,7 @@ WARMUP = 10
 @dataclass(frozen=True)
 class Configuration:
     name: str
-    answer: Callable[[str], tuple[int, int, list[int], bool]]  # label, depth, tokens per block, cut short
+    answer: Callable[[str], tuple[int, int, list[int], bool, int]]  # label, depth, tokens/block, cut, restarts
 
 
 def _edgeinfer(name: str, session: EdgeSession) -> Configuration:
@@ -45,7 +45,7 @@ def _edgeinfer(name: str, session: EdgeSession) -> Configuration:
     def answer(text: str):
         result = session.run(text)
         return labels.index(result.label), result.trace.exit_after_block, list(result.trace.tokens_per_block), \
-            result.trace.deadline_cut
+            result.trace.deadline_cut, result.trace.restarts
     return Configuration(name, answer)
 
 
@@ -55,7 +55,7 @@ def _monolithic(name: str, model: MonolithicModel, session: EdgeSession) -> Conf
     def answer(text: str):
         batch = session.encoder.encode([text])
         logits = model.run(batch)[0]
-        return int(softmax(logits).argmax()), blocks, [batch.input_ids.shape[1]] * blocks, False
+        return int(softmax(logits).argmax()), blocks, [batch.input_ids.shape[1]] * blocks, False, 0
     return Configuration(name, answer)
 
 
@@ -96,7 +96,8 @@ def overhead(monolithic: MonolithicModel, off: EdgeSession, tokens: int, runs: i
 
 def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path, repeats: int = 3,
               keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5)), agreement: float = 0.99,
-              overhead_runs: int = 300, importance: str = "token_importance") -> dict:
+              overhead_runs: int = 300, importance: str = "token_importance",
+              restart_below: float | None = None) -> dict:
     examples = read_examples(data, None)
     texts = list(examples.texts)
     off = load(package, policy=Policy.off())
@@ -116,6 +117,10 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
             f"edgeinfer exits@{agreement} + prune": load(package, policy=Policy(
                 agreement=agreement, keep_schedule=keep_schedule, importance=importance)),
         }
+        if restart_below is not None:
+            sessions[f"cascade: exits@{agreement} + prune, restart below {restart_below:.3f}"] = load(
+                package, policy=Policy(agreement=agreement, keep_schedule=keep_schedule, importance=importance,
+                                       restart_below=restart_below))
         configurations = [_monolithic("onnxruntime fp32 (monolithic)", fp32, off),
                           _monolithic("onnxruntime int8 dynamic (monolithic)", int8, off)]
         configurations += [_edgeinfer(name, s) for name, s in sessions.items()]
@@ -135,6 +140,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
                "latency_vs_monolithic_fp32": round(float(np.mean(measured["times"][c.name]) / base_mean), 4),
                "agreement_with_full": round(float((predicted == np.array(reference)).mean()), 4),
                "mean_depth": round(float(np.mean([a[1] for a in answers])), 3),
+               "restart_rate": round(float(np.mean([a[4] > 0 for a in answers])), 4),
                "mean_tokens_per_block": [round(float(np.mean([a[2][b] for a in answers if len(a[2]) > b])), 2)
                                          for b in range(manifest.model.num_blocks)]}
         if raw_labels is not None:
@@ -151,6 +157,27 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
     write_json(report_dir / "runtime_bench.json", report)
     write_atomically(report_dir / "runtime_bench.md", _markdown(report))
     return report
+
+
+def choose_restart_threshold(package: Path, texts: list[str], agreement: float,
+                             keep_schedule: tuple[tuple[int, float], ...], importance: str = "token_importance",
+                             target: float = 0.99) -> float | None:
+    """The lowest confidence below which restarting at full depth brings the cheap point's answers
+    to `target` agreement with the full model on these (calibration) texts; None if the cheap point
+    already reaches it."""
+    full = load(package, policy=Policy.off())
+    cheap = load(package, policy=Policy(agreement=agreement, keep_schedule=keep_schedule, importance=importance))
+    reference = [full.run(t).label for t in texts]
+    results = [cheap.run(t) for t in texts]
+    confidence = np.array([r.confidence for r in results])
+    wrong = np.array([r.label != ref for r, ref in zip(results, reference)])
+    if 1 - wrong.mean() >= target:
+        return None
+    for candidate in np.unique(confidence):
+        restarted = confidence < candidate  # those become the full model's answers
+        if 1 - (wrong & ~restarted).mean() >= target:
+            return float(candidate)
+    return float(confidence.max()) + 1e-6
 
 
 def _deadline(package: Path, texts: list[str], budget_ms: float, agreement: float) -> dict:
@@ -173,12 +200,12 @@ def _markdown(report: dict) -> str:
     lines = [f"# Runtime benchmark: {report['package']}", "",
              f"{report['inputs']} inputs from {report['data']}, batch 1, {report['warmup']} warm-up runs, "
              f"{report['repeats']} interleaved repeats per configuration.", "",
-             "| configuration | accuracy | agreement | mean ms | p50 | p90 | p99 | vs fp32 | mean depth |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| configuration | accuracy | agreement | mean ms | p50 | p90 | p99 | vs fp32 | mean depth | restarts |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["configurations"]:
         lines.append(f"| {r['configuration']} | {r.get('accuracy', float('nan')):.4f} | {r['agreement_with_full']:.4f} | "
                      f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['latency_vs_monolithic_fp32']:.3f} | {r['mean_depth']:.2f} |")
+                     f"{r['latency_vs_monolithic_fp32']:.3f} | {r['mean_depth']:.2f} | {r['restart_rate']:.1%} |")
     lines += ["", "Adaptivity off vs one monolithic session (same text, interleaved):", ""]
     for o in report["overhead"]:
         lines.append(f"- {o['tokens']} tokens, {o['runs']} runs: mean ratio {o['mean_ratio']:.3f}, "
