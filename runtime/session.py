@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import InputError
-from ..manifest import ExitHead, Segment
+from ..manifest import PAD_BIAS, ExitHead, Segment
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .package import Package, open_package
@@ -142,7 +142,29 @@ class EdgeSession:
             raise InputError(f"run() takes a string or a list of strings, not {type(texts).__name__}")
         if not texts:
             raise InputError("run() got an empty list; pass at least one text")
+        if self._full is not None and len(texts) > 1:
+            return self._run_batch(list(texts))
         return [self._run_one(text) for text in texts]
+
+    def _run_batch(self, texts: list[str], batch_size: int = 32) -> list[Result]:
+        """With nothing to decide per input, texts of similar length run padded together through
+        the fused graph (padding masked by attention_bias); each result reports the batch's time."""
+        results: list[Result | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) if isinstance(texts[i], str) else 0)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            state = _Run(started=time.perf_counter())
+            batch = self.encoder.encode([texts[i] for i in index])
+            feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
+                     "attention_bias": np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)}
+            outputs = self._call(state, self._full, feeds)[0]
+            for row, i in enumerate(index):
+                tokens = int(batch.attention_mask[row].sum())
+                row_state = _Run(started=state.started, segments=list(state.segments),
+                                 milliseconds=dict(state.milliseconds), tokens=[tokens] * len(self._blocks))
+                answer = _Answer(outputs[row], self._final_confidence(outputs[row]), len(self._blocks))
+                results[i] = self._answer(row_state, batch.truncated[row], answer)
+        return results  # type: ignore[return-value]
 
     def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         graph = self.runner.graph(segment)
@@ -172,7 +194,7 @@ class EdgeSession:
         if self._should_restart(state, answer, batch):
             state.restarts += 1
             answer = self._full_pass(state, batch)
-        return self._answer(state, batch, answer)
+        return self._answer(state, batch.truncated[0], answer)
 
     def _should_restart(self, state: _Run, answer: _Answer, batch) -> bool:
         """Confidence-based restart: a low-confidence cheap answer is redone at full depth with every
@@ -250,13 +272,13 @@ class EdgeSession:
             return classification_confidence(output)
         return cosine(output, previous) if previous is not None else None
 
-    def _answer(self, state: _Run, batch, answer: _Answer) -> Result:
+    def _answer(self, state: _Run, truncated: bool, answer: _Answer) -> Result:
         output, confidence = answer.output, answer.confidence
         trace = Trace(segments=tuple(state.segments), tokens_per_block=tuple(state.tokens),
                       exit_after_block=answer.depth, restarts=state.restarts,
                       milliseconds=state.milliseconds,
                       total_ms=round((time.perf_counter() - state.started) * 1000, 4),
-                      truncated=batch.truncated[0], thresholds_level=self.level.agreement if self.level else None,
+                      truncated=truncated, thresholds_level=self.level.agreement if self.level else None,
                       deadline_cut=answer.cut_short)
         if self.manifest.model.task == "text-classification":
             probabilities = softmax(output)

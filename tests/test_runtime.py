@@ -83,3 +83,15 @@ def test_cli_run_inspect_and_one_line_errors(tiny_packages, tmp_path):
     missing = subprocess.run(cli + ["run", str(tmp_path / "none.edge"), "--text", "x"], capture_output=True, text=True)
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "not an edge package directory" in missing.stderr
+
+
+def test_batched_full_depth_matches_one_by_one(tiny_packages):
+    session = edgeinfer.load(tiny_packages[("roberta", "text-classification")], policy=edgeinfer.Policy.off())
+    texts = ["good", "a long dull movie with a slow plot and a kind actor", "sad story", "rain " * 80]
+    batched = session.run(texts)
+    for text, result in zip(texts, batched):
+        single = session.run(text)
+        np.testing.assert_allclose(result.probabilities, single.probabilities, atol=1e-5)
+        assert result.label == single.label and result.trace.truncated == single.trace.truncated
+    with pytest.raises(InputError, match="not a string"):
+        session.run(["good", 7])
