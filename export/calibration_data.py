@@ -34,7 +34,9 @@ class Examples:
         return self.take(order[:first]), self.take(order[first:first + second])
 
 
-def read_examples(path: str | Path, label_names: tuple[str, ...] | None) -> Examples:
+def read_examples(path: str | Path, label_names: tuple[str, ...] | None, use_labels: bool = True) -> Examples:
+    """Examples from a file; labels are parsed (as integers or as `label_names`) unless
+    `use_labels` is False, as for embedding models, which have no classes to check them against."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"calibration file {path} does not exist; pass a TSV or a text file")
@@ -46,16 +48,16 @@ def read_examples(path: str | Path, label_names: tuple[str, ...] | None) -> Exam
     if not lines:
         raise ExportError(f"{path} has no examples; it needs at least one non-empty line")
     if "\t" in lines[0] or path.suffix.lower() == ".tsv":
-        return _read_tsv(path, lines, label_names)
+        return _read_tsv(path, lines, label_names, use_labels)
     return Examples(tuple(line.strip() for line in lines), None, str(path))
 
 
-def _read_tsv(path: Path, lines: list[str], label_names: tuple[str, ...] | None) -> Examples:
+def _read_tsv(path: Path, lines: list[str], label_names: tuple[str, ...] | None, use_labels: bool) -> Examples:
     header = [h.strip().lower() for h in lines[0].split("\t")]
     text_col = next((header.index(c) for c in TEXT_COLUMNS if c in header), None)
     if text_col is None:
         raise ExportError(f"{path}: the header {header} has no text column; name one of {list(TEXT_COLUMNS)}")
-    label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
+    label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None) if use_labels else None
     texts: list[str] = []
     labels: list[int] = []
     for number, row in enumerate(csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE), start=2):

@@ -97,10 +97,11 @@ def _tokenizer_spec(loaded: LoadedModel, max_length: int, uses_token_type_ids: b
 
 
 def _calibration_sets(options: ExportOptions, labels: tuple[str, ...] | None) -> tuple[Examples, Examples]:
-    main = read_examples(options.calib or BUNDLED_SAMPLE, labels)
+    use_labels = options.task == "text-classification"
+    main = read_examples(options.calib or BUNDLED_SAMPLE, labels, use_labels)
     wanted = options.joint_examples if options.train_exits == "joint" else options.head_examples
     if options.calib_thresholds:
-        thresholds = read_examples(options.calib_thresholds, labels)
+        thresholds = read_examples(options.calib_thresholds, labels, use_labels)
         heads, _ = main.split(wanted, 0, options.seed)
         _, thresholds = thresholds.split(0, options.threshold_examples, options.seed)
         return heads, thresholds
@@ -133,7 +134,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     exit_blocks = parse_exits(options.exits, num_blocks)
     spec = _tokenizer_spec(loaded, options.max_length, segments.embed.uses_token_type_ids)
     heads_data, threshold_data = _calibration_sets(options, loaded.labels)
-    eval_data = read_examples(options.eval_data, loaded.labels) if options.eval_data else None
+    eval_data = read_examples(options.eval_data, loaded.labels, options.task == "text-classification") \
+        if options.eval_data else None
     if options.train_exits == "joint" and (heads_data.labels is None or options.task != "text-classification"):
         raise ExportError("--train-exits joint needs a text-classification model and a --calib TSV with labels")
 

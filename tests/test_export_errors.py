@@ -82,3 +82,12 @@ def test_classification_needs_a_trained_head(tiny_models, tmp_path):
     with pytest.raises(ExportError, match="no trained classification head"):
         export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge",
                      ExportOptions(task="text-classification"))
+
+
+def test_embedding_export_ignores_class_names_in_a_label_column(tiny_models, tmp_path):
+    calib = tmp_path / "named.tsv"
+    calib.write_text("text\tlabel\n" + "".join(f"good movie {i}\tWorld\n" for i in range(40)))
+    manifest = export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge",
+                            ExportOptions(calib=str(calib), eval_data=str(calib)))
+    assert manifest.calibration["exit_training"]["labels_used"] is False
+    assert manifest.evaluation["examples"] == 40
