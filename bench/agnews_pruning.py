@@ -22,7 +22,7 @@ from ..export.calibration_data import read_examples
 from ..export.pipeline import ExportOptions, export_model
 from ..runtime.policy import Policy
 from ..runtime.session import load
-from .runtime_bench import _markdown, run_bench
+from .runtime_bench import markdown_report, run_bench
 
 RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
 FIRST_BLOCKS = (1, 2)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     subset.write_text("\n".join([rows[0]] + [rows[i] for i in sorted(order)]) + "\n", encoding="utf-8")
     report = run_bench(package, subset, args.model, Path(args.report), args.repeats,
                        keep_schedule=best["schedule"], importance=best["importance"])
-    print(_markdown(report))
+    print(markdown_report(report))
     return 0
 
 

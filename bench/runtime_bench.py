@@ -98,12 +98,10 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
               keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5)), agreement: float = 0.99,
               overhead_runs: int = 300, importance: str = "token_importance",
               restart_below: float | None = None) -> dict:
-    examples = read_examples(data, None)
-    texts = list(examples.texts)
     off = load(package, policy=Policy.off())
     manifest = off.manifest
-    labels = list(manifest.model.labels or [])
-    raw_labels = read_examples(data, tuple(labels)).labels
+    examples = read_examples(data, manifest.model.labels)
+    texts, raw_labels = list(examples.texts), examples.labels
     model_dir = model_dir or manifest.model.source
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = export_monolithic(model_dir, manifest.model.task, Path(tmp) / "model.onnx")
@@ -155,7 +153,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
               "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json(report_dir / "runtime_bench.json", report)
-    write_atomically(report_dir / "runtime_bench.md", _markdown(report))
+    write_atomically(report_dir / "runtime_bench.md", markdown_report(report))
     return report
 
 
@@ -196,7 +194,7 @@ def _deadline(package: Path, texts: list[str], budget_ms: float, agreement: floa
             "cut_short": int(cut)}
 
 
-def _markdown(report: dict) -> str:
+def markdown_report(report: dict) -> str:
     lines = [f"# Runtime benchmark: {report['package']}", "",
              f"{report['inputs']} inputs from {report['data']}, batch 1, {report['warmup']} warm-up runs, "
              f"{report['repeats']} interleaved repeats per configuration.", "",
@@ -228,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     report = run_bench(Path(args.package), Path(args.data), args.model, Path(args.report), args.repeats)
-    print(_markdown(report))
+    print(markdown_report(report))
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..export.calibration_data import read_examples
 from ..export.pipeline import ExportOptions, export_model
 from .report_files import write_atomically
-from .runtime_bench import _markdown, choose_restart_threshold, run_bench
+from .runtime_bench import markdown_report, choose_restart_threshold, run_bench
 
 KEEP_SCHEDULE = ((2, 0.7), (4, 0.5))
 RESTART_CALIBRATION_ROWS = 500
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"restart threshold chosen on {len(calibration)} train sentences: {restart_below}")
     report = run_bench(package, dev, str(model), Path(args.report), args.repeats, keep_schedule=KEEP_SCHEDULE,
                        restart_below=restart_below)
-    print(_markdown(report))
+    print(markdown_report(report))
     return 0
 
 

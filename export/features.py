@@ -48,7 +48,7 @@ def embed_batch(segments: TorchSegments, batch: EncodedBatch) -> tuple[torch.Ten
     return segments.embed(ids, types), attention_bias(batch.attention_mask)
 
 
-def length_batches(encoder: TextEncoder, texts: tuple[str, ...], batch_size: int) -> list[list[int]]:
+def length_batches(texts: tuple[str, ...], batch_size: int) -> list[list[int]]:
     """Index batches of similar length, so padding stays small."""
     lengths = [len(t) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
@@ -61,7 +61,7 @@ def collect_features(segments: TorchSegments, encoder: TextEncoder, texts: tuple
                      desc: str, batch_size: int = 64) -> CachedFeatures:
     per_exit: dict[int, list[tuple[list[int], torch.Tensor]]] = {b: [] for b in exit_blocks}
     finals: list[tuple[list[int], torch.Tensor]] = []
-    batches = length_batches(encoder, texts, batch_size)
+    batches = length_batches(texts, batch_size)
     with progress_bar(len(batches), desc) as bar:
         for index in batches:
             hidden, bias = embed_batch(segments, encoder.encode([texts[i] for i in index]))

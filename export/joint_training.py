@@ -56,7 +56,7 @@ def _length_bucketed_batches(encoder: TextEncoder, texts: tuple[str, ...], batch
 def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tuple[str, ...],
                         batch_size: int = 64) -> np.ndarray:
     out = np.empty((len(texts), 0), dtype=np.float32)
-    for index in length_batches(encoder, texts, batch_size):
+    for index in length_batches(texts, batch_size):
         hidden, bias = embed_batch(segments, encoder.encode([texts[i] for i in index]))
         for block in segments.blocks:
             hidden = block(hidden, bias)[0]

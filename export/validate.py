@@ -51,10 +51,9 @@ def reference_output(model: torch.nn.Module, task: str, normalize: bool, ids: np
     return (torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled).numpy()
 
 
-def chain_output(graph_dir: Path, segments: list[Segment], ids: np.ndarray, mask: np.ndarray,
-                 exits: dict[int, Segment]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def chain_output(sessions: dict, segments: list[Segment], ids: np.ndarray, mask: np.ndarray,
+                 exits: dict[int, Segment]) -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, np.ndarray]]:
     """Full-depth output of the segment chain, every exit's output, and every span's output."""
-    sessions = {s.name: open_session(graph_dir / Path(s.graph()).name) for s in segments}
     embed = next(s for s in segments if s.kind == "embed")
     bias = np.where(mask > 0, 0.0, PAD_BIAS).astype(np.float32)
     spans = {}
@@ -87,9 +86,10 @@ def validate_graphs(graph_dir: Path, segments: list[Segment], exits: dict[int, S
     worst = 0.0
     worst_exit = 0.0
     per_length: list[dict] = []
+    sessions = {s.name: open_session(graph_dir / Path(s.graph()).name) for s in segments}
     for ids, mask in batches:
         expected = reference_output(model, task, normalize, ids, mask)
-        got, exit_outputs, spans = chain_output(graph_dir, segments, ids, mask, exits)
+        got, exit_outputs, spans = chain_output(sessions, segments, ids, mask, exits)
         diff = max([float(np.abs(expected - got).max())] + [float(np.abs(expected - s).max()) for s in spans.values()])
         worst = max(worst, diff)
         for depth, module in exit_modules.items():

@@ -31,7 +31,7 @@ def measure_linear_cost(run: Callable[[int], object], token_counts: tuple[int, i
     A deadline guard that plans on the median runs over whenever a block runs slower than usual,
     which on a shared two-core machine is often; planning on p90 trades a little depth for it.
     """
-    medians = []
+    tails = []
     for tokens in token_counts:
         run(tokens)
         samples = []
@@ -39,7 +39,7 @@ def measure_linear_cost(run: Callable[[int], object], token_counts: tuple[int, i
             t0 = time.perf_counter()
             run(tokens)
             samples.append((time.perf_counter() - t0) * 1000)
-        medians.append(float(np.percentile(samples, 90)))
-    (n0, n1), (t0_ms, t1_ms) = token_counts, medians
+        tails.append(float(np.percentile(samples, 90)))
+    (n0, n1), (t0_ms, t1_ms) = token_counts, tails
     per_token = max((t1_ms - t0_ms) / (n1 - n0), 0.0)
     return LinearCost(fixed_ms=max(t0_ms - per_token * n0, 0.0), per_token_ms=per_token)

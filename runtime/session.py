@@ -101,20 +101,21 @@ class EdgeSession:
         if budget.latency_ms is not None:
             self._measure_costs()
 
-    def _active_exits(self) -> dict[int, tuple[ExitHead, float | None]]:
+    def _active_exits(self) -> dict[int, tuple[ExitHead, Segment, float | None]]:
         """Exits worth running at this level: those with a threshold, and for embeddings the exit
         before each of them (their confidence compares consecutive exits)."""
         if self.level is None:
             return {}
-        active: dict[int, tuple[ExitHead, float | None]] = {}
+        active: dict[int, tuple[ExitHead, Segment, float | None]] = {}
         for i, exit_head in enumerate(self.manifest.exits):
             threshold = self.level.thresholds[i]
             if threshold is None:
                 continue
-            active[exit_head.after_block] = (exit_head, threshold)
+            active[exit_head.after_block] = (exit_head, self.manifest.segment(exit_head.segment), threshold)
             if exit_head.confidence == "consecutive_cosine" and i > 0:
                 before = self.manifest.exits[i - 1]
-                active.setdefault(before.after_block, (before, self.level.thresholds[i - 1]))
+                active.setdefault(before.after_block, (before, self.manifest.segment(before.segment),
+                                                       self.level.thresholds[i - 1]))
         return active
 
     def _measure_costs(self) -> None:
@@ -235,9 +236,8 @@ class EdgeSession:
             outputs = self._call(state, block, {"hidden": hidden, "attention_bias": bias})
             hidden = outputs[0]
             if depth in exits and depth < num_blocks:
-                exit_head, threshold = exits[depth]
-                output = self._call(state, self.manifest.segment(exit_head.segment),
-                                    {"hidden": hidden, "attention_bias": bias})[0][0]
+                exit_head, exit_segment, threshold = exits[depth]
+                output = self._call(state, exit_segment, {"hidden": hidden, "attention_bias": bias})[0][0]
                 confidence = self._confidence(exit_head, output, previous_exit)
                 previous_exit, best = output, _Answer(output, confidence, depth)
                 if should_exit(confidence, threshold):
