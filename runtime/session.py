@@ -119,6 +119,10 @@ class EdgeSession:
         return active
 
     def _measure_costs(self) -> None:
+        # A deadline cannot absorb a session being created mid-run: open every graph now.
+        for segment in self.manifest.segments:
+            if segment.kind != "span":
+                self.runner.graph(segment)
         hidden_size = self.manifest.model.hidden_size
 
         def runner(segment: Segment):
