@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SEGMENT_KINDS = ("embed", "block", "exit", "head", "span")
 TASKS = ("feature-extraction", "text-classification")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine")
@@ -94,6 +94,33 @@ class ExitThresholds:
 
 
 @dataclass(frozen=True)
+class PrecisionVariant:
+    """A lowered copy of the model (quant/), stored as one more variant of every segment under `name`.
+
+    `plan` gives each weight node of the full-depth graph its precision (nodes not named stay fp32).
+    `thresholds` are calibrated against the fp32 full model, like the package's own, with one more
+    entry than there are exits: the last applies to the variant's final confidence, and an answer
+    below it restarts at fp32 (confidence-based restart). Their `expected_mean_depth` counts cost in
+    this variant's blocks, a restart included.
+    """
+
+    name: str
+    plan: dict[str, str]
+    bytes: int
+    quality: dict[str, Any]
+    thresholds: tuple[ExitThresholds, ...]
+
+    def thresholds_for(self, agreement: float) -> ExitThresholds | None:
+        return strictest_level(self.thresholds, agreement)
+
+
+def strictest_level(levels: tuple[ExitThresholds, ...], agreement: float) -> ExitThresholds | None:
+    """The calibrated set for the strictest stored level at or above `agreement`."""
+    fitting = [t for t in levels if t.agreement >= agreement - 1e-12]
+    return min(fitting, key=lambda t: t.agreement) if fitting else None
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     family: str
     model_type: str
@@ -129,6 +156,7 @@ class Manifest:
     validation: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    precision_variants: tuple[PrecisionVariant, ...] = ()
 
     def segment(self, name: str) -> Segment:
         for segment in self.segments:
@@ -144,9 +172,14 @@ class Manifest:
         return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))
 
     def thresholds_for(self, agreement: float) -> ExitThresholds | None:
-        """The calibrated set for the strictest stored level at or above `agreement`."""
-        fitting = [t for t in self.exit_thresholds if t.agreement >= agreement - 1e-12]
-        return min(fitting, key=lambda t: t.agreement) if fitting else None
+        return strictest_level(self.exit_thresholds, agreement)
+
+    def precision_variant(self, name: str) -> PrecisionVariant:
+        for variant in self.precision_variants:
+            if variant.name == name:
+                return variant
+        known = ["fp32", *(v.name for v in self.precision_variants)]
+        raise PackageError(f"this package has no precision variant {name!r}; it has {known}")
 
     def to_json(self) -> str:
         document = {"format": FORMAT_NAME, **asdict(self)}
@@ -309,6 +342,19 @@ def _parse_thresholds(obj: Any, where: str) -> ExitThresholds:
     )
 
 
+def _parse_precision_variant(obj: Any, where: str) -> PrecisionVariant:
+    plan = _need(obj, "plan", dict, where)
+    if len(plan) > 100_000 or not all(isinstance(k, str) and isinstance(v, str) for k, v in plan.items()):
+        raise PackageError(f"manifest: {where}.plan must map node names to precision names")
+    return PrecisionVariant(
+        name=_str(obj, "name", where),
+        plan=dict(plan),
+        bytes=_int(obj, "bytes", where, 0, 1 << 62),
+        quality=_record(obj, "quality"),
+        thresholds=_list(obj, "thresholds", where, _parse_thresholds),
+    )
+
+
 def _parse_file(obj: Any, where: str) -> FileEntry:
     digest = _str(obj, "sha256", where)
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -330,6 +376,8 @@ def _parse_manifest(document: Any) -> Manifest:
         validation=_record(document, "validation"),
         evaluation=_record(document, "evaluation"),
         export=_record(document, "export"),
+        precision_variants=_list(document, "precision_variants", "manifest", _parse_precision_variant, limit=64)
+        if "precision_variants" in document else (),
     )
     _check_consistency(manifest)
     return manifest
@@ -356,6 +404,16 @@ def _check_consistency(manifest: Manifest) -> None:
     for level in manifest.exit_thresholds:
         if len(level.thresholds) != len(manifest.exits) or len(level.exit_shares) != len(manifest.exits) + 1:
             raise PackageError(f"manifest: thresholds for agreement {level.agreement} do not match the exits")
+    for variant in manifest.precision_variants:
+        if variant.name == "fp32" or [v.name for v in manifest.precision_variants].count(variant.name) > 1:
+            raise PackageError(f"manifest: precision variant name {variant.name!r} is reserved or repeated")
+        lacking = [s.name for s in manifest.segments if variant.name not in (v.precision for v in s.variants)]
+        if lacking:
+            raise PackageError(f"manifest: precision variant {variant.name!r} has no graph for {lacking}")
+        for level in variant.thresholds:
+            if len(level.thresholds) != len(manifest.exits) + 1:
+                raise PackageError(f"manifest: variant {variant.name!r} thresholds for agreement "
+                                   f"{level.agreement} need one per exit plus the restart threshold")
 
 
 def file_entry(root: "os.PathLike[str] | str", relative: str) -> FileEntry:

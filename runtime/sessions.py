@@ -52,10 +52,13 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-def open_session(path: Path, threads: int | None = None,
+def open_session(graph: Path | bytes, threads: int | None = None,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """A session on a graph file, or on a serialized graph held in memory (the quantization search)."""
+    source = graph if isinstance(graph, bytes) else str(graph)
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=list(providers))
+        return ort.InferenceSession(source, sess_options=session_options(threads), providers=list(providers))
     except Exception as err:  # onnxruntime raises its own untyped errors for bad graphs
-        raise PackageError(f"graph {Path(path).name} cannot be loaded by onnxruntime "
+        name = "in memory" if isinstance(graph, bytes) else Path(graph).name
+        raise PackageError(f"graph {name} cannot be loaded by onnxruntime "
                            f"({str(err).splitlines()[0][:160]})") from None

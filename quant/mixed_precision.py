@@ -1,0 +1,150 @@
+"""From a package to a precision plan: analyse every weight node, then choose for a budget.
+
+analyse(): node list, bytes and measured latency per node and candidate, and the error of each
+(measured sensitivity, or the value-driven proxy scaled by block gains). choose_plan(): a uniform
+plan (int8, int4, fp16) or the searched mixed plan for a size or latency budget. Plans are keyed
+by weight digest so they apply to every graph of the package (weight_nodes.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..errors import InputError
+from ..runtime.package import Package
+from .candidates import BY_NAME, CANDIDATES, Candidate
+from .node_latency import node_latencies
+from .output_error import CalibrationBatches, calibration_batches
+from .propagation import block_gains, gain_of
+from .search import Option, Plan, dp_front, greedy_front, pareto, plan_for_budget
+from .sensitivity import measure_sensitivity
+from .value_stats import ValueStats, activation_stats, proxy_error
+from .weight_nodes import WeightNode, weight_nodes
+
+QUANT_MODES = ("none", "int8", "int4", "fp16", "mixed")
+UNIFORM = {"int8": "int8-channel", "int4": "int4-b32", "fp16": "fp16"}
+PLAN_TOKENS = 64  # the token count node latencies are measured and plans predicted at
+MIN_CALIBRATION_TEXTS = 32
+
+
+@dataclass(frozen=True)
+class Analysis:
+    nodes: tuple[WeightNode, ...]
+    bytes: dict[tuple[str, str], int]
+    latency_ms: dict[tuple[str, str], float]
+    proxy: dict[tuple[str, str], float]
+    measured: dict[tuple[str, str], float] | None
+    stats: dict[str, ValueStats]
+    gains: tuple[float, ...]
+    other_bytes: int  # weights outside the analysed nodes (norms, biases)
+    other_latency_ms: float  # the graph's time outside the analysed nodes, at PLAN_TOKENS
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def error(self, key: tuple[str, str]) -> float:
+        if key[1] == "fp32":
+            return 0.0
+        return (self.measured or self.proxy)[key]
+
+    def options(self, cost: str) -> dict[str, list[Option]]:
+        table = self.bytes if cost == "bytes" else self.latency_ms
+        scale = 1e-6 if cost == "bytes" else 1.0  # searched in MB and ms
+        allowed = {}
+        for node in self.nodes:
+            allowed[node.name] = [Option(c.name, scale * table[(node.name, c.name)], self.error((node.name, c.name)))
+                                  for c in CANDIDATES if (node.name, c.name) in table
+                                  and not (c.bits < 8 and self.stats.get(node.name) is not None
+                                           and self.stats[node.name].has_outliers)]
+        return allowed
+
+    def by_digest(self, plan: Plan) -> dict[str, str]:
+        names = {n.name: n.digest for n in self.nodes}
+        return {names[node]: candidate for node, candidate in plan.assignment}
+
+    def predicted(self, assignment: dict[str, str]) -> tuple[int, float, float]:
+        """(bytes, latency ms, additive error) of a plan given by node name."""
+        keys = [(n.name, assignment.get(n.name, "fp32")) for n in self.nodes]
+        return (self.other_bytes + sum(self.bytes[k] for k in keys),
+                self.other_latency_ms + sum(self.latency_ms[k] for k in keys), sum(self.error(k) for k in keys))
+
+
+def full_model(package: Package) -> onnx.ModelProto:
+    manifest = package.manifest
+    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    if span is None:
+        raise InputError("this package has no full-depth graph (schema 1.0); re-export it to quantize it")
+    return onnx.load(str(package.path(span.graph("fp32"))))
+
+
+def analyse(package: Package, texts: list[str], sensitivity: str = "proxy",
+            candidates: tuple[Candidate, ...] = CANDIDATES, model_latency_ms: float | None = None) -> tuple[Analysis, CalibrationBatches]:
+    if len(texts) < MIN_CALIBRATION_TEXTS:
+        raise InputError(f"the calibration data has {len(texts)} texts; quantization needs at least "
+                         f"{MIN_CALIBRATION_TEXTS} (a few hundred give steadier plans)")
+    model = full_model(package)
+    batches = calibration_batches(package, model, texts)
+    nodes = weight_nodes(model)
+    seconds = {}
+    start = time.perf_counter()
+    stats = activation_stats(model, nodes, batches.feeds)
+    gains = block_gains(package, batches.feeds, batches.reference)
+    proxy = {(n.name, c.name): proxy_error(model, n, c, stats) * gain_of(n.name, gains)
+             for n in nodes for c in candidates if c.bits < 32 and n.op_type in c.ops}
+    seconds["proxy"] = round(time.perf_counter() - start, 2)
+    measured = None
+    if sensitivity == "measured":
+        start = time.perf_counter()
+        measured = measure_sensitivity(model, nodes, candidates, batches.error)
+        seconds["measured"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    latency = node_latencies(nodes, list(candidates), PLAN_TOKENS)
+    seconds["latency"] = round(time.perf_counter() - start, 2)
+    sizes = {(n.name, c.name): c.weight_bytes(n.shape) for n in nodes for c in candidates if n.op_type in c.ops}
+    analysed = {n.weight for n in nodes}
+    other_bytes = sum(_tensor_bytes(t) for t in model.graph.initializer if t.name not in analysed)
+    fp32_nodes_ms = sum(latency[(n.name, "fp32")] for n in nodes)
+    other_ms = max((model_latency_ms or fp32_nodes_ms) - fp32_nodes_ms, 0.0)
+    return Analysis(tuple(nodes), sizes, latency, proxy, measured, stats, tuple(gains), other_bytes, other_ms,
+                    seconds), batches
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.INT64: 8}.get(tensor.data_type, 4)
+
+
+def uniform_plan(analysis: Analysis, mode: str) -> dict[str, str]:
+    """Every node at one precision (int4 nodes without an int4 kernel, e.g. Gemm, take int8)."""
+    name = UNIFORM[mode]
+    return {n.name: (name if n.op_type in BY_NAME[name].ops else "int8-channel") for n in analysis.nodes}
+
+
+def fronts(analysis: Analysis, cost: str) -> dict[str, list[Plan]]:
+    fixed = analysis.other_bytes * 1e-6 if cost == "bytes" else analysis.other_latency_ms
+    options = analysis.options(cost)
+    return {"greedy": pareto(greedy_front(options, fixed)), "dp": dp_front(options, fixed)}
+
+
+def choose_plan(analysis: Analysis, mode: str, size_budget_mb: float | None = None,
+                latency_budget_ms: float | None = None) -> dict[str, str]:
+    """A plan by node name for the mode and budget (mixed without a budget: uniform int8's bytes)."""
+    if mode not in QUANT_MODES or mode == "none":
+        raise InputError(f"quant mode {mode!r} must be one of {', '.join(QUANT_MODES[1:])}")
+    if mode != "mixed":
+        if size_budget_mb is not None or latency_budget_ms is not None:
+            raise InputError(f"a size or latency budget needs --quant mixed, not {mode}")
+        return uniform_plan(analysis, mode)
+    if latency_budget_ms is not None:
+        front = fronts(analysis, "latency")
+        return _best(front, latency_budget_ms, "ms at %d tokens" % PLAN_TOKENS).as_dict()
+    budget = size_budget_mb if size_budget_mb is not None else analysis.predicted(uniform_plan(analysis, "int8"))[0] / 1e6
+    return _best(fronts(analysis, "bytes"), budget, "MB").as_dict()
+
+
+def _best(front: dict[str, list[Plan]], budget: float, unit: str) -> Plan:
+    plans = [plan_for_budget(f, budget, unit) for f in front.values()]
+    return min(plans, key=lambda p: (p.error, p.cost))

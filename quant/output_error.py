@@ -1,0 +1,68 @@
+"""How far a lowered model's output is from the fp32 model's, on calibration batches.
+
+The error is measured where the user sees it: KL divergence of the class probabilities for a
+classifier, 1 - cosine of the embedding for an embedding model. The full-depth graph of the
+package is the model; its inputs are built with the package's own tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..manifest import PAD_BIAS
+from ..runtime.package import Package
+from ..runtime.sessions import open_session
+from ..runtime.tokenize import TextEncoder
+
+
+@dataclass(frozen=True)
+class CalibrationBatches:
+    task: str
+    feeds: tuple[dict[str, np.ndarray], ...]
+    reference: np.ndarray  # fp32 outputs of every input, in batch order
+
+    def outputs(self, model: onnx.ModelProto | bytes) -> np.ndarray:
+        graph = open_session(model if isinstance(model, bytes) else model.SerializeToString())
+        names = {i.name for i in graph.get_inputs()}
+        return np.concatenate([graph.run(None, {k: v for k, v in f.items() if k in names})[0] for f in self.feeds])
+
+    def error(self, model: onnx.ModelProto | bytes) -> float:
+        return output_error(self.task, self.reference, self.outputs(model))
+
+
+def output_error(task: str, reference: np.ndarray, outputs: np.ndarray) -> float:
+    if task == "text-classification":
+        p, q = _softmax(reference), _softmax(outputs)
+        return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=-1)))
+    return float(np.mean(1.0 - cosine_rows(reference, outputs)))
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return np.sum(a * b, axis=-1) / np.maximum(norms, 1e-12)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def encode_batches(package: Package, texts: list[str], batch_size: int = 32) -> tuple[dict[str, np.ndarray], ...]:
+    """Texts sorted by length and padded per batch (padding masked by attention_bias)."""
+    encoder = TextEncoder(package.path(package.manifest.tokenizer.path), package.manifest.tokenizer)
+    ordered = sorted(texts, key=len)
+    batches = []
+    for start in range(0, len(ordered), batch_size):
+        batch = encoder.encode(ordered[start:start + batch_size])
+        batches.append({"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
+                        "attention_bias": np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)})
+    return tuple(batches)
+
+
+def calibration_batches(package: Package, full_model: onnx.ModelProto, texts: list[str]) -> CalibrationBatches:
+    feeds = encode_batches(package, texts)
+    partial = CalibrationBatches(package.manifest.model.task, feeds, np.zeros(0))
+    return CalibrationBatches(partial.task, feeds, partial.outputs(full_model))

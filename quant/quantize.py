@@ -1,0 +1,72 @@
+"""`edgeinfer quantize`: analyse a package, choose a plan for the budget, write it as a variant."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..manifest import Manifest
+from ..runtime.package import open_package
+from ..runtime.sessions import open_session
+from .mixed_precision import PLAN_TOKENS, Analysis, choose_plan, full_model, analyse
+from .output_error import CalibrationBatches
+from .package_variants import add_precision_variant
+
+SENSITIVITY_MODES = ("proxy", "measured")
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    manifest: Manifest
+    analysis: Analysis
+    plan: dict[str, str]
+    predicted: tuple[int, float, float]  # bytes, latency ms at PLAN_TOKENS, additive error
+    batches: CalibrationBatches
+
+
+def fp32_latency_ms(package_root: Path, manifest: Manifest, tokens: int = PLAN_TOKENS, repeats: int = 30) -> float:
+    """Median latency of the package's fp32 full-depth graph at `tokens` tokens, batch 1."""
+    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    graph = open_session(package_root / span.graph("fp32"))
+    feeds = {"input_ids": np.full((1, tokens), 1000, np.int64), "token_type_ids": np.zeros((1, tokens), np.int64),
+             "attention_bias": np.zeros((1, tokens), np.float32)}
+    feeds = {k: feeds[k] for k in span.inputs}
+    for _ in range(5):
+        graph.run(None, feeds)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        graph.run(None, feeds)
+        samples.append((time.perf_counter() - start) * 1000)
+    return float(np.median(samples))
+
+
+def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", output: Path | None = None,
+                     name: str | None = None, size_budget_mb: float | None = None,
+                     latency_budget_ms: float | None = None, sensitivity: str = "proxy",
+                     force: bool = False, analysis: tuple[Analysis, CalibrationBatches] | None = None) -> QuantizeResult:
+    if sensitivity not in SENSITIVITY_MODES:
+        raise InputError(f"sensitivity {sensitivity!r} must be one of {', '.join(SENSITIVITY_MODES)}")
+    package = open_package(package_path)
+    if analysis is None:
+        full_model(package)  # a clear error for a package without a full-depth graph, before any work
+        analysis = analyse(package, texts, sensitivity, model_latency_ms=fp32_latency_ms(package.root, package.manifest))
+    result, batches = analysis
+    plan = choose_plan(result, mode, size_budget_mb, latency_budget_ms)
+    predicted = result.predicted(plan)
+    fp32 = result.predicted({})
+    record = {"mode": mode, "sensitivity": sensitivity,
+              "size_budget_mb": size_budget_mb, "latency_budget_ms": latency_budget_ms,
+              "predicted_bytes": int(predicted[0]), "predicted_latency_ms": round(predicted[1], 4),
+              "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2]}
+    manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
+                                     plan, batches, fp32[1] / max(predicted[1], 1e-9), record, force)
+    return QuantizeResult(manifest, result, plan, predicted, batches)
+
+
+def _default_name(mode: str, bytes_: int) -> str:
+    return mode if mode != "mixed" else f"mixed-{max(1, round(bytes_ / 1e6))}mb"
