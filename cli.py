@@ -18,13 +18,35 @@ def _export(args: argparse.Namespace) -> int:
         task=args.task, exits=args.exits, calib=args.calib, calib_thresholds=args.calib_thresholds,
         eval_data=args.eval, max_length=args.max_length, train_exits=args.train_exits,
         head_examples=args.head_examples, joint_steps=args.joint_steps, threshold_examples=args.threshold_examples,
-        force=args.force, seed=args.seed,
+        force=args.force, seed=args.seed, quant=args.quant, size_budget_mb=args.size_budget,
+        latency_budget_ms=args.latency_budget_ms,
     )
     manifest = export_model(args.model, args.output, options)
     total = sum(f.bytes for f in manifest.files)
     print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, {len(manifest.exits)} exits, "
           f"{total / 1e6:.1f} MB, validated to {manifest.validation['max_abs_diff']:.1e} "
           f"in {manifest.export['seconds']:.0f} s")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from .export.calibration_data import read_examples
+    from .export.pipeline import BUNDLED_SAMPLE
+    from .quant.quantize import quantize_package
+    from .quant.report import write_quant_report
+
+    texts = list(read_examples(args.calib or BUNDLED_SAMPLE, None, use_labels=False).texts)
+    result = quantize_package(Path(args.package), texts, args.quant, output=Path(args.output) if args.output else None,
+                              name=args.name, size_budget_mb=args.size_budget, latency_budget_ms=args.latency_budget_ms,
+                              sensitivity=args.sensitivity, force=args.force)
+    variant = result.manifest.precision_variants[-1]
+    closeness = {k: v for k, v in variant.quality.items() if k in ("agreement_with_fp32", "mean_cosine_to_fp32")}
+    print(f"wrote variant {variant.name!r} into {args.output or args.package}: {variant.bytes / 1e6:.1f} MB "
+          f"(fp32 {result.analysis.predicted({})[0] / 1e6:.1f} MB), predicted {result.predicted[1]:.2f} ms at "
+          f"64 tokens, {', '.join(f'{k} {v:.4f}' for k, v in closeness.items())}")
+    if args.report:
+        write_quant_report(result, Path(args.report))
+        print(f"report: {args.report}/quant.md, quant.json, pareto.png")
     return 0
 
 
@@ -74,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime.policy import Budget, Policy
     from .runtime.session import load
 
-    policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=_keep_schedule(args.keep))
+    policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=_keep_schedule(args.keep),
+                    precision=args.precision)
     session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms, memory_mb=args.memory_mb),
                    threads=args.threads)
     for text, result in zip(texts := _read_texts(args), session.run(texts)):
@@ -170,7 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threshold-examples", type=int, default=3000, help="examples that calibrate thresholds")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    _quant_options(export, default="none")
     export.set_defaults(handler=_export)
+
+    quantize = sub.add_parser("quantize", help="add a precision variant (int8, int4, fp16, mixed) to a package")
+    quantize.add_argument("package")
+    quantize.add_argument("--calib", default=None, help="calibration texts (TSV or one per line; a few "
+                                                       "thousand give useful thresholds; default: a bundled sample)")
+    quantize.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
+    quantize.add_argument("--name", default=None, help="variant name (default: the mode, or mixed-<MB>mb)")
+    quantize.add_argument("--sensitivity", choices=["proxy", "measured"], default="proxy",
+                          help="node errors from the value-driven proxy (seconds) or measured one by one (minutes)")
+    quantize.add_argument("--report", default=None, help="folder for quant.md, quant.json and pareto.png")
+    quantize.add_argument("--force", action="store_true", help="replace OUTPUT or a variant of the same name")
+    _quant_options(quantize, default="mixed")
+    quantize.set_defaults(handler=_quantize)
 
     inspect = sub.add_parser("inspect", help="describe an edge package")
     inspect.add_argument("package")
@@ -184,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agreement", type=float, default=0.99,
                      help="agreement with the full model to hold when exiting early (default 0.99)")
     run.add_argument("--full-depth", action="store_true", help="never exit early")
+    run.add_argument("--precision", default="fp32",
+                     help="precision variant to start at (e.g. int8); low confidence restarts at fp32")
     run.add_argument("--keep", default=None, help="token pruning: after block : share of tokens kept, e.g. 2:0.7,4:0.5")
     run.add_argument("--budget-ms", type=float, default=None,
                      help="latency budget per input; past it, answer from the best exit reached")
@@ -199,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="re-export even if the package exists")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _quant_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--quant", choices=["none", "int8", "int4", "fp16", "mixed"], default=default,
+                        help=f"precision variant to add (default {default}); mixed searches per node for the budget")
+    parser.add_argument("--size-budget", type=float, default=None, help="mixed: model size budget in MB")
+    parser.add_argument("--latency-budget-ms", type=float, default=None,
+                        help="mixed: latency budget in ms for a 64-token input on this device")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,9 @@ class ExportOptions:
     threshold_examples: int = 3000
     force: bool = False
     seed: int = 0
+    quant: str = "none"  # none | int8 | int4 | fp16 | mixed: a precision variant added after export
+    size_budget_mb: float | None = None
+    latency_budget_ms: float | None = None
 
 
 def parse_exits(spec: str | None, num_blocks: int) -> tuple[int, ...]:
@@ -173,10 +176,17 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
                 "seconds": round(time.perf_counter() - started, 1),
             },
         )
-        return finalize(staging, output, manifest)
+        manifest = finalize(staging, output, manifest)
     except BaseException:
         discard(staging)
         raise
+    if options.quant != "none":
+        from ..quant.quantize import quantize_package
+
+        manifest = quantize_package(output, list(threshold_data.texts), options.quant, output=output,
+                                    size_budget_mb=options.size_budget_mb,
+                                    latency_budget_ms=options.latency_budget_ms, force=True).manifest
+    return manifest
 
 
 def _fine_tune(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module], encoder: TextEncoder,

@@ -26,7 +26,8 @@ def share_weights(graph_paths: list[Path], weights_path: Path) -> None:
         for path in graph_paths:
             model = onnx.load(str(path))
             for tensor in model.graph.initializer:
-                data = numpy_helper.to_array(tensor).tobytes()
+                # raw bytes as stored: packed types (int4) must not go through numpy's unpacking
+                data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
                 if len(data) < INLINE_BELOW_BYTES:
                     continue
                 key = f"{tensor.data_type}:{list(tensor.dims)}:{hashlib.sha256(data).hexdigest()}"

@@ -16,7 +16,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from .candidates import BY_NAME, Candidate
 from .weight_nodes import WeightNode, weight_nodes
@@ -48,10 +50,34 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str]) -> onnx.ModelPro
 
 
 def _fp16(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    """fp16 *storage*: the weight is kept as float16 and cast back to float32 where it is read.
 
-    blocked = [n.name for n in model.graph.node if n.name not in nodes]
-    return convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
+    onnxruntime's CPU kernels gain nothing from fp16 compute here (FACTS.md), and its converter,
+    given a node block list, emitted duplicate Cast outputs for nodes sharing an input (measured
+    on MiniLM with one of q/k/v converted). A Cast per weight is what fp16 buys on a CPU anyway:
+    half the bytes at float32 accuracy of the compute.
+    """
+    initializers = {t.name: t for t in model.graph.initializer}
+    casts = []
+    for node in model.graph.node:
+        if node.name not in nodes:
+            continue
+        position = 0 if node.op_type == "Gather" else 1
+        tensor = initializers[node.input[position]]
+        half = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}_fp16")
+        model.graph.initializer.append(half)
+        cast_output = f"{tensor.name}_fp16_as_fp32_{node.name}"
+        casts.append(onnx.helper.make_node("Cast", [half.name], [cast_output], to=onnx.TensorProto.FLOAT,
+                                           name=f"{node.name}_weight_cast"))
+        node.input[position] = cast_output
+    nodes_in_order = casts + list(model.graph.node)  # a cast reads only an initializer: first is in order
+    del model.graph.node[:]
+    model.graph.node.extend(nodes_in_order)
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
 
 
 def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], candidate: Candidate) -> onnx.ModelProto:
@@ -74,7 +100,28 @@ def _int4(model: onnx.ModelProto, nodes: list[str], candidate: Candidate) -> onn
                                          nodes_to_exclude=others, op_types_to_quantize=("MatMul", "Gather"),
                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer.process()
-    return quantizer.model.model
+    return _reduce_axes_as_inputs(quantizer.model.model)
+
+
+REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+
+
+def _reduce_axes_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The int4 quantizer lifts the graph to opset 21, where Reduce* ops take `axes` as an input, not
+    an attribute (and onnx's version converter leaves them as they were): move the attribute over."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 18:
+        return model
+    for node in model.graph.node:
+        axes = next((a for a in node.attribute if a.name == "axes"), None)
+        if node.op_type not in REDUCE_OPS or axes is None:
+            continue
+        name = f"{node.name or node.output[0]}_axes"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(list(axes.ints), np.int64), name))
+        node.attribute.remove(axes)
+        del node.input[1:]
+        node.input.append(name)
+    return model
 
 
 class _quiet:

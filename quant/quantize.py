@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,12 @@ from ..manifest import Manifest
 from ..runtime.package import open_package
 from ..runtime.sessions import open_session
 from .mixed_precision import PLAN_TOKENS, Analysis, choose_plan, full_model, analyse
-from .output_error import CalibrationBatches
+from .output_error import CalibrationBatches, calibration_batches
 from .package_variants import add_precision_variant
 
 SENSITIVITY_MODES = ("proxy", "measured")
+ANALYSIS_TEXTS = 512  # node statistics settle long before thresholds do
+THRESHOLD_TEXTS = 3000  # as export: enough for a 0.99 level's Clopper-Pearson bound
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,15 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
     if sensitivity not in SENSITIVITY_MODES:
         raise InputError(f"sensitivity {sensitivity!r} must be one of {', '.join(SENSITIVITY_MODES)}")
     package = open_package(package_path)
+    if len(texts) > THRESHOLD_TEXTS:
+        texts = random.Random(0).sample(texts, THRESHOLD_TEXTS)
     if analysis is None:
         full_model(package)  # a clear error for a package without a full-depth graph, before any work
-        analysis = analyse(package, texts, sensitivity, model_latency_ms=fp32_latency_ms(package.root, package.manifest))
+        analysis = analyse(package, texts[:ANALYSIS_TEXTS], sensitivity,
+                           model_latency_ms=fp32_latency_ms(package.root, package.manifest))
     result, batches = analysis
+    if len(texts) > len(batches.reference):
+        batches = calibration_batches(package, full_model(package), texts)
     plan = choose_plan(result, mode, size_budget_mb, latency_budget_ms)
     predicted = result.predicted(plan)
     fp32 = result.predicted({})

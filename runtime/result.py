@@ -18,6 +18,7 @@ class Trace:
     thresholds_level: float | None = None
     deadline_cut: bool = False  # the deadline guard answered from the best exit reached
     restarts: int = 0  # low confidence made the run start again at a stronger operating point
+    precision: str = "fp32"  # the precision variant that produced the answer
 
 
 @dataclass(frozen=True)
@@ -40,5 +41,6 @@ class Result:
             "milliseconds": self.trace.milliseconds, "total_ms": self.trace.total_ms,
             "truncated": self.trace.truncated, "thresholds_level": self.trace.thresholds_level,
             "deadline_cut": self.trace.deadline_cut, "restarts": self.trace.restarts,
+            "precision": self.trace.precision,
         }
         return out

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import InputError
-from ..manifest import PAD_BIAS, ExitHead, Segment
+from ..manifest import PAD_BIAS, ExitHead, ExitThresholds, Segment
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .package import Package, open_package
@@ -37,14 +37,15 @@ class GraphRunner:
         self._graphs: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
-    def graph(self, segment: Segment) -> ort.InferenceSession:
-        graph = self._graphs.get(segment.name)
+    def graph(self, segment: Segment, precision: str = "fp32") -> ort.InferenceSession:
+        key = f"{segment.name}/{precision}"
+        graph = self._graphs.get(key)
         if graph is None:
             with self._lock:
-                graph = self._graphs.get(segment.name)
+                graph = self._graphs.get(key)
                 if graph is None:
-                    graph = open_session(self.package.path(segment.graph("fp32")), self.threads)
-                    self._graphs[segment.name] = graph
+                    graph = open_session(self.package.path(segment.graph(precision)), self.threads)
+                    self._graphs[key] = graph
         return graph
 
 
@@ -53,6 +54,7 @@ class _Run:
     """What one input's run has done so far (private to a call, so threads never share it)."""
 
     started: float
+    precision: str = "fp32"
     segments: list[str] = field(default_factory=list)
     milliseconds: dict[str, float] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
@@ -80,7 +82,7 @@ class EdgeSession:
         self._blocks = self.manifest.blocks()
         self._embed = next(s for s in self.manifest.segments if s.kind == "embed")
         self._head = next(s for s in self.manifest.segments if s.kind == "head")
-        self.level = self.manifest.thresholds_for(policy.agreement) if policy.agreement is not None else None
+        self.precision, self.level, self.restart_threshold = self._levels(policy)
         self._exits = self._active_exits()
         self._keep = dict(policy.keep_schedule)
         bad = [b for b in self._keep if b >= len(self._blocks)]
@@ -89,7 +91,7 @@ class EdgeSession:
                              f"blocks; prune after blocks 1..{len(self._blocks) - 1}")
         # nothing to decide between embed and head: one fused graph instead of a chain of calls
         no_decisions = not self._exits and not self._keep and budget.latency_ms is None \
-            and policy.restart_below is None
+            and policy.restart_below is None and self.restart_threshold is None
         self._full_span = self.manifest.span_covering(("embed", *(b.name for b in self._blocks), "head"))
         self._full = self._full_span if no_decisions else None
         if policy.importance not in self._blocks[0].outputs:
@@ -100,6 +102,24 @@ class EdgeSession:
         self.exit_cost: LinearCost | None = None
         if budget.latency_ms is not None:
             self._measure_costs()
+
+    def _levels(self, policy: Policy) -> tuple[str, ExitThresholds | None, float | None]:
+        """(precision to start at, its calibrated thresholds, its restart threshold).
+
+        A variant's last threshold guards its final answer; where calibration found none that holds
+        the level (every answer would restart), starting at the variant only adds its cost, so the
+        session starts at fp32 and says so in every trace.
+        """
+        if policy.precision == "fp32":
+            level = self.manifest.thresholds_for(policy.agreement) if policy.agreement is not None else None
+            return "fp32", level, None
+        variant = self.manifest.precision_variant(policy.precision)
+        if policy.agreement is None:
+            return variant.name, None, None
+        level = variant.thresholds_for(policy.agreement)
+        if level is None or level.thresholds[-1] is None:
+            return "fp32", self.manifest.thresholds_for(policy.agreement), None
+        return variant.name, level, level.thresholds[-1]
 
     def _active_exits(self) -> dict[int, tuple[ExitHead, Segment, float | None]]:
         """Exits worth running at this level: those with a threshold, and for embeddings the exit
@@ -122,11 +142,13 @@ class EdgeSession:
         # A deadline cannot absorb a session being created mid-run: open every graph now.
         for segment in self.manifest.segments:
             if segment.kind != "span":
-                self.runner.graph(segment)
+                self.runner.graph(segment, self.precision)
+        if self._full_span is not None and self.precision != "fp32":
+            self.runner.graph(self._full_span)  # the restart's graph
         hidden_size = self.manifest.model.hidden_size
 
         def runner(segment: Segment):
-            graph = self.runner.graph(segment)
+            graph = self.runner.graph(segment, self.precision)
 
             def run(tokens: int) -> None:
                 feeds = {"hidden": np.zeros((1, tokens, hidden_size), np.float32),
@@ -158,21 +180,21 @@ class EdgeSession:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]) if isinstance(texts[i], str) else 0)
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
-            state = _Run(started=time.perf_counter())
+            state = _Run(started=time.perf_counter(), precision=self.precision)
             batch = self.encoder.encode([texts[i] for i in index])
             feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
                      "attention_bias": np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)}
             outputs = self._call(state, self._full, feeds)[0]
             for row, i in enumerate(index):
                 tokens = int(batch.attention_mask[row].sum())
-                row_state = _Run(started=state.started, segments=list(state.segments),
+                row_state = _Run(started=state.started, precision=state.precision, segments=list(state.segments),
                                  milliseconds=dict(state.milliseconds), tokens=[tokens] * len(self._blocks))
                 answer = _Answer(outputs[row], self._final_confidence(outputs[row]), len(self._blocks))
                 results[i] = self._answer(row_state, batch.truncated[row], answer)
         return results  # type: ignore[return-value]
 
     def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        graph = self.runner.graph(segment)
+        graph = self.runner.graph(segment, state.precision)
         t0 = time.perf_counter()
         out = graph.run(None, {k: feeds[k] for k in segment.inputs})
         state.milliseconds[segment.name] = round((time.perf_counter() - t0) * 1000, 4)
@@ -190,7 +212,7 @@ class EdgeSession:
         return elapsed + cost > self.budget.latency_ms
 
     def _run_one(self, text: str) -> Result:
-        state = _Run(started=time.perf_counter())
+        state = _Run(started=time.perf_counter(), precision=self.precision)
         batch = self.encoder.encode([text])
         if self._full is not None:
             answer = self._full_pass(state, batch)
@@ -198,13 +220,18 @@ class EdgeSession:
             answer = self._adaptive_pass(state, batch, self._exits, self._keep, deadline=True)
         if self._should_restart(state, answer, batch):
             state.restarts += 1
+            state.precision = "fp32"
             answer = self._full_pass(state, batch)
         return self._answer(state, batch.truncated[0], answer)
 
     def _should_restart(self, state: _Run, answer: _Answer, batch) -> bool:
         """Confidence-based restart: a low-confidence cheap answer is redone at full depth with every
-        token, when the remaining latency budget covers the predicted cost of doing so."""
+        token, when the remaining latency budget covers the predicted cost of doing so. A precision
+        variant's final answer restarts at fp32 below its calibrated threshold (an exit that passed
+        its own threshold never restarts)."""
         limit = self.policy.restart_below
+        if self.restart_threshold is not None and answer.depth == len(self._blocks):
+            limit = max(limit or 0.0, self.restart_threshold)
         if limit is None or answer.confidence is None or answer.confidence >= limit or answer.cut_short:
             return False
         if self.budget.latency_ms is None or self.block_cost is None:
@@ -283,7 +310,7 @@ class EdgeSession:
                       milliseconds=state.milliseconds,
                       total_ms=round((time.perf_counter() - state.started) * 1000, 4),
                       truncated=truncated, thresholds_level=self.level.agreement if self.level else None,
-                      deadline_cut=answer.cut_short)
+                      deadline_cut=answer.cut_short, precision=state.precision)
         if self.manifest.model.task == "text-classification":
             probabilities = softmax(output)
             labels = self.manifest.model.labels or tuple(str(i) for i in range(len(output)))
