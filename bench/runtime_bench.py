@@ -115,6 +115,12 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
             f"edgeinfer exits@{agreement} + prune": load(package, policy=Policy(
                 agreement=agreement, keep_schedule=keep_schedule, importance=importance)),
         }
+        for variant in manifest.precision_variants:
+            sessions[f"cascade: {variant.name} exits@{agreement}, restart at fp32"] = load(
+                package, policy=Policy(agreement=agreement, precision=variant.name))
+            sessions[f"cascade: {variant.name} exits@{agreement} + prune, restart at fp32"] = load(
+                package, policy=Policy(agreement=agreement, precision=variant.name, keep_schedule=keep_schedule,
+                                       importance=importance))
         if restart_below is not None:
             sessions[f"cascade: exits@{agreement} + prune, restart below {restart_below:.3f}"] = load(
                 package, policy=Policy(agreement=agreement, keep_schedule=keep_schedule, importance=importance,
@@ -129,6 +135,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
     # agreement is with the package's own full model (after joint fine-tuning it differs from the
     # original, which the monolithic rows still show)
     reference = [a[0] for a in measured["answers"]["edgeinfer off"]]
+    monolithic = [a[0] for a in measured["answers"]["onnxruntime fp32 (monolithic)"]]
     base_mean = float(np.mean(measured["times"]["onnxruntime fp32 (monolithic)"]))
     rows = []
     for c in configurations:
@@ -139,6 +146,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
                "agreement_with_full": round(float((predicted == np.array(reference)).mean()), 4),
                "mean_depth": round(float(np.mean([a[1] for a in answers])), 3),
                "restart_rate": round(float(np.mean([a[4] > 0 for a in answers])), 4),
+               "agreement_with_monolithic_fp32": round(float((predicted == np.array(monolithic)).mean()), 4),
                "mean_tokens_per_block": [round(float(np.mean([a[2][b] for a in answers if len(a[2]) > b])), 2)
                                          for b in range(manifest.model.num_blocks)]}
         if raw_labels is not None:

@@ -38,6 +38,34 @@ def sentence_like_rows(train: Path, out: Path, min_words: int = SENTENCE_WORDS) 
     return out
 
 
+def sst2_package(shared: Path, cache: Path, joint: bool = False) -> tuple[Path, Path]:
+    """The SST-2 MiniLM exported with exits (cached), and the sentence-like train rows that calibrated it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    model = shared / "models" / "minilm-sst2"
+    train, dev = shared / "data" / "sst2" / "train.tsv", shared / "data" / "sst2" / "dev.tsv"
+    sentences = sentence_like_rows(train, cache / "sst2_train_sentences.tsv")
+    package = cache / ("sst2-joint.edge" if joint else "sst2-heads.edge")
+    if not package.exists():
+        export_model(str(model), package, ExportOptions(
+            task="text-classification", calib=str(train), calib_thresholds=str(sentences), eval_data=str(dev),
+            train_exits="joint" if joint else "heads"))
+    return package, sentences
+
+
+def _with_variants(package: Path, sentences: Path, modes: list[str]) -> Path:
+    """A copy of the package with precision variants, thresholds calibrated on the train sentences."""
+    from ..quant.quantize import quantize_package
+
+    out = package.with_name(package.stem + "-" + "-".join(modes) + ".edge")
+    if not out.exists():
+        texts = list(read_examples(sentences, None).texts)
+        source = package
+        for mode in modes:
+            quantize_package(source, texts, mode, output=out, force=True)
+            source = out
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
@@ -45,17 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joint", action="store_true", help="export with --train-exits joint")
     parser.add_argument("--report", default="reports/sst2")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quant", default=None, help="add precision variants first, e.g. int8 or int8,mixed; "
+                                                     "the bench then runs each as a cascade (restart at fp32)")
     args = parser.parse_args(argv)
     shared, cache = Path(args.shared), Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    model = shared / "models" / "minilm-sst2"
-    train, dev = shared / "data" / "sst2" / "train.tsv", shared / "data" / "sst2" / "dev.tsv"
-    sentences = sentence_like_rows(train, cache / "sst2_train_sentences.tsv")
-    package = cache / ("sst2-joint.edge" if args.joint else "sst2-heads.edge")
-    if not package.exists():
-        export_model(str(model), package, ExportOptions(
-            task="text-classification", calib=str(train), calib_thresholds=str(sentences), eval_data=str(dev),
-            train_exits="joint" if args.joint else "heads"))
+    model, dev = shared / "models" / "minilm-sst2", shared / "data" / "sst2" / "dev.tsv"
+    package, sentences = sst2_package(shared, cache, args.joint)
+    if args.quant:
+        package = _with_variants(package, sentences, args.quant.split(","))
     calibration = read_examples(sentences, None).split(RESTART_CALIBRATION_ROWS, 0, seed=2)[0]
     restart_below = choose_restart_threshold(package, list(calibration.texts), 0.99, KEEP_SCHEDULE)
     print(f"restart threshold chosen on {len(calibration)} train sentences: {restart_below}")

@@ -103,7 +103,8 @@ def _int4(model: onnx.ModelProto, nodes: list[str], candidate: Candidate) -> onn
     return _reduce_axes_as_inputs(quantizer.model.model)
 
 
-REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 
 
 def _reduce_axes_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -36,7 +36,8 @@ class CalibrationBatches:
 def output_error(task: str, reference: np.ndarray, outputs: np.ndarray) -> float:
     if task == "text-classification":
         p, q = _softmax(reference), _softmax(outputs)
-        return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=-1)))
+        kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=-1)
+        return max(float(np.mean(kl)), 0.0)  # rounding can make a KL of identical outputs -1e-9
     return float(np.mean(1.0 - cosine_rows(reference, outputs)))
 
 

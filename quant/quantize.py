@@ -7,13 +7,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from ..manifest import Manifest
 from ..runtime.package import open_package
-from ..runtime.sessions import open_session
-from .mixed_precision import PLAN_TOKENS, Analysis, choose_plan, full_model, analyse
+from .mixed_precision import PLAN_TOKENS, Analysis, analyse, choose_plan, full_model
+from .model_latency import fp32_latency_ms
 from .output_error import CalibrationBatches, calibration_batches
 from .package_variants import add_precision_variant
 
@@ -29,23 +27,6 @@ class QuantizeResult:
     plan: dict[str, str]
     predicted: tuple[int, float, float]  # bytes, latency ms at PLAN_TOKENS, additive error
     batches: CalibrationBatches
-
-
-def fp32_latency_ms(package_root: Path, manifest: Manifest, tokens: int = PLAN_TOKENS, repeats: int = 30) -> float:
-    """Median latency of the package's fp32 full-depth graph at `tokens` tokens, batch 1."""
-    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
-    graph = open_session(package_root / span.graph("fp32"))
-    feeds = {"input_ids": np.full((1, tokens), 1000, np.int64), "token_type_ids": np.zeros((1, tokens), np.int64),
-             "attention_bias": np.zeros((1, tokens), np.float32)}
-    feeds = {k: feeds[k] for k in span.inputs}
-    for _ in range(5):
-        graph.run(None, feeds)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        graph.run(None, feeds)
-        samples.append((time.perf_counter() - start) * 1000)
-    return float(np.median(samples))
 
 
 def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", output: Path | None = None,

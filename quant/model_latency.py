@@ -1,0 +1,35 @@
+"""Latency of a whole graph on this device: the measurement plans are predicted against and checked by."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..manifest import Manifest
+from ..runtime.sessions import open_session
+
+PLAN_TOKENS = 64  # the token count node latencies are measured and plans predicted at
+
+
+def fp32_latency_ms(package_root: Path, manifest: Manifest, tokens: int = PLAN_TOKENS) -> float:
+    """Median latency of the package's fp32 full-depth graph at `tokens` tokens, batch 1."""
+    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    return full_graph_latency_ms(package_root / span.graph("fp32"), manifest, tokens)
+
+
+def full_graph_latency_ms(graph_source: Path | bytes, manifest: Manifest, tokens: int = PLAN_TOKENS,
+                          repeats: int = 30) -> float:
+    graph = open_session(graph_source)
+    feeds = {"input_ids": np.full((1, tokens), manifest.tokenizer.pad_id, np.int64),
+             "token_type_ids": np.zeros((1, tokens), np.int64), "attention_bias": np.zeros((1, tokens), np.float32)}
+    feeds = {i.name: feeds[i.name] for i in graph.get_inputs()}
+    for _ in range(5):
+        graph.run(None, feeds)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        graph.run(None, feeds)
+        samples.append((time.perf_counter() - start) * 1000)
+    return float(np.median(samples))

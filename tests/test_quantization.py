@@ -1,0 +1,143 @@
+"""Precision variants: candidates applied by onnxruntime.quantization, the budgeted search, variants
+in the package with their own thresholds, the runtime's cheap-first cascade, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import edgeinfer
+from edgeinfer.errors import BudgetError, InputError, PackageError
+from edgeinfer.quant.apply_plan import apply_plan
+from edgeinfer.quant.candidates import CANDIDATES, INT4_B32, INT8_CHANNEL
+from edgeinfer.quant.mixed_precision import analyse, choose_plan, full_model
+from edgeinfer.quant.output_error import calibration_batches
+from edgeinfer.quant.quantize import quantize_package
+from edgeinfer.quant.search import Option, dp_front, greedy_front, plan_for_budget
+from edgeinfer.quant.value_stats import weight_noise
+from edgeinfer.quant.weight_nodes import weight_nodes
+from edgeinfer.runtime.package import open_package
+
+CLASSIFIER = ("bert", "text-classification")
+
+
+def _texts(path: Path) -> list[str]:
+    return [line.split("\t")[0] for line in path.read_text().splitlines()[1:]]
+
+
+@pytest.fixture(scope="session")
+def quantized(tiny_packages, tiny_calibration, tmp_path_factory) -> Path:
+    os.environ["EDGEINFER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    out = tmp_path_factory.mktemp("quant") / "int8.edge"
+    quantize_package(tiny_packages[CLASSIFIER], _texts(tiny_calibration), "int8", output=out)
+    return out
+
+
+def test_every_candidate_lowers_a_node_and_still_runs(tiny_packages, tiny_calibration):
+    package = open_package(tiny_packages[CLASSIFIER])
+    model = full_model(package)
+    batches = calibration_batches(package, model, _texts(tiny_calibration)[:16])
+    node = next(n for n in weight_nodes(model) if n.op_type == "MatMul")
+    for candidate in CANDIDATES:
+        lowered = apply_plan(model, {node.digest: candidate.name})
+        error = batches.error(lowered)
+        assert np.isfinite(error) and error >= 0
+        if candidate.name == "fp32":
+            assert error < 1e-9
+    int8 = apply_plan(model, {n.digest: "int8-channel" for n in weight_nodes(model)})
+    assert any(n.op_type == "MatMulInteger" for n in int8.graph.node)
+    assert not any(n.op_type == "MatMul" and n.name == node.name for n in int8.graph.node)
+
+
+def test_weight_noise_orders_precisions():
+    weights = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    noise = {c.name: weight_noise(weights, c, 0) for c in CANDIDATES}
+    assert noise["fp32"] == 0 and noise["fp16"] < noise["int8-channel"] <= noise["int8-tensor"] < noise["int4-b32"]
+    assert INT8_CHANNEL.weight_bytes((64, 32)) < 64 * 32 * 4 and INT4_B32.weight_bytes((64, 32)) < 64 * 32
+
+
+def test_dp_search_is_never_worse_than_greedy_within_a_budget():
+    rng = np.random.default_rng(1)
+    options = {f"n{i}": [Option("fp32", 4.0, 0.0), Option("int8-channel", 1.0, float(rng.random())),
+                         Option("int4-b32", 0.6, float(rng.random()) + 0.5)] for i in range(12)}
+    greedy, dp = greedy_front(options), dp_front(options)
+    for budget in (8.0, 12.0, 20.0, 30.0):
+        assert plan_for_budget(dp, budget, "MB").error <= plan_for_budget(greedy, budget, "MB").error + 1e-9
+    with pytest.raises(BudgetError, match="smallest possible is 7.2 MB"):
+        plan_for_budget(dp, 5.0, "MB")
+
+
+def test_mixed_plan_fits_its_size_budget_and_bad_budgets_are_refused(tiny_packages, tiny_calibration, tmp_path):
+    os.environ.setdefault("EDGEINFER_CACHE", str(tmp_path))
+    package = open_package(tiny_packages[CLASSIFIER])
+    analysis, _ = analyse(package, _texts(tiny_calibration)[:48])
+    fp32_bytes = analysis.predicted({})[0]
+    plan = choose_plan(analysis, "mixed", size_budget_mb=0.6 * fp32_bytes / 1e6)
+    assert analysis.predicted(plan)[0] <= 0.6 * fp32_bytes
+    with pytest.raises(BudgetError, match="smallest possible"):
+        choose_plan(analysis, "mixed", size_budget_mb=0.001)
+    with pytest.raises(InputError, match="needs --quant mixed"):
+        choose_plan(analysis, "int8", size_budget_mb=1.0)
+
+
+def test_too_little_calibration_data_is_refused(tiny_packages, tiny_calibration, tmp_path):
+    with pytest.raises(InputError, match="at least 32"):
+        quantize_package(tiny_packages[CLASSIFIER], _texts(tiny_calibration)[:5], "int8", output=tmp_path / "x.edge")
+    assert not (tmp_path / "x.edge").exists()
+
+
+def test_variant_is_listed_with_its_own_thresholds(quantized):
+    import jsonschema
+
+    schema = json.loads((Path(edgeinfer.__file__).parent / "docs" / "manifest.schema.json").read_text())
+    jsonschema.validate(json.loads((quantized / "manifest.json").read_text()), schema)
+    manifest = open_package(quantized).manifest
+    variant = manifest.precision_variant("int8")
+    assert all("int8" in [v.precision for v in s.variants] for s in manifest.segments)
+    assert all(len(level.thresholds) == len(manifest.exits) + 1 for level in variant.thresholds)
+    assert 0.5 <= variant.quality["agreement_with_fp32"] <= 1.0
+    assert variant.plan and set(variant.plan.values()) == {"int8-channel"}
+    with pytest.raises(PackageError, match="no precision variant 'int4'"):
+        manifest.precision_variant("int4")
+
+
+def test_runtime_runs_the_variant_and_restarts_at_fp32(quantized):
+    full_int8 = edgeinfer.load(quantized, policy=edgeinfer.Policy(agreement=None, precision="int8"))
+    fp32 = edgeinfer.load(quantized, policy=edgeinfer.Policy.off())
+    text = "good movie with a kind happy actor"
+    lowered, reference = full_int8.run(text), fp32.run(text)
+    assert lowered.trace.precision == "int8" and reference.trace.precision == "fp32"
+    assert np.allclose(lowered.probabilities, reference.probabilities, atol=0.1)
+    manifest = open_package(quantized).manifest
+    level = manifest.precision_variant("int8").thresholds_for(0.95)
+    cascade = edgeinfer.load(quantized, policy=edgeinfer.Policy(agreement=0.95, precision="int8"))
+    for result in cascade.run([text, "dull plot", "the city"]):
+        if result.trace.restarts:
+            assert result.trace.precision == "fp32" and result.trace.segments[-1] == "full"
+        elif level is not None and level.thresholds[-1] is not None:
+            assert result.trace.precision == "int8"
+
+
+def test_unknown_variant_is_refused_at_load(quantized):
+    with pytest.raises(PackageError, match="no precision variant 'int2'"):
+        edgeinfer.load(quantized, policy=edgeinfer.Policy(precision="int2"))
+
+
+def test_quantize_cli_writes_variant_and_report(tiny_packages, tiny_calibration, tmp_path):
+    from edgeinfer.cli import main
+
+    out, report = tmp_path / "mixed.edge", tmp_path / "report"
+    code = main(["quantize", str(tiny_packages[CLASSIFIER]), "--calib", str(tiny_calibration), "-o", str(out),
+                 "--name", "small", "--report", str(report)])
+    assert code == 0
+    document = json.loads((report / "quant.json").read_text())
+    assert document["variant"] == "small" and (report / "pareto.png").stat().st_size > 1000
+    assert open_package(out).manifest.precision_variant("small").bytes < document["fp32_predicted"]["bytes"]
+    assert main(["quantize", str(tiny_packages[CLASSIFIER]), "--calib", str(tiny_calibration), "-o",
+                 str(tmp_path / "none.edge"), "--quant", "none"]) == 2
+    assert not (tmp_path / "none.edge").exists()
