@@ -50,6 +50,23 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from .runtime.signing import generate_key
+
+    private, public = generate_key(Path(args.out))
+    print(f"private key {private} (keep it secret), public key {public} (ship it with your app)")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from .runtime.package import open_package
+    from .runtime.signing import sign_package
+
+    package = open_package(args.package)  # never sign a package that fails its own checks
+    print(f"signed {sign_package(package.root, Path(args.key))}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .runtime.package import open_package
     from .runtime.describe import describe_package
@@ -99,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=_keep_schedule(args.keep),
                     precision=args.precision)
     session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms, memory_mb=args.memory_mb),
-                   threads=args.threads)
+                   threads=args.threads, verify_key=args.verify_key)
     for text, result in zip(texts := _read_texts(args), session.run(texts)):
         if args.json:
             print(json.dumps({"text": text, **result.to_dict()}))
@@ -209,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     _quant_options(quantize, default="mixed")
     quantize.set_defaults(handler=_quantize)
 
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signing packages")
+    keygen.add_argument("--out", required=True, help="private key file to write (the public key gets .pub)")
+    keygen.set_defaults(handler=_keygen)
+
+    sign = sub.add_parser("sign", help="sign a package (manifest.sig) so apps can verify who published it")
+    sign.add_argument("package")
+    sign.add_argument("--key", required=True, help="private key from `edgeinfer keygen`")
+    sign.set_defaults(handler=_sign)
+
     inspect = sub.add_parser("inspect", help="describe an edge package")
     inspect.add_argument("package")
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -230,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="memory cap for the model; refused with the smallest budget that fits")
     run.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
+    run.add_argument("--verify-key", default=None, help="refuse the package unless signed by this public key (PEM)")
     run.set_defaults(handler=_run)
 
     demo = sub.add_parser("demo", help="export all-MiniLM-L6-v2, run it on a bundled sample, write a report")

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import PackageError
 from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, file_entry
+from .external_data import external_locations
 
 MAX_FILE_BYTES = 4 * 1024**3
 
@@ -36,7 +37,8 @@ def _inside(root: Path, relative: str) -> Path:
     return resolved
 
 
-def open_package(path: str | os.PathLike[str], verify: bool = True) -> Package:
+def open_package(path: str | os.PathLike[str], verify: bool = True, verify_key: object = None) -> Package:
+    """verify_key: refuse the package unless manifest.sig is a valid Ed25519 signature by this key."""
     root = Path(path)
     if not root.is_dir():
         raise PackageError(f"{root} is not an edge package directory; export one with `edgeinfer export`")
@@ -46,7 +48,12 @@ def open_package(path: str | os.PathLike[str], verify: bool = True) -> Package:
         raise PackageError(f"{root} has no {MANIFEST_NAME}; it is not an edge package")
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
         raise PackageError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; refusing it")
-    manifest = Manifest.from_json(manifest_path.read_bytes())
+    manifest_bytes = manifest_path.read_bytes()
+    if verify_key is not None:
+        from .signing import verify_signature
+
+        verify_signature(root, manifest_bytes, verify_key)
+    manifest = Manifest.from_json(manifest_bytes)
     if verify:
         verify_files(root, manifest)
     return Package(root, manifest)
@@ -72,3 +79,19 @@ def verify_files(root: Path, manifest: Manifest) -> None:
                                f"{entry.bytes}; the package is damaged or tampered with")
         if file_entry(root, relative).sha256 != entry.sha256:
             raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")
+    for relative in sorted(needed - {manifest.tokenizer.path}):
+        _check_external_data(root, relative, listed)
+
+
+def _check_external_data(root: Path, graph: str, listed: dict) -> None:
+    """Every external-data file a graph names must sit inside the package and be listed (so hashed)."""
+    folder = PurePosixPath(graph).parent
+    for location in sorted(external_locations(_inside(root, graph).read_bytes())):
+        pure = PurePosixPath(location)
+        if pure.is_absolute() or ".." in pure.parts or location.startswith("\\") or ":" in location:
+            raise PackageError(f"{graph} reads external data from {location!r}, outside the package; refusing it")
+        relative = str(folder / location)
+        _inside(root, relative)
+        if relative not in listed:
+            raise PackageError(f"{graph} reads external data from {location!r}, which the manifest does not "
+                               f"list; the package is tampered with")

@@ -319,10 +319,13 @@ class EdgeSession:
 
 
 def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
-         policy: Policy = Policy(), threads: int | None = None) -> EdgeSession:
-    """Open and verify a package, ready to run. Only the CPU target exists so far."""
+         policy: Policy = Policy(), threads: int | None = None, verify_key: object = None) -> EdgeSession:
+    """Open and verify a package, ready to run. Only the CPU target exists so far.
+
+    verify_key (an Ed25519 public key: PEM path or bytes) refuses packages not signed by it.
+    """
     if target != "cpu":
         raise InputError(f"target {target!r} is not available; use 'cpu'")
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
-    return EdgeSession(open_package(Path(package)), policy, budget, threads)
+    return EdgeSession(open_package(Path(package), verify_key=verify_key), policy, budget, threads)

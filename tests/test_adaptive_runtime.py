@@ -61,20 +61,32 @@ def test_bad_budgets(bad):
 
 
 def test_concurrent_runs_match_sequential_runs(tiny_packages):
-    from concurrent.futures import ThreadPoolExecutor
+    """8 threads x 1,000 calls on one session: every result identical to the sequential one."""
+    import threading
 
     from conftest import WORDS
 
     session = edgeinfer.load(tiny_packages[("bert", "text-classification")],
-                             policy=edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.6),)))
+                             policy=edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.6),), restart_below=0.6))
     texts = [" ".join(WORDS[i:i + 3 + i % 7]) for i in range(24)]
     sequential = [session.run(t) for t in texts]
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        concurrent = list(pool.map(session.run, texts * 3))
-    for i, result in enumerate(concurrent):
-        expected = sequential[i % len(texts)]
-        assert result.trace.exit_after_block == expected.trace.exit_after_block
-        np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-6)
+    mismatches: list[str] = []
+
+    def worker(offset: int) -> None:
+        for call in range(1000):
+            index = (offset * 7 + call) % len(texts)
+            result, expected = session.run(texts[index]), sequential[index]
+            if result.trace.exit_after_block != expected.trace.exit_after_block \
+                    or result.trace.restarts != expected.trace.restarts \
+                    or not np.allclose(result.probabilities, expected.probabilities, atol=1e-6, rtol=0):
+                mismatches.append(f"thread {offset} call {call}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mismatches == []
 
 
 def test_low_confidence_restarts_at_full_depth(tiny_packages):

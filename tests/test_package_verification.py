@@ -88,3 +88,58 @@ def test_not_json(package_copy):
     (package_copy / "manifest.json").write_text("{not json")
     with pytest.raises(PackageError, match="not valid JSON"):
         open_package(package_copy)
+
+
+def _rehash(root) -> None:
+    """What a hostile publisher does after editing a file: make the manifest's digests match again."""
+    from edgeinfer.manifest import file_entry
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"] = [vars(file_entry(root, f["path"])) if (root / f["path"]).exists() else f
+                         for f in manifest["files"]]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _point_external_data(graph_path, location: str) -> None:
+    import onnx
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(graph_path))
+
+
+@pytest.mark.parametrize("location, message", [
+    ("../../../../etc/passwd", "outside the package"),
+    ("/etc/passwd", "outside the package"),
+    ("stolen.bin", "does not list"),
+])
+def test_external_data_location_is_checked_before_onnxruntime(package_copy, location, message):
+    graph = package_copy / "graphs" / "block_01.onnx"
+    _point_external_data(graph, location)
+    (package_copy / "graphs" / "stolen.bin").write_bytes((package_copy / "graphs" / "weights.bin").read_bytes())
+    _rehash(package_copy)
+    with pytest.raises(PackageError) as err:
+        open_package(package_copy)
+    assert message in _one_line(err) and "block_01" in _one_line(err)
+
+
+def test_symlink_leading_out_is_refused(package_copy, tmp_path):
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(package_copy / "graphs" / "head.onnx", outside)
+    (package_copy / "graphs" / "head.onnx").unlink()
+    (package_copy / "graphs" / "head.onnx").symlink_to(outside)
+    with pytest.raises(PackageError) as err:
+        open_package(package_copy)
+    assert "resolves outside the package" in _one_line(err)
+
+
+def test_huge_declared_size_is_refused(package_copy):
+    manifest = json.loads((package_copy / "manifest.json").read_text())
+    manifest["files"][0]["bytes"] = 2 * 1024**3
+    (package_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError) as err:
+        open_package(package_copy)
+    assert "the manifest says 2147483648" in _one_line(err)
