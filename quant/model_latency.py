@@ -12,6 +12,7 @@ from ..runtime.sessions import open_session
 
 PLAN_TOKENS = 64  # the token count node latencies are measured and plans predicted at
 WARMUP = 20
+WARMUP_SECONDS = 1.0
 
 
 def fp32_latency_ms(package_root: Path, manifest: Manifest, tokens: int = PLAN_TOKENS) -> float:
@@ -25,11 +26,22 @@ def full_graph_latency_ms(graph_source: Path | bytes, manifest: Manifest, tokens
     graph = open_session(graph_source)
     feeds = {"input_ids": np.full((1, tokens), manifest.tokenizer.pad_id, np.int64),
              "token_type_ids": np.zeros((1, tokens), np.int64), "attention_bias": np.zeros((1, tokens), np.float32)}
-    feeds = {i.name: feeds[i.name] for i in graph.get_inputs()}
-    # a fresh session's first runs grow its arena and fault in its weights: measured here, 5 warm-ups
-    # left the median of the next 30 runs up to 25% high
-    for _ in range(WARMUP):
+    return median_run_ms(graph, {i.name: feeds[i.name] for i in graph.get_inputs()}, repeats)
+
+
+def median_run_ms(graph, feeds: dict[str, np.ndarray], repeats: int, warmup: int = WARMUP,
+                  warmup_seconds: float = WARMUP_SECONDS) -> float:
+    """Median milliseconds of `graph.run(feeds)`, after warm-up runs.
+
+    A fresh session's first runs grow its arena and fault in its weights: measured here, 5 warm-ups
+    left the median of the next 30 runs up to 25% high, and the first model timed in a fresh process
+    still ran 23-29% slow after 20 warm-ups (0.2 s), so warming up also lasts a minimum time.
+    """
+    deadline = time.perf_counter() + warmup_seconds
+    runs = 0
+    while runs < warmup or time.perf_counter() < deadline:
         graph.run(None, feeds)
+        runs += 1
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..runtime.sessions import default_threads, open_session
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from .apply_plan import apply_plan
+from .model_latency import median_run_ms
 from .candidates import Candidate
 from .weight_nodes import WeightNode, weight_nodes
 
@@ -54,14 +54,7 @@ def _time(model: onnx.ModelProto, op_type: str, shape: tuple[int, ...], k: int, 
         feed = {"x": (np.arange(tokens, dtype=np.int64) % shape[0]).reshape(1, -1)}
     else:
         feed = {"x": np.random.default_rng(1).standard_normal((1, tokens, k)).astype(np.float32)}
-    for _ in range(5):
-        graph.run(None, feed)
-    samples = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        graph.run(None, feed)
-        samples.append((time.perf_counter() - start) * 1000)
-    return float(np.median(samples))
+    return median_run_ms(graph, feed, REPEATS, warmup_seconds=0.05)  # one small op: warm in a few runs
 
 
 def node_latencies(nodes: list[WeightNode], candidates: list[Candidate], tokens: int,
