@@ -116,6 +116,10 @@ class EdgeSession:
         variant = self.manifest.precision_variant(policy.precision)
         if policy.agreement is None:
             return variant.name, None, None
+        if self.manifest.model.task != "text-classification":
+            raise InputError(f"a precision cascade (precision={variant.name!r} with an agreement level) needs a "
+                             f"classifier, whose final answer has a confidence; for embeddings run the variant "
+                             f"alone with agreement=None")
         level = variant.thresholds_for(policy.agreement)
         if level is None or level.thresholds[-1] is None:
             return "fp32", self.manifest.thresholds_for(policy.agreement), None

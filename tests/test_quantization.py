@@ -141,3 +141,14 @@ def test_quantize_cli_writes_variant_and_report(tiny_packages, tiny_calibration,
     assert main(["quantize", str(tiny_packages[CLASSIFIER]), "--calib", str(tiny_calibration), "-o",
                  str(tmp_path / "none.edge"), "--quant", "none"]) == 2
     assert not (tmp_path / "none.edge").exists()
+
+
+def test_embedding_variant_runs_alone_and_refuses_a_cascade(tiny_packages, tiny_calibration, tmp_path):
+    out = tmp_path / "embed-int8.edge"
+    quantize_package(tiny_packages[("bert", "feature-extraction")], _texts(tiny_calibration), "int8", output=out)
+    variant = open_package(out).manifest.precision_variant("int8")
+    assert variant.quality["mean_cosine_to_fp32"] > 0.5
+    result = edgeinfer.load(out, policy=edgeinfer.Policy(agreement=None, precision="int8")).run("a kind actor")
+    assert result.trace.precision == "int8" and np.isfinite(result.embedding).all()
+    with pytest.raises(InputError, match="needs a classifier"):
+        edgeinfer.load(out, policy=edgeinfer.Policy(agreement=0.95, precision="int8"))
