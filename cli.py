@@ -38,7 +38,7 @@ def _quantize(args: argparse.Namespace) -> int:
     texts = list(read_examples(args.calib or BUNDLED_SAMPLE, None, use_labels=False).texts)
     result = quantize_package(Path(args.package), texts, args.quant, output=Path(args.output) if args.output else None,
                               name=args.name, size_budget_mb=args.size_budget, latency_budget_ms=args.latency_budget_ms,
-                              sensitivity=args.sensitivity, force=args.force)
+                              sensitivity=args.sensitivity, force=args.force, overrides=_overrides(args.override))
     variant = result.manifest.precision_variants[-1]
     closeness = {k: v for k, v in variant.quality.items() if k in ("agreement_with_fp32", "mean_cosine_to_fp32")}
     print(f"wrote variant {variant.name!r} into {args.output or args.package}: {variant.bytes / 1e6:.1f} MB "
@@ -65,6 +65,18 @@ def _sign(args: argparse.Namespace) -> int:
     package = open_package(args.package)  # never sign a package that fails its own checks
     print(f"signed {sign_package(package.root, Path(args.key))}")
     return 0
+
+
+def _overrides(specs: list[str] | None) -> dict[str, str]:
+    from .errors import InputError
+
+    overrides = {}
+    for spec in specs or []:
+        node, separator, precision = spec.rpartition("=")
+        if not separator or not node:
+            raise InputError(f"--override {spec!r} must look like NODE=PRECISION, e.g. /blocks.0/dense_2/MatMul=fp32")
+        overrides[node] = precision
+    return overrides
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -167,6 +179,12 @@ def summary_text(summary: dict) -> str:
         lines.append(f"  expected mean depth  {depths}")
     else:
         lines.append("exits      none")
+    for variant in summary.get("precision_variants", []):
+        quality = variant["quality"]
+        close = ", ".join(f"{k} {quality[k]:.4f}" for k in ("agreement_with_fp32", "mean_cosine_to_fp32") if k in quality)
+        restarts = "  ".join(f"{lv}: {share:.1%}" for lv, share in variant["restart_share"].items())
+        lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB, {variant['nodes_lowered']} nodes "
+                     f"lowered ({', '.join(variant['precisions'])}), {close}; restarts at fp32 {restarts}")
     validation = summary["validation"]
     lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} "
                  f"(exits {validation.get('exit_max_abs_diff', float('nan')):.2e}) vs "
@@ -222,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--sensitivity", choices=["proxy", "measured"], default="proxy",
                           help="node errors from the value-driven proxy (seconds) or measured one by one (minutes)")
     quantize.add_argument("--report", default=None, help="folder for quant.md, quant.json and pareto.png")
+    quantize.add_argument("--override", action="append", metavar="NODE=PRECISION",
+                          help="force a node's precision after the search (repeatable)")
     quantize.add_argument("--force", action="store_true", help="replace OUTPUT or a variant of the same name")
     _quant_options(quantize, default="mixed")
     quantize.set_defaults(handler=_quantize)

@@ -11,9 +11,11 @@ from ..errors import InputError
 from ..manifest import Manifest
 from ..runtime.package import open_package
 from .mixed_precision import PLAN_TOKENS, Analysis, analyse, choose_plan, full_model
+from .candidates import candidate
 from .model_latency import fp32_latency_ms
 from .output_error import CalibrationBatches, calibration_batches
 from .package_variants import add_precision_variant
+from .weight_nodes import WeightNode, weight_nodes
 
 SENSITIVITY_MODES = ("proxy", "measured")
 ANALYSIS_TEXTS = 512  # node statistics settle long before thresholds do
@@ -32,20 +34,22 @@ class QuantizeResult:
 def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", output: Path | None = None,
                      name: str | None = None, size_budget_mb: float | None = None,
                      latency_budget_ms: float | None = None, sensitivity: str = "proxy",
-                     force: bool = False, analysis: tuple[Analysis, CalibrationBatches] | None = None) -> QuantizeResult:
+                     force: bool = False, analysis: tuple[Analysis, CalibrationBatches] | None = None,
+                     overrides: dict[str, str] | None = None) -> QuantizeResult:
+    """overrides: node name -> precision, forced after the search (e.g. keep a node fp32)."""
     if sensitivity not in SENSITIVITY_MODES:
         raise InputError(f"sensitivity {sensitivity!r} must be one of {', '.join(SENSITIVITY_MODES)}")
     package = open_package(package_path)
     if len(texts) > THRESHOLD_TEXTS:
         texts = random.Random(0).sample(texts, THRESHOLD_TEXTS)
+    check_overrides(weight_nodes(full_model(package)), overrides or {})  # bad input fails before any work
     if analysis is None:
-        full_model(package)  # a clear error for a package without a full-depth graph, before any work
         analysis = analyse(package, texts[:ANALYSIS_TEXTS], sensitivity,
                            model_latency_ms=fp32_latency_ms(package.root, package.manifest))
     result, batches = analysis
     if len(texts) > len(batches.reference):
         batches = calibration_batches(package, full_model(package), texts)
-    plan = choose_plan(result, mode, size_budget_mb, latency_budget_ms)
+    plan = {**choose_plan(result, mode, size_budget_mb, latency_budget_ms), **(overrides or {})}
     predicted = result.predicted(plan)
     fp32 = result.predicted({})
     record = {"mode": mode, "sensitivity": sensitivity,
@@ -55,6 +59,17 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
     manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
                                      plan, batches, fp32[1] / max(predicted[1], 1e-9), record, force)
     return QuantizeResult(manifest, result, plan, predicted, batches)
+
+
+def check_overrides(weight_nodes_of_model: list[WeightNode], overrides: dict[str, str]) -> None:
+    nodes = {n.name: n for n in weight_nodes_of_model}
+    for name, precision in overrides.items():
+        if name not in nodes:
+            close = [n for n in nodes if name.split("/")[-1] in n][:3] or list(nodes)[:3]
+            raise InputError(f"override names node {name!r}, which this model does not have; nodes look like "
+                             f"{close} (see the plan table of `edgeinfer quantize --report`)")
+        if nodes[name].op_type not in candidate(precision).ops:
+            raise InputError(f"override {name}={precision}: {precision} cannot lower a {nodes[name].op_type} node")
 
 
 def _default_name(mode: str, bytes_: int) -> str:

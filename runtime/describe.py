@@ -33,6 +33,12 @@ def describe_package(package: Package) -> dict:
         "agreement_levels": levels,
         "expected_mean_depth": {str(t.agreement): t.expected_mean_depth for t in manifest.exit_thresholds},
         "full_depth_share": {str(t.agreement): t.exit_shares[-1] for t in manifest.exit_thresholds},
+        "precision_variants": [
+            {"name": v.name, "bytes": v.bytes, "nodes_lowered": len(v.plan),
+             "precisions": sorted(set(v.plan.values())), "quality": v.quality,
+             "restart_share": {str(t.agreement): t.exit_shares[-1] for t in v.thresholds}}
+            for v in manifest.precision_variants
+        ],
         "validation": manifest.validation,
         "calibration": manifest.calibration,
         "evaluation": manifest.evaluation,

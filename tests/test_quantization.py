@@ -152,3 +152,22 @@ def test_embedding_variant_runs_alone_and_refuses_a_cascade(tiny_packages, tiny_
     assert result.trace.precision == "int8" and np.isfinite(result.embedding).all()
     with pytest.raises(InputError, match="needs a classifier"):
         edgeinfer.load(out, policy=edgeinfer.Policy(agreement=0.95, precision="int8"))
+
+
+def test_overrides_force_a_node_and_unknown_nodes_are_refused(tiny_packages, tiny_calibration, tmp_path, capsys):
+    from edgeinfer.cli import main
+
+    package = open_package(tiny_packages[CLASSIFIER])
+    node = next(n.name for n in weight_nodes(full_model(package)) if n.op_type == "MatMul")
+    out = tmp_path / "o.edge"
+    assert main(["quantize", str(package.root), "--calib", str(tiny_calibration), "--quant", "int8", "-o", str(out),
+                 "--override", f"{node}=fp32"]) == 0
+    plan = open_package(out).manifest.precision_variant("int8").plan
+    assert node not in plan and plan  # fp32 nodes are left out of the stored plan
+    for bad, message in ((f"/no/such/MatMul=fp32", "which this model does not have"),
+                         (f"{node}=int3", "unknown precision"), ("justtext", "must look like NODE=PRECISION")):
+        assert main(["quantize", str(package.root), "--calib", str(tiny_calibration), "--quant", "int8",
+                     "-o", str(tmp_path / "bad.edge"), "--override", bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad.edge").exists()
