@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..export.calibration_data import read_examples
+from ..export.exit_quality import cosine_rows
 from ..quant.apply_plan import apply_plan
 from ..quant.mixed_precision import PLAN_TOKENS, analyse, choose_plan, full_model
-from ..quant.output_error import calibration_batches, cosine_rows
+from ..quant.output_error import calibration_batches
 from ..quant.model_latency import fp32_latency_ms, full_graph_latency_ms
 from ..quant.report import proxy_agreement
 from ..runtime.package import open_package

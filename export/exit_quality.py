@@ -19,7 +19,8 @@ def exit_outputs(exit_modules: dict[int, torch.nn.Module], per_exit: dict[int, t
     return {depth: module.from_features(per_exit[depth]).numpy() for depth, module in exit_modules.items()}
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows."""
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     return (a * b).sum(-1)
@@ -41,8 +42,8 @@ def judge(task: str, outputs: dict[int, np.ndarray], final: np.ndarray) -> tuple
             confidence[:, e] = softmax(out).max(-1)
             agrees[:, e] = out.argmax(-1) == final.argmax(-1)
         else:
-            confidence[:, e] = _cosine(out, outputs[depths[e - 1]]) if e > 0 else np.nan
-            agrees[:, e] = _cosine(out, final) >= EMBEDDING_AGREEMENT_COSINE
+            confidence[:, e] = cosine_rows(out, outputs[depths[e - 1]]) if e > 0 else np.nan
+            agrees[:, e] = cosine_rows(out, final) >= EMBEDDING_AGREEMENT_COSINE
     return confidence, agrees
 
 
@@ -59,7 +60,7 @@ def evaluate(task: str, outputs: dict[int, np.ndarray], final: np.ndarray, label
         if task == "text-classification" and labels is not None:
             entry["accuracy"] = round(float((outputs[depth].argmax(-1) == labels).mean()), 6)
         if task == "feature-extraction":
-            entry["mean_cosine_to_final"] = round(float(_cosine(outputs[depth], final).mean()), 6)
+            entry["mean_cosine_to_final"] = round(float(cosine_rows(outputs[depth], final).mean()), 6)
         record["exits"].append(entry)
     record["levels"] = []
     depth_of = np.array(depths + [num_blocks], dtype=float)

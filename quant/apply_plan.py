@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from .candidates import BY_NAME, Candidate
+from .candidates import BY_NAME, Candidate, for_op
 from .weight_nodes import WeightNode, weight_nodes
 
 
@@ -28,9 +28,7 @@ def nodes_by_candidate(model: onnx.ModelProto, plan: Mapping[str, str]) -> dict[
     """The graph's weight nodes grouped by the candidate the plan gives their weight's digest."""
     groups: dict[str, list[WeightNode]] = {}
     for node in weight_nodes(model):
-        name = plan.get(node.digest, "fp32")
-        if node.op_type not in BY_NAME[name].ops:
-            name = "int8-channel" if BY_NAME[name].bits < 8 else "fp32"  # e.g. int4 has no Gemm kernel
+        name = for_op(plan.get(node.digest, "fp32"), node.op_type)
         groups.setdefault(name, []).append(node)
     return groups
 

@@ -50,6 +50,14 @@ CANDIDATES: tuple[Candidate, ...] = (FP32, FP16, INT8_CHANNEL, INT8_TENSOR, INT4
 BY_NAME = {c.name: c for c in CANDIDATES}
 
 
+def for_op(name: str, op_type: str) -> str:
+    """The precision a node of this op type takes when a plan asks for `name`: int4 has no Gemm
+    kernel, so such nodes take int8 per-channel (and anything without a kernel stays fp32)."""
+    if op_type in BY_NAME[name].ops:
+        return name
+    return "int8-channel" if BY_NAME[name].bits < 8 else "fp32"
+
+
 def candidate(name: str) -> Candidate:
     if name not in BY_NAME:
         raise InputError(f"unknown precision {name!r}; choose one of {', '.join(BY_NAME)}")

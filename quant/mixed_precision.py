@@ -15,7 +15,7 @@ import onnx
 
 from ..errors import InputError
 from ..runtime.package import Package
-from .candidates import BY_NAME, CANDIDATES, Candidate
+from .candidates import CANDIDATES, Candidate, for_op
 from .apply_plan import apply_plan
 from .model_latency import PLAN_TOKENS, full_graph_latency_ms
 from .node_latency import node_latencies
@@ -81,11 +81,13 @@ def full_model(package: Package) -> onnx.ModelProto:
 
 
 def analyse(package: Package, texts: list[str], sensitivity: str = "proxy",
-            candidates: tuple[Candidate, ...] = CANDIDATES, model_latency_ms: float | None = None) -> tuple[Analysis, CalibrationBatches]:
+            candidates: tuple[Candidate, ...] = CANDIDATES, model_latency_ms: float | None = None,
+            model: onnx.ModelProto | None = None) -> tuple[Analysis, CalibrationBatches]:
+    """model: the package's full-depth graph, when the caller has loaded it already."""
     if len(texts) < MIN_CALIBRATION_TEXTS:
         raise InputError(f"the calibration data has {len(texts)} texts; quantization needs at least "
                          f"{MIN_CALIBRATION_TEXTS} (a few hundred give steadier plans)")
-    model = full_model(package)
+    model = model if model is not None else full_model(package)
     batches = calibration_batches(package, model, texts)
     nodes = weight_nodes(model)
     seconds = {}
@@ -150,8 +152,7 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
 
 def uniform_plan(analysis: Analysis, mode: str) -> dict[str, str]:
     """Every node at one precision (int4 nodes without an int4 kernel, e.g. Gemm, take int8)."""
-    name = UNIFORM[mode]
-    return {n.name: (name if n.op_type in BY_NAME[name].ops else "int8-channel") for n in analysis.nodes}
+    return {n.name: for_op(UNIFORM[mode], n.op_type) for n in analysis.nodes}
 
 
 def fronts(analysis: Analysis, cost: str) -> dict[str, list[Plan]]:

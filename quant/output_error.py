@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..export.exit_quality import cosine_rows
 from ..manifest import PAD_BIAS
 from ..runtime.package import Package
+from ..runtime.policy import softmax
 from ..runtime.sessions import open_session
 from ..runtime.tokenize import TextEncoder
 
@@ -25,9 +27,7 @@ class CalibrationBatches:
     reference: np.ndarray  # fp32 outputs of every input, in batch order
 
     def outputs(self, model: onnx.ModelProto | bytes) -> np.ndarray:
-        graph = open_session(model if isinstance(model, bytes) else model.SerializeToString())
-        names = {i.name for i in graph.get_inputs()}
-        return np.concatenate([graph.run(None, {k: v for k, v in f.items() if k in names})[0] for f in self.feeds])
+        return model_outputs(model, self.feeds)
 
     def error(self, model: onnx.ModelProto | bytes) -> float:
         return output_error(self.task, self.reference, self.outputs(model))
@@ -35,20 +35,10 @@ class CalibrationBatches:
 
 def output_error(task: str, reference: np.ndarray, outputs: np.ndarray) -> float:
     if task == "text-classification":
-        p, q = _softmax(reference), _softmax(outputs)
+        p, q = softmax(reference), softmax(outputs)
         kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=-1)
         return max(float(np.mean(kl)), 0.0)  # rounding can make a KL of identical outputs -1e-9
     return float(np.mean(1.0 - cosine_rows(reference, outputs)))
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return np.sum(a * b, axis=-1) / np.maximum(norms, 1e-12)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def encode_batches(package: Package, texts: list[str], batch_size: int = 32) -> tuple[dict[str, np.ndarray], ...]:
@@ -65,5 +55,11 @@ def encode_batches(package: Package, texts: list[str], batch_size: int = 32) -> 
 
 def calibration_batches(package: Package, full_model: onnx.ModelProto, texts: list[str]) -> CalibrationBatches:
     feeds = encode_batches(package, texts)
-    partial = CalibrationBatches(package.manifest.model.task, feeds, np.zeros(0))
-    return CalibrationBatches(partial.task, feeds, partial.outputs(full_model))
+    return CalibrationBatches(package.manifest.model.task, feeds, model_outputs(full_model, feeds))
+
+
+def model_outputs(model: onnx.ModelProto | bytes, feeds: tuple[dict[str, np.ndarray], ...]) -> np.ndarray:
+    """The model's first output for every batch, concatenated (inputs it does not take are dropped)."""
+    graph = open_session(model if isinstance(model, bytes) else model.SerializeToString())
+    names = {i.name for i in graph.get_inputs()}
+    return np.concatenate([graph.run(None, {k: v for k, v in f.items() if k in names})[0] for f in feeds])

@@ -18,13 +18,14 @@ import numpy as np
 import onnx
 
 from ..errors import InputError
+from ..export.exit_quality import cosine_rows
 from ..export.package_writer import discard, finalize, prepare_staging
 from ..export.shared_weights import WEIGHTS_FILE, share_weights
 from ..manifest import Manifest, PrecisionVariant, Segment, Variant
 from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan
-from .output_error import CalibrationBatches, cosine_rows, output_error
+from .output_error import CalibrationBatches, output_error
 from .variant_thresholds import calibrate_variant, variant_outputs
 from .weight_nodes import weight_nodes
 

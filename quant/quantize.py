@@ -34,21 +34,19 @@ class QuantizeResult:
 def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", output: Path | None = None,
                      name: str | None = None, size_budget_mb: float | None = None,
                      latency_budget_ms: float | None = None, sensitivity: str = "proxy",
-                     force: bool = False, analysis: tuple[Analysis, CalibrationBatches] | None = None,
-                     overrides: dict[str, str] | None = None) -> QuantizeResult:
+                     force: bool = False, overrides: dict[str, str] | None = None) -> QuantizeResult:
     """overrides: node name -> precision, forced after the search (e.g. keep a node fp32)."""
     if sensitivity not in SENSITIVITY_MODES:
         raise InputError(f"sensitivity {sensitivity!r} must be one of {', '.join(SENSITIVITY_MODES)}")
     package = open_package(package_path)
     if len(texts) > THRESHOLD_TEXTS:
         texts = random.Random(0).sample(texts, THRESHOLD_TEXTS)
-    check_overrides(weight_nodes(full_model(package)), overrides or {})  # bad input fails before any work
-    if analysis is None:
-        analysis = analyse(package, texts[:ANALYSIS_TEXTS], sensitivity,
-                           model_latency_ms=fp32_latency_ms(package.root, package.manifest))
-    result, batches = analysis
+    model = full_model(package)  # loaded once: it is the analysed model and the thresholds' reference
+    check_overrides(weight_nodes(model), overrides or {})  # bad input fails before any work
+    result, batches = analyse(package, texts[:ANALYSIS_TEXTS], sensitivity,
+                              model_latency_ms=fp32_latency_ms(package.root, package.manifest), model=model)
     if len(texts) > len(batches.reference):
-        batches = calibration_batches(package, full_model(package), texts)
+        batches = calibration_batches(package, model, texts)
     plan = {**choose_plan(result, mode, size_budget_mb, latency_budget_ms), **(overrides or {})}
     predicted = result.predicted(plan)
     fp32 = result.predicted({})

@@ -7,6 +7,7 @@ with one line before onnxruntime ever sees the file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -68,6 +69,7 @@ def verify_files(root: Path, manifest: Manifest) -> None:
         if relative not in listed:
             raise PackageError(f"{relative} is used by the manifest but not listed in its files; "
                                f"the package is incomplete or tampered with")
+    graphs = needed - {manifest.tokenizer.path}
     for relative, entry in listed.items():
         target = _inside(root, relative)
         if entry.bytes > MAX_FILE_BYTES:
@@ -77,16 +79,19 @@ def verify_files(root: Path, manifest: Manifest) -> None:
         if target.stat().st_size != entry.bytes:
             raise PackageError(f"{relative} has {target.stat().st_size} bytes where the manifest says "
                                f"{entry.bytes}; the package is damaged or tampered with")
-        if file_entry(root, relative).sha256 != entry.sha256:
+        # a graph is read once: the bytes that pass the digest are the bytes whose references are checked
+        data = target.read_bytes() if relative in graphs else None
+        digest = hashlib.sha256(data).hexdigest() if data is not None else file_entry(root, relative).sha256
+        if digest != entry.sha256:
             raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")
-    for relative in sorted(needed - {manifest.tokenizer.path}):
-        _check_external_data(root, relative, listed)
+        if data is not None:
+            _check_external_data(root, relative, data, listed)
 
 
-def _check_external_data(root: Path, graph: str, listed: dict) -> None:
+def _check_external_data(root: Path, graph: str, data: bytes, listed: dict) -> None:
     """Every external-data file a graph names must sit inside the package and be listed (so hashed)."""
     folder = PurePosixPath(graph).parent
-    for location in sorted(external_locations(_inside(root, graph).read_bytes())):
+    for location in sorted(external_locations(data)):
         pure = PurePosixPath(location)
         if pure.is_absolute() or ".." in pure.parts or location.startswith("\\") or ":" in location:
             raise PackageError(f"{graph} reads external data from {location!r}, outside the package; refusing it")
