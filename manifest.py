@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 SEGMENT_KINDS = ("embed", "block", "exit", "head", "span")
 TASKS = ("feature-extraction", "text-classification")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine")

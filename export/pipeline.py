@@ -31,7 +31,7 @@ from .joint_training import JointSettings, final_probabilities, fine_tune_jointl
 from .model_source import LoadedModel, load_model
 from .onnx_graphs import export_graph
 from .package_writer import discard, finalize, prepare_staging
-from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead
+from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead, Stage
 from .shared_weights import WEIGHTS_FILE, share_weights
 from .thresholds import AGREEMENT_LEVELS, BOUND_CONFIDENCE, calibrate_level
 from .validate import sample_batches, validate_graphs
@@ -264,6 +264,20 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
     return calibration, levels, evaluation
 
 
+@dataclass(frozen=True)
+class _GraphJob:
+    """One graph to export: a segment, or a span of consecutive segments (`covers`)."""
+
+    name: str
+    kind: str
+    index: int
+    module: torch.nn.Module
+    args: tuple[torch.Tensor, ...]
+    inputs: list[str]
+    outputs: list[str]
+    covers: tuple[str, ...] = ()
+
+
 def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[int, torch.nn.Module],
                    spec: TokenizerSpec) -> tuple[list[Segment], list[ExitHead]]:
     hidden_size = segments.blocks[0].query.in_features
@@ -273,35 +287,43 @@ def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[in
     bias = torch.zeros(1, ids.shape[1])
     graph_dir = staging / "graphs"
     out_name = "logits" if isinstance(segments.head, ClassifierHead) else "embedding"
-    jobs: list[tuple[str, str, int, torch.nn.Module, tuple, list[str], list[str]]] = []
-    if segments.embed.uses_token_type_ids:
-        jobs.append(("embed", "embed", 0, segments.embed, (ids, types), ["input_ids", "token_type_ids"], ["hidden"]))
-    else:
-        jobs.append(("embed", "embed", 0, segments.embed, (ids,), ["input_ids"], ["hidden"]))
+    jobs: list[_GraphJob] = []
+    embed_inputs = ["input_ids", "token_type_ids"] if segments.embed.uses_token_type_ids else ["input_ids"]
+    embed_args = (ids, types) if segments.embed.uses_token_type_ids else (ids,)
+    jobs.append(_GraphJob("embed", "embed", 0, segments.embed, embed_args, embed_inputs, ["hidden"]))
+    block_outputs = ["next_hidden", "token_importance", "cls_attention"]
     for i, block in enumerate(segments.blocks):
-        jobs.append((f"block_{i:02d}", "block", i, block, (hidden, bias), ["hidden", "attention_bias"],
-                     ["next_hidden", "token_importance", "cls_attention"]))
+        jobs.append(_GraphJob(f"block_{i:02d}", "block", i, block, (hidden, bias), ["hidden", "attention_bias"],
+                              block_outputs))
     for depth, module in sorted(exit_modules.items()):
-        jobs.append((f"exit_{depth:02d}", "exit", depth, module, (hidden, bias), ["hidden", "attention_bias"],
-                     [out_name]))
-    jobs.append(("head", "head", 0, segments.head, (hidden, bias), ["hidden", "attention_bias"], [out_name]))
+        jobs.append(_GraphJob(f"exit_{depth:02d}", "exit", depth, module, (hidden, bias),
+                              ["hidden", "attention_bias"], [out_name]))
+    jobs.append(_GraphJob("head", "head", 0, segments.head, (hidden, bias), ["hidden", "attention_bias"], [out_name]))
     full = FullDepth(segments.embed, segments.blocks, segments.head)
-    full_inputs = ["input_ids", "token_type_ids", "attention_bias"] if segments.embed.uses_token_type_ids \
-        else ["input_ids", "attention_bias"]
-    full_args = (ids, types, bias) if segments.embed.uses_token_type_ids else (ids, bias)
-    jobs.append(("full", "span", 0, full, full_args, full_inputs, [out_name]))
-    covers = ("embed", *(f"block_{i:02d}" for i in range(len(segments.blocks))), "head")
+    num_blocks = len(segments.blocks)
+    jobs.append(_GraphJob("full", "span", 0, full, (*embed_args, bias), [*embed_inputs, "attention_bias"],
+                          [out_name], ("embed", *(f"block_{i:02d}" for i in range(num_blocks)), "head")))
+    for depth, module in sorted(exit_modules.items()):  # block + its exit (the first with the embedding)
+        first = depth == 1
+        stage = Stage(segments.embed if first else None, [segments.blocks[depth - 1]], module, tail_is_head=False)
+        jobs.append(_GraphJob(f"stage_{depth:02d}", "span", depth, stage,
+                              (*embed_args, bias) if first else (hidden, bias),
+                              [*embed_inputs, "attention_bias"] if first else ["hidden", "attention_bias"],
+                              [*block_outputs, out_name],
+                              (*(("embed",) if first else ()), f"block_{depth - 1:02d}", f"exit_{depth:02d}")))
+    last = Stage(None, [segments.blocks[-1]], segments.head, tail_is_head=True)
+    jobs.append(_GraphJob("stage_head", "span", num_blocks, last, (hidden, bias), ["hidden", "attention_bias"],
+                          [out_name], (f"block_{num_blocks - 1:02d}", "head")))
     graph_segments: list[Segment] = []
     with progress_bar(len(jobs), "exporting graphs") as bar:
-        for name, kind, index, module, args, inputs, outputs in jobs:
-            path = graph_dir / f"{name}.onnx"
-            real_inputs, real_outputs = export_graph(module, args, inputs, outputs, path)
-            graph_segments.append(Segment(name=name, kind=kind, index=index, inputs=tuple(real_inputs),
+        for job in jobs:
+            path = graph_dir / f"{job.name}.onnx"
+            real_inputs, real_outputs = export_graph(job.module, job.args, job.inputs, job.outputs, path)
+            graph_segments.append(Segment(name=job.name, kind=job.kind, index=job.index, inputs=tuple(real_inputs),
                                           outputs=tuple(real_outputs),
-                                          variants=(Variant("fp32", f"graphs/{name}.onnx"),),
-                                          covers=covers if kind == "span" else ()))
+                                          variants=(Variant("fp32", f"graphs/{job.name}.onnx"),), covers=job.covers))
             bar.update()
-    share_weights([graph_dir / f"{job[0]}.onnx" for job in jobs], graph_dir / WEIGHTS_FILE)
+    share_weights([graph_dir / f"{job.name}.onnx" for job in jobs], graph_dir / WEIGHTS_FILE)
     confidence = "max_prob" if out_name == "logits" else "consecutive_cosine"
     exits = [ExitHead(after_block=depth, segment=f"exit_{depth:02d}", confidence=confidence)
              for depth in sorted(exit_modules)]

@@ -52,26 +52,36 @@ def reference_output(model: torch.nn.Module, task: str, normalize: bool, ids: np
 
 
 def chain_output(sessions: dict, segments: list[Segment], ids: np.ndarray, mask: np.ndarray,
-                 exits: dict[int, Segment]) -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, np.ndarray]]:
-    """Full-depth output of the segment chain, every exit's output, and every span's output."""
+                 exits: dict[int, Segment]) -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, float]]:
+    """Full-depth output of the segment chain, every exit's output, and how far each span's outputs
+    are from the chain's (max abs difference)."""
     embed = next(s for s in segments if s.kind == "embed")
     bias = np.where(mask > 0, 0.0, PAD_BIAS).astype(np.float32)
-    spans = {}
-    for span in (s for s in segments if s.kind == "span"):
-        feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_bias": bias}
-        spans[span.name] = sessions[span.name].run(None, {k: feeds[k] for k in span.inputs})[0]
-    feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids)}
+    feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_bias": bias}
     hidden = sessions[embed.name].run(None, {k: feeds[k] for k in embed.inputs})[0]
-    exit_outputs: dict[int, np.ndarray] = {}
+    produced: dict[str, list[np.ndarray]] = {embed.name: [hidden]}
     blocks = sorted((s for s in segments if s.kind == "block"), key=lambda s: s.index)
+    inputs_of: dict[str, np.ndarray] = {}  # the hidden state entering each segment
     for depth, block in enumerate(blocks, start=1):
-        hidden = sessions[block.name].run(None, {"hidden": hidden, "attention_bias": bias})[0]
+        inputs_of[block.name] = hidden
+        produced[block.name] = sessions[block.name].run(None, {"hidden": hidden, "attention_bias": bias})
+        hidden = produced[block.name][0]
         if depth in exits:
             exit_seg = exits[depth]
-            exit_outputs[depth] = sessions[exit_seg.name].run(
-                None, _head_feeds(exit_seg, hidden, bias))[0]
+            produced[exit_seg.name] = sessions[exit_seg.name].run(None, _head_feeds(exit_seg, hidden, bias))
     head = next(s for s in segments if s.kind == "head")
-    return sessions[head.name].run(None, _head_feeds(head, hidden, bias))[0], exit_outputs, spans
+    produced[head.name] = sessions[head.name].run(None, _head_feeds(head, hidden, bias))
+    span_diffs = {}
+    for span in (s for s in segments if s.kind == "span"):
+        first, last = span.covers[0], span.covers[-1]
+        span_feeds = feeds if first == embed.name else {"hidden": inputs_of[first], "attention_bias": bias}
+        got = sessions[span.name].run(None, {k: span_feeds[k] for k in span.inputs})
+        # a span ending at an exit also gives its last block's outputs, in the block's order
+        block_before_tail = span.covers[-2] if len(span.covers) > 1 and len(got) > 1 else None
+        expected = (produced[block_before_tail] if block_before_tail else []) + [produced[last][0]]
+        span_diffs[span.name] = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
+    exit_outputs = {depth: produced[seg.name][0] for depth, seg in exits.items()}
+    return produced[head.name][0], exit_outputs, span_diffs
 
 
 def _head_feeds(segment: Segment, hidden: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
@@ -89,8 +99,8 @@ def validate_graphs(graph_dir: Path, segments: list[Segment], exits: dict[int, S
     sessions = {s.name: open_session(graph_dir / Path(s.graph()).name) for s in segments}
     for ids, mask in batches:
         expected = reference_output(model, task, normalize, ids, mask)
-        got, exit_outputs, spans = chain_output(sessions, segments, ids, mask, exits)
-        diff = max([float(np.abs(expected - got).max())] + [float(np.abs(expected - s).max()) for s in spans.values()])
+        got, exit_outputs, span_diffs = chain_output(sessions, segments, ids, mask, exits)
+        diff = max([float(np.abs(expected - got).max()), *span_diffs.values()])
         worst = max(worst, diff)
         for depth, module in exit_modules.items():
             hidden, bias = torch_hidden_at(ids, mask, depth)

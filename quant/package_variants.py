@@ -71,6 +71,10 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
         raise InputError(f"the plan names nodes this model does not have: {unknown[:3]}; "
                          f"node names come from `edgeinfer quantize --report`")
     for_exits = exit_precision(plan)
+    for exit_head in manifest.exits:  # an exit's weights, alone or inside a stage span, follow for_exits
+        exit_graph = onnx.load(str(package.path(manifest.segment(exit_head.segment).graph("fp32"))))
+        for node in weight_nodes(exit_graph):
+            by_digest.setdefault(node.digest, for_exits)  # a weight shared with the backbone keeps its plan
     segments = []
     graphs: list[Path] = []
     with progress_bar(2 * sum(len(s.variants) for s in manifest.segments) + 2, f"writing variant {name}") as bar:
@@ -81,10 +85,7 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
                 graphs.append(staging / variant.path)
                 bar.update()
             model = onnx.load(str(package.path(segment.graph("fp32"))))
-            segment_plan = dict(by_digest)
-            if segment.kind == "exit":
-                segment_plan.update({n.digest: for_exits for n in weight_nodes(model)})
-            lowered = apply_plan(model, segment_plan)
+            lowered = apply_plan(model, by_digest)
             path = f"graphs/{Path(segment.graph('fp32')).stem}.{name}.onnx"
             onnx.save(lowered, str(staging / path))
             graphs.append(staging / path)

@@ -98,6 +98,7 @@ class EdgeSession:
             raise InputError(f"this package's blocks do not output {policy.importance!r} "
                              f"(they give {list(self._blocks[0].outputs[1:])}); re-export it or pick one of those")
         self._importance_output = self._blocks[0].outputs.index(policy.importance)
+        self._stages, self._last_stage = self._find_stages()
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
         if budget.latency_ms is not None:
@@ -142,11 +143,23 @@ class EdgeSession:
                                                        self.level.thresholds[i - 1]))
         return active
 
+    def _find_stages(self) -> tuple[dict[int, Segment], Segment | None]:
+        """Spans that run a block with its exit (the first with the embedding), and the last block
+        with the head: one call per decision instead of two (packages before schema 1.3 have none)."""
+        stages = {}
+        for exit_head in self.manifest.exits:
+            depth = exit_head.after_block
+            covers = (*(("embed",) if depth == 1 else ()), self._blocks[depth - 1].name, exit_head.segment)
+            span = self.manifest.span_covering(covers)
+            if span is not None:
+                stages[depth] = span
+        return stages, self.manifest.span_covering((self._blocks[-1].name, self._head.name))
+
     def _measure_costs(self) -> None:
         # A deadline cannot absorb a session being created mid-run: open every graph now.
-        for segment in self.manifest.segments:
-            if segment.kind != "span":
-                self.runner.graph(segment, self.precision)
+        stages = [*self._stages.values(), *([self._last_stage] if self._last_stage else [])]
+        for segment in [*(s for s in self.manifest.segments if s.kind != "span"), *stages]:
+            self.runner.graph(segment, self.precision)
         if self._full_span is not None and self.precision != "fp32":
             self.runner.graph(self._full_span)  # the restart's graph
         hidden_size = self.manifest.model.hidden_size
@@ -255,24 +268,38 @@ class EdgeSession:
         return _Answer(output, self._final_confidence(output), len(self._blocks))
 
     def _adaptive_pass(self, state: _Run, batch, exits: dict, keep_schedule: dict, deadline: bool) -> _Answer:
-        hidden = self._call(state, self._embed, {"input_ids": batch.input_ids,
-                                                 "token_type_ids": batch.token_type_ids})[0]
         bias = np.zeros(batch.input_ids.shape, dtype=np.float32)
+        feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids, "attention_bias": bias}
+        hidden: np.ndarray | None = None  # None until the embedding has run (a first stage runs it)
+        if not (1 in exits and 1 in self._stages):
+            hidden = self._call(state, self._embed, feeds)[0]
         protected = batch.special_mask[0]
-        original_tokens = hidden.shape[1]
+        original_tokens = batch.input_ids.shape[1]
         best: _Answer | None = None  # the deepest exit answer so far
         previous_exit: np.ndarray | None = None
         num_blocks = len(self._blocks)
         for depth, block in enumerate(self._blocks, start=1):
-            if deadline and depth > 1 and self._deadline_passes(state, hidden.shape[1],
-                                                                depth in exits or depth == num_blocks):
+            tokens = original_tokens if hidden is None else int(hidden.shape[1])
+            if deadline and depth > 1 and self._deadline_passes(state, tokens, depth in exits or depth == num_blocks):
                 return self._anytime(state, hidden, bias, depth - 1, best)
-            state.tokens.append(int(hidden.shape[1]))
-            outputs = self._call(state, block, {"hidden": hidden, "attention_bias": bias})
+            state.tokens.append(tokens)
+            if hidden is not None:
+                feeds = {"hidden": hidden, "attention_bias": bias}
+            if depth == num_blocks and self._last_stage is not None:
+                output = self._call(state, self._last_stage, feeds)[0][0]
+                return _Answer(output, self._final_confidence(output), num_blocks)
+            with_exit = depth in exits and depth < num_blocks
+            stage = self._stages.get(depth) if with_exit else None
+            if stage is not None:  # block and exit in one call
+                *outputs, exit_output = self._call(state, stage, feeds)
+            else:
+                outputs = self._call(state, block, feeds)
             hidden = outputs[0]
-            if depth in exits and depth < num_blocks:
+            if with_exit:
                 exit_head, exit_segment, threshold = exits[depth]
-                output = self._call(state, exit_segment, {"hidden": hidden, "attention_bias": bias})[0][0]
+                if stage is None:
+                    exit_output = self._call(state, exit_segment, {"hidden": hidden, "attention_bias": bias})[0]
+                output = exit_output[0]
                 confidence = self._confidence(exit_head, output, previous_exit)
                 previous_exit, best = output, _Answer(output, confidence, depth)
                 if should_exit(confidence, threshold):

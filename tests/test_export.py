@@ -144,9 +144,17 @@ def test_weights_stored_once_and_full_span_matches_the_chain(tiny_packages):
     manifest = open_package(root).manifest
     full = manifest.segment("full")
     assert full.kind == "span" and full.covers == ("embed", "block_00", "block_01", "block_02", "head")
-    graph_bytes = sum(f.bytes for f in manifest.files if f.path.endswith(".onnx"))
     weights = next(f.bytes for f in manifest.files if f.path == "graphs/weights.bin")
-    assert graph_bytes < weights  # graphs hold structure; the tensors live once in weights.bin
+    references = []  # (offset, length) of every external tensor every graph reads
+    for entry in (f for f in manifest.files if f.path.endswith(".onnx")):
+        graph = onnx.load(str(root / entry.path), load_external_data=False)
+        for tensor in graph.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                where = {e.key: e.value for e in tensor.external_data}
+                references.append((int(where.get("offset", 0)), int(where["length"])))
+    distinct = sum(length for _, length in set(references))
+    assert distinct <= weights <= distinct * 1.05  # each tensor once in weights.bin (plus alignment)
+    assert sum(length for _, length in references) > 2 * weights  # read by segments, stages and full
     text = "good movie with a dull plot"
     fused = edgeinfer.load(root, policy=edgeinfer.Policy.off()).run(text)
     assert fused.trace.segments == ("full",)

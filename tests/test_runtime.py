@@ -45,8 +45,25 @@ def test_early_exit_uses_the_calibrated_thresholds(tiny_packages):
         if depth < 3:
             index = [e.after_block for e in session.manifest.exits].index(depth)
             assert result.confidence >= level.thresholds[index]
-        assert result.trace.segments[0] == "embed"
+        assert result.trace.segments[0] == ("stage_01" if level.thresholds[0] is not None else "embed")
         assert len(result.trace.tokens_per_block) == depth
+
+
+def test_stage_spans_answer_like_the_segment_chain(tiny_packages):
+    """A block fused with its exit (and the last block with the head) is one call per decision;
+    answers, exits and tokens must be those of the segment-by-segment chain."""
+    package = tiny_packages[("bert", "text-classification")]
+    policy = edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.7),))
+    staged = edgeinfer.load(package, policy=policy)
+    chained = edgeinfer.load(package, policy=policy)
+    chained._stages, chained._last_stage = {}, None  # as a package without stage spans runs
+    texts = ["good movie", "bad dull plot with a long and winding story", "happy sun rain city", "meh"]
+    for a, b in zip(staged.run(texts), chained.run(texts)):
+        assert a.trace.exit_after_block == b.trace.exit_after_block
+        assert a.trace.tokens_per_block == b.trace.tokens_per_block
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        assert len(a.trace.segments) < len(b.trace.segments)
+        assert any(name.startswith("stage_") for name in a.trace.segments)
 
 
 def test_bad_inputs_get_one_clear_error(tiny_packages):
