@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=_keep_schedule(args.keep),
                     precision=args.precision)
     session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms, memory_mb=args.memory_mb),
-                   threads=args.threads, verify_key=args.verify_key)
+                   threads=args.threads, verify_key=args.verify_key, target=args.target, profile=args.profile)
     for text, result in zip(texts := _read_texts(args), session.run(texts)):
         if args.json:
             print(json.dumps({"text": text, **result.to_dict()}))
@@ -138,6 +138,56 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"embedding[{len(result.embedding)}]\texit after block {result.trace.exit_after_block}"
                   f"\t{result.trace.total_ms:.2f} ms")
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from .targets.catalog import list_targets
+
+    for found in list_targets():
+        mark = "usable " if found.usable else "missing"
+        print(f"{found.target.name:<9} {mark}  {found.target.description}: {found.reason}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from .runtime.sessions import default_threads
+    from .targets.probe import probe
+    from .targets.profile import default_profile_path
+    from .bench.report_files import write_json
+
+    profile = probe(Path(args.package), target=args.target, quick=args.quick, threads=args.threads)
+    out = Path(args.output) if args.output else default_profile_path(Path(args.package).resolve(), profile.target,
+                                                                       args.threads or default_threads())
+    write_json(out, profile.to_json())
+    batch1 = [c for c in profile.costs if c.batch == 1 and c.precision == "fp32"]
+    for cost in batch1:
+        cells = ", ".join(f"{t}: {m:.3f}" for t, m in zip(cost.tokens, cost.median_ms))
+        print(f"{cost.segment:<11} {cost.model:<6} ms by tokens  {cells}")
+    print(f"overhead per request {profile.overhead_fixed_ms:.3f} ms + {profile.overhead_per_call_ms:.3f} ms per call")
+    print(f"profile: {out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .errors import InputError
+
+    report_dir = Path(args.report)
+    if args.merge:
+        from .bench.merge import merge_reports
+
+        merge_reports([Path(p) for p in args.merge], report_dir)
+    else:
+        from .bench.device_bench import BenchOptions, run_device_bench
+
+        if not args.package or not args.data:
+            raise InputError("bench needs a package and --data FILE (or --merge A/report.json B/report.json)")
+        options = BenchOptions(agreement=args.agreement, keep_schedule=_keep_schedule(args.keep), budget_ms=args.budget_ms,
+                               repeats=args.repeats, target=args.target, profile=args.profile, model_dir=args.model,
+                               baselines=not args.no_baselines, label=args.label, cold_start_runs=args.cold_starts)
+        run_device_bench(Path(args.package), Path(args.data), report_dir, options)
+    print((report_dir / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {report_dir / 'report.html'} (and report.json, report.md)")
     return 0
 
 
@@ -277,7 +327,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
     run.add_argument("--verify-key", default=None, help="refuse the package unless signed by this public key (PEM)")
+    run.add_argument("--target", default="cpu", help="where to run (see `edgeinfer targets`)")
+    run.add_argument("--profile", default="auto",
+                     help="device profile from `edgeinfer probe` (default: the one stored for this device, if any)")
     run.set_defaults(handler=_run)
+
+    targets = sub.add_parser("targets", help="list the targets this machine can run, and why the others cannot")
+    targets.set_defaults(handler=_targets)
+
+    probe = sub.add_parser("probe", help="measure every graph of a package on this device (a latency profile)")
+    probe.add_argument("package")
+    probe.add_argument("--target", default="cpu", help="target to measure (see `edgeinfer targets`)")
+    probe.add_argument("-o", "--output", default=None,
+                       help="profile file (default: the cache where `edgeinfer run` finds it for this device)")
+    probe.add_argument("--quick", action="store_true", help="fewer token counts and rounds (under a minute)")
+    probe.add_argument("--threads", type=int, default=None)
+    probe.set_defaults(handler=_probe)
+
+    bench = sub.add_parser("bench", help="baselines and operating points on this device, in one report (HTML, MD, JSON)")
+    bench.add_argument("package", nargs="?")
+    bench.add_argument("--data", help="inputs: TSV (text[, label]) or one text per line")
+    bench.add_argument("--target", default="cpu")
+    bench.add_argument("--budget-ms", type=float, default=None, help="also run with this latency budget (deadline)")
+    bench.add_argument("--agreement", type=float, default=0.99)
+    bench.add_argument("--keep", default="2:0.7,4:0.5", help="pruning schedule of the pruned points ('' for none)")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved passes over the data")
+    bench.add_argument("--cold-starts", type=int, default=5, help="fresh processes per configuration")
+    bench.add_argument("--model", default=None, help="Hugging Face directory the package came from (baselines)")
+    bench.add_argument("--no-baselines", action="store_true", help="edgeinfer's points only")
+    bench.add_argument("--profile", default="auto", help="device profile (default: the stored one for this device)")
+    bench.add_argument("--label", default=None, help="name of this device/backend in merged reports")
+    bench.add_argument("--report", default="bench-report", help="folder for report.json, report.md, report.html")
+    bench.add_argument("--merge", nargs="+", metavar="REPORT_JSON", help="merge reports from several devices instead")
+    bench.set_defaults(handler=_bench)
 
     demo = sub.add_parser("demo", help="export all-MiniLM-L6-v2, run it on a bundled sample, write a report")
     demo.add_argument("--out", default="edgeinfer-demo", help="folder for the package and report")

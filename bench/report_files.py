@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         temporary.write_text(text, encoding="utf-8")

@@ -18,7 +18,10 @@ import os
 from pathlib import Path
 
 from ..export.calibration_data import read_examples
+from ..errors import PackageError
 from ..export.pipeline import ExportOptions, export_model
+from ..manifest import SCHEMA_VERSION
+from ..runtime.package import open_package
 from .report_files import write_atomically
 from .runtime_bench import markdown_report, choose_restart_threshold, run_bench
 
@@ -38,6 +41,14 @@ def sentence_like_rows(train: Path, out: Path, min_words: int = SENTENCE_WORDS) 
     return out
 
 
+def is_current(package: Path) -> bool:
+    """A cached package made by this schema version (older ones lack graphs the runtime now uses)."""
+    try:
+        return open_package(package, verify=False).manifest.schema_version == SCHEMA_VERSION
+    except (PackageError, OSError):
+        return False
+
+
 def sst2_package(shared: Path, cache: Path, joint: bool = False) -> tuple[Path, Path]:
     """The SST-2 MiniLM exported with exits (cached), and the sentence-like train rows that calibrated it."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -45,8 +56,8 @@ def sst2_package(shared: Path, cache: Path, joint: bool = False) -> tuple[Path, 
     train, dev = shared / "data" / "sst2" / "train.tsv", shared / "data" / "sst2" / "dev.tsv"
     sentences = sentence_like_rows(train, cache / "sst2_train_sentences.tsv")
     package = cache / ("sst2-joint.edge" if joint else "sst2-heads.edge")
-    if not package.exists():
-        export_model(str(model), package, ExportOptions(
+    if not is_current(package):
+        export_model(str(model), package, ExportOptions(force=True, 
             task="text-classification", calib=str(train), calib_thresholds=str(sentences), eval_data=str(dev),
             train_exits="joint" if joint else "heads"))
     return package, sentences
@@ -57,7 +68,7 @@ def _with_variants(package: Path, sentences: Path, modes: list[str]) -> Path:
     from ..quant.quantize import quantize_package
 
     out = package.with_name(package.stem + "-" + "-".join(modes) + ".edge")
-    if not out.exists():
+    if not is_current(out):
         texts = list(read_examples(sentences, None).texts)
         source = package
         for mode in modes:

@@ -19,6 +19,8 @@ class Trace:
     deadline_cut: bool = False  # the deadline guard answered from the best exit reached
     restarts: int = 0  # low confidence made the run start again at a stronger operating point
     precision: str = "fp32"  # the precision variant that produced the answer
+    predicted_ms: float | None = None  # what the device profile predicted for the calls made
+    profile: str | None = None  # which device profile predicted it (target-fingerprint)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Result:
             "milliseconds": self.trace.milliseconds, "total_ms": self.trace.total_ms,
             "truncated": self.trace.truncated, "thresholds_level": self.trace.thresholds_level,
             "deadline_cut": self.trace.deadline_cut, "restarts": self.trace.restarts,
-            "precision": self.trace.precision,
+            "precision": self.trace.precision, "predicted_ms": self.trace.predicted_ms,
+            "profile": self.trace.profile,
         }
         return out

@@ -18,22 +18,25 @@ import onnxruntime as ort
 
 from ..errors import InputError
 from ..manifest import PAD_BIAS, ExitHead, ExitThresholds, Segment
+from ..targets.catalog import usable_target
+from ..targets.profile import Profile, find_profile
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .package import Package, open_package
 from .policy import Budget, Policy, classification_confidence, cosine, should_exit, softmax
 from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
-from .sessions import open_session
+from .sessions import default_threads, open_session
 from .tokenize import TextEncoder
 
 
 class GraphRunner:
     """One onnxruntime session per segment, created on first use and shared by all threads."""
 
-    def __init__(self, package: Package, threads: int | None):
+    def __init__(self, package: Package, threads: int | None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
         self.package = package
         self.threads = threads
+        self.providers = providers
         self._graphs: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
@@ -44,7 +47,7 @@ class GraphRunner:
             with self._lock:
                 graph = self._graphs.get(key)
                 if graph is None:
-                    graph = open_session(self.package.path(segment.graph(precision)), self.threads)
+                    graph = open_session(self.package.path(segment.graph(precision)), self.threads, self.providers)
                     self._graphs[key] = graph
         return graph
 
@@ -59,6 +62,7 @@ class _Run:
     milliseconds: dict[str, float] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
     restarts: int = 0
+    predicted_ms: float = 0.0  # the device profile's prediction for the calls made
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,16 @@ class _Answer:
 
 class EdgeSession:
     def __init__(self, package: Package, policy: Policy = Policy(), budget: Budget = Budget(),
-                 threads: int | None = None):
+                 threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 profile: Profile | None = None):
         self.package = package
+        self.profile = profile
         self.manifest = package.manifest
         self.policy = policy
         self.budget = budget
         self.memory = check_memory_budget(self.manifest, budget.memory_mb)  # before any graph loads
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
-        self.runner = GraphRunner(package, threads)
+        self.runner = GraphRunner(package, threads, providers)
         self._blocks = self.manifest.blocks()
         self._embed = next(s for s in self.manifest.segments if s.kind == "embed")
         self._head = next(s for s in self.manifest.segments if s.kind == "head")
@@ -102,7 +108,9 @@ class EdgeSession:
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
         if budget.latency_ms is not None:
-            self._measure_costs()
+            self._open_graphs()
+            if profile is None or profile.cost(self._blocks[0].name, self.precision) is None:
+                self._measure_costs()
 
     def _levels(self, policy: Policy) -> tuple[str, ExitThresholds | None, float | None]:
         """(precision to start at, its calibrated thresholds, its restart threshold).
@@ -155,13 +163,16 @@ class EdgeSession:
                 stages[depth] = span
         return stages, self.manifest.span_covering((self._blocks[-1].name, self._head.name))
 
-    def _measure_costs(self) -> None:
-        # A deadline cannot absorb a session being created mid-run: open every graph now.
+    def _open_graphs(self) -> None:
+        """A deadline cannot absorb a session being created mid-run: open every graph now."""
         stages = [*self._stages.values(), *([self._last_stage] if self._last_stage else [])]
         for segment in [*(s for s in self.manifest.segments if s.kind != "span"), *stages]:
             self.runner.graph(segment, self.precision)
         if self._full_span is not None and self.precision != "fp32":
             self.runner.graph(self._full_span)  # the restart's graph
+
+    def _measure_costs(self) -> None:
+        """Without a device profile, the deadline guard plans on one block and one exit timed now."""
         hidden_size = self.manifest.model.hidden_size
 
         def runner(segment: Segment):
@@ -212,19 +223,48 @@ class EdgeSession:
 
     def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         graph = self.runner.graph(segment, state.precision)
+        inputs = {k: feeds[k] for k in segment.inputs}
         t0 = time.perf_counter()
-        out = graph.run(None, {k: feeds[k] for k in segment.inputs})
+        out = graph.run(None, inputs)
         state.milliseconds[segment.name] = round((time.perf_counter() - t0) * 1000, 4)
         state.segments.append(segment.name)
+        if self.profile is not None:
+            shape = inputs[segment.inputs[0]].shape
+            # a graph the profile lacks (probed before a variant was added) makes the whole prediction unknown
+            state.predicted_ms += self.profile.predict_ms(segment.name, state.precision, shape[1], shape[0]) or np.nan
         return out
 
-    def _deadline_passes(self, state: _Run, tokens: int, exit_next: bool) -> bool:
-        """Would running the next block (and its exit) overrun the latency budget?"""
-        if self.budget.latency_ms is None or self.block_cost is None:
-            return False
+    def _next_calls(self, depth: int, exit_next: bool) -> list[Segment]:
+        """The graphs the step to `depth` blocks calls (the last block brings the head)."""
+        if depth == len(self._blocks):
+            return [self._last_stage] if self._last_stage is not None else [self._blocks[-1], self._head]
+        if exit_next and depth in self._exits:
+            stage = self._stages.get(depth)
+            return [stage] if stage is not None else [self._blocks[depth - 1], self._exits[depth][1]]
+        return [self._blocks[depth - 1]]
+
+    def _step_cost(self, depth: int, tokens: int, exit_next: bool, precision: str) -> float | None:
+        """Predicted p90 milliseconds of the next step, from the device profile, else from the
+        block and exit timed at load."""
+        if self.profile is not None:
+            calls = self._next_calls(depth, exit_next)
+            costs = [self.profile.predict_ms(s.name, precision, tokens, tail=True) for s in calls]
+            if all(c is not None for c in costs):
+                return sum(costs) + self.profile.overhead_per_call_ms * len(costs)
+        if self.block_cost is None:
+            return None
         cost = self.block_cost.predict(tokens)
         if exit_next and self.exit_cost is not None:
             cost += self.exit_cost.predict(tokens)
+        return cost
+
+    def _deadline_passes(self, state: _Run, depth: int, tokens: int, exit_next: bool) -> bool:
+        """Would running the next block (and its exit) overrun the latency budget?"""
+        if self.budget.latency_ms is None:
+            return False
+        cost = self._step_cost(depth, tokens, exit_next, state.precision)
+        if cost is None:
+            return False
         elapsed = (time.perf_counter() - state.started) * 1000
         return elapsed + cost > self.budget.latency_ms
 
@@ -251,9 +291,16 @@ class EdgeSession:
             limit = max(limit or 0.0, self.restart_threshold)
         if limit is None or answer.confidence is None or answer.confidence >= limit or answer.cut_short:
             return False
-        if self.budget.latency_ms is None or self.block_cost is None:
+        if self.budget.latency_ms is None:
             return True
-        predicted = self.block_cost.predict(batch.input_ids.shape[1]) * len(self._blocks)
+        tokens = batch.input_ids.shape[1]
+        predicted = None
+        if self.profile is not None and self._full_span is not None:
+            predicted = self.profile.predict_ms(self._full_span.name, "fp32", tokens, tail=True)
+        if predicted is None and self.block_cost is not None:
+            predicted = self.block_cost.predict(tokens) * len(self._blocks)
+        if predicted is None:
+            return True
         return (time.perf_counter() - state.started) * 1000 + predicted <= self.budget.latency_ms
 
     def _full_pass(self, state: _Run, batch) -> _Answer:
@@ -280,7 +327,8 @@ class EdgeSession:
         num_blocks = len(self._blocks)
         for depth, block in enumerate(self._blocks, start=1):
             tokens = original_tokens if hidden is None else int(hidden.shape[1])
-            if deadline and depth > 1 and self._deadline_passes(state, tokens, depth in exits or depth == num_blocks):
+            if deadline and depth > 1 and self._deadline_passes(state, depth, tokens,
+                                                                depth in exits or depth == num_blocks):
                 return self._anytime(state, hidden, bias, depth - 1, best)
             state.tokens.append(tokens)
             if hidden is not None:
@@ -341,7 +389,10 @@ class EdgeSession:
                       milliseconds=state.milliseconds,
                       total_ms=round((time.perf_counter() - state.started) * 1000, 4),
                       truncated=truncated, thresholds_level=self.level.agreement if self.level else None,
-                      deadline_cut=answer.cut_short, precision=state.precision)
+                      deadline_cut=answer.cut_short, precision=state.precision,
+                      predicted_ms=round(state.predicted_ms + self.profile.overhead_ms(len(state.segments)), 4)
+                      if self.profile is not None and np.isfinite(state.predicted_ms) else None,
+                      profile=self.profile.key if self.profile is not None else None)
         if self.manifest.model.task == "text-classification":
             probabilities = softmax(output)
             labels = self.manifest.model.labels or tuple(str(i) for i in range(len(output)))
@@ -350,13 +401,18 @@ class EdgeSession:
 
 
 def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
-         policy: Policy = Policy(), threads: int | None = None, verify_key: object = None) -> EdgeSession:
-    """Open and verify a package, ready to run. Only the CPU target exists so far.
+         policy: Policy = Policy(), threads: int | None = None, verify_key: object = None,
+         profile: str | os.PathLike[str] | None = "auto") -> EdgeSession:
+    """Open and verify a package, ready to run on a target (`edgeinfer targets` lists them).
 
     verify_key (an Ed25519 public key: PEM path or bytes) refuses packages not signed by it.
+    profile: "auto" uses the profile `edgeinfer probe` stored for this package on this device, if
+    any; a path uses that file (with a warning when it was measured elsewhere); None uses none.
     """
-    if target != "cpu":
-        raise InputError(f"target {target!r} is not available; use 'cpu'")
+    chosen = usable_target(target)
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
-    return EdgeSession(open_package(Path(package), verify_key=verify_key), policy, budget, threads)
+    opened = open_package(Path(package), verify_key=verify_key)
+    found = find_profile(opened.root, chosen.name, threads or default_threads(),
+                         None if profile == "auto" else profile) if profile is not None else None
+    return EdgeSession(opened, policy, budget, threads, chosen.providers, found)

@@ -1,0 +1,271 @@
+"""`edgeinfer bench`: plain baselines and edgeinfer's operating points, measured on this device in
+one process and one run, joined in one report (JSON, Markdown, HTML with plots).
+
+Baselines: PyTorch eager (when torch and the source model are at hand), the whole model as one
+onnxruntime graph exported from the Hugging Face forward as Optimum does, and its int8 dynamic
+per-channel quantization. Operating points: adaptivity off, early exit, pruning, both, each
+precision variant's cascade, and the deadline when a budget is given. Requests are interleaved
+input by input across configurations so that the machine's drift hits all alike; cold start and
+peak memory come from fresh processes per configuration (bench/cold_start.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import EdgeInferError, InputError
+from ..export.calibration_data import read_examples
+from ..progress import progress_bar
+from ..runtime.policy import Budget, Policy, cosine, softmax
+from ..runtime.session import EdgeSession, load
+from ..runtime.sessions import default_threads
+from ..targets.fingerprint import device_fingerprint, fingerprint_key
+from .cold_start import cold_start, edgeinfer_spec, onnxruntime_spec, torch_spec
+from .timing import latency_summary
+
+WARMUP = 10
+EMBEDDING_AGREES_AT = 0.99  # cosine to the full model's embedding that counts as the same answer
+
+
+@dataclass(frozen=True)
+class Answer:
+    output: np.ndarray  # class probabilities or the embedding
+    depth: int
+    tokens: tuple[int, ...]
+    cut_short: bool = False
+    restarts: int = 0
+    predicted_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    kind: str  # "baseline" or "edgeinfer"
+    answer: Callable[[str], Answer]
+    cold_start_spec: dict
+    model_bytes: int
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    agreement: float = 0.99
+    keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5))
+    budget_ms: float | None = None
+    repeats: int = 3
+    cold_start_runs: int = 5
+    target: str = "cpu"
+    profile: str | None = "auto"
+    model_dir: str | None = None  # the Hugging Face model the package came from (baselines)
+    baselines: bool = True
+    label: str | None = None  # names this device in merged reports
+
+
+def _edgeinfer(name: str, session: EdgeSession, spec: dict, model_bytes: int) -> Configuration:
+    classification = session.manifest.model.task == "text-classification"
+
+    def answer(text: str) -> Answer:
+        result = session.run(text)
+        trace = result.trace
+        return Answer(result.probabilities if classification else result.embedding, trace.exit_after_block,
+                      trace.tokens_per_block, trace.deadline_cut, trace.restarts, trace.predicted_ms)
+    return Configuration(name, "edgeinfer", answer, spec, model_bytes)
+
+
+def _pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+    return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True) if normalize else pooled
+
+
+def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int) -> list[Configuration]:
+    """PyTorch eager and the monolithic onnxruntime graphs (fp32, int8), answering like the package."""
+    from .baselines import MonolithicModel, export_monolithic, quantize_int8
+
+    manifest = session.manifest
+    task, normalize, blocks = manifest.model.task, manifest.model.normalize_embedding, manifest.model.num_blocks
+    encoder, max_length = session.encoder, manifest.tokenizer.max_length
+    tokenizer_file = session.package.path(manifest.tokenizer.path)
+
+    def finish(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return softmax(raw[0]) if task == "text-classification" else _pool(raw, mask, normalize)[0]
+
+    configurations = []
+    fp32 = export_monolithic(model_dir, task, tmp / "model.onnx")
+    int8 = quantize_int8(fp32, tmp / "model.int8.onnx")
+    try:
+        import torch
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        torch.set_num_threads(threads)
+        loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+        eager = loader.from_pretrained(model_dir).eval()
+        output = "logits" if task == "text-classification" else "last_hidden_state"
+
+        def torch_answer(text: str) -> Answer:
+            batch = encoder.encode([text])
+            with torch.no_grad():
+                out = eager(input_ids=torch.from_numpy(batch.input_ids), attention_mask=torch.from_numpy(batch.attention_mask),
+                            token_type_ids=torch.from_numpy(batch.token_type_ids))
+            return Answer(finish(getattr(out, output).numpy(), batch.attention_mask), blocks, (batch.input_ids.shape[1],) * blocks)
+        size = sum(p.numel() * p.element_size() for p in eager.parameters())
+        configurations.append(Configuration("PyTorch eager (fp32)", "baseline", torch_answer,
+                                            torch_spec(Path(model_dir), task, max_length, threads), size))
+    except ImportError:
+        pass
+    for name, path in (("onnxruntime fp32 (monolithic)", fp32), ("onnxruntime int8 dynamic (monolithic)", int8)):
+        model = MonolithicModel(path, threads)
+
+        def graph_answer(text: str, model: MonolithicModel = model) -> Answer:
+            batch = encoder.encode([text])
+            return Answer(finish(model.run(batch), batch.attention_mask), blocks, (batch.input_ids.shape[1],) * blocks)
+        configurations.append(Configuration(name, "baseline", graph_answer,
+                                            onnxruntime_spec(path, tokenizer_file, max_length, threads),
+                                            path.stat().st_size))
+    return configurations
+
+
+def _operating_points(package: Path, options: BenchOptions, threads: int) -> dict[str, tuple[Policy, Budget]]:
+    a, keep = options.agreement, options.keep_schedule
+    points = {"edgeinfer off": (Policy.off(), Budget()),
+              f"edgeinfer exits@{a}": (Policy(agreement=a), Budget())}
+    if keep:
+        schedule = ",".join(f"{b}:{k}" for b, k in keep)
+        points[f"edgeinfer prune {schedule}"] = (Policy(agreement=None, keep_schedule=keep), Budget())
+        points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep), Budget())
+    probe = load(package, policy=Policy.off(), threads=threads, profile=None)
+    if probe.manifest.model.task == "text-classification":
+        for variant in probe.manifest.precision_variants:
+            points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
+    if options.budget_ms is not None:
+        points[f"edgeinfer exits@{a}, deadline {options.budget_ms:g} ms"] = (Policy(agreement=a), Budget(latency_ms=options.budget_ms))
+    return points
+
+
+def _measure(configurations: list[Configuration], texts: list[str], repeats: int) -> tuple[dict, dict]:
+    answers: dict[str, list[Answer]] = {c.name: [] for c in configurations}
+    times: dict[str, list[float]] = {c.name: [] for c in configurations}
+    for c in configurations:
+        for text in texts[:WARMUP]:
+            c.answer(text)
+    with progress_bar(repeats * len(texts), "benchmark") as bar:
+        for repeat in range(repeats):
+            for text in texts:
+                for c in configurations:
+                    t0 = time.perf_counter()
+                    out = c.answer(text)
+                    times[c.name].append((time.perf_counter() - t0) * 1000)
+                    if repeat == 0:  # answers do not change between repeats
+                        answers[c.name].append(out)
+                bar.update()
+    return answers, times
+
+
+def _row(c: Configuration, answers: list[Answer], times: list[float], reference: list[Answer],
+         labels: np.ndarray | None, classification: bool, options: BenchOptions, num_blocks: int) -> dict:
+    row: dict = {"configuration": c.name, "kind": c.kind, **latency_summary(times),
+                 "latencies_ms": [round(t, 3) for t in times],
+                 "throughput_per_s": round(1000.0 / float(np.mean(times)), 2), "model_mb": round(c.model_bytes / 2**20, 2)}
+    if classification:
+        predicted = np.array([a.output.argmax() for a in answers])
+        row["agreement_with_full"] = round(float((predicted == np.array([a.output.argmax() for a in reference])).mean()), 4)
+        if labels is not None:
+            row["accuracy"] = round(float((predicted == labels).mean()), 4)
+    else:
+        cosines = np.array([cosine(a.output, r.output) for a, r in zip(answers, reference)])
+        row["mean_cosine_to_full"] = round(float(cosines.mean()), 5)
+        row["agreement_with_full"] = round(float((cosines >= EMBEDDING_AGREES_AT).mean()), 4)
+    depths = np.array([a.depth for a in answers])
+    row["exit_share"] = {str(d): round(float((depths == d).mean()), 4) for d in range(1, num_blocks + 1)}
+    row["mean_depth"] = round(float(depths.mean()), 3)
+    row["mean_tokens_per_block"] = [round(float(np.mean([a.tokens[b] for a in answers if len(a.tokens) > b])), 2)
+                                    if any(len(a.tokens) > b for a in answers) else None for b in range(num_blocks)]
+    row["restart_rate"] = round(float(np.mean([a.restarts > 0 for a in answers])), 4)
+    row["cut_short_rate"] = round(float(np.mean([a.cut_short for a in answers])), 4)
+    if options.budget_ms is not None:
+        row["budget_miss_rate"] = round(float(np.mean(np.array(times) > options.budget_ms)), 4)
+    if all(a.predicted_ms is not None for a in answers):
+        # times run repeat by repeat over the inputs; an input's path, hence its prediction, repeats
+        predicted = np.tile([a.predicted_ms for a in answers], len(times) // len(answers))
+        measured = np.array(times)
+        error = np.abs(predicted - measured) / measured
+        row["prediction"] = {"median_abs_error": round(float(np.median(error)), 4),
+                             "mean_predicted_ms": round(float(predicted.mean()), 4),
+                             "share_within_10pct": round(float((error <= 0.10).mean()), 4),
+                             "pairs": [[round(float(p), 3), round(float(t), 3)] for p, t in zip(predicted, measured)]}
+    return row
+
+
+def run_device_bench(package: Path, data: Path, report_dir: Path, options: BenchOptions = BenchOptions()) -> dict:
+    """Measure, write report.json / report.md / report.html into report_dir, return the report."""
+    from .html_report import write_reports
+
+    if not data.is_file():
+        raise InputError(f"bench data {data} does not exist; pass a TSV (text[, label]) or one text per line")
+    threads = default_threads()
+    off = load(package, target=options.target, policy=Policy.off(), threads=threads, profile=options.profile)
+    manifest = off.manifest
+    classification = manifest.model.task == "text-classification"
+    examples = read_examples(data, manifest.model.labels if classification else None)
+    texts = list(examples.texts)
+    labels = np.array(examples.labels) if classification and examples.labels is not None else None
+    package_bytes = sum(f.bytes for f in manifest.files)
+    points = _operating_points(package, options, threads)
+    sessions = {name: load(package, target=options.target, policy=p, budget=b, threads=threads, profile=options.profile)
+                for name, (p, b) in points.items()}
+    configurations = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if options.baselines:
+            model_dir = options.model_dir or _source_dir(manifest.model.source)
+            if model_dir is not None:
+                configurations += _baselines(off, model_dir, Path(tmp), threads)
+        for name, session in sessions.items():
+            policy, budget = points[name]
+            spec = edgeinfer_spec(package, _policy_dict(policy), asdict(budget), options.profile)
+            configurations.append(_edgeinfer(name, session, spec, package_bytes))
+        answers, times = _measure(configurations, texts, options.repeats)
+        reference = answers["edgeinfer off"]
+        rows = [_row(c, answers[c.name], times[c.name], reference, labels, classification,
+                     options, manifest.model.num_blocks) for c in configurations]
+        with progress_bar(len(configurations), "cold starts") as bar:
+            for c, row in zip(configurations, rows):
+                row["cold_start"] = cold_start(c.cold_start_spec, texts[:50], options.cold_start_runs)
+                bar.update()
+    base = next((r for r in rows if r["configuration"] == "onnxruntime fp32 (monolithic)"), rows[0])
+    for row in rows:
+        row["latency_vs_baseline"] = round(row["mean_ms"] / base["mean_ms"], 4)
+    fingerprint = device_fingerprint(threads)
+    profile = off.profile
+    report = {
+        "format": "edgeinfer.bench", "package": str(package), "package_mb": round(package_bytes / 2**20, 2),
+        "task": manifest.model.task, "data": str(data), "inputs": len(texts), "repeats": options.repeats,
+        "warmup": WARMUP, "batch": 1, "threads": threads, "target": options.target,
+        "device": {"label": options.label or f"{options.target} · {fingerprint['cpu']}", "fingerprint": fingerprint,
+                   "key": fingerprint_key(fingerprint)},
+        "profile": profile.key if profile is not None else None, "baseline": base["configuration"],
+        "options": {"agreement": options.agreement, "keep_schedule": [list(k) for k in options.keep_schedule],
+                    "budget_ms": options.budget_ms},
+        "configurations": rows,
+    }
+    write_reports(report, report_dir)
+    return report
+
+
+def _policy_dict(policy: Policy) -> dict:
+    return {k: (list(map(list, v)) if k == "keep_schedule" else v) for k, v in asdict(policy).items()}
+
+
+def _source_dir(source: str) -> str | None:
+    """The model directory a package was exported from, when it is on this machine."""
+    try:
+        from ..export.model_source import resolve_model_dir
+
+        name = source.split(" (")[0]
+        return str(resolve_model_dir(name)[0])
+    except (ImportError, EdgeInferError):  # no export extra, or the model is not here: no baselines
+        return None
