@@ -182,7 +182,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         if not args.package or not args.data:
             raise InputError("bench needs a package and --data FILE (or --merge A/report.json B/report.json)")
-        options = BenchOptions(agreement=args.agreement, keep_schedule=_keep_schedule(args.keep), budget_ms=args.budget_ms,
+        keep = _keep_schedule(args.keep) if args.keep is not None else None
+        options = BenchOptions(agreement=args.agreement, keep_schedule=keep, budget_ms=args.budget_ms,
                                repeats=args.repeats, target=args.target, profile=args.profile, model_dir=args.model,
                                baselines=not args.no_baselines, label=args.label, cold_start_runs=args.cold_starts)
         run_device_bench(Path(args.package), Path(args.data), report_dir, options)
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target", default="cpu")
     bench.add_argument("--budget-ms", type=float, default=None, help="also run with this latency budget (deadline)")
     bench.add_argument("--agreement", type=float, default=0.99)
-    bench.add_argument("--keep", default="2:0.7,4:0.5", help="pruning schedule of the pruned points ('' for none)")
+    bench.add_argument("--keep", default=None, help="pruning schedule of the pruned points, e.g. 2:0.7,4:0.5 "
+                                                   "(default: 70%% after a third of the blocks, 50%% after two thirds)")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved passes over the data")
     bench.add_argument("--cold-starts", type=int, default=5, help="fresh processes per configuration")
     bench.add_argument("--model", default=None, help="Hugging Face directory the package came from (baselines)")

@@ -55,7 +55,7 @@ class Configuration:
 @dataclass(frozen=True)
 class BenchOptions:
     agreement: float = 0.99
-    keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5))
+    keep_schedule: tuple[tuple[int, float], ...] | None = None  # None: 70% after a third of the blocks, 50% after two
     budget_ms: float | None = None
     repeats: int = 3
     cold_start_runs: int = 5
@@ -130,15 +130,22 @@ def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int) ->
     return configurations
 
 
+def default_keep_schedule(num_blocks: int) -> tuple[tuple[int, float], ...]:
+    """The schedule the issue names for a 6-block model (2:0.7, 4:0.5), scaled to the model's depth."""
+    first, second = max(1, round(num_blocks / 3)), round(2 * num_blocks / 3)
+    return ((first, 0.7), (second, 0.5)) if first < second < num_blocks else ((first, 0.7),) if first < num_blocks else ()
+
+
 def _operating_points(package: Path, options: BenchOptions, threads: int) -> dict[str, tuple[Policy, Budget]]:
-    a, keep = options.agreement, options.keep_schedule
+    probe = load(package, policy=Policy.off(), threads=threads, profile=None)
+    a = options.agreement
+    keep = options.keep_schedule if options.keep_schedule is not None else default_keep_schedule(probe.manifest.model.num_blocks)
     points = {"edgeinfer off": (Policy.off(), Budget()),
               f"edgeinfer exits@{a}": (Policy(agreement=a), Budget())}
     if keep:
         schedule = ",".join(f"{b}:{k}" for b, k in keep)
         points[f"edgeinfer prune {schedule}"] = (Policy(agreement=None, keep_schedule=keep), Budget())
         points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep), Budget())
-    probe = load(package, policy=Policy.off(), threads=threads, profile=None)
     if probe.manifest.model.task == "text-classification":
         for variant in probe.manifest.precision_variants:
             points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
@@ -248,7 +255,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
         "device": {"label": options.label or f"{options.target} · {fingerprint['cpu']}", "fingerprint": fingerprint,
                    "key": fingerprint_key(fingerprint)},
         "profile": profile.key if profile is not None else None, "baseline": base["configuration"],
-        "options": {"agreement": options.agreement, "keep_schedule": [list(k) for k in options.keep_schedule],
+        "options": {"agreement": options.agreement,
                     "budget_ms": options.budget_ms},
         "configurations": rows,
     }

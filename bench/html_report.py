@@ -68,7 +68,7 @@ def _latency_distribution(report: dict):
 
     def draw(ax):
         data = [r["latencies_ms"] for r in rows]
-        ax.boxplot(data, vert=False, showfliers=False)
+        ax.boxplot(data, orientation="horizontal", showfliers=False)
         ax.set_yticks(range(1, len(rows) + 1), [r["configuration"] for r in rows], fontsize=7)
         ax.set_xlabel("latency per request (ms), whiskers 1.5 IQR")
         ax.set_title("Latency distribution")
@@ -114,9 +114,10 @@ def _predicted_vs_measured(report: dict):
             pairs = np.array(r["prediction"]["pairs"])
             ax.scatter(pairs[:, 0], pairs[:, 1], s=6, alpha=0.5, label=r["configuration"])
             top = max(top, float(np.percentile(pairs, 99)))
-        ax.plot([0, top], [0, top], color="grey", linewidth=1)
-        ax.set_xlim(0, top)
-        ax.set_ylim(0, top)
+        if top > 0:
+            ax.plot([0, top], [0, top], color="grey", linewidth=1)
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
         ax.set_xlabel("predicted by the device profile (ms)")
         ax.set_ylabel("measured (ms)")
         ax.set_title("Predicted vs measured latency per request")

@@ -70,8 +70,11 @@ def paths(manifest: Manifest) -> list[list[Segment]]:
     return found
 
 
-def _feeds(segment: Segment, tokens: int, batch: int, hidden_size: int, rng: np.random.Generator) -> dict:
-    ids = rng.integers(1000, 2000, size=(batch, tokens), dtype=np.int64)
+def _feeds(segment: Segment, tokens: int, batch: int, manifest: Manifest, rng: np.random.Generator) -> dict:
+    """Inputs of the right shapes; token ids the vocabulary surely has (cost does not depend on them)."""
+    known_ids = np.array([*manifest.tokenizer.special_ids, manifest.tokenizer.pad_id], dtype=np.int64)
+    hidden_size = manifest.model.hidden_size
+    ids = rng.choice(known_ids, size=(batch, tokens))
     every = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
              "hidden": rng.standard_normal((batch, tokens, hidden_size), dtype=np.float32),
              "attention_bias": np.zeros((batch, tokens), dtype=np.float32)}
@@ -99,7 +102,7 @@ def probe(package_path: Path, target: str = "cpu", quick: bool = False, threads:
                         for path in call_paths:
                             for segment in path:
                                 graph = sessions[(segment.name, precision)]
-                                feeds = _feeds(segment, int(count), batch, manifest.model.hidden_size, rng)
+                                feeds = _feeds(segment, int(count), batch, manifest, rng)
                                 t0 = time.perf_counter()
                                 graph.run(None, feeds)
                                 elapsed = (time.perf_counter() - t0) * 1000

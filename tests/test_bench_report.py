@@ -1,0 +1,99 @@
+"""`edgeinfer bench`: baselines and operating points in one report, rendered by a real browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from edgeinfer.bench.device_bench import BenchOptions, run_device_bench
+from edgeinfer.cli import main
+from edgeinfer.errors import InputError
+
+from conftest import write_calibration
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench_report(tiny_packages, tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    data = write_calibration(root / "data.tsv", n=16, seed=5)
+    options = BenchOptions(repeats=1, cold_start_runs=1, budget_ms=50.0, profile=None,
+                           model_dir=str(tiny_models[("bert", "text-classification")]))
+    report = run_device_bench(tiny_packages[("bert", "text-classification")], data, root / "report", options)
+    return report, root / "report"
+
+
+def test_report_puts_baselines_and_operating_points_side_by_side(bench_report):
+    report, folder = bench_report
+    names = [r["configuration"] for r in report["configurations"]]
+    assert {"PyTorch eager (fp32)", "onnxruntime fp32 (monolithic)", "onnxruntime int8 dynamic (monolithic)",
+            "edgeinfer off", "edgeinfer exits@0.99"} <= set(names)
+    assert any("deadline" in n for n in names)
+    for row in report["configurations"]:
+        assert row["runs"] == 16 and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["agreement_with_full"] <= 1.0
+        assert abs(sum(row["exit_share"].values()) - 1.0) < 1e-3
+        assert row["cold_start"]["cold_start_ms_median"] > 0 and row["cold_start"]["peak_rss_mb_median"] > 10
+    off = next(r for r in report["configurations"] if r["configuration"] == "edgeinfer off")
+    assert off["agreement_with_full"] == 1.0
+    eager = next(r for r in report["configurations"] if r["configuration"] == "PyTorch eager (fp32)")
+    assert eager["agreement_with_full"] == 1.0  # the same model, outside edgeinfer
+    table = [line for line in (folder / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(names)  # header + one row per configuration, from the JSON
+
+
+def test_html_embeds_every_plot_as_a_png(bench_report):
+    _, folder = bench_report
+    page = (folder / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 6
+    for encoded in images:
+        png = base64.b64decode(encoded)
+        assert png.startswith(PNG_MAGIC) and len(png) > 5000
+
+
+def test_html_renders_in_headless_chromium(bench_report):
+    _, folder = bench_report
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("EDGEINFER_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed but EDGEINFER_REQUIRE_BROWSER is set (CI installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    url = (folder / "report.html").resolve().as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-500:]
+    assert 'data-plots-expected="6"' in dom.stdout and 'data-plots-loaded="6"' in dom.stdout
+    shot = folder / "report.png"
+    done = subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,3000", url],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 20000
+
+
+def test_merge_puts_devices_side_by_side(bench_report, tmp_path, capsys):
+    report, folder = bench_report
+    other = tmp_path / "other.json"
+    second = json.loads((folder / "report.json").read_text())
+    second["device"]["label"] = "second device"
+    other.write_text(json.dumps(second))
+    assert main(["bench", "--merge", str(folder / "report.json"), str(other), "--report", str(tmp_path / "m")]) == 0
+    merged = (tmp_path / "m" / "report.md").read_text()
+    assert "second device: mean ms" in merged and f"{report['device']['label']}: mean ms" in merged
+    assert (tmp_path / "m" / "report.html").is_file()
+
+
+def test_bench_bad_input_is_one_line(tiny_packages, tmp_path, capsys):
+    package = tiny_packages[("bert", "text-classification")]
+    assert main(["bench", str(package), "--data", str(tmp_path / "missing.tsv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(InputError, match="not an edgeinfer bench report"):
+        from edgeinfer.bench.merge import merge_reports
+        merge_reports([tmp_path / "x.json", tmp_path / "x.json"], tmp_path / "m")
