@@ -196,9 +196,10 @@ def _demo(args: argparse.Namespace) -> int:
     from .bench.demo import run_demo
 
     out = Path(args.out)
-    report = run_demo(out, agreement=args.agreement, force=args.force)
-    print((out / "report.md").read_text(encoding="utf-8"))
-    print(f"package: {report['package']}\nreport:  {out / 'report.json'}, {out / 'report.md'}")
+    run_demo(out, agreement=args.agreement, force=args.force)
+    print((out / "report" / "report.md").read_text(encoding="utf-8"))
+    print(f"package: {out / 'minilm.edge'}\nprofile: {out / 'profile.json'}\n"
+          f"report:  {(out / 'report' / 'report.html').resolve()} (and report.md, report.json)")
     return 0
 
 
@@ -363,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--merge", nargs="+", metavar="REPORT_JSON", help="merge reports from several devices instead")
     bench.set_defaults(handler=_bench)
 
-    demo = sub.add_parser("demo", help="export all-MiniLM-L6-v2, run it on a bundled sample, write a report")
+    demo = sub.add_parser("demo", help="export all-MiniLM-L6-v2, probe it, bench it on a bundled sample, write an HTML report")
     demo.add_argument("--out", default="edgeinfer-demo", help="folder for the package and report")
     demo.add_argument("--agreement", type=float, default=0.99)
     demo.add_argument("--force", action="store_true", help="re-export even if the package exists")

@@ -37,7 +37,7 @@ def _figure_png(draw) -> bytes:
 def _quality_key(report: dict) -> tuple[str, str]:
     if any("accuracy" in r for r in report["configurations"]):
         return "accuracy", "accuracy"
-    return "agreement_with_full", "agreement with the full model"
+    return "mean_cosine_to_full", "mean cosine to the full model's embedding"
 
 
 def _pareto(report: dict):
@@ -172,7 +172,9 @@ def markdown_report(report: dict) -> str:
              f"{report['warmup']} warm-up requests per configuration, {report['repeats']} interleaved repeats "
              f"(latency percentiles over {report['inputs'] * report['repeats']} requests each). Cold start and peak RSS: "
              f"median of fresh processes (import + load + first result; then 50 inputs). "
-             f"Baseline for ratios: {report['baseline']}. Device profile: {report['profile'] or 'none'}.", "",
+             f"Baseline for ratios: {report['baseline']}. Device profile: {report['profile'] or 'none'}. "
+             f"Agreement: the full model's label (classifiers) or cosine >= 0.99 to its embedding; "
+             f"predicted err: median absolute error of the profile's per-request prediction.", "",
              markdown_table(report), ""]
     return "\n".join(lines)
 
