@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from ..errors import PackageError
 from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, file_entry
 from .external_data import external_locations
+from .verified import identity, read_stamp, write_stamp
 
 MAX_FILE_BYTES = 4 * 1024**3
 
@@ -56,11 +57,18 @@ def open_package(path: str | os.PathLike[str], verify: bool = True, verify_key: 
         verify_signature(root, manifest_bytes, verify_key)
     manifest = Manifest.from_json(manifest_bytes)
     if verify:
-        verify_files(root, manifest)
+        stamp = read_stamp(manifest_bytes)
+        checked = verify_files(root, manifest, stamp)
+        if checked != stamp:
+            write_stamp(manifest_bytes, checked)
     return Package(root, manifest)
 
 
-def verify_files(root: Path, manifest: Manifest) -> None:
+def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """Check every file; returns the identities of the files checked (runtime/verified.py). A file
+    whose identity matches `stamp` passed these checks before and has not changed since."""
+    stamp = stamp or {}
+    checked: dict[str, list[int]] = {}
     listed = {entry.path: entry for entry in manifest.files}
     needed = {v.path for s in manifest.segments for v in s.variants} | {manifest.tokenizer.path}
     for relative in sorted(needed | set(listed)):
@@ -79,6 +87,10 @@ def verify_files(root: Path, manifest: Manifest) -> None:
         if target.stat().st_size != entry.bytes:
             raise PackageError(f"{relative} has {target.stat().st_size} bytes where the manifest says "
                                f"{entry.bytes}; the package is damaged or tampered with")
+        before = identity(target)
+        if stamp.get(relative) == before:
+            checked[relative] = before
+            continue
         # a graph is read once: the bytes that pass the digest are the bytes whose references are checked
         data = target.read_bytes() if relative in graphs else None
         digest = hashlib.sha256(data).hexdigest() if data is not None else file_entry(root, relative).sha256
@@ -86,6 +98,9 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")
         if data is not None:
             _check_external_data(root, relative, data, listed)
+        if identity(target) == before:  # unchanged while it was read
+            checked[relative] = before
+    return checked
 
 
 def _check_external_data(root: Path, graph: str, data: bytes, listed: dict) -> None:

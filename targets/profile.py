@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PackageError
+from ..runtime.user_cache import cache_root
 from .fingerprint import device_fingerprint, fingerprint_key
 
 PROFILE_FORMAT = "edgeinfer.profile"
@@ -110,8 +111,7 @@ def package_id(package_root: Path) -> str:
 
 
 def profile_dir() -> Path:
-    base = os.environ.get("EDGEINFER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgeinfer")
-    return Path(base) / "profiles"
+    return cache_root() / "profiles"
 
 
 def default_profile_path(package_root: Path, target: str, threads: int) -> Path:

@@ -143,3 +143,24 @@ def test_huge_declared_size_is_refused(package_copy):
     with pytest.raises(PackageError) as err:
         open_package(package_copy)
     assert "the manifest says 2147483648" in _one_line(err)
+
+
+def test_verified_files_are_not_hashed_again_until_they_change(package_copy, monkeypatch, tmp_path):
+    """A second open trusts files whose identity (inode, size, mtime, ctime) is unchanged since they
+    passed; a file written after that is hashed again and refused."""
+    import edgeinfer.runtime.package as package_module
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    open_package(package_copy)  # full check, stamp written
+    hashed = []
+    real = package_module.file_entry
+    monkeypatch.setattr(package_module, "file_entry", lambda root, rel: hashed.append(rel) or real(root, rel))
+    open_package(package_copy)
+    assert hashed == []  # weights.bin (hashed by file_entry) was trusted from the stamp
+    weights = package_copy / "graphs" / "weights.bin"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="weights.bin fails its sha256 check"):
+        open_package(package_copy)
+    assert hashed == ["graphs/weights.bin"]
