@@ -23,12 +23,14 @@ from ..export.pipeline import ExportOptions, export_model
 from ..runtime.policy import Policy
 from ..runtime.session import load
 from .runtime_bench import markdown_report, run_bench
+from .sst2_runtime import is_current
 
 RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
 FIRST_BLOCKS = (1, 2)
 SELECTION_ROWS = 600
 MAX_ACCURACY_DROP = 0.005
-SCORES = ("token_importance", "cls_attention")
+# (reduction, importance): pruning by either score, or ToMe merging (which ranks pairs, not tokens)
+REDUCTIONS = (("prune", "token_importance"), ("prune", "cls_attention"), ("merge", "token_importance"))
 
 
 def geometric_schedule(first_block: int, ratio: float, num_blocks: int) -> tuple[tuple[int, float], ...]:
@@ -42,20 +44,22 @@ def choose_schedule(package: Path, texts: list[str], labels: list[int]) -> tuple
     reference = [full.run(t).label for t in texts]
     full_accuracy = float(np.mean([names.index(r) == y for r, y in zip(reference, labels)]))
     tried = []
-    for score in SCORES:
+    for reduction, score in REDUCTIONS:
         for first in FIRST_BLOCKS:
             for ratio in RATIOS:
                 schedule = geometric_schedule(first, ratio, num_blocks)
-                session = load(package, policy=Policy(agreement=None, keep_schedule=schedule, importance=score))
+                session = load(package, policy=Policy(agreement=None, keep_schedule=schedule, importance=score,
+                                                      reduction=reduction))
                 results = [session.run(t) for t in texts]
                 accuracy = float(np.mean([names.index(r.label) == y for r, y in zip(results, labels)]))
                 agreement = float(np.mean([r.label == ref for r, ref in zip(results, reference)]))
                 work = float(np.mean([sum(r.trace.tokens_per_block) / (r.trace.tokens_per_block[0] * num_blocks)
                                       for r in results]))
-                tried.append({"importance": score, "schedule": schedule, "accuracy_drop": round(full_accuracy - accuracy, 4),
+                tried.append({"reduction": reduction, "importance": score, "schedule": schedule, "accuracy_drop": round(full_accuracy - accuracy, 4),
                               "agreement": round(agreement, 4), "token_work": round(work, 4)})
     fitting = [t for t in tried if t["accuracy_drop"] <= MAX_ACCURACY_DROP]
-    best = min(fitting, key=lambda t: t["token_work"]) if fitting else {"schedule": (), "importance": SCORES[0]}
+    best = min(fitting, key=lambda t: t["token_work"]) if fitting else \
+        {"schedule": (), "reduction": "prune", "importance": "token_importance"}
     return best, tried
 
 
@@ -71,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     shared, cache = Path(args.shared), Path(args.cache)
     train, dev = shared / "data" / "agnews" / "train.tsv", shared / "data" / "agnews" / "dev.tsv"
     package = cache / "agnews-heads.edge"
-    if not package.exists():
+    if not is_current(package):
         cache.mkdir(parents=True, exist_ok=True)
-        export_model(args.model, package, ExportOptions(task="text-classification", calib=str(train)))
+        export_model(args.model, package, ExportOptions(task="text-classification", calib=str(train), force=True))
     selection = read_examples(train, None).split(SELECTION_ROWS, 0, seed=1)[0]
     best, tried = choose_schedule(package, list(selection.texts), list(selection.labels))
     print("schedules tried on train rows:", *tried, sep="\n  ")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     order = np.random.default_rng(0).permutation(len(rows) - 1)[: args.inputs] + 1
     subset.write_text("\n".join([rows[0]] + [rows[i] for i in sorted(order)]) + "\n", encoding="utf-8")
     report = run_bench(package, subset, args.model, Path(args.report), args.repeats,
-                       keep_schedule=best["schedule"], importance=best["importance"])
+                       keep_schedule=best["schedule"], importance=best["importance"], reduction=best["reduction"])
     print(markdown_report(report))
     return 0
 

@@ -97,7 +97,7 @@ def overhead(monolithic: MonolithicModel, off: EdgeSession, tokens: int, runs: i
 def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path, repeats: int = 3,
               keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5)), agreement: float = 0.99,
               overhead_runs: int = 300, importance: str = "token_importance",
-              restart_below: float | None = None) -> dict:
+              restart_below: float | None = None, reduction: str = "prune") -> dict:
     off = load(package, policy=Policy.off())
     manifest = off.manifest
     examples = read_examples(data, manifest.model.labels)
@@ -110,10 +110,11 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
         sessions = {
             "edgeinfer off": off,
             f"edgeinfer exits@{agreement}": load(package, policy=Policy(agreement=agreement)),
-            "edgeinfer prune " + ",".join(f"{b}:{k}" for b, k in keep_schedule):
-                load(package, policy=Policy(agreement=None, keep_schedule=keep_schedule, importance=importance)),
-            f"edgeinfer exits@{agreement} + prune": load(package, policy=Policy(
-                agreement=agreement, keep_schedule=keep_schedule, importance=importance)),
+            f"edgeinfer {reduction} " + ",".join(f"{b}:{k}" for b, k in keep_schedule):
+                load(package, policy=Policy(agreement=None, keep_schedule=keep_schedule, importance=importance,
+                                            reduction=reduction)),
+            f"edgeinfer exits@{agreement} + {reduction}": load(package, policy=Policy(
+                agreement=agreement, keep_schedule=keep_schedule, importance=importance, reduction=reduction)),
         }
         for variant in manifest.precision_variants:
             sessions[f"cascade: {variant.name} exits@{agreement}, restart at fp32"] = load(
@@ -157,7 +158,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
               "predicted_model_mb": round(need.total_mb, 1), "predicted_weights_mb": round(need.weights_mb, 1),
               "note": "peak RSS is the whole process (Python, numpy, onnxruntime, tokenizers) running 200 inputs"}
     report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats, "memory": memory,
-              "keep_schedule": [list(k) for k in keep_schedule], "importance": importance,
+              "keep_schedule": [list(k) for k in keep_schedule], "importance": importance, "reduction": reduction,
               "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json(report_dir / "runtime_bench.json", report)

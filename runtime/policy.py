@@ -11,6 +11,7 @@ from ..errors import InputError
 
 
 IMPORTANCE_SCORES = ("token_importance", "cls_attention")
+REDUCTIONS = ("prune", "merge")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Policy:
         averaged over heads and queries; LTP) or "cls_attention" (attention from the first token; EViT).
     restart_below: when the answer's confidence is below this, run again at the strongest point
         (full depth, every token), if the latency budget covers it; None turns restart off.
+    reduction: how keep_schedule removes tokens: "prune" drops the least important, "merge"
+        averages the most similar pairs (ToMe bipartite soft matching; runtime/merging.py).
     precision: the precision variant to run first ("fp32" or a variant the package lists, e.g.
         "int8"). A variant uses its own calibrated exit thresholds and restarts at fp32 when its
         final confidence is below its calibrated restart threshold: the cascade cheap point first,
@@ -36,10 +39,13 @@ class Policy:
     restart_below: float | None = None
     importance: str = "token_importance"
     precision: str = "fp32"
+    reduction: str = "prune"
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, str) or not self.precision:
             raise InputError(f"precision {self.precision!r} must be a variant name such as 'fp32' or 'int8'")
+        if self.reduction not in REDUCTIONS:
+            raise InputError(f"reduction {self.reduction!r} must be one of {', '.join(REDUCTIONS)}")
         if self.importance not in IMPORTANCE_SCORES:
             raise InputError(f"importance {self.importance!r} must be one of {', '.join(IMPORTANCE_SCORES)}")
         if self.restart_below is not None and not (isinstance(self.restart_below, (int, float))

@@ -24,6 +24,7 @@ from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .package import Package, open_package
 from .policy import Budget, Policy, classification_confidence, cosine, should_exit, softmax
+from .merging import merge_tokens
 from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
 from .sessions import default_threads, open_session
@@ -354,8 +355,12 @@ class EdgeSession:
                     return best
             if depth in keep_schedule:
                 keep = keep_count(original_tokens, hidden.shape[1], keep_schedule[depth], int(protected.sum()))
-                index = keep_tokens(outputs[self._importance_output][0], protected, keep)
-                hidden, bias, protected = hidden[:, index], bias[:, index], protected[index]
+                if self.policy.reduction == "merge":
+                    merged, merged_bias, protected = merge_tokens(hidden[0], bias[0], protected, keep)
+                    hidden, bias = merged[None], merged_bias[None]
+                else:
+                    index = keep_tokens(outputs[self._importance_output][0], protected, keep)
+                    hidden, bias, protected = hidden[:, index], bias[:, index], protected[index]
         output = self._call(state, self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
         return _Answer(output, self._final_confidence(output), num_blocks)
 

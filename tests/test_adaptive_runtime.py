@@ -114,3 +114,37 @@ def test_memory_budget_below_the_need_is_refused_with_the_smallest_that_fits(tin
     smallest = int(message.rsplit("give at least ", 1)[1].split()[0])
     assert 85 <= smallest <= 200  # MiniLM fp32 weights are ~90 MB
     assert edgeinfer.load(minilm_package, budget=edgeinfer.Budget(memory_mb=smallest)).run("fits").embedding is not None
+
+
+def test_merging_averages_the_most_similar_pairs_and_keeps_sizes():
+    from edgeinfer.runtime.merging import merge_tokens
+
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((9, 4)).astype(np.float32)
+    hidden[4] = hidden[3] * 2.0  # 3 (first set) and 4 (second set) point the same way: merged first
+    bias = np.zeros(9, np.float32)
+    protected = np.zeros(9, bool)
+    protected[[0, 8]] = True
+    merged, merged_bias, kept_protected = merge_tokens(hidden, bias, protected, keep=8)
+    assert len(merged) == 8 and kept_protected.sum() == 2
+    np.testing.assert_allclose(np.exp(merged_bias).sum(), 9.0, rtol=1e-6)  # every original token counted once
+    row = int(np.argmax(np.exp(merged_bias)))
+    np.testing.assert_allclose(merged[row], (hidden[3] + hidden[4]) / 2, rtol=1e-5)
+    np.testing.assert_array_equal(merged[0], hidden[0])  # special tokens untouched
+    again, again_bias, _ = merge_tokens(merged, merged_bias, kept_protected, keep=5)
+    assert len(again) == 5 and abs(np.exp(again_bias).sum() - 9.0) < 1e-4
+
+
+def test_session_merges_tokens_on_the_keep_schedule(tiny_packages):
+    package = tiny_packages[("bert", "text-classification")]
+    text = "good movie with a dull plot and a very long and winding story about nothing"
+    merged = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.5),),
+                                                              reduction="merge")).run(text)
+    tokens = merged.trace.tokens_per_block
+    assert tokens[1] < tokens[0] and abs(merged.probabilities.sum() - 1) < 1e-5
+    same = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, keep_schedule=((1, 1.0),),
+                                                            reduction="merge")).run(text)
+    full = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
+    np.testing.assert_allclose(same.probabilities, full.probabilities, atol=1e-5)
+    with pytest.raises(edgeinfer.InputError, match="reduction"):
+        edgeinfer.Policy(reduction="drop")
