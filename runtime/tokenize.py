@@ -36,11 +36,13 @@ class TextEncoder:
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=spec.max_length)
-        self._special = np.array(sorted(spec.special_ids), dtype=np.int64)
+        # a lookup table, not np.isin: isin cost ~0.1-0.2 ms per request, a fifth of the runtime's own overhead
+        self._is_special = np.zeros(max(self._tokenizer.get_vocab_size(), *spec.special_ids, spec.pad_id) + 1, dtype=bool)
+        self._is_special[list(spec.special_ids)] = True
 
     def encode(self, texts: list[str]) -> EncodedBatch:
         check_texts(texts)
-        encodings = self._tokenizer.encode_batch(texts)
+        encodings = [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(texts)
         longest = max(len(e.ids) for e in encodings)
         ids = np.full((len(texts), longest), self.spec.pad_id, dtype=np.int64)
         mask = np.zeros((len(texts), longest), dtype=np.int64)
@@ -50,7 +52,7 @@ class TextEncoder:
             ids[row, :n] = encoding.ids
             mask[row, :n] = 1
             types[row, :n] = encoding.type_ids
-        special = np.isin(ids, self._special) & (mask == 1)
+        special = self._is_special[ids] & (mask == 1)
         truncated = tuple(bool(e.overflowing) for e in encodings)
         return EncodedBatch(ids, mask, types, special, truncated)
 
