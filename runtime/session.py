@@ -165,12 +165,18 @@ class EdgeSession:
         return stages, self.manifest.span_covering((self._blocks[-1].name, self._head.name))
 
     def _open_graphs(self) -> None:
-        """A deadline cannot absorb a session being created mid-run: open every graph now."""
-        stages = [*self._stages.values(), *([self._last_stage] if self._last_stage else [])]
-        for segment in [*(s for s in self.manifest.segments if s.kind != "span"), *stages]:
+        """A deadline cannot absorb a session being created mid-run: open now every graph this
+        policy may call, and no other (each onnxruntime session holds its own copy of its weights,
+        so opening both the stage spans and the blocks they cover would double the memory)."""
+        needed = [] if 1 in self._stages and 1 in self._exits else [self._embed]
+        for depth in range(1, len(self._blocks) + 1):
+            needed += self._next_calls(depth, depth in self._exits)
+        # a cut-short run answers from an exit head on the current state, or from the head
+        needed += [self.manifest.segment(e.segment) for e in self.manifest.exits] + [self._head]
+        for segment in {s.name: s for s in needed}.values():
             self.runner.graph(segment, self.precision)
-        if self._full_span is not None and self.precision != "fp32":
-            self.runner.graph(self._full_span)  # the restart's graph
+        if self._full_span is not None and (self.precision != "fp32" or self.policy.restart_below is not None):
+            self.runner.graph(self._full_span, "fp32")  # the restart's graph
 
     def _measure_costs(self) -> None:
         """Without a device profile, the deadline guard plans on one block and one exit timed now."""
