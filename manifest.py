@@ -49,6 +49,7 @@ class Variant:
 
     precision: str
     path: str
+    resident_bytes: int | None = None  # (1.3) what a session on it holds: inline and external tensors
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,12 @@ class Segment:
     covers: tuple[str, ...] = ()  # a span: the consecutive segments it computes in one graph
 
     def graph(self, precision: str = "fp32") -> str:
+        return self.graph_variant(precision).path
+
+    def graph_variant(self, precision: str = "fp32") -> Variant:
         for variant in self.variants:
             if variant.precision == precision:
-                return variant.path
+                return variant
         raise PackageError(f"segment {self.name!r} has no {precision} variant; "
                            f"it has {[v.precision for v in self.variants]}")
 
@@ -298,7 +302,9 @@ def _parse_tokenizer(obj: Any, where: str) -> TokenizerSpec:
 
 
 def _parse_variant(obj: Any, where: str) -> Variant:
-    return Variant(precision=_str(obj, "precision", where), path=_str(obj, "path", where))
+    resident = obj.get("resident_bytes") if isinstance(obj, dict) else None
+    return Variant(precision=_str(obj, "precision", where), path=_str(obj, "path", where),
+                   resident_bytes=None if resident is None else _int(obj, "resident_bytes", where, high=2**40))
 
 
 def _parse_segment(obj: Any, where: str) -> Segment:

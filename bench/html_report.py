@@ -175,7 +175,7 @@ def markdown_report(report: dict) -> str:
              f"Baseline for ratios: {report['baseline']}. Device profile: {report['profile'] or 'none'}. "
              f"Agreement: the full model's label (classifiers) or cosine >= 0.99 to its embedding; "
              f"predicted err: median absolute error of the profile's per-request prediction.", "",
-             markdown_table(report), ""]
+             markdown_table(report), "", *(f"Note: {note}." for note in report.get("notes", [])), ""]
     return "\n".join(lines)
 
 

@@ -82,9 +82,10 @@ def markdown(report: dict) -> str:
              f"Two {report['probe_mode']} probes in a row ({report['probe_rounds']} rounds each): "
              f"{report['segments_within_10pct']} of {report['segments']} (segment, precision) costs agree within 10% "
              f"at every token count.", "",
-             "| segment | precision | probe 1 ms (by tokens) | probe 2 ms | max rel. difference |", "|---|---|---|---|---|"]
+             "| segment | precision | batch | probe 1 ms (by tokens) | probe 2 ms | max rel. difference |",
+             "|---|---|---|---|---|---|"]
     for r in report["consistency"]:
-        lines.append(f"| {r['segment']} | {r['precision']} | {' '.join(f'{x:.3f}' for x in r['first_ms'])} | "
+        lines.append(f"| {r['segment']} | {r['precision']} | {r['batch']} | {' '.join(f'{x:.3f}' for x in r['first_ms'])} | "
                      f"{' '.join(f'{x:.3f}' for x in r['second_ms'])} | {r['max_relative_difference']:.1%} |")
     lines += ["", f"Per-request prediction on {report['inputs']} inputs: "
                   f"{report['share_of_points_within_10pct']:.0%} of {len(report['points'])} operating points have a median "

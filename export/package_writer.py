@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ExportError
-from ..manifest import MANIFEST_NAME, Manifest, file_entry
+from ..manifest import MANIFEST_NAME, Manifest, Variant, file_entry
+from ..runtime.external_data import external_bytes
 
 
 def prepare_staging(output: Path, force: bool) -> Path:
@@ -35,6 +36,8 @@ def list_files(staging: Path) -> list[str]:
 
 def finalize(staging: Path, output: Path, manifest: Manifest) -> Manifest:
     """Hash every file into the manifest, write it, and move the package into place."""
+    manifest = replace(manifest, segments=tuple(replace(s, variants=tuple(_with_resident_bytes(staging, v) for v in s.variants))
+                                                for s in manifest.segments))
     manifest = replace(manifest, files=tuple(file_entry(staging, f) for f in list_files(staging)))
     (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     if output.exists():
@@ -49,3 +52,10 @@ def finalize(staging: Path, output: Path, manifest: Manifest) -> Manifest:
 
 def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _with_resident_bytes(staging: Path, variant: Variant) -> Variant:
+    """A session on a graph holds its inline tensors and every external tensor it reads (sessions do
+    not share them, so the memory check adds these up over the graphs a policy opens)."""
+    graph = (staging / variant.path).read_bytes()
+    return replace(variant, resident_bytes=len(graph) + external_bytes(graph))

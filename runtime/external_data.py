@@ -63,16 +63,30 @@ def _fields(data: memoryview):
         yield number, wire, value
 
 
-def external_locations(model_bytes: bytes) -> set[str]:
-    """Every `location` an external-data tensor of this model names (subgraphs included)."""
-    found: set[str] = set()
+def external_entries(model_bytes: bytes) -> list[dict[str, str]]:
+    """The external_data entries (location, offset, length) of every tensor of this model, subgraphs included."""
+    found: list[dict[str, str]] = []
     for number, wire, value in _fields(memoryview(model_bytes)):
         if number == _MODEL_GRAPH and wire == 2:
             _graph(value, found, 0)
     return found
 
 
-def _graph(data: memoryview, found: set[str], depth: int) -> None:
+def external_locations(model_bytes: bytes) -> set[str]:
+    """Every `location` an external-data tensor of this model names."""
+    return {entry["location"] for entry in external_entries(model_bytes) if "location" in entry}
+
+
+def external_bytes(model_bytes: bytes) -> int:
+    """Bytes of the external tensors this model reads (each (location, offset) once)."""
+    seen: dict[tuple[str, str], int] = {}
+    for entry in external_entries(model_bytes):
+        length = entry.get("length", "0")
+        seen[(entry.get("location", ""), entry.get("offset", "0"))] = int(length) if length.isdigit() else 0
+    return sum(seen.values())
+
+
+def _graph(data: memoryview, found: list[dict[str, str]], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise PackageError("graph file nests subgraphs too deeply; refusing it")
     for number, wire, value in _fields(data):
@@ -87,7 +101,7 @@ def _graph(data: memoryview, found: set[str], depth: int) -> None:
             _tensor_or_sparse(kind, value, found)
 
 
-def _attribute(data: memoryview, found: set[str], depth: int) -> None:
+def _attribute(data: memoryview, found: list[dict[str, str]], depth: int) -> None:
     for number, wire, value in _fields(data):
         if wire != 2 or number not in _ATTRIBUTE:
             continue
@@ -98,7 +112,7 @@ def _attribute(data: memoryview, found: set[str], depth: int) -> None:
             _tensor_or_sparse(kind, value, found)
 
 
-def _tensor_or_sparse(kind: str, data: memoryview, found: set[str]) -> None:
+def _tensor_or_sparse(kind: str, data: memoryview, found: list[dict[str, str]]) -> None:
     if kind == "sparse":
         for number, wire, value in _fields(data):
             if wire == 2 and number in _SPARSE:
@@ -107,13 +121,14 @@ def _tensor_or_sparse(kind: str, data: memoryview, found: set[str]) -> None:
         _tensor(data, found)
 
 
-def _tensor(data: memoryview, found: set[str]) -> None:
+def _tensor(data: memoryview, found: list[dict[str, str]]) -> None:
+    """One dict per tensor: its external_data entries (each a key/value pair) together."""
+    entry: dict[str, str] = {}
     for number, wire, value in _fields(data):
-        if number != _TENSOR_EXTERNAL_DATA or wire != 2:
-            continue
-        entry = {key: item for key, item in _entry(value)}
-        if "location" in entry:
-            found.add(entry["location"])
+        if number == _TENSOR_EXTERNAL_DATA and wire == 2:
+            entry.update(_entry(value))
+    if entry:
+        found.append(entry)
 
 
 def _entry(data: memoryview):

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import BudgetError
-from ..manifest import Manifest
+from ..manifest import Manifest, Segment
 
 FLOAT_BYTES = 4
 FFN_EXPANSION = 4
@@ -30,17 +30,37 @@ class MemoryNeed:
         return self.weights_mb + self.activations_mb
 
 
-def memory_need(manifest: Manifest) -> MemoryNeed:
-    weights = sum(f.bytes for f in manifest.files if f.path.endswith((".bin", ".onnx")))
+def memory_need(manifest: Manifest, graphs: list[tuple[Segment, str]] | None = None) -> MemoryNeed:
+    """graphs: the (segment, precision) graphs a session may open; each onnxruntime session holds its
+    own copy of the tensors it reads, so their resident bytes add up. Without them (or for packages
+    before schema 1.3, which do not record them) every weight file of the package counts once."""
+    resident = [s.graph_variant(p).resident_bytes for s, p in graphs] if graphs else [None]
+    if all(r is not None for r in resident):
+        weights = float(sum(resident))
+    else:
+        weights = float(sum(f.bytes for f in manifest.files if f.path.endswith((".bin", ".onnx"))))
     tokens, hidden, heads = manifest.tokenizer.max_length, manifest.model.hidden_size, manifest.model.num_heads
     activations = FLOAT_BYTES * (tokens * hidden * (2 + FFN_EXPANSION) + 2 * heads * tokens * tokens)
     return MemoryNeed(weights / 2**20, ARENA_FACTOR * activations / 2**20)
 
 
-def check_memory_budget(manifest: Manifest, memory_mb: float | None) -> MemoryNeed:
-    need = memory_need(manifest)
+def smallest_need(manifest: Manifest) -> tuple[str, MemoryNeed]:
+    """The cheapest way to run this package at all: one precision's fused full graph, nothing else."""
+    full = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    if full is None:
+        return "fp32", memory_need(manifest)
+    options = [(v.precision, memory_need(manifest, [(full, v.precision)])) for v in full.variants]
+    return min(options, key=lambda option: option[1].total_mb)
+
+
+def check_memory_budget(manifest: Manifest, memory_mb: float | None,
+                        graphs: list[tuple[Segment, str]] | None = None) -> MemoryNeed:
+    need = memory_need(manifest, graphs)
     if memory_mb is not None and memory_mb < need.total_mb:
-        raise BudgetError(f"memory_mb={memory_mb:g} is below what this package needs "
+        precision, least = smallest_need(manifest)
+        hint = (f"; the smallest way to run it, Policy(precision={precision!r}, agreement=None), needs "
+                f"{math.ceil(least.total_mb)} MB" if least.total_mb < need.total_mb else "")
+        raise BudgetError(f"memory_mb={memory_mb:g} is below what this policy needs "
                           f"({need.weights_mb:.0f} MB weights + {need.activations_mb:.0f} MB activations at "
-                          f"{manifest.tokenizer.max_length} tokens); give at least {math.ceil(need.total_mb)} MB")
+                          f"{manifest.tokenizer.max_length} tokens); give at least {math.ceil(need.total_mb)} MB{hint}")
     return need

@@ -83,7 +83,6 @@ class EdgeSession:
         self.manifest = package.manifest
         self.policy = policy
         self.budget = budget
-        self.memory = check_memory_budget(self.manifest, budget.memory_mb)  # before any graph loads
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
         self.runner = GraphRunner(package, threads, providers)
         self._blocks = self.manifest.blocks()
@@ -106,6 +105,7 @@ class EdgeSession:
                              f"(they give {list(self._blocks[0].outputs[1:])}); re-export it or pick one of those")
         self._importance_output = self._blocks[0].outputs.index(policy.importance)
         self._stages, self._last_stage = self._find_stages()
+        self.memory = check_memory_budget(self.manifest, budget.memory_mb, self._graphs_needed())  # none loaded yet
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
         if budget.latency_ms is not None:
@@ -164,19 +164,27 @@ class EdgeSession:
                 stages[depth] = span
         return stages, self.manifest.span_covering((self._blocks[-1].name, self._head.name))
 
-    def _open_graphs(self) -> None:
-        """A deadline cannot absorb a session being created mid-run: open now every graph this
-        policy may call, and no other (each onnxruntime session holds its own copy of its weights,
-        so opening both the stage spans and the blocks they cover would double the memory)."""
+    def _graphs_needed(self) -> list[tuple[Segment, str]]:
+        """Every graph (and precision) this policy may call: the memory check counts them, and a
+        deadline opens them up front. Only these: each onnxruntime session holds its own copy of its
+        weights, so opening stage spans and the blocks they cover would double the memory."""
+        if self._full is not None:
+            return [(self._full, self.precision)]
         needed = [] if 1 in self._stages and 1 in self._exits else [self._embed]
         for depth in range(1, len(self._blocks) + 1):
             needed += self._next_calls(depth, depth in self._exits)
-        # a cut-short run answers from an exit head on the current state, or from the head
-        needed += [self.manifest.segment(e.segment) for e in self.manifest.exits] + [self._head]
-        for segment in {s.name: s for s in needed}.values():
-            self.runner.graph(segment, self.precision)
-        if self._full_span is not None and (self.precision != "fp32" or self.policy.restart_below is not None):
-            self.runner.graph(self._full_span, "fp32")  # the restart's graph
+        if self.budget.latency_ms is not None:  # a cut-short run answers from an exit head, or the head
+            needed += [self.manifest.segment(e.segment) for e in self.manifest.exits] + [self._head]
+        graphs = [(s, self.precision) for s in {s.name: s for s in needed}.values()]
+        restarts = self.precision != "fp32" or self.policy.restart_below is not None
+        if restarts and self._full_span is not None:
+            graphs.append((self._full_span, "fp32"))
+        return graphs
+
+    def _open_graphs(self) -> None:
+        """A deadline cannot absorb a session being created mid-run: open now what the policy may call."""
+        for segment, precision in self._graphs_needed():
+            self.runner.graph(segment, precision)
 
     def _measure_costs(self) -> None:
         """Without a device profile, the deadline guard plans on one block and one exit timed now."""

@@ -171,3 +171,20 @@ def test_overrides_force_a_node_and_unknown_nodes_are_refused(tiny_packages, tin
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert not (tmp_path / "bad.edge").exists()
+
+
+def test_memory_need_counts_the_graphs_a_policy_opens(quantized):
+    """Each onnxruntime session holds the tensors it reads: the int8 variant alone needs less than
+    fp32 (a quarter of the weights on a real model; graph structure weighs more on this tiny one),
+    the cascade both, and a cap between them names the cheapest way."""
+    from edgeinfer.errors import BudgetError
+
+    package = quantized
+    fp32 = edgeinfer.load(package, policy=edgeinfer.Policy.off()).memory
+    int8 = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, precision="int8")).memory
+    cascade = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, precision="int8", restart_below=0.9)).memory
+    assert int8.weights_mb < 0.8 * fp32.weights_mb
+    assert cascade.weights_mb > fp32.weights_mb + 0.5 * int8.weights_mb
+    with pytest.raises(BudgetError, match=r"Policy\(precision='int8', agreement=None\)"):
+        edgeinfer.load(package, policy=edgeinfer.Policy.off(),
+                       budget=edgeinfer.Budget(memory_mb=int8.total_mb + 0.5 * (fp32.total_mb - int8.total_mb)))
