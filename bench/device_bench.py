@@ -146,6 +146,7 @@ def _operating_points(package: Path, options: BenchOptions, threads: int) -> dic
         schedule = ",".join(f"{b}:{k}" for b, k in keep)
         points[f"edgeinfer prune {schedule}"] = (Policy(agreement=None, keep_schedule=keep), Budget())
         points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep), Budget())
+        points[f"edgeinfer merge {schedule}"] = (Policy(agreement=None, keep_schedule=keep, reduction="merge"), Budget())
     if probe.manifest.model.task == "text-classification":
         for variant in probe.manifest.precision_variants:
             points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
