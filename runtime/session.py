@@ -19,9 +19,11 @@ import onnxruntime as ort
 from ..errors import InputError
 from ..manifest import PAD_BIAS, ExitHead, ExitThresholds, Segment
 from ..targets.catalog import usable_target
+from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
+from .optimized_graphs import cache_folder, enabled
 from .package import Package, open_package
 from .policy import Budget, Policy, classification_confidence, cosine, should_exit, softmax
 from .merging import merge_tokens
@@ -34,10 +36,13 @@ from .tokenize import TextEncoder
 class GraphRunner:
     """One onnxruntime session per segment, created on first use and shared by all threads."""
 
-    def __init__(self, package: Package, threads: int | None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    def __init__(self, package: Package, threads: int | None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 optimized_cache: bool = False):
         self.package = package
         self.threads = threads
         self.providers = providers
+        self._device_key = fingerprint_key(device_fingerprint(threads or default_threads(), providers[0])) \
+            if optimized_cache else None
         self._graphs: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
@@ -48,7 +53,13 @@ class GraphRunner:
             with self._lock:
                 graph = self._graphs.get(key)
                 if graph is None:
-                    graph = open_session(self.package.path(segment.graph(precision)), self.threads, self.providers)
+                    path = segment.graph(precision)
+                    # only the fused full graph: its optimization is what costs (28 ms of 95 for MiniLM);
+                    # a block or stage graph optimizes in a few ms and would add its weights to the disk again
+                    worth_caching = self._device_key is not None and len(segment.covers) > 3
+                    cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) \
+                        if worth_caching else None
+                    graph = open_session(self.package.path(path), self.threads, self.providers, cache)
                     self._graphs[key] = graph
         return graph
 
@@ -77,14 +88,14 @@ class _Answer:
 class EdgeSession:
     def __init__(self, package: Package, policy: Policy = Policy(), budget: Budget = Budget(),
                  threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 profile: Profile | None = None):
+                 profile: Profile | None = None, optimized_cache: bool = False):
         self.package = package
         self.profile = profile
         self.manifest = package.manifest
         self.policy = policy
         self.budget = budget
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
-        self.runner = GraphRunner(package, threads, providers)
+        self.runner = GraphRunner(package, threads, providers, optimized_cache)
         self._blocks = self.manifest.blocks()
         self._embed = next(s for s in self.manifest.segments if s.kind == "embed")
         self._head = next(s for s in self.manifest.segments if s.kind == "head")
@@ -421,12 +432,14 @@ class EdgeSession:
 
 def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
          policy: Policy = Policy(), threads: int | None = None, verify_key: object = None,
-         profile: str | os.PathLike[str] | None = "auto") -> EdgeSession:
+         profile: str | os.PathLike[str] | None = "auto", optimized_cache: bool = True) -> EdgeSession:
     """Open and verify a package, ready to run on a target (`edgeinfer targets` lists them).
 
     verify_key (an Ed25519 public key: PEM path or bytes) refuses packages not signed by it.
     profile: "auto" uses the profile `edgeinfer probe` stored for this package on this device, if
     any; a path uses that file (with a warning when it was measured elsewhere); None uses none.
+    optimized_cache: keep each graph as onnxruntime optimized it on this device in the user cache
+    (runtime/optimized_graphs.py), so later processes start faster at the cost of disk.
     """
     chosen = usable_target(target)
     if threads is not None and threads < 1:
@@ -434,4 +447,4 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
     opened = open_package(Path(package), verify_key=verify_key)
     found = find_profile(opened.root, chosen.name, threads or default_threads(),
                          None if profile == "auto" else profile) if profile is not None else None
-    return EdgeSession(opened, policy, budget, threads, chosen.providers, found)
+    return EdgeSession(opened, policy, budget, threads, chosen.providers, found, enabled(optimized_cache))

@@ -9,12 +9,14 @@ or, where that API is missing, per-session pools with spinning turned off.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
 import onnxruntime as ort
 
 from ..errors import PackageError
+from .optimized_graphs import cached_graph, publish, save_options
 
 _lock = threading.Lock()
 _global_pool_threads: int | None = None
@@ -53,12 +55,33 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 def open_session(graph: Path | bytes, threads: int | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
-    """A session on a graph file, or on a serialized graph held in memory (the quantization search)."""
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 optimized_cache: Path | None = None) -> ort.InferenceSession:
+    """A session on a graph file, or on a serialized graph held in memory (the quantization search).
+
+    optimized_cache: a folder (optimized_graphs.py) holding this graph as onnxruntime optimized it
+    on this device; used when valid, written when missing.
+    """
+    if optimized_cache is not None:
+        cached = cached_graph(optimized_cache)
+        if cached is not None:
+            options = session_options(threads)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done before
+            try:
+                return ort.InferenceSession(str(cached), sess_options=options, providers=list(providers))
+            except Exception:  # a damaged cache entry: build from the package graph again
+                pass
+    options = session_options(threads)
+    staging = save_options(options, optimized_cache) if optimized_cache is not None and not isinstance(graph, bytes) else None
     source = graph if isinstance(graph, bytes) else str(graph)
     try:
-        return ort.InferenceSession(source, sess_options=session_options(threads), providers=list(providers))
+        session = ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as err:  # onnxruntime raises its own untyped errors for bad graphs
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         name = "in memory" if isinstance(graph, bytes) else Path(graph).name
         raise PackageError(f"graph {name} cannot be loaded by onnxruntime "
                            f"({str(err).splitlines()[0][:160]})") from None
+    if staging is not None:
+        publish(staging, optimized_cache)
+    return session

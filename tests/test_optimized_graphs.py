@@ -1,0 +1,44 @@
+"""The per-device cache of optimized graphs: same answers, and a changed cache file is not trusted."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import edgeinfer
+
+
+def _folders(cache):
+    return sorted(p for p in (cache / "optimized").iterdir() if not p.name.startswith("."))
+
+
+def test_cached_optimized_graph_answers_like_the_package_graph(tiny_packages, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    package = tiny_packages[("bert", "text-classification")]
+    text = "good movie with a dull plot"
+    plain = edgeinfer.load(package, policy=edgeinfer.Policy.off(), optimized_cache=False).run(text)
+    assert not (tmp_path / "optimized").exists()
+    first = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)  # writes the cache
+    (folder,) = _folders(tmp_path)
+    assert (folder / "graph.onnx").is_file() and (folder / "stamp.json").is_file()
+    written = (folder / "graph.onnx").stat().st_mtime_ns
+    second = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)  # reads it
+    assert (folder / "graph.onnx").stat().st_mtime_ns == written
+    for result in (first, second):
+        np.testing.assert_allclose(result.probabilities, plain.probabilities, atol=1e-5)
+
+
+def test_a_changed_cache_file_is_rebuilt(tiny_packages, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    package = tiny_packages[("bert", "text-classification")]
+    text = "good movie"
+    reference = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
+    (folder,) = _folders(tmp_path)
+    (folder / "graph.onnx").write_bytes(b"not a graph")  # identity changes: the stamp no longer holds
+    again = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
+    np.testing.assert_allclose(again.probabilities, reference.probabilities, atol=1e-6)
+    assert (folder / "graph.onnx").read_bytes() != b"not a graph"  # rebuilt from the package graph
+    monkeypatch.setenv("EDGEINFER_OPTIMIZED_CACHE", "0")
+    other = tmp_path / "other"
+    monkeypatch.setenv("EDGEINFER_CACHE", str(other))
+    edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
+    assert not (other / "optimized").exists()
