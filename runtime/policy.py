@@ -28,6 +28,8 @@ class Policy:
         (full depth, every token), if the latency budget covers it; None turns restart off.
     reduction: how keep_schedule removes tokens: "prune" drops the least important, "merge"
         averages the most similar pairs (ToMe bipartite soft matching; runtime/merging.py).
+    skip_blocks: blocks (1-based) not run at all; calibration (`edgeinfer calibrate`) keeps the skip
+        sets whose answers hold the agreement level.
     precision: the precision variant to run first ("fp32" or a variant the package lists, e.g.
         "int8"). A variant uses its own calibrated exit thresholds and restarts at fp32 when its
         final confidence is below its calibrated restart threshold: the cascade cheap point first,
@@ -40,10 +42,14 @@ class Policy:
     importance: str = "token_importance"
     precision: str = "fp32"
     reduction: str = "prune"
+    skip_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, str) or not self.precision:
             raise InputError(f"precision {self.precision!r} must be a variant name such as 'fp32' or 'int8'")
+        if list(self.skip_blocks) != sorted(set(self.skip_blocks)) or any(
+                not isinstance(b, int) or b < 1 for b in self.skip_blocks):
+            raise InputError(f"skip_blocks {self.skip_blocks} must be distinct block numbers >= 1, in order")
         if self.reduction not in REDUCTIONS:
             raise InputError(f"reduction {self.reduction!r} must be one of {', '.join(REDUCTIONS)}")
         if self.importance not in IMPORTANCE_SCORES:

@@ -102,12 +102,18 @@ class EdgeSession:
         self.precision, self.level, self.restart_threshold = self._levels(policy)
         self._exits = self._active_exits()
         self._keep = dict(policy.keep_schedule)
+        self._skip = frozenset(policy.skip_blocks)
+        if any(b > len(self._blocks) for b in self._skip) or len(self._skip) >= len(self._blocks):
+            raise InputError(f"skip_blocks {policy.skip_blocks} must name some, not all, of blocks 1..{len(self._blocks)}")
+        if self._skip & set(self._keep):
+            raise InputError(f"keep_schedule prunes after skipped blocks {sorted(self._skip & set(self._keep))}, "
+                             f"which produce no token scores; prune after a block that runs")
         bad = [b for b in self._keep if b >= len(self._blocks)]
         if bad:
             raise InputError(f"keep_schedule prunes after blocks {bad}, but the model has {len(self._blocks)} "
                              f"blocks; prune after blocks 1..{len(self._blocks) - 1}")
         # nothing to decide between embed and head: one fused graph instead of a chain of calls
-        no_decisions = not self._exits and not self._keep and budget.latency_ms is None \
+        no_decisions = not self._exits and not self._keep and not self._skip and budget.latency_ms is None \
             and policy.restart_below is None and self.restart_threshold is None
         self._full_span = self.manifest.span_covering(("embed", *(b.name for b in self._blocks), "head"))
         self._full = self._full_span if no_decisions else None
@@ -262,8 +268,11 @@ class EdgeSession:
 
     def _next_calls(self, depth: int, exit_next: bool) -> list[Segment]:
         """The graphs the step to `depth` blocks calls (the last block brings the head)."""
-        if depth == len(self._blocks):
+        if depth == len(self._blocks) and depth not in self._skip:
             return [self._last_stage] if self._last_stage is not None else [self._blocks[-1], self._head]
+        if depth in self._skip:
+            last = depth == len(self._blocks)
+            return [self._head] if last else [self._exits[depth][1]] if exit_next and depth in self._exits else []
         if exit_next and depth in self._exits:
             stage = self._stages.get(depth)
             return [stage] if stage is not None else [self._blocks[depth - 1], self._exits[depth][1]]
@@ -344,7 +353,7 @@ class EdgeSession:
         bias = np.zeros(batch.input_ids.shape, dtype=np.float32)
         feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids, "attention_bias": bias}
         hidden: np.ndarray | None = None  # None until the embedding has run (a first stage runs it)
-        if not (1 in exits and 1 in self._stages):
+        if not (1 in exits and 1 in self._stages and 1 not in self._skip):
             hidden = self._call(state, self._embed, feeds)[0]
         protected = batch.special_mask[0]
         original_tokens = batch.input_ids.shape[1]
@@ -356,19 +365,21 @@ class EdgeSession:
             if deadline and depth > 1 and self._deadline_passes(state, depth, tokens,
                                                                 depth in exits or depth == num_blocks):
                 return self._anytime(state, hidden, bias, depth - 1, best)
-            state.tokens.append(tokens)
+            skipped = depth in self._skip  # layer skipping: the state passes this block unchanged
+            state.tokens.append(0 if skipped else tokens)
             if hidden is not None:
                 feeds = {"hidden": hidden, "attention_bias": bias}
-            if depth == num_blocks and self._last_stage is not None:
+            if depth == num_blocks and self._last_stage is not None and not skipped:
                 output = self._call(state, self._last_stage, feeds)[0][0]
                 return _Answer(output, self._final_confidence(output), num_blocks)
             with_exit = depth in exits and depth < num_blocks
-            stage = self._stages.get(depth) if with_exit else None
+            stage = self._stages.get(depth) if with_exit and not skipped else None
             if stage is not None:  # block and exit in one call
                 *outputs, exit_output = self._call(state, stage, feeds)
-            else:
+                hidden = outputs[0]
+            elif not skipped:
                 outputs = self._call(state, block, feeds)
-            hidden = outputs[0]
+                hidden = outputs[0]
             if with_exit:
                 exit_head, exit_segment, threshold = exits[depth]
                 if stage is None:

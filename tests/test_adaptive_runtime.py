@@ -148,3 +148,21 @@ def test_session_merges_tokens_on_the_keep_schedule(tiny_packages):
     np.testing.assert_allclose(same.probabilities, full.probabilities, atol=1e-5)
     with pytest.raises(edgeinfer.InputError, match="reduction"):
         edgeinfer.Policy(reduction="drop")
+
+
+def test_skipped_blocks_do_not_run_and_bad_skips_are_refused(tiny_packages):
+    package = tiny_packages[("bert", "text-classification")]
+    text = "good movie with a dull plot"
+    skipping = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, skip_blocks=(2,))).run(text)
+    assert "block_01" not in skipping.trace.segments and skipping.trace.tokens_per_block[1] == 0
+    assert abs(skipping.probabilities.sum() - 1) < 1e-5
+    full = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
+    assert not np.allclose(skipping.probabilities, full.probabilities)  # the block mattered
+    with_exits = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, skip_blocks=(1,))).run(text)
+    assert "embed" in with_exits.trace.segments and "block_00" not in with_exits.trace.segments
+    for bad, message in [(dict(skip_blocks=(1, 2, 3)), "not all"), (dict(skip_blocks=(9,)), "not all"),
+                         (dict(skip_blocks=(2,), keep_schedule=((2, 0.5),)), "skipped blocks")]:
+        with pytest.raises(InputError, match=message):
+            edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, **bad))
+    with pytest.raises(InputError, match="distinct block numbers"):
+        edgeinfer.Policy(skip_blocks=(2, 1))
