@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime.session import load
 
     policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=_keep_schedule(args.keep),
-                    precision=args.precision)
+                    precision=args.precision) if args.auto is None else args.auto
     session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms, memory_mb=args.memory_mb),
                    threads=args.threads, verify_key=args.verify_key, target=args.target, profile=args.profile)
     for text, result in zip(texts := _read_texts(args), session.run(texts)):
@@ -138,6 +138,23 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"embedding[{len(result.embedding)}]\texit after block {result.trace.exit_after_block}"
                   f"\t{result.trace.total_ms:.2f} ms")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .export.calibration_data import read_examples
+    from .export.operating_points import calibrate_package
+
+    examples = read_examples(Path(args.calib), None)
+    texts = list(examples.texts)[: args.limit]
+    labels = list(examples.labels)[: args.limit] if examples.labels is not None else None
+    manifest = calibrate_package(Path(args.package), texts, labels, target=args.target,
+                                 output=Path(args.output) if args.output else None, force=args.force)
+    record = manifest.calibration["operating_points"]
+    print(f"{record['candidates']} operating points measured on {record['texts']} texts ({record['cost']}); "
+          f"the Pareto set kept in {args.output or args.package}:")
+    for point in manifest.operating_points:
+        print(f"  {point.relative_latency:6.3f}x  agreement {point.agreement:.4f}  {point.name}")
     return 0
 
 
@@ -237,6 +254,10 @@ def summary_text(summary: dict) -> str:
         restarts = "  ".join(f"{lv}: {share:.1%}" for lv, share in variant["restart_share"].items())
         lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB, {variant['nodes_lowered']} nodes "
                      f"lowered ({', '.join(variant['precisions'])}), {close}; restarts at fp32 {restarts}")
+    for point in summary.get("operating_points", []):
+        accuracy = f", accuracy {point['accuracy']:.4f}" if point["accuracy"] is not None else ""
+        lines.append(f"point      {point['name']}: agreement {point['agreement']:.4f}, {point['relative_latency']:.3f}x "
+                     f"the full model's latency, mean depth {point['mean_depth']:.2f}{accuracy}")
     validation = summary["validation"]
     lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} "
                  f"(exits {validation.get('exit_max_abs_diff', float('nan')):.2e}) vs "
@@ -330,9 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
     run.add_argument("--verify-key", default=None, help="refuse the package unless signed by this public key (PEM)")
     run.add_argument("--target", default="cpu", help="where to run (see `edgeinfer targets`)")
+    run.add_argument("--auto", nargs="?", const="auto", default=None, metavar="auto:AGREEMENT",
+                     help="pick the calibrated operating point (`edgeinfer calibrate`) for the agreement "
+                          "(default 0.99) and --budget-ms")
     run.add_argument("--profile", default="auto",
                      help="device profile from `edgeinfer probe` (default: the one stored for this device, if any)")
     run.set_defaults(handler=_run)
+
+    calibrate = sub.add_parser("calibrate", help="measure operating points (exits x pruning x skipping x precision) "
+                                                 "and store the Pareto set in the package")
+    calibrate.add_argument("package")
+    calibrate.add_argument("--calib", required=True, help="calibration texts: TSV (text[, label]) or one per line")
+    calibrate.add_argument("--target", type=float, default=0.99,
+                           help="agreement a skipped block must keep to enter the grid (default 0.99)")
+    calibrate.add_argument("--limit", type=int, default=500, help="texts to use (default 500)")
+    calibrate.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
+    calibrate.add_argument("--force", action="store_true")
+    calibrate.set_defaults(handler=_calibrate)
 
     targets = sub.add_parser("targets", help="list the targets this machine can run, and why the others cannot")
     targets.set_defaults(handler=_targets)

@@ -148,6 +148,23 @@ class TokenizerSpec:
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """A policy `edgeinfer calibrate` measured on calibration texts (schema 1.3): how often it agrees
+    with the full model and what it costs relative to the full model on the calibrating device.
+
+    `policy` holds the runtime Policy's fields (agreement, keep_schedule, reduction, skip_blocks,
+    precision) as plain JSON, so the format does not depend on the runtime's classes.
+    """
+
+    name: str
+    policy: dict[str, Any]
+    agreement: float
+    relative_latency: float
+    mean_depth: float
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: str
     model: ModelFacts
@@ -161,6 +178,7 @@ class Manifest:
     evaluation: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
     precision_variants: tuple[PrecisionVariant, ...] = ()
+    operating_points: tuple[OperatingPoint, ...] = ()
 
     def segment(self, name: str) -> Segment:
         for segment in self.segments:
@@ -224,6 +242,13 @@ def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
 
 def _int(obj: Any, key: str, where: str, low: int = 0, high: int = 2**31) -> int:
     value = _need(obj, key, int, where)
+    if not low <= value <= high:
+        raise PackageError(f"manifest: {where}.{key}={value} is outside [{low}, {high}]")
+    return value
+
+
+def _float(obj: Any, key: str, where: str, low: float, high: float) -> float:
+    value = float(_need(obj, key, (int, float), where))
     if not low <= value <= high:
         raise PackageError(f"manifest: {where}.{key}={value} is outside [{low}, {high}]")
     return value
@@ -299,6 +324,16 @@ def _parse_tokenizer(obj: Any, where: str) -> TokenizerSpec:
         pad_id=_int(obj, "pad_id", where),
         special_ids=_list(obj, "special_ids", where, lambda x, w: _int({"id": x}, "id", w)),
     )
+
+
+def _parse_operating_point(obj: Any, where: str) -> OperatingPoint:
+    policy = _need(obj, "policy", dict, where)
+    accuracy = obj.get("accuracy")
+    return OperatingPoint(name=_str(obj, "name", where), policy=policy,
+                          agreement=_float(obj, "agreement", where, 0.0, 1.0),
+                          relative_latency=_float(obj, "relative_latency", where, 0.0, 1e6),
+                          mean_depth=_float(obj, "mean_depth", where, 0.0, 1e6),
+                          accuracy=None if accuracy is None else _float(obj, "accuracy", where, 0.0, 1.0))
 
 
 def _parse_variant(obj: Any, where: str) -> Variant:
@@ -384,6 +419,8 @@ def _parse_manifest(document: Any) -> Manifest:
         export=_record(document, "export"),
         precision_variants=_list(document, "precision_variants", "manifest", _parse_precision_variant, limit=64)
         if "precision_variants" in document else (),
+        operating_points=_list(document, "operating_points", "manifest", _parse_operating_point, limit=256)
+        if "operating_points" in document else (),
     )
     _check_consistency(manifest)
     return manifest

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import EdgeInferError, InputError
 from ..export.calibration_data import read_examples
 from ..progress import progress_bar
-from ..runtime.policy import Budget, Policy, cosine, softmax
+from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.sessions import default_threads
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
@@ -128,12 +128,6 @@ def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int) ->
                                             onnxruntime_spec(path, tokenizer_file, max_length, threads),
                                             path.stat().st_size))
     return configurations
-
-
-def default_keep_schedule(num_blocks: int) -> tuple[tuple[int, float], ...]:
-    """The schedule the issue names for a 6-block model (2:0.7, 4:0.5), scaled to the model's depth."""
-    first, second = max(1, round(num_blocks / 3)), round(2 * num_blocks / 3)
-    return ((first, 0.7), (second, 0.5)) if first < second < num_blocks else ((first, 0.7),) if first < num_blocks else ()
 
 
 def _operating_points(package: Path, options: BenchOptions, threads: int) -> dict[str, tuple[Policy, Budget]]:

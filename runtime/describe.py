@@ -39,6 +39,8 @@ def describe_package(package: Package) -> dict:
              "restart_share": {str(t.agreement): t.exit_shares[-1] for t in v.thresholds}}
             for v in manifest.precision_variants
         ],
+        "operating_points": [{"name": p.name, "agreement": p.agreement, "relative_latency": p.relative_latency,
+                              "mean_depth": p.mean_depth, "accuracy": p.accuracy} for p in manifest.operating_points],
         "validation": manifest.validation,
         "calibration": manifest.calibration,
         "evaluation": manifest.evaluation,

@@ -23,6 +23,7 @@ from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
+from .planner import choose_point, parse_auto, policy_of
 from .optimized_graphs import cache_folder, enabled
 from .package import Package, open_package
 from .policy import Budget, Policy, classification_confidence, cosine, should_exit, softmax
@@ -91,6 +92,7 @@ class EdgeSession:
                  profile: Profile | None = None, optimized_cache: bool = False):
         self.package = package
         self.profile = profile
+        self.operating_point = None  # set by load(policy="auto")
         self.manifest = package.manifest
         self.policy = policy
         self.budget = budget
@@ -442,13 +444,16 @@ class EdgeSession:
 
 
 def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
-         policy: Policy = Policy(), threads: int | None = None, verify_key: object = None,
+         policy: Policy | str = Policy(), threads: int | None = None, verify_key: object = None,
          profile: str | os.PathLike[str] | None = "auto", optimized_cache: bool = True) -> EdgeSession:
     """Open and verify a package, ready to run on a target (`edgeinfer targets` lists them).
 
     verify_key (an Ed25519 public key: PEM path or bytes) refuses packages not signed by it.
     profile: "auto" uses the profile `edgeinfer probe` stored for this package on this device, if
     any; a path uses that file (with a warning when it was measured elsewhere); None uses none.
+    policy: a Policy, or "auto" / "auto:0.985": the operating point `edgeinfer calibrate` stored
+    that is cheapest at that agreement (0.99 by default), or, with budget.latency_ms, the most
+    agreeing point the device profile predicts to fit (session.operating_point names it).
     optimized_cache: keep each graph as onnxruntime optimized it on this device in the user cache
     (runtime/optimized_graphs.py), so later processes start faster at the cost of disk.
     """
@@ -458,4 +463,23 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
     opened = open_package(Path(package), verify_key=verify_key)
     found = find_profile(opened.root, chosen.name, threads or default_threads(),
                          None if profile == "auto" else profile) if profile is not None else None
-    return EdgeSession(opened, policy, budget, threads, chosen.providers, found, enabled(optimized_cache))
+    point = None
+    if isinstance(policy, str):
+        point = _auto_point(opened.manifest, policy, budget, found)
+        policy = policy_of(point)
+    session = EdgeSession(opened, policy, budget, threads, chosen.providers, found, enabled(optimized_cache))
+    session.operating_point = point
+    return session
+
+
+def _auto_point(manifest, spec: str, budget: Budget, profile: Profile | None):
+    if not spec.startswith("auto"):
+        raise InputError(f"policy {spec!r} must be a Policy or 'auto[:AGREEMENT]'")
+    full_ms = None
+    if budget.latency_ms is not None:
+        record = manifest.calibration.get("operating_points", {})
+        full = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+        if profile is not None and full is not None:
+            full_ms = profile.predict_ms(full.name, "fp32", int(record.get("mean_tokens", 32)))
+        full_ms = full_ms or record.get("full_model_ms")
+    return choose_point(manifest, parse_auto(spec), budget.latency_ms, full_ms)

@@ -166,3 +166,25 @@ def test_skipped_blocks_do_not_run_and_bad_skips_are_refused(tiny_packages):
             edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, **bad))
     with pytest.raises(InputError, match="distinct block numbers"):
         edgeinfer.Policy(skip_blocks=(2, 1))
+
+
+def test_calibrate_stores_a_pareto_set_and_auto_picks_from_it(tiny_packages, tiny_calibration, tmp_path, capsys):
+    from edgeinfer.cli import main
+    from edgeinfer.runtime.package import open_package
+
+    out = tmp_path / "calibrated.edge"
+    assert main(["calibrate", str(tiny_packages[("bert", "text-classification")]), "--calib", str(tiny_calibration),
+                 "--limit", "60", "--target", "0.9", "-o", str(out)]) == 0
+    points = open_package(out).manifest.operating_points
+    assert points and [p.relative_latency for p in points] == sorted(p.relative_latency for p in points)
+    assert [p.agreement for p in points] == sorted(p.agreement for p in points)  # a Pareto front
+    assert points[-1].agreement == 1.0  # the full model agrees with itself
+    session = edgeinfer.load(out, policy="auto:0.9")
+    holding = [p for p in points if p.agreement >= 0.9]
+    assert session.operating_point == min(holding, key=lambda p: p.relative_latency)
+    assert abs(session.run("good movie").probabilities.sum() - 1) < 1e-5
+    with pytest.raises(InputError, match="calibrate"):
+        edgeinfer.load(tiny_packages[("bert", "text-classification")], policy="auto")
+    with pytest.raises(InputError, match="auto:AGREEMENT"):
+        edgeinfer.load(out, policy="auto:high")
+    assert main(["inspect", str(out)]) == 0 and "point " in capsys.readouterr().out

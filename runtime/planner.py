@@ -1,0 +1,57 @@
+"""Choosing an operating point for a budget, among those `edgeinfer calibrate` stored in the package."""
+
+from __future__ import annotations
+
+from ..errors import InputError, PackageError
+from ..manifest import Manifest, OperatingPoint
+from .policy import Policy
+
+DEFAULT_AGREEMENT = 0.99
+
+
+def policy_of(point: OperatingPoint) -> Policy:
+    fields = dict(point.policy)
+    try:
+        fields["keep_schedule"] = tuple((int(b), float(k)) for b, k in fields.get("keep_schedule", ()))
+        fields["skip_blocks"] = tuple(int(b) for b in fields.get("skip_blocks", ()))
+        return Policy(**fields)
+    except (TypeError, ValueError, InputError) as err:
+        raise PackageError(f"manifest: operating point {point.name!r} holds no valid policy ({err})") from None
+
+
+def parse_auto(spec: str) -> float:
+    """"auto" (agreement 0.99) or "auto:0.985"."""
+    _, _, level = spec.partition(":")
+    try:
+        agreement = float(level) if level else DEFAULT_AGREEMENT
+    except ValueError:
+        raise InputError(f"policy {spec!r} must be 'auto' or 'auto:AGREEMENT', e.g. auto:0.985") from None
+    if not 0.5 <= agreement <= 1.0:
+        raise InputError(f"policy {spec!r}: the agreement must be between 0.5 and 1.0")
+    return agreement
+
+
+def choose_point(manifest: Manifest, agreement: float, latency_ms: float | None = None,
+                 full_ms: float | None = None) -> OperatingPoint:
+    """The cheapest point whose calibrated agreement holds the level; with a latency budget and the
+    full model's latency on this device, the most agreeing point predicted to fit instead, if the
+    cheapest holding the level does not."""
+    points = manifest.operating_points
+    if not points:
+        raise InputError("this package has no operating points; run `edgeinfer calibrate PKG --calib FILE` first")
+    holding = [p for p in points if p.agreement >= agreement]
+    cheapest = min(holding, key=lambda p: p.relative_latency) if holding else None
+    if latency_ms is None or full_ms is None:
+        if cheapest is None:
+            best = max(points, key=lambda p: p.agreement)
+            raise InputError(f"no operating point holds agreement {agreement}; the best calibrated is "
+                             f"{best.agreement:.4f} ({best.name}): ask for that or less")
+        return cheapest
+    if cheapest is not None and cheapest.relative_latency * full_ms <= latency_ms:
+        return cheapest
+    fitting = [p for p in points if p.relative_latency * full_ms <= latency_ms]
+    if not fitting:
+        fastest = min(points, key=lambda p: p.relative_latency)
+        raise InputError(f"no operating point is predicted to fit {latency_ms:g} ms; the fastest ({fastest.name}) "
+                         f"needs about {fastest.relative_latency * full_ms:.2f} ms")
+    return max(fitting, key=lambda p: (p.agreement, -p.relative_latency))
