@@ -159,6 +159,7 @@ class OperatingPoint:
     name: str
     policy: dict[str, Any]
     agreement: float
+    agreement_bound: float  # one-sided 95% lower confidence bound of `agreement`
     relative_latency: float
     mean_depth: float
     accuracy: float | None = None
@@ -331,6 +332,7 @@ def _parse_operating_point(obj: Any, where: str) -> OperatingPoint:
     accuracy = obj.get("accuracy")
     return OperatingPoint(name=_str(obj, "name", where), policy=policy,
                           agreement=_float(obj, "agreement", where, 0.0, 1.0),
+                          agreement_bound=_float(obj, "agreement_bound", where, 0.0, 1.0),
                           relative_latency=_float(obj, "relative_latency", where, 0.0, 1e6),
                           mean_depth=_float(obj, "mean_depth", where, 0.0, 1e6),
                           accuracy=None if accuracy is None else _float(obj, "accuracy", where, 0.0, 1.0))

@@ -33,19 +33,20 @@ def parse_auto(spec: str) -> float:
 
 def choose_point(manifest: Manifest, agreement: float, latency_ms: float | None = None,
                  full_ms: float | None = None) -> OperatingPoint:
-    """The cheapest point whose calibrated agreement holds the level; with a latency budget and the
+    """The cheapest point whose calibrated agreement (its 95% lower bound) holds the level; with a latency budget and the
     full model's latency on this device, the most agreeing point predicted to fit instead, if the
     cheapest holding the level does not."""
     points = manifest.operating_points
     if not points:
         raise InputError("this package has no operating points; run `edgeinfer calibrate PKG --calib FILE` first")
-    holding = [p for p in points if p.agreement >= agreement]
+    holding = [p for p in points if p.agreement_bound >= agreement]
     cheapest = min(holding, key=lambda p: p.relative_latency) if holding else None
     if latency_ms is None or full_ms is None:
         if cheapest is None:
-            best = max(points, key=lambda p: p.agreement)
-            raise InputError(f"no operating point holds agreement {agreement}; the best calibrated is "
-                             f"{best.agreement:.4f} ({best.name}): ask for that or less")
+            best = max(points, key=lambda p: p.agreement_bound)
+            raise InputError(f"no operating point holds agreement {agreement}: the best calibrated holds "
+                             f"{best.agreement_bound:.4f} at 95% confidence ({best.name}); ask for that or less, "
+                             f"or calibrate on more texts")
         return cheapest
     if cheapest is not None and cheapest.relative_latency * full_ms <= latency_ms:
         return cheapest
@@ -54,4 +55,4 @@ def choose_point(manifest: Manifest, agreement: float, latency_ms: float | None 
         fastest = min(points, key=lambda p: p.relative_latency)
         raise InputError(f"no operating point is predicted to fit {latency_ms:g} ms; the fastest ({fastest.name}) "
                          f"needs about {fastest.relative_latency * full_ms:.2f} ms")
-    return max(fitting, key=lambda p: (p.agreement, -p.relative_latency))
+    return max(fitting, key=lambda p: (p.agreement_bound, -p.relative_latency))
