@@ -31,7 +31,7 @@ from .merging import merge_tokens
 from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
 from .sessions import default_threads, open_session
-from .tokenize import TextEncoder
+from .tokenize import TextEncoder, check_texts
 
 
 class GraphRunner:
@@ -76,6 +76,18 @@ class _Run:
     tokens: list[int] = field(default_factory=list)
     restarts: int = 0
     predicted_ms: float = 0.0  # the device profile's prediction for the calls made
+
+
+class _BatchRows:
+    """Which graphs each row of a batch went through, and whether it restarted."""
+
+    def __init__(self, size: int):
+        self.segments: list[list[str]] = [[] for _ in range(size)]
+        self.restarts = [0] * size
+
+    def ran(self, name: str, rows: np.ndarray) -> None:
+        for r in rows:
+            self.segments[r].append(name)
 
 
 @dataclass(frozen=True)
@@ -233,6 +245,8 @@ class EdgeSession:
             raise InputError("run() got an empty list; pass at least one text")
         if self._full is not None and len(texts) > 1:
             return self._run_batch(list(texts))
+        if len(texts) > 1 and not self._keep and self.budget.latency_ms is None:
+            return self._run_batch_adaptive(list(texts))
         return [self._run_one(text) for text in texts]
 
     def _run_batch(self, texts: list[str], batch_size: int = 32) -> list[Result]:
@@ -254,6 +268,99 @@ class EdgeSession:
                 answer = _Answer(outputs[row], self._final_confidence(outputs[row]), len(self._blocks))
                 results[i] = self._answer(row_state, batch.truncated[row], answer)
         return results  # type: ignore[return-value]
+
+    def _run_batch_adaptive(self, texts: list[str], batch_size: int = 16) -> list[Result]:
+        """Exits (and skips and restarts) decide per row: texts of similar length run padded together,
+        and rows leave the batch at the exit that answers them. Pruning and merging change each row's
+        length and a deadline is per request, so those policies run input by input instead."""
+        check_texts(texts)
+        results: list[Result | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            state = _Run(started=time.perf_counter(), precision=self.precision)
+            batch = self.encoder.encode([texts[i] for i in index])
+            rows = _BatchRows(len(index))
+            answers = self._adaptive_batch(state, batch, rows)
+            lengths = batch.attention_mask.sum(1)
+            restart = [r for r, a in enumerate(answers) if self._restart_row(a)]
+            if restart:
+                state.precision = "fp32"
+                ids = np.array(restart)
+                feeds = {"input_ids": batch.input_ids[ids], "token_type_ids": batch.token_type_ids[ids],
+                         "attention_bias": np.where(batch.attention_mask[ids] > 0, 0.0, PAD_BIAS).astype(np.float32)}
+                outputs = self._call(state, self._full_span, feeds)[0]
+                rows.ran(self._full_span.name, ids)
+                for j, r in enumerate(restart):
+                    answers[r] = _Answer(outputs[j], self._final_confidence(outputs[j]), len(self._blocks))
+                    rows.restarts[r] = 1
+            for r, i in enumerate(index):
+                depth = answers[r].depth
+                row_state = _Run(started=state.started, precision="fp32" if rows.restarts[r] else self.precision,
+                                 segments=rows.segments[r], milliseconds=dict(state.milliseconds),
+                                 tokens=[0 if d in self._skip else int(lengths[r]) for d in range(1, depth + 1)]
+                                 + [int(lengths[r])] * len(self._blocks) * rows.restarts[r],  # the full pass
+                                 restarts=rows.restarts[r], predicted_ms=state.predicted_ms)
+                results[i] = self._answer(row_state, batch.truncated[r], answers[r])
+        return results  # type: ignore[return-value]
+
+    def _restart_row(self, answer: _Answer) -> bool:
+        limit = self.policy.restart_below
+        if self.restart_threshold is not None and answer.depth == len(self._blocks):
+            limit = max(limit or 0.0, self.restart_threshold)
+        return limit is not None and answer.confidence is not None and answer.confidence < limit \
+            and self._full_span is not None
+
+    def _adaptive_batch(self, state: _Run, batch, rows: "_BatchRows") -> list[_Answer]:
+        bias = np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)
+        first = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids, "attention_bias": bias}
+        active = np.arange(len(bias))
+        answers: list[_Answer | None] = [None] * len(bias)
+        previous: list[np.ndarray | None] = [None] * len(bias)
+        hidden = None
+        num_blocks = len(self._blocks)
+
+        def call(segment: Segment, feeds: dict) -> list[np.ndarray]:
+            rows.ran(segment.name, active)
+            return self._call(state, segment, feeds)
+
+        if not (1 in self._exits and 1 in self._stages and 1 not in self._skip):
+            hidden = call(self._embed, first)[0]
+        for depth, block in enumerate(self._blocks, start=1):
+            skipped = depth in self._skip
+            feeds = first if hidden is None else {"hidden": hidden, "attention_bias": bias[active]}
+            if depth == num_blocks and self._last_stage is not None and not skipped:
+                outputs = call(self._last_stage, feeds)[0]
+                for j, r in enumerate(active):
+                    answers[r] = _Answer(outputs[j], self._final_confidence(outputs[j]), num_blocks)
+                return answers  # type: ignore[return-value]
+            with_exit = depth in self._exits and depth < num_blocks
+            stage = self._stages.get(depth) if with_exit and not skipped else None
+            if stage is not None:
+                *block_outputs, exit_output = call(stage, feeds)
+                hidden = block_outputs[0]
+            elif not skipped:
+                hidden = call(block, feeds)[0]
+            if not with_exit:
+                continue
+            exit_head, exit_segment, threshold = self._exits[depth]
+            if stage is None:
+                exit_output = call(exit_segment, {"hidden": hidden, "attention_bias": bias[active]})[0]
+            staying = []
+            for j, r in enumerate(active):
+                confidence = self._confidence(exit_head, exit_output[j], previous[r])
+                previous[r] = exit_output[j]
+                if should_exit(confidence, threshold):
+                    answers[r] = _Answer(exit_output[j], confidence, depth)
+                else:
+                    staying.append(j)
+            if not staying:
+                return answers  # type: ignore[return-value]
+            active, hidden = active[staying], hidden[staying]
+        outputs = call(self._head, {"hidden": hidden, "attention_bias": bias[active]})[0]
+        for j, r in enumerate(active):
+            answers[r] = _Answer(outputs[j], self._final_confidence(outputs[j]), num_blocks)
+        return answers  # type: ignore[return-value]
 
     def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         graph = self.runner.graph(segment, state.precision)

@@ -188,3 +188,23 @@ def test_calibrate_stores_a_pareto_set_and_auto_picks_from_it(tiny_packages, tin
     with pytest.raises(InputError, match="auto:AGREEMENT"):
         edgeinfer.load(out, policy="auto:high")
     assert main(["inspect", str(out)]) == 0 and "point " in capsys.readouterr().out
+
+
+def test_a_list_runs_batched_with_per_row_exits_like_one_by_one(tiny_packages):
+    from conftest import WORDS
+
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(2, 14))) for _ in range(40)]
+    package = tiny_packages[("bert", "text-classification")]
+    depths = set()
+    for policy in (edgeinfer.Policy(agreement=0.95), edgeinfer.Policy(agreement=0.99, restart_below=0.7),
+                   edgeinfer.Policy(agreement=0.995, skip_blocks=(2,))):
+        session = edgeinfer.load(package, policy=policy)
+        batched = session.run(texts)
+        single = [session.run(t) for t in texts]
+        for b, s in zip(batched, single):
+            np.testing.assert_allclose(b.probabilities, s.probabilities, atol=1e-5)
+            assert b.trace.exit_after_block == s.trace.exit_after_block and b.trace.restarts == s.trace.restarts
+            assert b.trace.segments == s.trace.segments and b.trace.tokens_per_block == s.trace.tokens_per_block
+            depths.add(b.trace.exit_after_block)
+    assert len(depths) > 1  # rows left the batch at different exits
