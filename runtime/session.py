@@ -79,11 +79,10 @@ class _Run:
 
 
 class _BatchRows:
-    """Which graphs each row of a batch went through, and whether it restarted."""
+    """Which graphs each row of a batch went through."""
 
     def __init__(self, size: int):
         self.segments: list[list[str]] = [[] for _ in range(size)]
-        self.restarts = [0] * size
 
     def ran(self, name: str, rows: np.ndarray) -> None:
         for r in rows:
@@ -96,6 +95,7 @@ class _Answer:
     confidence: float | None
     depth: int  # blocks run before answering
     cut_short: bool = False
+    hidden: np.ndarray | None = None  # the full model's own state after `depth` blocks, when resumable
 
 
 class EdgeSession:
@@ -283,24 +283,15 @@ class EdgeSession:
             rows = _BatchRows(len(index))
             answers = self._adaptive_batch(state, batch, rows)
             lengths = batch.attention_mask.sum(1)
-            restart = [r for r, a in enumerate(answers) if self._restart_row(a)]
-            if restart:
-                state.precision = "fp32"
-                ids = np.array(restart)
-                feeds = {"input_ids": batch.input_ids[ids], "token_type_ids": batch.token_type_ids[ids],
-                         "attention_bias": np.where(batch.attention_mask[ids] > 0, 0.0, PAD_BIAS).astype(np.float32)}
-                outputs = self._call(state, self._full_span, feeds)[0]
-                rows.ran(self._full_span.name, ids)
-                for j, r in enumerate(restart):
-                    answers[r] = _Answer(outputs[j], self._final_confidence(outputs[j]), len(self._blocks))
-                    rows.restarts[r] = 1
             for r, i in enumerate(index):
+                if self._restart_row(answers[r]):  # rare (a few %): such a row runs alone, restart and all
+                    results[i] = self._run_one(texts[i])
+                    continue
                 depth = answers[r].depth
-                row_state = _Run(started=state.started, precision="fp32" if rows.restarts[r] else self.precision,
-                                 segments=rows.segments[r], milliseconds=dict(state.milliseconds),
-                                 tokens=[0 if d in self._skip else int(lengths[r]) for d in range(1, depth + 1)]
-                                 + [int(lengths[r])] * len(self._blocks) * rows.restarts[r],  # the full pass
-                                 restarts=rows.restarts[r], predicted_ms=state.predicted_ms)
+                row_state = _Run(started=state.started, precision=self.precision, segments=rows.segments[r],
+                                 milliseconds=dict(state.milliseconds),
+                                 tokens=[0 if d in self._skip else int(lengths[r]) for d in range(1, depth + 1)],
+                                 predicted_ms=state.predicted_ms)
                 results[i] = self._answer(row_state, batch.truncated[r], answers[r])
         return results  # type: ignore[return-value]
 
@@ -422,8 +413,25 @@ class EdgeSession:
         if self._should_restart(state, answer, batch):
             state.restarts += 1
             state.precision = "fp32"
-            answer = self._full_pass(state, batch)
+            answer = self._resume(state, answer) if answer.hidden is not None else self._full_pass(state, batch)
         return self._answer(state, batch.truncated[0], answer)
+
+    def _resume(self, state: _Run, answer: _Answer) -> _Answer:
+        """Restart by going deeper: without pruning, merging or skipping, at fp32, the state an exit
+        answered from is the full model's own, so continuing from it gives the full model's answer
+        for the cost of the remaining blocks only."""
+        hidden = answer.hidden
+        bias = np.zeros(hidden.shape[:2], dtype=np.float32)
+        num_blocks = len(self._blocks)
+        for depth in range(answer.depth + 1, num_blocks + 1):
+            state.tokens.append(int(hidden.shape[1]))
+            feeds = {"hidden": hidden, "attention_bias": bias}
+            if depth == num_blocks and self._last_stage is not None:
+                output = self._call(state, self._last_stage, feeds)[0][0]
+                return _Answer(output, self._final_confidence(output), num_blocks)
+            hidden = self._call(state, self._blocks[depth - 1], feeds)[0]
+        output = self._call(state, self._head, {"hidden": hidden, "attention_bias": bias})[0][0]
+        return _Answer(output, self._final_confidence(output), num_blocks)
 
     def _should_restart(self, state: _Run, answer: _Answer, batch) -> bool:
         """Confidence-based restart: a low-confidence cheap answer is redone at full depth with every
@@ -495,7 +503,8 @@ class EdgeSession:
                     exit_output = self._call(state, exit_segment, {"hidden": hidden, "attention_bias": bias})[0]
                 output = exit_output[0]
                 confidence = self._confidence(exit_head, output, previous_exit)
-                previous_exit, best = output, _Answer(output, confidence, depth)
+                resumable = self.precision == "fp32" and not self._keep and not self._skip
+                previous_exit, best = output, _Answer(output, confidence, depth, hidden=hidden if resumable else None)
                 if should_exit(confidence, threshold):
                     return best
             if depth in keep_schedule:

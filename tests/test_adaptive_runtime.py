@@ -208,3 +208,21 @@ def test_a_list_runs_batched_with_per_row_exits_like_one_by_one(tiny_packages):
             assert b.trace.segments == s.trace.segments and b.trace.tokens_per_block == s.trace.tokens_per_block
             depths.add(b.trace.exit_after_block)
     assert len(depths) > 1  # rows left the batch at different exits
+
+
+def test_restart_after_an_exit_continues_from_the_kept_state(tiny_packages):
+    """Without pruning, the state an exit answered from is the full model's own: a restart goes on
+    from there (the remaining blocks only) and gives the full model's answer."""
+    package = tiny_packages[("bert", "text-classification")]
+    full = edgeinfer.load(package, policy=edgeinfer.Policy.off())
+    session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, restart_below=1.0))
+    texts = ["good movie", "bad dull plot", "happy sun rain city", "a long and winding story about nothing"]
+    resumed = 0
+    for text in texts:
+        result = session.run(text)
+        assert result.trace.restarts == 1 and "full" not in result.trace.segments
+        np.testing.assert_allclose(result.probabilities, full.run(text).probabilities, atol=1e-5)
+        blocks_run = [s for s in result.trace.segments if s.startswith(("block_", "stage_"))]
+        assert len(blocks_run) == len(session.manifest.blocks())  # each block once: nothing recomputed
+        resumed += 1
+    assert resumed == len(texts)
