@@ -106,8 +106,14 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def classification_confidence(logits: np.ndarray) -> float:
-    """Max softmax probability (the "softmax response" of the early-exit literature)."""
-    return float(softmax(logits).max())
+    """Max softmax probability (the "softmax response" of the early-exit literature).
+
+    In Python floats: numpy's reductions cost ~5-10 us each on a vector this short, and this runs
+    after every exit (it was a fifth of the runtime's own per-request time).
+    """
+    values = logits.tolist()
+    top = max(values)
+    return 1.0 / sum(math.exp(v - top) for v in values)
 
 
 def should_exit(confidence: float | None, threshold: float | None) -> bool:

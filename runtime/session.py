@@ -358,7 +358,7 @@ class EdgeSession:
         inputs = {k: feeds[k] for k in segment.inputs}
         t0 = time.perf_counter()
         out = graph.run(None, inputs)
-        state.milliseconds[segment.name] = round((time.perf_counter() - t0) * 1000, 4)
+        state.milliseconds[segment.name] = (time.perf_counter() - t0) * 1000
         state.segments.append(segment.name)
         if self.profile is not None:
             shape = inputs[segment.inputs[0]].shape

@@ -42,7 +42,12 @@ class TextEncoder:
 
     def encode(self, texts: list[str]) -> EncodedBatch:
         check_texts(texts)
-        encodings = [self._tokenizer.encode(texts[0])] if len(texts) == 1 else self._tokenizer.encode_batch(texts)
+        if len(texts) == 1:  # the common case, without padding arithmetic
+            encoding = self._tokenizer.encode(texts[0])
+            ids = np.array([encoding.ids], dtype=np.int64)
+            return EncodedBatch(ids, np.ones_like(ids), np.array([encoding.type_ids], dtype=np.int64),
+                                self._is_special[ids], (bool(encoding.overflowing),))
+        encodings = self._tokenizer.encode_batch(texts)
         longest = max(len(e.ids) for e in encodings)
         ids = np.full((len(texts), longest), self.spec.pad_id, dtype=np.int64)
         mask = np.zeros((len(texts), longest), dtype=np.int64)
