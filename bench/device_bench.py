@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import EdgeInferError, InputError
 from ..export.calibration_data import read_examples
 from ..progress import progress_bar
+from ..runtime.planner import choose_point, policy_of
 from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.sessions import default_threads
@@ -144,6 +145,9 @@ def _operating_points(package: Path, options: BenchOptions, threads: int) -> dic
     if probe.manifest.model.task == "text-classification":
         for variant in probe.manifest.precision_variants:
             points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
+    if probe.manifest.operating_points:  # what `edgeinfer calibrate` stored: the planner's choice for this level
+        point = choose_point(probe.manifest, a)
+        points[f"edgeinfer auto:{a} ({point.name})"] = (policy_of(point), Budget())
     if options.budget_ms is not None:
         points[f"edgeinfer exits@{a}, deadline {options.budget_ms:g} ms"] = (Policy(agreement=a), Budget(latency_ms=options.budget_ms))
     return points
