@@ -131,7 +131,8 @@ def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int) ->
     return configurations
 
 
-def _operating_points(package: Path, options: BenchOptions, threads: int) -> dict[str, tuple[Policy, Budget]]:
+def _operating_points(package: Path, options: BenchOptions, threads: int,
+                      notes: list[str]) -> dict[str, tuple[Policy, Budget]]:
     probe = load(package, policy=Policy.off(), threads=threads, profile=None)
     a = options.agreement
     keep = options.keep_schedule if options.keep_schedule is not None else default_keep_schedule(probe.manifest.model.num_blocks)
@@ -146,8 +147,11 @@ def _operating_points(package: Path, options: BenchOptions, threads: int) -> dic
         for variant in probe.manifest.precision_variants:
             points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
     if probe.manifest.operating_points:  # what `edgeinfer calibrate` stored: the planner's choice for this level
-        point = choose_point(probe.manifest, a)
-        points[f"edgeinfer auto:{a} ({point.name})"] = (policy_of(point), Budget())
+        try:
+            point = choose_point(probe.manifest, a)
+            points[f"edgeinfer auto:{a} ({point.name})"] = (policy_of(point), Budget())
+        except InputError as err:
+            notes.append(f"no auto point: {err}")
     if options.budget_ms is not None:
         points[f"edgeinfer exits@{a}, deadline {options.budget_ms:g} ms"] = (Policy(agreement=a), Budget(latency_ms=options.budget_ms))
     return points
@@ -221,7 +225,9 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
     texts = list(examples.texts)
     labels = np.array(examples.labels) if classification and examples.labels is not None else None
     package_bytes = sum(f.bytes for f in manifest.files)
-    points = _operating_points(package, options, threads)
+    notes = ["configurations interleaved input by input, except PyTorch eager, measured alone afterwards "
+             "(its OpenMP threads spin after each call and slow whatever runs next)"]
+    points = _operating_points(package, options, threads, notes)
     sessions = {name: load(package, target=options.target, policy=p, budget=b, threads=threads, profile=options.profile)
                 for name, (p, b) in points.items()}
     configurations = []
@@ -265,8 +271,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
         "options": {"agreement": options.agreement,
                     "budget_ms": options.budget_ms},
         "configurations": rows,
-        "notes": ["configurations interleaved input by input, except PyTorch eager, measured alone afterwards "
-                  "(its OpenMP threads spin after each call and slow whatever runs next)"],
+        "notes": notes,
     }
     write_reports(report, report_dir)
     return report
