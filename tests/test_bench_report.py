@@ -97,3 +97,23 @@ def test_bench_bad_input_is_one_line(tiny_packages, tmp_path, capsys):
     with pytest.raises(InputError, match="not an edgeinfer bench report"):
         from edgeinfer.bench.merge import merge_reports
         merge_reports([tmp_path / "x.json", tmp_path / "x.json"], tmp_path / "m")
+
+
+def test_bench_adds_the_planners_point_when_the_package_has_operating_points(tiny_packages, tiny_calibration,
+                                                                             tmp_path):
+    from edgeinfer.export.calibration_data import read_examples
+    from edgeinfer.export.operating_points import calibrate_package
+
+    examples = read_examples(tiny_calibration, None)
+    calibrated = tmp_path / "points.edge"
+    calibrate_package(tiny_packages[("bert", "text-classification")], list(examples.texts)[:60],
+                      list(examples.labels)[:60], target=0.9, output=calibrated)
+    data = write_calibration(tmp_path / "data.tsv", n=12, seed=9)
+    report = run_device_bench(calibrated, data, tmp_path / "report", BenchOptions(
+        agreement=0.9, repeats=1, cold_start_runs=1, profile=None, baselines=False))
+    names = [r["configuration"] for r in report["configurations"]]
+    assert any(n.startswith("edgeinfer auto:0.9 (") for n in names)
+    strict = run_device_bench(calibrated, data, tmp_path / "strict", BenchOptions(
+        agreement=0.999, repeats=1, cold_start_runs=1, profile=None, baselines=False))
+    assert not any("auto" in r["configuration"] for r in strict["configurations"])
+    assert any(note.startswith("no auto point") for note in strict["notes"])
