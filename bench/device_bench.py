@@ -12,7 +12,6 @@ peak memory come from fresh processes per configuration (bench/cold_start.py).
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +26,7 @@ from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, soft
 from ..runtime.session import EdgeSession, load
 from ..runtime.sessions import default_threads
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
+from .interleaved import measure_interleaved
 from .cold_start import cold_start, edgeinfer_spec, onnxruntime_spec, torch_spec
 from .timing import latency_summary
 
@@ -157,25 +157,6 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
     return points
 
 
-def _measure(configurations: list[Configuration], texts: list[str], repeats: int) -> tuple[dict, dict]:
-    answers: dict[str, list[Answer]] = {c.name: [] for c in configurations}
-    times: dict[str, list[float]] = {c.name: [] for c in configurations}
-    for c in configurations:
-        for text in texts[:WARMUP]:
-            c.answer(text)
-    with progress_bar(repeats * len(texts), "benchmark " + ", ".join(c.name for c in configurations)[:40]) as bar:
-        for repeat in range(repeats):
-            for text in texts:
-                for c in configurations:
-                    t0 = time.perf_counter()
-                    out = c.answer(text)
-                    times[c.name].append((time.perf_counter() - t0) * 1000)
-                    if repeat == 0:  # answers do not change between repeats
-                        answers[c.name].append(out)
-                bar.update()
-    return answers, times
-
-
 def _row(c: Configuration, answers: list[Answer], times: list[float], reference: list[Answer],
          labels: np.ndarray | None, classification: bool, options: BenchOptions, num_blocks: int) -> dict:
     row: dict = {"configuration": c.name, "kind": c.kind, **latency_summary(times),
@@ -244,9 +225,9 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
         # by ~30% here (monolithic fp32 measured 0.74x of its usual speed beside it): torch runs
         # alone, after the interleaved others.
         interleaved = [c for c in configurations if c.cold_start_spec["kind"] != "torch"]
-        answers, times = _measure(interleaved, texts, options.repeats)
+        answers, times = measure_interleaved(interleaved, texts, options.repeats, "benchmark", WARMUP)
         for alone in (c for c in configurations if c not in interleaved):
-            alone_answers, alone_times = _measure([alone], texts, options.repeats)
+            alone_answers, alone_times = measure_interleaved([alone], texts, options.repeats, alone.name, WARMUP)
             answers.update(alone_answers)
             times.update(alone_times)
         reference = answers["edgeinfer off"]

@@ -21,11 +21,11 @@ from typing import Callable
 import numpy as np
 
 from ..export.calibration_data import read_examples
-from ..progress import progress_bar
 from ..runtime.policy import Budget, Policy, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.memory import memory_need
 from .baselines import MonolithicModel, export_monolithic, quantize_int8
+from .interleaved import measure_interleaved
 from .peak_memory import peak_rss_of_run
 from .report_files import write_atomically, write_json
 from .timing import latency_summary
@@ -60,20 +60,7 @@ def _monolithic(name: str, model: MonolithicModel, session: EdgeSession) -> Conf
 
 
 def _measure(configurations: list[Configuration], texts: list[str], repeats: int, desc: str) -> dict:
-    answers = {c.name: [None] * len(texts) for c in configurations}
-    times = {c.name: [] for c in configurations}
-    for c in configurations:
-        for text in texts[:WARMUP]:
-            c.answer(text)
-    with progress_bar(repeats * len(texts), desc) as bar:
-        for _ in range(repeats):
-            for i, text in enumerate(texts):
-                for c in configurations:
-                    t0 = time.perf_counter()
-                    out = c.answer(text)
-                    times[c.name].append((time.perf_counter() - t0) * 1000)
-                    answers[c.name][i] = out
-                bar.update()
+    answers, times = measure_interleaved(configurations, texts, repeats, desc, WARMUP)
     return {"answers": answers, "times": times}
 
 

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from .. import __version__
 from ..errors import ExportError
-from ..manifest import (SCHEMA_VERSION, ExitHead, ExitThresholds, Manifest, ModelFacts, Segment,
+from ..manifest import (SCHEMA_VERSION, ExitHead, Manifest, ModelFacts, Segment,
                         TokenizerSpec, Variant)
 from ..progress import progress_bar
 from ..runtime.tokenize import TextEncoder

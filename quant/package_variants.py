@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..export.exit_quality import cosine_rows
 from ..export.package_writer import discard, finalize, prepare_staging
 from ..export.shared_weights import WEIGHTS_FILE, share_weights
-from ..manifest import Manifest, PrecisionVariant, Segment, Variant
+from ..manifest import Manifest, PrecisionVariant, Variant
 from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan

@@ -7,7 +7,6 @@ import os
 import uuid
 from pathlib import Path
 
-import numpy as np
 
 from ..bench.report_files import write_atomically, write_json
 from .mixed_precision import PLAN_TOKENS, Analysis, fronts

@@ -27,7 +27,7 @@ from ..runtime.package import Package, open_package
 from ..runtime.sessions import default_threads
 from .catalog import usable_target
 from .fingerprint import device_fingerprint
-from .profile import Profile, SegmentCost, fit_cost, package_id
+from .profile import Profile, fit_cost, package_id
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 import edgeinfer
@@ -164,7 +163,7 @@ def test_overrides_force_a_node_and_unknown_nodes_are_refused(tiny_packages, tin
                  "--override", f"{node}=fp32"]) == 0
     plan = open_package(out).manifest.precision_variant("int8").plan
     assert node not in plan and plan  # fp32 nodes are left out of the stored plan
-    for bad, message in ((f"/no/such/MatMul=fp32", "which this model does not have"),
+    for bad, message in (("/no/such/MatMul=fp32", "which this model does not have"),
                          (f"{node}=int3", "unknown precision"), ("justtext", "must look like NODE=PRECISION")):
         assert main(["quantize", str(package.root), "--calib", str(tiny_calibration), "--quant", "int8",
                      "-o", str(tmp_path / "bad.edge"), "--override", bad]) == 2
