@@ -284,7 +284,7 @@ class EdgeSession:
             answers = self._adaptive_batch(state, batch, rows)
             lengths = batch.attention_mask.sum(1)
             for r, i in enumerate(index):
-                if self._restart_row(answers[r]):  # rare (a few %): such a row runs alone, restart and all
+                if self._unsure(answers[r]):  # rare (a few %): such a row runs alone, restart and all
                     results[i] = self._run_one(texts[i])
                     continue
                 depth = answers[r].depth
@@ -295,12 +295,13 @@ class EdgeSession:
                 results[i] = self._answer(row_state, batch.truncated[r], answers[r])
         return results  # type: ignore[return-value]
 
-    def _restart_row(self, answer: _Answer) -> bool:
+    def _unsure(self, answer: _Answer) -> bool:
+        """Is this answer's confidence under the restart limit? A precision variant's final answer
+        is held to its calibrated restart threshold; any answer to the policy's restart_below."""
         limit = self.policy.restart_below
         if self.restart_threshold is not None and answer.depth == len(self._blocks):
             limit = max(limit or 0.0, self.restart_threshold)
-        return limit is not None and answer.confidence is not None and answer.confidence < limit \
-            and self._full_span is not None
+        return limit is not None and answer.confidence is not None and answer.confidence < limit
 
     def _adaptive_batch(self, state: _Run, batch, rows: "_BatchRows") -> list[_Answer]:
         bias = np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)
@@ -438,10 +439,7 @@ class EdgeSession:
         token, when the remaining latency budget covers the predicted cost of doing so. A precision
         variant's final answer restarts at fp32 below its calibrated threshold (an exit that passed
         its own threshold never restarts)."""
-        limit = self.policy.restart_below
-        if self.restart_threshold is not None and answer.depth == len(self._blocks):
-            limit = max(limit or 0.0, self.restart_threshold)
-        if limit is None or answer.confidence is None or answer.confidence >= limit or answer.cut_short:
+        if answer.cut_short or not self._unsure(answer):
             return False
         if self.budget.latency_ms is None:
             return True

@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import platform
+from functools import lru_cache
 
 
+@lru_cache(maxsize=1)  # read once per process: load() and the graph cache both ask
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
@@ -19,6 +21,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@lru_cache(maxsize=1)
 def cpu_flags() -> tuple[str, ...]:
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c", "neon", "asimd")
     try:

@@ -81,11 +81,14 @@ def test_profile_from_another_device_warns(probed, tmp_path):
     document["fingerprint"]["cpu"] = "some other CPU"
     other = tmp_path / "other.json"
     other.write_text(json.dumps(document))
-    with pytest.warns(ProfileWarning, match="another device"):
-        edgeinfer.load(package, profile=other)
+    with pytest.warns(ProfileWarning, match="another device") as caught:
+        session = edgeinfer.load(package, profile=other)
+    assert any("cpu" in str(w.message) for w in caught)  # it names what differs
+    assert session.profile is not None  # used all the same: a rough prediction beats none
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        edgeinfer.load(package, profile=path)  # this device's own profile: silent
+        own = edgeinfer.load(package, profile=path)  # this device's own profile: silent
+    assert own.profile == read_profile(path)
 
 
 def test_bad_profile_is_one_line(tiny_packages, tmp_path):
