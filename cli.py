@@ -12,6 +12,8 @@ from .errors import EdgeInferError
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.task == "text-generation":
+        return _export_decoder(args)
     from .export.pipeline import ExportOptions, export_model
 
     options = ExportOptions(
@@ -26,6 +28,46 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, {len(manifest.exits)} exits, "
           f"{total / 1e6:.1f} MB, validated to {manifest.validation['max_abs_diff']:.1e} "
           f"in {manifest.export['seconds']:.0f} s")
+    return 0
+
+
+def _export_decoder(args: argparse.Namespace) -> int:
+    from .export.decoder.pipeline import DecoderExportOptions, export_decoder
+
+    manifest = export_decoder(args.model, args.output, DecoderExportOptions(exits=args.exits, force=args.force))
+    total = sum(f.bytes for f in manifest.files)
+    checked = manifest.validation["prompts"]
+    print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, exits after {[e.after_block for e in manifest.exits]}, "
+          f"{total / 1e6:.1f} MB; greedy generation identical to PyTorch's for {manifest.validation['new_tokens']} "
+          f"tokens on {len(checked)} prompts; {manifest.export['seconds']:.0f} s")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .runtime.policy import Budget
+    from .runtime.sampling import Sampling
+    from .runtime.session import load
+
+    session = load(args.package, target=args.target, budget=Budget(memory_mb=args.memory_mb), threads=args.threads)
+    if not hasattr(session, "generate"):
+        raise EdgeInferError(f"{args.package} is not a text-generation package; use `edgeinfer run`")
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    result = session.generate(
+        prompt, max_new_tokens=args.max_new_tokens, chat=not args.no_chat, stop=tuple(args.stop or ()),
+        sampling=Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed),
+        on_text=stream, mode=args.mode, draft_blocks=args.draft_blocks, draft_tokens=args.draft_tokens,
+        exit_threshold=args.exit_threshold, budget_ms=args.budget_ms)
+    trace = result.trace
+    if args.json:
+        print(json.dumps({"text": result.text, "token_ids": list(result.token_ids),
+                          "mean_log_prob": result.mean_log_prob, "min_log_prob": result.min_log_prob,
+                          "trace": {**trace.__dict__, "exit_blocks": list(trace.exit_blocks),
+                                    "tokens_per_second": trace.tokens_per_second}}, indent=2))
+    else:
+        accepted = f", {trace.accepted}/{trace.drafted} drafts accepted" if trace.drafted else ""
+        print(f"\n[{trace.new_tokens} tokens, {trace.tokens_per_second:.1f} tokens/s, first token "
+              f"{trace.first_token_ms:.0f} ms, stopped: {trace.stopped}{accepted}]", file=sys.stderr)
     return 0
 
 
@@ -282,9 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     export = sub.add_parser("export", help="export a Hugging Face model as an edge package")
-    export.add_argument("model", help="a Hugging Face model directory, or 'minilm' (all-MiniLM-L6-v2)")
+    export.add_argument("model", help="a Hugging Face model directory, 'minilm' (all-MiniLM-L6-v2), "
+                                      "or 'smollm2' (SmolLM2-135M-Instruct, with --task text-generation)")
     export.add_argument("-o", "--output", required=True, help="package directory to write (e.g. model.edge)")
-    export.add_argument("--task", choices=["feature-extraction", "text-classification"], default="feature-extraction")
+    export.add_argument("--task", choices=["feature-extraction", "text-classification", "text-generation"],
+                        default="feature-extraction")
     export.add_argument("--exits", default=None, help="exit after these blocks: 1,2,3 | all | none "
                                                       "(default: every block but the last)")
     export.add_argument("--calib", default=None, help="calibration data: TSV (text/sentence[, label]) or one "
@@ -303,6 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     _quant_options(export, default="none")
     export.set_defaults(handler=_export)
+
+    generate = sub.add_parser("generate", help="generate text with a text-generation package")
+    generate.add_argument("package")
+    generate.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--no-chat", action="store_true", help="use the prompt as it is, without the chat template")
+    generate.add_argument("--stop", action="append", help="stop when the text contains this string (repeatable)")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--mode", choices=["full", "speculative", "early-exit"], default="full",
+                          help="speculative: draft with the first blocks, verify with all (greedy, exact)")
+    generate.add_argument("--draft-blocks", type=int, default=None, help="speculative: blocks the draft runs")
+    generate.add_argument("--draft-tokens", type=int, default=4, help="speculative: tokens drafted per check")
+    generate.add_argument("--exit-threshold", type=float, default=None, help="early-exit: top-2 margin to answer at")
+    generate.add_argument("--budget-ms", type=float, default=None, help="stop generating after this long")
+    generate.add_argument("--memory-mb", type=float, default=None, help="cap on the KV cache")
+    generate.add_argument("--target", default="cpu")
+    generate.add_argument("--threads", type=int, default=None)
+    generate.add_argument("--json", action="store_true", help="print the result and its trace as JSON")
+    generate.set_defaults(handler=_generate)
 
     quantize = sub.add_parser("quantize", help="add a precision variant (int8, int4, fp16, mixed) to a package")
     quantize.add_argument("package")

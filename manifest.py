@@ -20,10 +20,10 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.3"
-SEGMENT_KINDS = ("embed", "block", "exit", "head", "span")
-TASKS = ("feature-extraction", "text-classification")
-CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine")
+SCHEMA_VERSION = "1.4"
+SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv")
+TASKS = ("feature-extraction", "text-classification", "text-generation")
+CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine", "top2_margin")
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 
@@ -148,6 +148,27 @@ class TokenizerSpec:
 
 
 @dataclass(frozen=True)
+class DecoderFacts:
+    """What a generation loop needs beyond the encoder facts (schema 1.4, text-generation only).
+
+    The KV cache holds `num_kv_heads x head_dim` keys and as many values per block and token, in
+    fp32: `kv_bytes_per_token` is their sum over blocks, what a memory cap divides. The chat template
+    is stored rendered around one user message (`prompt_prefix` + message + `prompt_suffix`), so the
+    runtime needs no template engine.
+    """
+
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+    eos_ids: tuple[int, ...]
+    bos_id: int | None
+    prompt_prefix: str
+    prompt_suffix: str
+    kv_bytes_per_token: int
+
+
+@dataclass(frozen=True)
 class OperatingPoint:
     """A policy `edgeinfer calibrate` measured on calibration texts (schema 1.3): how often it agrees
     with the full model and what it costs relative to the full model on the calibrating device.
@@ -180,6 +201,7 @@ class Manifest:
     export: dict[str, Any] = field(default_factory=dict)
     precision_variants: tuple[PrecisionVariant, ...] = ()
     operating_points: tuple[OperatingPoint, ...] = ()
+    decoder: DecoderFacts | None = None
 
     def segment(self, name: str) -> Segment:
         for segment in self.segments:
@@ -338,6 +360,21 @@ def _parse_operating_point(obj: Any, where: str) -> OperatingPoint:
                           accuracy=None if accuracy is None else _float(obj, "accuracy", where, 0.0, 1.0))
 
 
+def _parse_decoder(obj: Any, where: str) -> DecoderFacts:
+    bos = obj.get("bos_id")
+    return DecoderFacts(
+        num_kv_heads=_int(obj, "num_kv_heads", where, 1, 1024),
+        head_dim=_int(obj, "head_dim", where, 1, 4096),
+        vocab_size=_int(obj, "vocab_size", where, 2, 1 << 24),
+        max_positions=_int(obj, "max_positions", where, 1, 1 << 24),
+        eos_ids=_list(obj, "eos_ids", where, lambda x, w: _int({"id": x}, "id", w), limit=64),
+        bos_id=None if bos is None else _int(obj, "bos_id", where),
+        prompt_prefix=_str(obj, "prompt_prefix", where),
+        prompt_suffix=_str(obj, "prompt_suffix", where),
+        kv_bytes_per_token=_int(obj, "kv_bytes_per_token", where, 1, 1 << 40),
+    )
+
+
 def _parse_variant(obj: Any, where: str) -> Variant:
     resident = obj.get("resident_bytes") if isinstance(obj, dict) else None
     return Variant(precision=_str(obj, "precision", where), path=_str(obj, "path", where),
@@ -423,12 +460,16 @@ def _parse_manifest(document: Any) -> Manifest:
         if "precision_variants" in document else (),
         operating_points=_list(document, "operating_points", "manifest", _parse_operating_point, limit=256)
         if "operating_points" in document else (),
+        decoder=_parse_decoder(_need(document, "decoder", dict, "manifest"), "decoder")
+        if document.get("decoder") is not None else None,
     )
     _check_consistency(manifest)
     return manifest
 
 
 def _check_consistency(manifest: Manifest) -> None:
+    if (manifest.model.task == "text-generation") != (manifest.decoder is not None):
+        raise PackageError("manifest: a text-generation package needs the decoder section, and only it")
     names = [s.name for s in manifest.segments]
     if len(set(names)) != len(names):
         raise PackageError("manifest: segment names repeat")

@@ -41,10 +41,16 @@ def sentence_like_rows(train: Path, out: Path, min_words: int = SENTENCE_WORDS) 
     return out
 
 
+# the last schema that changed what an encoder package holds (1.3: stage spans); 1.4 added decoders only
+ENCODER_LAYOUT_SINCE = (1, 3)
+
+
 def is_current(package: Path) -> bool:
-    """A cached package made by this schema version (older ones lack graphs the runtime now uses)."""
+    """A cached package with the graphs the runtime now uses (older ones lack some)."""
     try:
-        return open_package(package, verify=False).manifest.schema_version == SCHEMA_VERSION
+        version = open_package(package, verify=False).manifest.schema_version
+        return ENCODER_LAYOUT_SINCE <= tuple(int(x) for x in version.split(".")) <= tuple(
+            int(x) for x in SCHEMA_VERSION.split("."))
     except (PackageError, OSError):
         return False
 

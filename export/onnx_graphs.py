@@ -30,14 +30,18 @@ DYNAMIC_AXES = {
 
 
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
-                 output_names: list[str], path: Path) -> tuple[list[str], list[str]]:
-    """Export and check one graph; returns the input and output names the file really has."""
+                 output_names: list[str], path: Path,
+                 axes: dict[str, dict[int, str]] | None = None) -> tuple[list[str], list[str]]:
+    """Export and check one graph; returns the input and output names the file really has.
+
+    axes: the dynamic axes of each name (DYNAMIC_AXES, the encoder's, by default)."""
+    axes = axes or DYNAMIC_AXES
     module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, args, str(path), input_names=input_names, output_names=output_names,
-            dynamic_axes={n: DYNAMIC_AXES[n] for n in input_names + output_names},
+            dynamic_axes={n: axes[n] for n in input_names + output_names},
             opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
     model = onnx.load(str(path))

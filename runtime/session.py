@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +33,9 @@ from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
 from .sessions import default_threads, open_session
 from .tokenize import TextEncoder, check_texts
+
+if TYPE_CHECKING:
+    from .generation import DecoderSession
 
 
 class GraphRunner:
@@ -559,8 +563,11 @@ class EdgeSession:
 
 def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
          policy: Policy | str = Policy(), threads: int | None = None, verify_key: object = None,
-         profile: str | os.PathLike[str] | None = "auto", optimized_cache: bool = True) -> EdgeSession:
+         profile: str | os.PathLike[str] | None = "auto", optimized_cache: bool = True) -> "EdgeSession | DecoderSession":
     """Open and verify a package, ready to run on a target (`edgeinfer targets` lists them).
+
+    A text-generation package opens as a DecoderSession (runtime/generation.py: `generate()`), with
+    budget.memory_mb as the cap on its KV cache.
 
     verify_key (an Ed25519 public key: PEM path or bytes) refuses packages not signed by it.
     profile: "auto" uses the profile `edgeinfer probe` stored for this package on this device, if
@@ -575,6 +582,10 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
     opened = open_package(Path(package), verify_key=verify_key)
+    if opened.manifest.model.task == "text-generation":
+        from .generation import DecoderSession
+
+        return DecoderSession(opened, threads, chosen.providers, memory_mb=budget.memory_mb)
     found = find_profile(opened.root, chosen.name, threads or default_threads(),
                          None if profile == "auto" else profile) if profile is not None else None
     point = None

@@ -138,3 +138,43 @@ def sst2_package(tmp_path_factory) -> Path:
         task="text-classification", calib=str(SST2 / "train.tsv"), eval_data=str(SST2 / "dev.tsv"),
         head_examples=2000, threshold_examples=1500))
     return out
+
+
+def build_tiny_llama(directory: Path, layers: int = 4, seed: int = 0) -> Path:
+    """A random Llama (GQA) with a word-level tokenizer and a chat template. Untied embeddings: a tied
+    random model only repeats its last prompt token, which would make every decoding mode agree trivially
+    (the real SmolLM2 test covers tied embeddings)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    specials = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>"]
+    vocab = {token: i for i, token in enumerate(specials + list(WORDS))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                   eos_token="<eos>", additional_special_tokens=["<user>", "<assistant>"])
+    fast.chat_template = ("{% for m in messages %}<user> {{ m['content'] }} <eos> {% endfor %}"
+                          "{% if add_generation_prompt %}<assistant> {% endif %}")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    model = LlamaForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    fast.save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_package(tmp_path_factory) -> Path:
+    from edgeinfer.export.decoder.pipeline import DecoderExportOptions, export_decoder
+    from edgeinfer.quant.decoder_variant import add_decoder_int8
+
+    root = tmp_path_factory.mktemp("tiny-llama")
+    out = root / "llama.edge"
+    export_decoder(str(build_tiny_llama(root / "model")), out, DecoderExportOptions(validate_tokens=24))
+    add_decoder_int8(out)
+    return out

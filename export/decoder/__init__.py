@@ -1,0 +1,1 @@
+"""Decoder language models (Llama family) as edge packages: segments with a KV cache per block."""

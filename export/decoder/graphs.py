@@ -1,0 +1,95 @@
+"""The decoder package's graphs: what each one computes and how its axes are named.
+
+Every block graph names its cache inputs after the block (`past_key_07` -> `present_key_07`), so a
+span of blocks has one pair per block it covers and the runtime feeds any graph by name alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...manifest import Segment, Variant
+from ...progress import progress_bar
+from ..onnx_graphs import export_graph
+from ..shared_weights import WEIGHTS_FILE, share_weights
+from .segments import DecoderModules, DecoderSpan
+
+
+def _axes(names: list[str]) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for name in names:
+        if name.startswith("past_"):
+            axes[name] = {0: "batch", 2: "past"}
+        elif name.startswith("present_"):
+            axes[name] = {0: "batch", 2: "total"}
+        elif name == "attention_bias":
+            axes[name] = {0: "batch", 1: "total"}
+        else:  # input_ids, position_ids, hidden, next_hidden, logits
+            axes[name] = {0: "batch", 1: "new"}
+    return axes
+
+
+def _cache_names(kind: str, blocks: range) -> list[str]:
+    return [f"{kind}_{part}_{b:02d}" for b in blocks for part in ("key", "value")]
+
+
+@dataclass(frozen=True)
+class _Job:
+    name: str
+    kind: str
+    index: int
+    module: torch.nn.Module
+    args: tuple[torch.Tensor, ...]
+    inputs: list[str]
+    outputs: list[str]
+    covers: tuple[str, ...] = ()
+
+
+def span_ranges(exits: tuple[int, ...], num_blocks: int) -> list[range]:
+    """Blocks between decisions run as one graph: the whole depth, and each stretch between exits."""
+    edges = [0, *exits, num_blocks]
+    stretches = [range(a, b) for a, b in zip(edges, edges[1:]) if b - a > 1]
+    return [range(0, num_blocks), *(r for r in stretches if len(r) < num_blocks)]
+
+
+def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple[int, ...]) -> list[Segment]:
+    shape = modules.shape
+    new, past = 2, 3  # trace sizes only; every axis is dynamic
+    ids = torch.arange(1, new + 1, dtype=torch.long).unsqueeze(0)
+    hidden = torch.randn(1, new, shape.hidden_size)
+    positions = torch.arange(past, past + new).unsqueeze(0)
+    bias = torch.zeros(1, past + new)
+    cache = lambda: torch.randn(1, shape.num_kv_heads, past, shape.head_dim)  # noqa: E731
+    front = ["hidden", "position_ids", "attention_bias"]
+    jobs = [_Job("embed", "embed", 0, modules.embed, (ids,), ["input_ids"], ["hidden"])]
+    for i, block in enumerate(modules.blocks):
+        jobs.append(_Job(f"block_{i:02d}", "block", i, block, (hidden, positions, bias, cache(), cache()),
+                         [*front, *_cache_names("past", range(i, i + 1))],
+                         ["next_hidden", *_cache_names("present", range(i, i + 1))]))
+    for i in range(shape.num_blocks):
+        jobs.append(_Job(f"kv_{i:02d}", "kv", i, modules.key_value(i), (hidden, positions, cache(), cache()),
+                         ["hidden", "position_ids", *_cache_names("past", range(i, i + 1))],
+                         _cache_names("present", range(i, i + 1))))
+    jobs.append(_Job("head", "head", 0, modules.head, (hidden,), ["hidden"], ["logits"]))
+    for blocks in span_ranges(exits, shape.num_blocks):
+        name = "blocks" if len(blocks) == shape.num_blocks else f"span_{blocks[0]:02d}_{blocks[-1] + 1:02d}"
+        span = DecoderSpan([modules.blocks[b] for b in blocks])
+        past_args = tuple(cache() for _ in range(2 * len(blocks)))
+        jobs.append(_Job(name, "span", blocks[0], span, (hidden, positions, bias, *past_args),
+                         [*front, *_cache_names("past", blocks)], ["next_hidden", *_cache_names("present", blocks)],
+                         tuple(f"block_{b:02d}" for b in blocks)))
+    segments: list[Segment] = []
+    with progress_bar(len(jobs), "exporting graphs") as bar:
+        for job in jobs:
+            path = graph_dir / f"{job.name}.onnx"
+            inputs, outputs = export_graph(job.module, job.args, job.inputs, job.outputs, path,
+                                           _axes(job.inputs + job.outputs))
+            segments.append(Segment(name=job.name, kind=job.kind, index=job.index, inputs=tuple(inputs),
+                                    outputs=tuple(outputs), variants=(Variant("fp32", f"graphs/{job.name}.onnx"),),
+                                    covers=job.covers))
+            bar.update()
+    share_weights([graph_dir / f"{job.name}.onnx" for job in jobs], graph_dir / WEIGHTS_FILE)
+    return segments

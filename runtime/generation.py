@@ -1,0 +1,423 @@
+"""A decoder package that generates text: prefill, then one token per step over a KV cache.
+
+Three ways to decode, all over the same graphs (DESIGN.md's segments, applied to a Llama-family
+decoder): `full` runs every block for every token; `speculative` drafts tokens with the first
+blocks and the shared head, then checks them all with the remaining blocks in one pass and keeps
+the longest agreeing prefix (LayerSkip's self-speculation: the draft's cache entries are the full
+model's own, so nothing is recomputed and the output is the full model's); `early-exit` answers a
+token from the first exit whose top-2 margin passes the calibrated threshold (CALM) and fills the
+skipped blocks' cache entries with their key/value projections of the exit's state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ..errors import BudgetError, InputError, PackageError
+from ..manifest import Segment
+from .kv_cache import KVCache
+from .package import Package
+from .sampling import Sampling, choose_token, token_log_probability, top2_margin
+from .session import GraphRunner
+
+DECODE_MODES = ("full", "speculative", "early-exit")
+
+
+@dataclass(frozen=True)
+class GenerationTrace:
+    mode: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_ms: float
+    first_token_ms: float  # prompt in, first new token chosen
+    total_ms: float
+    stopped: str  # "eos" | "stop" | "length" | "deadline"
+    kv_bytes: int  # the cache at its largest
+    drafted: int = 0  # speculative: tokens the draft proposed
+    accepted: int = 0  # speculative: drafted tokens the full model agreed with
+    exit_blocks: tuple[int, ...] = ()  # early-exit: blocks run for each new token
+
+    @property
+    def tokens_per_second(self) -> float:
+        """New tokens after the first, per second of decoding (the first belongs to the prompt's time)."""
+        decoding = (self.total_ms - self.first_token_ms) / 1000
+        return (self.new_tokens - 1) / decoding if self.new_tokens > 1 and decoding > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: tuple[int, ...]
+    log_probs: tuple[float, ...]  # of each new token under the distribution it was chosen from
+    trace: GenerationTrace
+
+    @property
+    def mean_log_prob(self) -> float:
+        return float(np.mean(self.log_probs)) if self.log_probs else 0.0
+
+    @property
+    def min_log_prob(self) -> float:
+        return float(min(self.log_probs)) if self.log_probs else 0.0
+
+
+def _block_index(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])
+
+
+class _Stream:
+    """Decoded text so far, cut at a stop string, with the new part handed to a callback."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], on_text: Callable[[str], None] | None):
+        self.tokenizer, self.stop, self.on_text = tokenizer, stop, on_text
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for stop in self.stop:
+            at = text.find(stop)
+            if at >= 0:
+                text, self.stopped = text[:at], True
+        self.text = text
+        # hold back a partial character and anything that could still become a stop string
+        ready = len(text) if self.stopped else len(text.rstrip("\ufffd"))
+        if not self.stopped:
+            for stop in self.stop:
+                for cut in range(min(len(stop) - 1, ready), 0, -1):
+                    if text[:ready].endswith(stop[:cut]):
+                        ready -= cut
+                        break
+        if self.on_text is not None and ready > self.sent:
+            self.on_text(text[self.sent:ready])
+            self.sent = ready
+
+
+class DecoderSession:
+    """Opened by `edgeinfer.load` for text-generation packages."""
+
+    def __init__(self, package: Package, threads: int | None = None,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), memory_mb: float | None = None,
+                 fused: bool = True):
+        """fused=False runs one graph per block (validation and profiling); True uses the package's spans."""
+        manifest = package.manifest
+        if manifest.decoder is None:
+            raise PackageError("this package is not a text-generation package; use run() instead")
+        self.package, self.manifest, self.facts = package, manifest, manifest.decoder
+        self.num_blocks = manifest.model.num_blocks
+        self.memory_mb = memory_mb
+        self.runner = GraphRunner(package, threads, providers)
+        self.tokenizer = Tokenizer.from_file(str(package.path(manifest.tokenizer.path)))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self._embed = manifest.segment("embed")
+        self._head = manifest.segment("head")
+        self._spans: dict[int, list[tuple[int, Segment]]] = {}
+        for segment in manifest.segments:
+            if fused and segment.kind == "span" and all(c.startswith("block_") for c in segment.covers):
+                first, last = _block_index(segment.covers[0]), _block_index(segment.covers[-1])
+                self._spans.setdefault(first, []).append((last + 1, segment))
+        self._blocks = {b.index: b for b in manifest.blocks()}
+        self._kv = {s.index: s for s in manifest.segments if s.kind == "kv"}
+        self.exits = tuple(e.after_block for e in manifest.exits)
+
+    # --- graphs -----------------------------------------------------------------------------
+
+    def route(self, start: int, stop: int) -> list[tuple[Segment, range]]:
+        """The fewest graphs computing blocks start..stop-1: the longest span that fits, else a block."""
+        route: list[tuple[Segment, range]] = []
+        at = start
+        while at < stop:
+            fitting = [(end, s) for end, s in self._spans.get(at, []) if end <= stop]
+            end, segment = max(fitting, key=lambda pair: pair[0]) if fitting else (at + 1, self._blocks[at])
+            route.append((segment, range(at, end)))
+            at = end
+        return route
+
+    def embed(self, ids: np.ndarray, precision: str = "fp32") -> np.ndarray:
+        return self.runner.graph(self._embed, precision).run(None, {"input_ids": ids})[0]
+
+    def head(self, hidden: np.ndarray, precision: str = "fp32") -> np.ndarray:
+        return self.runner.graph(self._head, precision).run(None, {"hidden": hidden})[0]
+
+    def blocks(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int, stop: int,
+               precision: str = "fp32") -> np.ndarray:
+        """Run blocks start..stop-1 on new tokens at `positions`, appending their keys and values."""
+        position_ids = positions.reshape(1, -1).astype(np.int64)
+        for segment, blocks in self.route(start, stop):
+            total = cache.length(blocks[0]) + hidden.shape[1]
+            feeds = {"hidden": hidden, "position_ids": position_ids,
+                     "attention_bias": np.zeros((1, total), np.float32)}
+            for b in blocks:
+                feeds[f"past_key_{b:02d}"], feeds[f"past_value_{b:02d}"] = self._past(cache, b)
+            outputs = self.runner.graph(segment, precision).run(None, feeds)
+            hidden = outputs[0]
+            for i, b in enumerate(blocks):
+                cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i])
+        return hidden
+
+    def fill_key_values(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int) -> None:
+        """Cache entries of blocks start.. for tokens that exited early: their K/V of the exit's state."""
+        position_ids = positions.reshape(1, -1).astype(np.int64)
+        for b in range(start, self.num_blocks):
+            past_key, past_value = self._past(cache, b)
+            key, value = self.runner.graph(self._kv[b]).run(None, {
+                "hidden": hidden, "position_ids": position_ids,
+                f"past_key_{b:02d}": past_key, f"past_value_{b:02d}": past_value})
+            cache.store(b, key, value)
+
+    def _past(self, cache: KVCache, block: int) -> tuple[np.ndarray, np.ndarray]:
+        key = cache.keys[block]
+        if key is None:
+            empty = np.zeros((1, self.facts.num_kv_heads, 0, self.facts.head_dim), np.float32)
+            return empty, empty
+        return key, cache.values[block]
+
+    def sequence_logits(self, ids: list[int], precision: str = "fp32") -> np.ndarray:
+        """Next-token logits at every position of a sequence, in one pass (teacher forcing)."""
+        cache = KVCache(self.num_blocks)
+        hidden = self.embed(np.array([ids], np.int64), precision)
+        hidden = self.blocks(cache, hidden, np.arange(len(ids)), 0, self.num_blocks, precision)
+        return self.head(hidden, precision)[0]
+
+    def precisions(self) -> tuple[str, ...]:
+        return ("fp32", *(v.name for v in self.manifest.precision_variants))
+
+    # --- text -------------------------------------------------------------------------------
+
+    def encode(self, prompt: str, chat: bool = True) -> list[int]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty; pass some text")
+        text = f"{self.facts.prompt_prefix}{prompt}{self.facts.prompt_suffix}" if chat else prompt
+        ids = self.tokenizer.encode(text, add_special_tokens=not chat).ids
+        if not ids:
+            raise InputError("the prompt encodes to no tokens")
+        return ids
+
+    def check_memory(self, tokens: int) -> None:
+        """The KV cap: prompt plus new tokens must fit, or the refusal names the smallest cap that does."""
+        if self.memory_mb is None:
+            return
+        need = tokens * self.facts.kv_bytes_per_token / 2**20
+        if need > self.memory_mb:
+            fits = int(self.memory_mb * 2**20 // self.facts.kv_bytes_per_token)
+            raise BudgetError(f"{tokens} tokens need {need:.1f} MB of KV cache, over the {self.memory_mb:g} MB cap; "
+                              f"raise the cap to {need:.1f} MB or keep prompt + new tokens under {fits}")
+
+    # --- generation -------------------------------------------------------------------------
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
+                 stop: tuple[str, ...] = (), on_text: Callable[[str], None] | None = None, chat: bool = True,
+                 mode: str = "full", draft_blocks: int | None = None, draft_tokens: int = 4,
+                 draft_precision: str = "fp32",
+                 exit_threshold: float | None = None, budget_ms: float | None = None,
+                 min_new_tokens: int = 0) -> Generation:
+        """prompt: text (wrapped in the chat template unless chat=False) or token ids as they are.
+
+        mode "speculative" drafts `draft_tokens` tokens with the first `draft_blocks` blocks (an exit
+        position; the middle one by default) at `draft_precision` (a lowered variant drafts with all
+        blocks by default) and is exact for greedy decoding; "early-exit" answers
+        tokens at the first exit whose top-2 margin reaches `exit_threshold`.
+        budget_ms: stop generating (stopped="deadline") once this much time has passed.
+        min_new_tokens: end-of-sequence tokens are not chosen before this many (as transformers does).
+        """
+        if mode not in DECODE_MODES:
+            raise InputError(f"mode {mode!r} is not one of {', '.join(DECODE_MODES)}")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, chat)
+        limit = self.facts.max_positions
+        if len(ids) + max_new_tokens > limit:
+            raise InputError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) pass the model's "
+                             f"{limit} positions; shorten the prompt or ask for fewer tokens")
+        self.check_memory(len(ids) + max_new_tokens)
+        draft = None
+        if mode == "speculative":
+            if not sampling.greedy:
+                raise InputError("speculative decoding here is exact for greedy decoding only; use temperature 0")
+            if draft_precision not in self.precisions():
+                raise InputError(f"draft precision {draft_precision!r} is not in this package ({', '.join(self.precisions())})")
+            lowered = draft_precision != "fp32"
+            draft = Draft(draft_blocks or (self.num_blocks if lowered else self._default_draft_blocks()), draft_precision)
+            top = self.num_blocks if lowered else self.num_blocks - 1
+            if not 1 <= draft.blocks <= top or draft_tokens < 1:
+                raise InputError(f"draft_blocks must be in 1..{top} and draft_tokens >= 1")
+        if mode == "early-exit" and (exit_threshold is None or not self.exits or not self._kv):
+            raise InputError("early-exit needs a package with exits and kv graphs, and an exit_threshold")
+        return _Decoding(self, ids, max_new_tokens, sampling, stop, on_text, budget_ms, min_new_tokens).run(
+            mode, draft, draft_tokens, exit_threshold)
+
+    def _default_draft_blocks(self) -> int:
+        middle = self.num_blocks // 2
+        return min(self.exits, key=lambda e: abs(e - middle)) if self.exits else middle
+
+
+class _Decoding:
+    """One generate() call: its cache, stream and clock (never shared between threads)."""
+
+    def __init__(self, session: DecoderSession, ids: list[int], max_new: int, sampling: Sampling,
+                 stop: tuple[str, ...], on_text, budget_ms: float | None, min_new: int = 0):
+        self.s, self.prompt, self.max_new, self.sampling = session, ids, max_new, sampling
+        self.min_new = min_new
+        self.rng = np.random.default_rng(sampling.seed)
+        self.cache = KVCache(session.num_blocks)
+        self.stream = _Stream(session.tokenizer, stop, on_text)
+        self.budget_ms = budget_ms
+        self.log_probs: list[float] = []
+        self.exit_blocks: list[int] = []
+        self.drafted = self.accepted = 0
+        self.kv_peak = 0
+        self.started = time.perf_counter()
+        self.prefill_ms = self.first_ms = 0.0
+        self.stopped = "length"
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def forward(self, tokens: list[int], start: int = 0, stop: int | None = None, cache: KVCache | None = None,
+                precision: str = "fp32") -> np.ndarray:
+        """Embed `tokens` (new, after the cache) and run blocks start..stop-1; returns their hidden states."""
+        cache = cache or self.cache
+        positions = np.arange(len(tokens)) + cache.next_position()
+        hidden = self.s.embed(np.array([tokens], np.int64), precision)
+        hidden = self.s.blocks(cache, hidden, positions, start, self.s.num_blocks if stop is None else stop, precision)
+        cache.add_positions(positions)
+        self.kv_peak = max(self.kv_peak, self.cache.nbytes() + (cache.nbytes() if cache is not self.cache else 0))
+        return hidden
+
+    def allowed(self, logits: np.ndarray, ahead: int = 0) -> np.ndarray:
+        """The logits with end-of-sequence ruled out while fewer than min_new tokens exist (`ahead`
+        counts tokens already chosen but not yet emitted, as in a speculative verdict)."""
+        if len(self.stream.ids) + ahead >= self.min_new:
+            return logits
+        masked = logits.copy()
+        masked[list(self.s.facts.eos_ids)] = -np.inf
+        return masked
+
+    def emit(self, token: int, logits: np.ndarray) -> bool:
+        """Take one new token; True when generation must stop."""
+        self.log_probs.append(token_log_probability(logits, token))
+        self.stream.add(token)
+        if not self.first_ms:
+            self.first_ms = self.elapsed_ms()
+        if token in self.s.facts.eos_ids:
+            self.stopped = "eos"
+        elif self.stream.stopped:
+            self.stopped = "stop"
+        elif len(self.stream.ids) >= self.max_new:
+            self.stopped = "length"
+        elif self.budget_ms is not None and self.elapsed_ms() > self.budget_ms:
+            self.stopped = "deadline"
+        else:
+            return False
+        return True
+
+    def run(self, mode: str, draft: "Draft | None", draft_tokens: int, exit_threshold: float | None) -> Generation:
+        hidden = self.forward(self.prompt)
+        self.prefill_ms = self.elapsed_ms()
+        logits = self.s.head(hidden[:, -1:])[0, -1]
+        if mode == "speculative":
+            self._speculative(logits, draft, draft_tokens)
+        else:
+            self._one_by_one(logits, exit_threshold if mode == "early-exit" else None)
+        trace = GenerationTrace(
+            mode=mode, prompt_tokens=len(self.prompt), new_tokens=len(self.stream.ids),
+            prefill_ms=self.prefill_ms, first_token_ms=self.first_ms, total_ms=self.elapsed_ms(),
+            stopped=self.stopped, kv_bytes=self.kv_peak, drafted=self.drafted, accepted=self.accepted,
+            exit_blocks=tuple(self.exit_blocks))
+        return Generation(self.stream.text, tuple(self.stream.ids), tuple(self.log_probs), trace)
+
+    def _one_by_one(self, logits: np.ndarray, exit_threshold: float | None) -> None:
+        while True:
+            logits = self.allowed(logits)
+            token = choose_token(logits, self.sampling, self.rng)
+            if self.emit(token, logits):
+                return
+            if exit_threshold is None:
+                logits = self.s.head(self.forward([token])[:, -1:])[0, -1]
+            else:
+                logits = self._early_exit_step(token, exit_threshold)
+
+    def _early_exit_step(self, token: int, threshold: float) -> np.ndarray:
+        s = self.s
+        positions = np.arange(1) + self.cache.next_position()
+        hidden = s.embed(np.array([[token]], np.int64))
+        done = 0
+        for depth in (*s.exits, s.num_blocks):
+            hidden = s.blocks(self.cache, hidden, positions, done, depth)
+            done = depth
+            logits = s.head(hidden)[0, -1]
+            if depth < s.num_blocks and top2_margin(logits) >= threshold:
+                s.fill_key_values(self.cache, hidden, positions, depth)
+                break
+        self.cache.add_positions(positions)
+        self.kv_peak = max(self.kv_peak, self.cache.nbytes())
+        self.exit_blocks.append(done)
+        return logits
+
+    def _speculative(self, logits: np.ndarray, draft: "Draft", draft_tokens: int) -> None:
+        """Draft, verify all drafts in one full-depth pass, keep the agreeing prefix plus the full
+        model's own next token: the output is greedy full-depth decoding, token for token."""
+        s = self.s
+        logits = self.allowed(logits)
+        token = choose_token(logits, self.sampling, self.rng)
+        if self.emit(token, logits):
+            return
+        shares_cache = draft.shares_cache(s.num_blocks)
+        own = None if shares_cache else KVCache(s.num_blocks)
+        pending = list(self.prompt)  # tokens the draft's own cache still lacks
+        while True:
+            base = self.cache.length()
+            room = self.max_new - len(self.stream.ids)
+            inputs, drafts, early = [token], [], []
+            for _ in range(min(draft_tokens, room)):
+                if shares_cache:
+                    early.append(self.forward([inputs[-1]], 0, draft.blocks))
+                    hidden = early[-1]
+                else:
+                    hidden = self.forward([*pending, inputs[-1]], 0, draft.blocks, own, draft.precision)[:, -1:]
+                    pending = []
+                guess = int(np.argmax(self.allowed(s.head(hidden, draft.precision)[0, -1], len(drafts))))
+                drafts.append(guess)
+                inputs.append(guess)
+            if shares_cache:  # the deep blocks continue from the draft's own states and cache entries
+                early.append(self.forward([inputs[-1]], 0, draft.blocks))
+                positions = self.cache.positions[base:base + len(inputs)]
+                deep = s.blocks(self.cache, np.concatenate(early, axis=1), positions, draft.blocks, s.num_blocks)
+            else:
+                deep = self.forward(inputs)
+            verdict = np.stack([self.allowed(row, i) for i, row in enumerate(s.head(deep)[0])])
+            self.drafted += len(drafts)
+            kept = 0
+            while kept < len(drafts) and int(np.argmax(verdict[kept])) == drafts[kept]:
+                kept += 1
+            self.accepted += kept
+            self.cache.truncate(base + kept + 1)
+            if own is not None:  # it read inputs[:-1]; the accepted ones stay, a fully accepted run lacks the last
+                own.truncate(base + min(kept + 1, len(drafts)))
+                pending = inputs[len(drafts):kept + 1]
+            for i in range(kept + 1):
+                token = drafts[i] if i < kept else int(np.argmax(verdict[i]))
+                if self.emit(token, verdict[i]):
+                    return
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What drafts tokens for speculative decoding: the first `blocks` blocks at `precision` and the
+    shared head. At fp32 with fewer blocks than the model, the draft's cache entries are the full
+    model's own (LayerSkip) and the check runs only the remaining blocks; a lowered draft (int8)
+    keeps a cache of its own and the check runs every block on the drafted tokens."""
+
+    blocks: int
+    precision: str = "fp32"
+
+    def shares_cache(self, num_blocks: int) -> bool:
+        return self.precision == "fp32" and self.blocks < num_blocks

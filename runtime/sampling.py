@@ -1,0 +1,69 @@
+"""Choosing the next token from logits: greedy, or sampling with temperature, top-k and top-p."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """temperature 0 is greedy (argmax); otherwise softmax(logits / temperature) restricted to the
+    top_k most likely tokens (0: all) and to the smallest set whose probability reaches top_p."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise InputError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be 0 (off) or positive, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    weights = np.exp(shifted)
+    return weights / weights.sum()
+
+
+def top2_margin(logits: np.ndarray) -> float:
+    """CALM's softmax response: top-1 minus top-2 probability."""
+    top = np.partition(logits, -2)[-2:]
+    shifted = logits.astype(np.float64) - top[1]
+    total = np.exp(shifted).sum()
+    return float((1.0 - np.exp(float(top[0]) - float(top[1]))) / total)
+
+
+def token_log_probability(logits: np.ndarray, token: int) -> float:
+    peak = float(logits.max())
+    return float(logits[token]) - peak - float(np.log(np.exp(logits.astype(np.float64) - peak).sum()))
+
+
+def choose_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    if sampling.greedy:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / sampling.temperature
+    if sampling.top_k:
+        cut = np.partition(scaled, -sampling.top_k)[-sampling.top_k]
+        scaled = np.where(scaled >= cut, scaled, -np.inf)
+    probs = probabilities(scaled)
+    if sampling.top_p < 1:
+        order = np.argsort(-probs)
+        cumulative = np.cumsum(probs[order])
+        kept = order[: int(np.searchsorted(cumulative, sampling.top_p)) + 1]
+        mask = np.zeros_like(probs)
+        mask[kept] = probs[kept]
+        probs = mask / mask.sum()
+    return int(rng.choice(len(probs), p=probs))

@@ -1,0 +1,156 @@
+"""Decoder packages: export validation, generation modes that must match full-depth greedy decoding,
+sampling, stop strings, streaming, the KV-cache cap and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.cli import main
+from edgeinfer.errors import BudgetError, InputError
+from edgeinfer.runtime.kv_cache import KVCache
+from edgeinfer.runtime.sampling import Sampling, choose_token, top2_margin
+
+PROMPTS = ["good movie plot", "rain sun city river", "the team lost the match in the rain"]
+
+
+@pytest.fixture(scope="module")
+def session(tiny_llama_package):
+    return edgeinfer.load(tiny_llama_package)
+
+
+def test_export_records_identical_greedy_generation(tiny_llama_package, session):
+    validation = session.manifest.validation
+    assert [p["identical_tokens"] for p in validation["prompts"]] == [24, 24, 24]
+    assert validation["kv_max_abs_diff"] < 1e-4
+    assert session.manifest.decoder.prompt_prefix == "<user> "
+    assert session.manifest.decoder.eos_ids == (1,)
+
+
+def test_greedy_generation_equals_transformers(tiny_llama_package, session):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_package.parent / "model")).eval()
+    for prompt in PROMPTS:
+        ids = session.encode(prompt)
+        with torch.no_grad():
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False, pad_token_id=0)
+        got = session.generate(prompt, max_new_tokens=30)
+        assert list(got.token_ids) == [int(t) for t in expected[0, len(ids):]]
+        assert len(set(got.token_ids)) > 3  # a varied continuation, so the modes below cannot agree trivially
+
+
+@pytest.mark.parametrize("draft_blocks,draft_tokens", [(1, 1), (2, 3), (3, 5)])
+def test_speculative_decoding_is_exact(session, draft_blocks, draft_tokens):
+    for prompt in PROMPTS:
+        full = session.generate(prompt, max_new_tokens=40, min_new_tokens=40)
+        fast = session.generate(prompt, max_new_tokens=40, min_new_tokens=40, mode="speculative",
+                                draft_blocks=draft_blocks, draft_tokens=draft_tokens)
+        assert fast.token_ids == full.token_ids
+        assert fast.trace.drafted > 0 and 0 <= fast.trace.accepted <= fast.trace.drafted
+
+
+def test_int8_draft_is_exact_and_mostly_accepted(session):
+    quality = session.manifest.precision_variant("int8").quality
+    assert quality["next_token_agreement_with_fp32"] > 0.8
+    accepted = drafted = 0
+    for prompt in PROMPTS:
+        full = session.generate(prompt, max_new_tokens=40, min_new_tokens=40)
+        fast = session.generate(prompt, max_new_tokens=40, min_new_tokens=40, mode="speculative",
+                                draft_precision="int8", draft_tokens=4)
+        assert fast.token_ids == full.token_ids
+        accepted, drafted = accepted + fast.trace.accepted, drafted + fast.trace.drafted
+    assert accepted / drafted > 0.5
+
+
+def test_early_exit_extremes(session):
+    prompt = PROMPTS[0]
+    full = session.generate(prompt, max_new_tokens=20, min_new_tokens=20)
+    never = session.generate(prompt, max_new_tokens=20, min_new_tokens=20, mode="early-exit", exit_threshold=1.01)
+    assert never.token_ids == full.token_ids
+    assert set(never.trace.exit_blocks) == {session.num_blocks}
+    always = session.generate(prompt, max_new_tokens=20, min_new_tokens=20, mode="early-exit", exit_threshold=0.0)
+    assert set(always.trace.exit_blocks) == {session.exits[0]}
+    assert always.trace.new_tokens == 20
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+    logits = np.array([5.0, 4.0, 3.0, -1.0, -2.0])
+    picks = [choose_token(logits, Sampling(temperature=1.0, top_k=2, seed=1), np.random.default_rng(s))
+             for s in range(200)]
+    assert set(picks) == {0, 1}
+    nucleus = [choose_token(logits, Sampling(temperature=1.0, top_p=0.5), np.random.default_rng(s)) for s in range(50)]
+    assert set(nucleus) == {0}
+    assert top2_margin(np.array([10.0, 0.0, 0.0])) > 0.99
+    assert top2_margin(np.array([1.0, 1.0, 0.0])) == pytest.approx(0.0)
+
+
+def test_sampled_generation_repeats_with_a_seed(session):
+    first = session.generate(PROMPTS[1], max_new_tokens=16, sampling=Sampling(temperature=1.0, top_p=0.9, seed=7))
+    again = session.generate(PROMPTS[1], max_new_tokens=16, sampling=Sampling(temperature=1.0, top_p=0.9, seed=7))
+    assert first.token_ids == again.token_ids
+    assert len(first.log_probs) == len(first.token_ids) and first.min_log_prob <= first.mean_log_prob <= 0
+
+
+def test_stop_strings_and_streaming(session):
+    full = session.generate(PROMPTS[2], max_new_tokens=30, min_new_tokens=30)
+    words = full.text.split()
+    stop = words[min(3, len(words) - 1)]
+    pieces: list[str] = []
+    cut = session.generate(PROMPTS[2], max_new_tokens=30, min_new_tokens=30, stop=(stop,), on_text=pieces.append)
+    assert cut.trace.stopped == "stop"
+    assert stop not in cut.text and full.text.startswith(cut.text)
+    assert "".join(pieces) == cut.text
+    streamed: list[str] = []
+    whole = session.generate(PROMPTS[2], max_new_tokens=30, min_new_tokens=30, on_text=streamed.append)
+    assert "".join(streamed) == whole.text == full.text
+
+
+def test_kv_cap_refuses_with_the_cap_that_fits(tiny_llama_package):
+    capped = edgeinfer.load(tiny_llama_package, budget=edgeinfer.Budget(memory_mb=0.01))
+    per_token = capped.facts.kv_bytes_per_token
+    with pytest.raises(BudgetError, match="raise the cap to") as refused:
+        capped.generate(PROMPTS[0], max_new_tokens=200)
+    assert "tokens need" in str(refused.value) and "\n" not in str(refused.value)
+    fits = int(0.01 * 2**20 // per_token)
+    prompt_tokens = len(capped.encode(PROMPTS[0]))
+    result = capped.generate(PROMPTS[0], max_new_tokens=fits - prompt_tokens)
+    assert result.trace.kv_bytes <= 0.01 * 2**20
+
+
+def test_bad_generation_input(session):
+    with pytest.raises(InputError, match="empty"):
+        session.generate("   ")
+    with pytest.raises(InputError, match="greedy"):
+        session.generate(PROMPTS[0], mode="speculative", sampling=Sampling(temperature=0.7))
+    with pytest.raises(InputError, match="positions"):
+        session.generate(PROMPTS[0], max_new_tokens=10_000)
+    with pytest.raises(InputError, match="draft precision"):
+        session.generate(PROMPTS[0], mode="speculative", draft_precision="int4")
+    with pytest.raises(InputError, match="top_p"):
+        Sampling(temperature=1.0, top_p=0.0)
+
+
+def test_kv_cache_truncate_and_keep():
+    cache = KVCache(2)
+    for b in range(2):
+        cache.store(b, np.arange(10, dtype=np.float32).reshape(1, 1, 5, 2), np.ones((1, 1, 5, 2), np.float32))
+    cache.add_positions(np.arange(5))
+    cache.keep(np.array([0, 2, 4]))
+    assert cache.length(1) == 3 and list(cache.positions) == [0, 2, 4] and cache.next_position() == 5
+    assert cache.keys[0][0, 0, :, 0].tolist() == [0, 4, 8]
+    cache.truncate(2)
+    assert cache.length(0) == 2 and list(cache.positions) == [0, 2]
+
+
+def test_cli_generate(tiny_llama_package, capsys, tiny_packages):
+    assert main(["generate", str(tiny_llama_package), "--prompt", PROMPTS[0], "--max-new-tokens", "8", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert len(document["token_ids"]) <= 8 and document["trace"]["mode"] == "full"
+    encoder = tiny_packages[("bert", "text-classification")]
+    assert main(["generate", str(encoder), "--prompt", "hello"]) == 2
+    assert "not a text-generation package" in capsys.readouterr().err
