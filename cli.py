@@ -57,7 +57,9 @@ def _generate(args: argparse.Namespace) -> int:
         prompt, max_new_tokens=args.max_new_tokens, chat=not args.no_chat, stop=tuple(args.stop or ()),
         sampling=Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed),
         on_text=stream, mode=args.mode, draft_blocks=args.draft_blocks, draft_tokens=args.draft_tokens,
-        exit_threshold=args.exit_threshold, budget_ms=args.budget_ms)
+        draft_precision=args.draft_precision, draft_ngram=args.draft_ngram, precision=args.precision,
+        exit_threshold=args.exit_threshold, agreement=args.agreement, restart_below=args.restart_below,
+        budget_ms=args.budget_ms)
     trace = result.trace
     if args.json:
         print(json.dumps({"text": result.text, "token_ids": list(result.token_ids),
@@ -360,9 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None)
     generate.add_argument("--mode", choices=["full", "speculative", "early-exit"], default="full",
                           help="speculative: draft with the first blocks, verify with all (greedy, exact)")
-    generate.add_argument("--draft-blocks", type=int, default=None, help="speculative: blocks the draft runs")
+    generate.add_argument("--draft-blocks", type=int, default=None,
+                          help="speculative: blocks the draft runs (0: draft from the context only)")
     generate.add_argument("--draft-tokens", type=int, default=4, help="speculative: tokens drafted per check")
-    generate.add_argument("--exit-threshold", type=float, default=None, help="early-exit: top-2 margin to answer at")
+    generate.add_argument("--draft-precision", default="fp32", help="speculative: the draft's variant (e.g. q8)")
+    generate.add_argument("--draft-ngram", type=int, default=0,
+                          help="speculative: first propose what followed the last N tokens earlier in the context")
+    generate.add_argument("--precision", default="fp32", help="full/early-exit: the variant to run (e.g. q8)")
+    generate.add_argument("--restart-below", type=float, default=None,
+                          help="with a lowered --precision: answer again at fp32 when the lowest token "
+                               "log-probability is below this")
+    generate.add_argument("--agreement", type=float, default=None,
+                          help="early-exit: the calibrated token agreement level (e.g. 0.95)")
+    generate.add_argument("--exit-threshold", type=float, default=None,
+                          help="early-exit: one top-2 margin for every exit instead of calibrated ones")
     generate.add_argument("--budget-ms", type=float, default=None, help="stop generating after this long")
     generate.add_argument("--memory-mb", type=float, default=None, help="cap on the KV cache")
     generate.add_argument("--target", default="cpu")

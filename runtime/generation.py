@@ -12,7 +12,7 @@ skipped blocks' cache entries with their key/value projections of the exit's sta
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -22,7 +22,7 @@ from ..errors import BudgetError, InputError, PackageError
 from ..manifest import Segment
 from .kv_cache import KVCache
 from .package import Package
-from .sampling import Sampling, choose_token, token_log_probability, top2_margin
+from .sampling import Sampling, choose_token, token_log_probability, top2_margin, top_probability
 from .session import GraphRunner
 
 DECODE_MODES = ("full", "speculative", "early-exit")
@@ -41,6 +41,9 @@ class GenerationTrace:
     drafted: int = 0  # speculative: tokens the draft proposed
     accepted: int = 0  # speculative: drafted tokens the full model agreed with
     exit_blocks: tuple[int, ...] = ()  # early-exit: blocks run for each new token
+    restarts: int = 0  # the answer was generated again at fp32 (low sequence confidence)
+    restart_changed: bool = False  # ... and the new answer differs from the first
+    first_min_log_prob: float | None = None  # the first answer's confidence, when it restarted
 
     @property
     def tokens_per_second(self) -> float:
@@ -163,12 +166,13 @@ class DecoderSession:
                 cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i])
         return hidden
 
-    def fill_key_values(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int) -> None:
+    def fill_key_values(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int,
+                        precision: str = "fp32") -> None:
         """Cache entries of blocks start.. for tokens that exited early: their K/V of the exit's state."""
         position_ids = positions.reshape(1, -1).astype(np.int64)
         for b in range(start, self.num_blocks):
             past_key, past_value = self._past(cache, b)
-            key, value = self.runner.graph(self._kv[b]).run(None, {
+            key, value = self.runner.graph(self._kv[b], precision).run(None, {
                 "hidden": hidden, "position_ids": position_ids,
                 f"past_key_{b:02d}": past_key, f"past_value_{b:02d}": past_value})
             cache.store(b, key, value)
@@ -216,17 +220,31 @@ class DecoderSession:
     def generate(self, prompt: str | list[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
                  stop: tuple[str, ...] = (), on_text: Callable[[str], None] | None = None, chat: bool = True,
                  mode: str = "full", draft_blocks: int | None = None, draft_tokens: int = 4,
-                 draft_precision: str = "fp32",
-                 exit_threshold: float | None = None, budget_ms: float | None = None,
+                 draft_precision: str = "fp32", draft_confidence: float = 0.0, draft_ngram: int = 0,
+                 precision: str = "fp32",
+                 restart_below: float | None = None,
+                 exit_threshold: float | None = None, agreement: float | None = None, budget_ms: float | None = None,
                  min_new_tokens: int = 0) -> Generation:
         """prompt: text (wrapped in the chat template unless chat=False) or token ids as they are.
 
         mode "speculative" drafts `draft_tokens` tokens with the first `draft_blocks` blocks (an exit
         position; the middle one by default) at `draft_precision` (a lowered variant drafts with all
-        blocks by default) and is exact for greedy decoding; "early-exit" answers
-        tokens at the first exit whose top-2 margin reaches `exit_threshold`.
+        blocks by default) and is exact for greedy decoding; a round's drafting stops early at a token
+        whose draft probability is below `draft_confidence` (it would likely be rejected, and the check
+        supplies that position anyway); with `draft_ngram` > 0 a round first proposes what followed the
+        context's last n tokens earlier in the context (prompt lookup), and `draft_blocks=0` drafts
+        from the context alone; "early-exit" answers
+        tokens at the first exit whose top-2 margin reaches its threshold: those the package calibrated
+        for token agreement `agreement` with full depth (exit_calibration.py), or `exit_threshold` at
+        every exit.
         budget_ms: stop generating (stopped="deadline") once this much time has passed.
         min_new_tokens: end-of-sequence tokens are not chosen before this many (as transformers does).
+        precision: the variant every graph runs at in "full" and "early-exit" modes (`q8`: the
+        weight-only 8-bit variant, quant/decoder_variant.py); speculative decoding checks at fp32.
+        restart_below: sequence-level confidence restart for a lowered `precision`: when the finished
+        answer's lowest token log-probability is below this, answer again at fp32 (greedy: by
+        speculative decoding with this precision as the draft) if `budget_ms` leaves at least the
+        first attempt's time. Only the final attempt is streamed to `on_text`.
         """
         if mode not in DECODE_MODES:
             raise InputError(f"mode {mode!r} is not one of {', '.join(DECODE_MODES)}")
@@ -238,6 +256,8 @@ class DecoderSession:
             raise InputError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) pass the model's "
                              f"{limit} positions; shorten the prompt or ask for fewer tokens")
         self.check_memory(len(ids) + max_new_tokens)
+        if precision not in self.precisions():
+            raise InputError(f"precision {precision!r} is not in this package ({', '.join(self.precisions())})")
         draft = None
         if mode == "speculative":
             if not sampling.greedy:
@@ -245,14 +265,49 @@ class DecoderSession:
             if draft_precision not in self.precisions():
                 raise InputError(f"draft precision {draft_precision!r} is not in this package ({', '.join(self.precisions())})")
             lowered = draft_precision != "fp32"
-            draft = Draft(draft_blocks or (self.num_blocks if lowered else self._default_draft_blocks()), draft_precision)
+            if draft_blocks is None:
+                draft_blocks = self.num_blocks if lowered else self._default_draft_blocks()
+            draft = Draft(draft_blocks, draft_precision, draft_confidence, draft_ngram)
             top = self.num_blocks if lowered else self.num_blocks - 1
-            if not 1 <= draft.blocks <= top or draft_tokens < 1:
-                raise InputError(f"draft_blocks must be in 1..{top} and draft_tokens >= 1")
-        if mode == "early-exit" and (exit_threshold is None or not self.exits or not self._kv):
-            raise InputError("early-exit needs a package with exits and kv graphs, and an exit_threshold")
-        return _Decoding(self, ids, max_new_tokens, sampling, stop, on_text, budget_ms, min_new_tokens).run(
-            mode, draft, draft_tokens, exit_threshold)
+            lowest = 0 if draft_ngram > 0 else 1
+            if not lowest <= draft.blocks <= top or draft_tokens < 1 or draft_ngram < 0:
+                raise InputError(f"draft_blocks must be in {lowest}..{top} (0 only with draft_ngram), "
+                                 f"draft_tokens >= 1 and draft_ngram >= 0")
+        thresholds = None
+        if mode == "early-exit":
+            thresholds = self._exit_thresholds(exit_threshold, agreement)
+        restarting = restart_below is not None and precision != "fp32"
+        first = _Decoding(self, ids, max_new_tokens, sampling, stop, None if restarting else on_text, budget_ms,
+                          min_new_tokens, precision).run(mode, draft, draft_tokens, thresholds)
+        spent = first.trace.total_ms
+        if not restarting or first.min_log_prob >= restart_below or (
+                budget_ms is not None and budget_ms - spent < spent):
+            if restarting and on_text is not None and first.text:
+                on_text(first.text)
+            return first
+        again = self.generate(ids, max_new_tokens, sampling, stop, on_text, chat,
+                              mode="speculative" if sampling.greedy else "full", draft_precision=precision,
+                              draft_tokens=draft_tokens, budget_ms=None if budget_ms is None else budget_ms - spent,
+                              min_new_tokens=min_new_tokens)
+        trace = replace(again.trace, total_ms=spent + again.trace.total_ms,
+                        first_token_ms=spent + again.trace.first_token_ms, prefill_ms=first.trace.prefill_ms,
+                        restarts=1, restart_changed=again.token_ids != first.token_ids,
+                        first_min_log_prob=first.min_log_prob)
+        return replace(again, trace=trace)
+
+    def _exit_thresholds(self, threshold: float | None, agreement: float | None) -> tuple[float | None, ...]:
+        if not self.exits or not self._kv:
+            raise InputError("early-exit needs a package with exits and kv graphs; re-export it")
+        if threshold is not None:
+            return (float(threshold),) * len(self.exits)
+        if agreement is None:
+            raise InputError("early-exit needs an agreement level (or an exit_threshold)")
+        level = self.manifest.thresholds_for(agreement)
+        if level is None:
+            known = ", ".join(str(t.agreement) for t in self.manifest.exit_thresholds) or "none"
+            raise InputError(f"this package has no exit thresholds for agreement {agreement} (it has {known}); "
+                             f"pass exit_threshold or re-export with calibration prompts")
+        return level.thresholds
 
     def _default_draft_blocks(self) -> int:
         middle = self.num_blocks // 2
@@ -263,8 +318,9 @@ class _Decoding:
     """One generate() call: its cache, stream and clock (never shared between threads)."""
 
     def __init__(self, session: DecoderSession, ids: list[int], max_new: int, sampling: Sampling,
-                 stop: tuple[str, ...], on_text, budget_ms: float | None, min_new: int = 0):
+                 stop: tuple[str, ...], on_text, budget_ms: float | None, min_new: int = 0, precision: str = "fp32"):
         self.s, self.prompt, self.max_new, self.sampling = session, ids, max_new, sampling
+        self.precision = precision
         self.min_new = min_new
         self.rng = np.random.default_rng(sampling.seed)
         self.cache = KVCache(session.num_blocks)
@@ -319,14 +375,15 @@ class _Decoding:
             return False
         return True
 
-    def run(self, mode: str, draft: "Draft | None", draft_tokens: int, exit_threshold: float | None) -> Generation:
-        hidden = self.forward(self.prompt)
+    def run(self, mode: str, draft: "Draft | None", draft_tokens: int,
+            exit_thresholds: tuple[float | None, ...] | None) -> Generation:
+        hidden = self.forward(self.prompt, precision=self.precision)
         self.prefill_ms = self.elapsed_ms()
-        logits = self.s.head(hidden[:, -1:])[0, -1]
+        logits = self.s.head(hidden[:, -1:], self.precision)[0, -1]
         if mode == "speculative":
             self._speculative(logits, draft, draft_tokens)
         else:
-            self._one_by_one(logits, exit_threshold if mode == "early-exit" else None)
+            self._one_by_one(logits, exit_thresholds if mode == "early-exit" else None)
         trace = GenerationTrace(
             mode=mode, prompt_tokens=len(self.prompt), new_tokens=len(self.stream.ids),
             prefill_ms=self.prefill_ms, first_token_ms=self.first_ms, total_ms=self.elapsed_ms(),
@@ -334,28 +391,29 @@ class _Decoding:
             exit_blocks=tuple(self.exit_blocks))
         return Generation(self.stream.text, tuple(self.stream.ids), tuple(self.log_probs), trace)
 
-    def _one_by_one(self, logits: np.ndarray, exit_threshold: float | None) -> None:
+    def _one_by_one(self, logits: np.ndarray, exit_thresholds: tuple[float | None, ...] | None) -> None:
         while True:
             logits = self.allowed(logits)
             token = choose_token(logits, self.sampling, self.rng)
             if self.emit(token, logits):
                 return
-            if exit_threshold is None:
-                logits = self.s.head(self.forward([token])[:, -1:])[0, -1]
+            if exit_thresholds is None:
+                logits = self.s.head(self.forward([token], precision=self.precision), self.precision)[0, -1]
             else:
-                logits = self._early_exit_step(token, exit_threshold)
+                logits = self._early_exit_step(token, exit_thresholds)
 
-    def _early_exit_step(self, token: int, threshold: float) -> np.ndarray:
+    def _early_exit_step(self, token: int, thresholds: tuple[float | None, ...]) -> np.ndarray:
         s = self.s
         positions = np.arange(1) + self.cache.next_position()
-        hidden = s.embed(np.array([[token]], np.int64))
+        hidden = s.embed(np.array([[token]], np.int64), self.precision)
         done = 0
-        for depth in (*s.exits, s.num_blocks):
-            hidden = s.blocks(self.cache, hidden, positions, done, depth)
+        tested = [(e, t) for e, t in zip(s.exits, thresholds) if t is not None]
+        for depth, threshold in (*tested, (s.num_blocks, None)):
+            hidden = s.blocks(self.cache, hidden, positions, done, depth, self.precision)
             done = depth
-            logits = s.head(hidden)[0, -1]
-            if depth < s.num_blocks and top2_margin(logits) >= threshold:
-                s.fill_key_values(self.cache, hidden, positions, depth)
+            logits = s.head(hidden, self.precision)[0, -1]
+            if threshold is not None and top2_margin(logits) >= threshold:
+                s.fill_key_values(self.cache, hidden, positions, depth, self.precision)
                 break
         self.cache.add_positions(positions)
         self.kv_peak = max(self.kv_peak, self.cache.nbytes())
@@ -371,24 +429,34 @@ class _Decoding:
         if self.emit(token, logits):
             return
         shares_cache = draft.shares_cache(s.num_blocks)
-        own = None if shares_cache else KVCache(s.num_blocks)
+        own = KVCache(s.num_blocks) if draft.blocks and not shares_cache else None
         pending = list(self.prompt)  # tokens the draft's own cache still lacks
         while True:
             base = self.cache.length()
             room = self.max_new - len(self.stream.ids)
             inputs, drafts, early = [token], [], []
-            for _ in range(min(draft_tokens, room)):
+            drafted_all = True  # False: drafting stopped at an unlikely token, the last input already ran
+            copied = context_proposal([*self.prompt, *self.stream.ids], draft.ngram, min(draft_tokens, room)) \
+                if draft.ngram else []
+            for _ in range(0 if copied or not draft.blocks else min(draft_tokens, room)):
                 if shares_cache:
                     early.append(self.forward([inputs[-1]], 0, draft.blocks))
                     hidden = early[-1]
                 else:
                     hidden = self.forward([*pending, inputs[-1]], 0, draft.blocks, own, draft.precision)[:, -1:]
                     pending = []
-                guess = int(np.argmax(self.allowed(s.head(hidden, draft.precision)[0, -1], len(drafts))))
-                drafts.append(guess)
-                inputs.append(guess)
-            if shares_cache:  # the deep blocks continue from the draft's own states and cache entries
-                early.append(self.forward([inputs[-1]], 0, draft.blocks))
+                scores = self.allowed(s.head(hidden, draft.precision)[0, -1], len(drafts))
+                if draft.confidence and drafts and top_probability(scores) < draft.confidence:
+                    drafted_all = False  # the check decides this position
+                    break
+                drafts.append(int(np.argmax(scores)))
+                inputs.append(drafts[-1])
+            if copied:  # drafted from the context: nothing ran yet, the check runs every block
+                drafts, inputs = copied, [token, *copied]
+                deep = self.forward(inputs)
+            elif shares_cache:  # the deep blocks continue from the draft's own states and cache entries
+                if drafted_all:
+                    early.append(self.forward([inputs[-1]], 0, draft.blocks))
                 positions = self.cache.positions[base:base + len(inputs)]
                 deep = s.blocks(self.cache, np.concatenate(early, axis=1), positions, draft.blocks, s.num_blocks)
             else:
@@ -400,9 +468,10 @@ class _Decoding:
                 kept += 1
             self.accepted += kept
             self.cache.truncate(base + kept + 1)
-            if own is not None:  # it read inputs[:-1]; the accepted ones stay, a fully accepted run lacks the last
-                own.truncate(base + min(kept + 1, len(drafts)))
-                pending = inputs[len(drafts):kept + 1]
+            if own is not None:  # the accepted inputs it read stay; those it did not read come next time
+                read = 0 if copied else len(drafts) + (0 if drafted_all else 1)
+                own.truncate(own.length() - read + min(kept + 1, read))
+                pending = [*pending, *inputs[read:kept + 1]]
             for i in range(kept + 1):
                 token = drafts[i] if i < kept else int(np.argmax(verdict[i]))
                 if self.emit(token, verdict[i]):
@@ -416,8 +485,22 @@ class Draft:
     model's own (LayerSkip) and the check runs only the remaining blocks; a lowered draft (int8)
     keeps a cache of its own and the check runs every block on the drafted tokens."""
 
-    blocks: int
+    blocks: int  # 0: no model draft (context proposals only)
     precision: str = "fp32"
+    confidence: float = 0.0  # stop drafting at a token less likely than this under the draft
+    ngram: int = 0  # first look for the context's last n..1 tokens earlier in the context, and propose what followed
 
     def shares_cache(self, num_blocks: int) -> bool:
-        return self.precision == "fp32" and self.blocks < num_blocks
+        return self.precision == "fp32" and 0 < self.blocks < num_blocks
+
+
+def context_proposal(context: list[int], longest: int, count: int) -> list[int]:
+    """Prompt lookup (the n-gram drafting of Lookahead decoding, with the context as the pool): the
+    tokens that followed the latest earlier occurrence of the context's last n tokens, longest n first.
+    Free to compute, and right often where answers copy from the prompt (summaries, edits, quotes)."""
+    for n in range(min(longest, len(context) - 1), 0, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start:start + n] == tail:
+                return context[start + n:start + n + count]
+    return []

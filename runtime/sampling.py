@@ -46,6 +46,11 @@ def top2_margin(logits: np.ndarray) -> float:
     return float((1.0 - np.exp(float(top[0]) - float(top[1]))) / total)
 
 
+def top_probability(logits: np.ndarray) -> float:
+    peak = float(logits.max())
+    return float(1.0 / np.exp(logits.astype(np.float64) - peak).sum())
+
+
 def token_log_probability(logits: np.ndarray, token: int) -> float:
     peak = float(logits.max())
     return float(logits[token]) - peak - float(np.log(np.exp(logits.astype(np.float64) - peak).sum()))

@@ -171,10 +171,22 @@ def build_tiny_llama(directory: Path, layers: int = 4, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama_package(tmp_path_factory) -> Path:
     from edgeinfer.export.decoder.pipeline import DecoderExportOptions, export_decoder
-    from edgeinfer.quant.decoder_variant import add_decoder_int8
+    from edgeinfer.quant.decoder_variant import add_decoder_variant
 
     root = tmp_path_factory.mktemp("tiny-llama")
     out = root / "llama.edge"
     export_decoder(str(build_tiny_llama(root / "model")), out, DecoderExportOptions(validate_tokens=24))
-    add_decoder_int8(out)
+    add_decoder_variant(out, "q8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_package(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M (built-in GGUF, de-quantised once into the user cache) with its q8 variant."""
+    from edgeinfer.export.decoder.pipeline import DecoderExportOptions, export_decoder
+    from edgeinfer.quant.decoder_variant import add_decoder_variant
+
+    out = tmp_path_factory.mktemp("smollm2") / "lm.edge"
+    export_decoder("smollm2", out, DecoderExportOptions())
+    add_decoder_variant(out, "q8")
     return out

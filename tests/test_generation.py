@@ -23,6 +23,8 @@ def session(tiny_llama_package):
 
 
 def test_export_records_identical_greedy_generation(tiny_llama_package, session):
+    assert [t.agreement for t in session.manifest.exit_thresholds] == [0.9, 0.95, 0.99]
+    assert session.manifest.calibration["positions"] > 0
     validation = session.manifest.validation
     assert [p["identical_tokens"] for p in validation["prompts"]] == [24, 24, 24]
     assert validation["kv_max_abs_diff"] < 1e-4
@@ -38,8 +40,9 @@ def test_greedy_generation_equals_transformers(tiny_llama_package, session):
     for prompt in PROMPTS:
         ids = session.encode(prompt)
         with torch.no_grad():
-            expected = model.generate(torch.tensor([ids]), max_new_tokens=30, do_sample=False, pad_token_id=0)
-        got = session.generate(prompt, max_new_tokens=30)
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=30, min_new_tokens=30, do_sample=False,
+                                      pad_token_id=0)
+        got = session.generate(prompt, max_new_tokens=30, min_new_tokens=30)
         assert list(got.token_ids) == [int(t) for t in expected[0, len(ids):]]
         assert len(set(got.token_ids)) > 3  # a varied continuation, so the modes below cannot agree trivially
 
@@ -54,14 +57,14 @@ def test_speculative_decoding_is_exact(session, draft_blocks, draft_tokens):
         assert fast.trace.drafted > 0 and 0 <= fast.trace.accepted <= fast.trace.drafted
 
 
-def test_int8_draft_is_exact_and_mostly_accepted(session):
-    quality = session.manifest.precision_variant("int8").quality
+def test_q8_draft_is_exact_and_mostly_accepted(session):
+    quality = session.manifest.precision_variant("q8").quality
     assert quality["next_token_agreement_with_fp32"] > 0.8
     accepted = drafted = 0
     for prompt in PROMPTS:
         full = session.generate(prompt, max_new_tokens=40, min_new_tokens=40)
         fast = session.generate(prompt, max_new_tokens=40, min_new_tokens=40, mode="speculative",
-                                draft_precision="int8", draft_tokens=4)
+                                draft_precision="q8", draft_tokens=4)
         assert fast.token_ids == full.token_ids
         accepted, drafted = accepted + fast.trace.accepted, drafted + fast.trace.drafted
     assert accepted / drafted > 0.5
@@ -76,6 +79,10 @@ def test_early_exit_extremes(session):
     always = session.generate(prompt, max_new_tokens=20, min_new_tokens=20, mode="early-exit", exit_threshold=0.0)
     assert set(always.trace.exit_blocks) == {session.exits[0]}
     assert always.trace.new_tokens == 20
+    calibrated = session.generate(prompt, max_new_tokens=20, mode="early-exit", agreement=0.9)
+    assert len(calibrated.trace.exit_blocks) == calibrated.trace.new_tokens - 1  # the first comes from the prefill
+    with pytest.raises(InputError, match="no exit thresholds for agreement"):
+        session.generate(prompt, mode="early-exit", agreement=0.999)
 
 
 def test_sampling_is_seeded_and_respects_top_k():
@@ -154,3 +161,44 @@ def test_cli_generate(tiny_llama_package, capsys, tiny_packages):
     encoder = tiny_packages[("bert", "text-classification")]
     assert main(["generate", str(encoder), "--prompt", "hello"]) == 2
     assert "not a text-generation package" in capsys.readouterr().err
+
+
+def test_sequence_confidence_restart(session):
+    prompt = PROMPTS[1]
+    fp32 = session.generate(prompt, max_new_tokens=24, min_new_tokens=24)
+    cheap = session.generate(prompt, max_new_tokens=24, min_new_tokens=24, precision="q8")
+    kept = session.generate(prompt, max_new_tokens=24, min_new_tokens=24, precision="q8", restart_below=-1e9)
+    assert kept.token_ids == cheap.token_ids and kept.trace.restarts == 0
+    pieces: list[str] = []
+    redone = session.generate(prompt, max_new_tokens=24, min_new_tokens=24, precision="q8", restart_below=0.0,
+                              on_text=pieces.append)
+    assert redone.token_ids == fp32.token_ids and redone.trace.restarts == 1
+    assert redone.trace.first_min_log_prob == pytest.approx(cheap.min_log_prob)
+    assert redone.trace.restart_changed == (cheap.token_ids != fp32.token_ids)
+    assert "".join(pieces) == redone.text
+    squeezed = session.generate(prompt, max_new_tokens=24, precision="q8", restart_below=0.0, budget_ms=1e-3)
+    assert squeezed.trace.restarts == 0  # no time left for a second attempt
+
+
+@pytest.mark.parametrize("draft_precision,draft_blocks", [("q8", None), ("fp32", 2)])
+def test_confidence_limited_drafting_is_exact(session, draft_precision, draft_blocks):
+    for prompt in PROMPTS:
+        full = session.generate(prompt, max_new_tokens=40, min_new_tokens=40)
+        fast = session.generate(prompt, max_new_tokens=40, min_new_tokens=40, mode="speculative", draft_tokens=8,
+                                draft_precision=draft_precision, draft_blocks=draft_blocks, draft_confidence=0.6)
+        assert fast.token_ids == full.token_ids
+
+
+@pytest.mark.parametrize("options", [{"draft_blocks": 0}, {"draft_precision": "q8"}, {"draft_blocks": 2}])
+def test_context_drafting_is_exact(session, options):
+    from edgeinfer.runtime.generation import context_proposal
+
+    assert context_proposal([5, 6, 7, 8, 5, 6], 3, 2) == [7, 8]
+    assert context_proposal([5, 6, 7], 3, 2) == []
+    repetitive = "good movie plot good movie plot good movie"  # something to copy from
+    for prompt in [*PROMPTS, repetitive]:
+        full = session.generate(prompt, max_new_tokens=40, min_new_tokens=40)
+        fast = session.generate(prompt, max_new_tokens=40, min_new_tokens=40, mode="speculative", draft_tokens=5,
+                                draft_ngram=3, **options)
+        assert fast.token_ids == full.token_ids
+        assert fast.trace.drafted > 0

@@ -22,6 +22,7 @@ from ...manifest import SCHEMA_VERSION, DecoderFacts, ExitHead, Manifest, ModelF
 from ...runtime.generation import DecoderSession
 from ...runtime.package import Package
 from ..package_writer import discard, finalize, prepare_staging
+from .exit_calibration import calibrate_decoder_exits
 from .graphs import export_decoder_graphs
 from .segments import DecoderShape, decoder_modules
 from .source import _quiet_transformers, resolve_decoder_dir
@@ -36,10 +37,16 @@ VALIDATION_PROMPTS = (
 )
 
 
+BUNDLED_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "calibration_sentences.txt"
+
+
 @dataclass(frozen=True)
 class DecoderExportOptions:
     exits: str | None = None  # "8,15,22", "none", or None for the quarter points
     validate_tokens: int = 64
+    calib: str | None = None  # prompts, one per line (default: a bundled sample)
+    calib_prompts: int = 24
+    calib_tokens: int = 32
     force: bool = False
 
 
@@ -132,7 +139,9 @@ def export_decoder(model: str, output: str | Path, options: DecoderExportOptions
             exit_thresholds=(), decoder=_facts(shape, lm, tokenizer),
         )
         validation = validate_generation(Package(staging, manifest), lm, tokenizer, modules, options.validate_tokens)
-        manifest = replace(manifest, validation=validation, export={
+        levels, calibration = calibrate_decoder_exits(DecoderSession(Package(staging, manifest)),
+                                                      _prompts(options), options.calib_tokens)
+        manifest = replace(manifest, validation=validation, exit_thresholds=levels, calibration=calibration, export={
             "edgeinfer": __version__, "torch": torch.__version__,
             "transformers": __import__("transformers").__version__, "onnx": __import__("onnx").__version__,
             "python": platform.python_version(), "seconds": round(time.perf_counter() - started, 1)})
@@ -141,6 +150,16 @@ def export_decoder(model: str, output: str | Path, options: DecoderExportOptions
         discard(staging)
         raise
     return manifest
+
+
+def _prompts(options: DecoderExportOptions) -> list[str]:
+    source = Path(options.calib) if options.calib else BUNDLED_PROMPTS
+    if not source.is_file():
+        raise ExportError(f"--calib {source} does not exist; pass a text file with one prompt per line")
+    prompts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if options.calib_prompts and len(prompts) < 2:
+        raise ExportError(f"{source} has {len(prompts)} prompts; exit calibration needs at least 2 (dozens are better)")
+    return prompts[:options.calib_prompts]
 
 
 def validate_generation(package: Package, lm, tokenizer, modules, new_tokens: int) -> dict:

@@ -195,3 +195,17 @@ def decoder_modules(model: nn.Module) -> DecoderModules:
 def empty_cache(shape: DecoderShape, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     empty = torch.zeros(batch, shape.num_kv_heads, 0, shape.head_dim)
     return empty, empty.clone()
+
+
+class DecoderMonolith(nn.Module):
+    """Embedding, every block and the head in one graph: the plain single-graph baseline the
+    benchmark compares the segmented package against."""
+
+    def __init__(self, modules: DecoderModules):
+        super().__init__()
+        self.embed, self.span, self.head = modules.embed, DecoderSpan(modules.blocks), modules.head
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_bias: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden, *presents = self.span(self.embed(input_ids), position_ids, attention_bias, *past)
+        return (self.head(hidden[:, -1:]), *presents)
