@@ -30,10 +30,16 @@ from ..runtime.sessions import open_session
 from ..runtime.user_cache import cache_root
 from .report_files import write_atomically, write_json
 
-SPECULATIVE = (("speculative q8 draft, 4 tokens", {"mode": "speculative", "draft_precision": "q8", "draft_tokens": 4}),
-               ("speculative q8 draft, 6 tokens", {"mode": "speculative", "draft_precision": "q8", "draft_tokens": 6}),
-               ("speculative fp32 blocks 1-22 draft, 3 tokens",
-                {"mode": "speculative", "draft_blocks": 22, "draft_tokens": 3}))
+SPECULATIVE = (
+    ("speculative, q8 draft", {"mode": "speculative", "draft_precision": "q8", "draft_tokens": 4}),
+    ("speculative, context draft", {"mode": "speculative", "draft_blocks": 0, "draft_ngram": 3, "draft_tokens": 4}),
+    ("speculative, context then q8 draft", {"mode": "speculative", "draft_precision": "q8", "draft_ngram": 3,
+                                            "draft_tokens": 4}),
+    ("speculative, fp32 blocks 1-22 draft", {"mode": "speculative", "draft_blocks": 22, "draft_tokens": 3}),
+)
+EARLY_EXIT_LEVEL = 0.95
+PRUNING = (("prune 50% after block 8", ((8, 0.5),)), ("prune 30% after block 8", ((8, 0.3),)),
+           ("keep 70% after 8, 40% after 15", ((8, 0.7), (15, 0.4))))
 
 
 def bench_package(cache: Path) -> Path:
@@ -43,7 +49,9 @@ def bench_package(cache: Path) -> Path:
 
     package = cache / "smollm2.edge"
     try:
-        if "q8" in (v.name for v in open_package(package, verify=False).manifest.precision_variants):
+        manifest = open_package(package, verify=False).manifest
+        current = manifest.exit_thresholds and "attention_received" in manifest.segment("block_00").outputs
+        if current and "q8" in (v.name for v in manifest.precision_variants):
             return package
     except (PackageError, OSError):
         pass
@@ -159,6 +167,16 @@ def _rate(tokens: list[int], first_ms: float, total_ms: float) -> dict:
             "tokens_per_s": (len(tokens) - 1) / decoding if decoding > 0 else 0.0}
 
 
+def token_agreement(session, ids: list[int], tokens: list[int]) -> float:
+    """Share of generated tokens that full-depth fp32 would have chosen after the same prefix."""
+    if not tokens:
+        return 1.0
+    logits = session.sequence_logits(ids + tokens)[len(ids) - 1:-1]
+    masked = logits.copy()
+    masked[:, list(session.facts.eos_ids)] = -np.inf  # the runs suppress end of sequence too
+    return float(np.mean(masked.argmax(-1) == np.array(tokens)))
+
+
 def summarize(name: str, rows: list[dict], reference: list[list[int]], base_rate: float | None) -> dict:
     rates = [r["tokens_per_s"] for r in rows]
     identical = np.mean([r["tokens"] == ref for r, ref in zip(rows, reference)])
@@ -171,7 +189,107 @@ def summarize(name: str, rows: list[dict], reference: list[list[int]], base_rate
     drafted = sum(r.get("drafted", 0) for r in rows)
     if drafted:
         summary["draft_acceptance"] = sum(r["accepted"] for r in rows) / drafted
+    if any("token_agreement" in r for r in rows):
+        summary["token_agreement"] = float(np.mean([r.get("token_agreement", 1.0) for r in rows]))
+    if any("restarts" in r for r in rows):
+        summary["restart_share"] = float(np.mean([r["restarts"] for r in rows]))
+        summary["restart_changed_share"] = float(np.mean([r["restart_changed"] for r in rows]))
+    if any("mean_blocks" in r for r in rows):
+        summary["mean_blocks"] = float(np.mean([r["mean_blocks"] for r in rows]))
     return summary
+
+
+def restart_threshold(session, prompts_ids: list[list[int]], new_tokens: int) -> tuple[float, dict]:
+    """The q8 answers' lowest token log-probability on calibration prompts; restarting below the
+    median redoes about half of them."""
+    lows = [session.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, precision="q8").min_log_prob
+            for ids in prompts_ids]
+    threshold = float(np.median(lows))
+    return threshold, {"calibration_prompts": len(prompts_ids), "threshold_min_log_prob": threshold,
+                       "rule": "median of the q8 answers' lowest token log-probability"}
+
+
+def speed_section(session, monolith: "Monolith", prompts_ids: list[list[int]], calib_ids: list[list[int]],
+                  new_tokens: int) -> dict:
+    threshold, restart_record = restart_threshold(session, calib_ids, new_tokens)
+    configs: list[tuple[str, dict]] = [
+        ("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}), *SPECULATIVE,
+        (f"early exit, calibrated for {EARLY_EXIT_LEVEL}", {"mode": "early-exit", "agreement": EARLY_EXIT_LEVEL}),
+        ("q8, restart at fp32 when unsure", {"precision": "q8", "restart_below": threshold})]
+    exact = {"edgeinfer full depth fp32", *(name for name, _ in SPECULATIVE)}
+    results: dict[str, list[dict]] = {"onnxruntime monolithic fp32": [], **{name: [] for name, _ in configs}}
+    for _, options in configs:  # warm-up: every session opens
+        session.generate(prompts_ids[0], max_new_tokens=4, **options)
+    monolith.generate(prompts_ids[0], 4, session.facts.eos_ids)
+    with progress_bar(len(prompts_ids) * (len(configs) + 1), "decoding") as bar:
+        for ids in prompts_ids:
+            tokens, first, total = monolith.generate(ids, new_tokens, session.facts.eos_ids)
+            results["onnxruntime monolithic fp32"].append(_rate(tokens, first, total))
+            bar.update()
+            for name, options in configs:
+                got = session.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
+                trace = got.trace
+                row = _rate(list(got.token_ids), trace.first_token_ms, trace.total_ms)
+                row.update(drafted=trace.drafted, accepted=trace.accepted)
+                if "restart_below" in options:
+                    row.update(restarts=trace.restarts, restart_changed=trace.restart_changed)
+                if trace.exit_blocks:
+                    row["mean_blocks"] = float(np.mean(trace.exit_blocks))
+                results[name].append(row)
+                bar.update()
+    for name, rows in results.items():  # quality after timing, so it never competes with it
+        if name not in exact:
+            for ids, row in zip(prompts_ids, rows):
+                row["token_agreement"] = token_agreement(session, ids, row["tokens"])
+    results["pytorch eager fp32"] = pytorch_rates(prompts_ids, new_tokens)
+    reference = [r["tokens"] for r in results["edgeinfer full depth fp32"]]
+    base = float(np.median([r["tokens_per_s"] for r in results["edgeinfer full depth fp32"]]))
+    order = ["pytorch eager fp32", "onnxruntime monolithic fp32", *(name for name, _ in configs)]
+    return {"rows": [summarize(name, results[name], reference, base) for name in order],
+            "restart": restart_record}
+
+
+def long_prompts(shared: Path, session, count: int, target_tokens: int = 512) -> list[list[int]]:
+    """News texts joined until the chat prompt reaches about `target_tokens` tokens."""
+    rows = (shared / "data" / "agnews" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    texts = [row.split("\t")[0].strip() for row in rows[300:] if row.strip()]
+    prompts, at = [], 0
+    while len(prompts) < count and at < len(texts):
+        body = ""
+        while at < len(texts) and len(session.encode("Summarize these news items:\n" + body)) < target_tokens:
+            body += texts[at] + "\n"
+            at += 1
+        ids = session.encode("Summarize these news items:\n" + body)
+        prompts.append(ids[:8] + ids[-(target_tokens - 8):] if len(ids) > target_tokens else ids)
+    return prompts
+
+
+def pruning_section(session, prompts_ids: list[list[int]], new_tokens: int = 16) -> dict:
+    configs = [("no pruning", ()), *PRUNING]
+    results: dict[str, list[dict]] = {name: [] for name, _ in configs}
+    for _, schedule in configs:
+        session.generate(prompts_ids[0], max_new_tokens=2, prune_prompt=schedule)
+    with progress_bar(len(prompts_ids) * len(configs), "prompt pruning") as bar:
+        for ids in prompts_ids:
+            for name, schedule in configs:
+                got = session.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, prune_prompt=schedule)
+                results[name].append({"tokens": list(got.token_ids), "first_token_ms": got.trace.first_token_ms,
+                                      "kv_bytes": got.trace.kv_bytes})
+                bar.update()
+    reference = results["no pruning"]
+    base_ttft = float(np.median([r["first_token_ms"] for r in reference]))
+    rows = []
+    for name, _ in configs:
+        rows_ = results[name]
+        ttft = float(np.median([r["first_token_ms"] for r in rows_]))
+        rows.append({"config": name, "prompts": len(rows_), "prompt_tokens_median": float(np.median([len(i) for i in prompts_ids])),
+                     "first_token_ms_median": ttft, "first_token_vs_unpruned": ttft / base_ttft,
+                     "next_token_agreement": float(np.mean([r["tokens"][0] == ref["tokens"][0] for r, ref in zip(rows_, reference)])),
+                     "identical_continuations": float(np.mean([r["tokens"] == ref["tokens"] for r, ref in zip(rows_, reference)])),
+                     "token_agreement": float(np.mean([token_agreement(session, ids, r["tokens"])
+                                                       for ids, r in zip(prompts_ids, rows_)])),
+                     "kv_bytes_median": float(np.median([r["kv_bytes"] for r in rows_]))})
+    return {"new_tokens": new_tokens, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--long-prompts", type=int, default=12)
     parser.add_argument("--out", default="reports/decoder")
     args = parser.parse_args(argv)
     cache = cache_root() / "bench"
@@ -187,37 +306,18 @@ def main(argv: list[str] | None = None) -> int:
 
     session = edgeinfer.load(package)
     facts = session.facts
-    prompts = read_prompts(Path(args.shared), args.prompts)
-    prompts_ids = [session.encode(p) for p in prompts]
+    shared = Path(args.shared)
+    prompts_ids = [session.encode(p) for p in read_prompts(shared, args.prompts)]
+    calib_ids = [session.encode(p) for p in read_prompts(shared, 16, skip=200)]
     monolith = Monolith(monolith_graph(cache, package), session.num_blocks, facts.num_kv_heads, facts.head_dim)
-
-    configs: list[tuple[str, dict]] = [("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}),
-                                       *SPECULATIVE]
-    results: dict[str, list[dict]] = {name: [] for name, _ in [("onnxruntime monolithic fp32", {}), *configs]}
-    session.generate(prompts_ids[0], max_new_tokens=4)  # warm-up: sessions open
-    for _, options in configs[1:]:
-        session.generate(prompts_ids[0], max_new_tokens=4, **options)
-    monolith.generate(prompts_ids[0], 4, facts.eos_ids)
-    with progress_bar(len(prompts_ids) * (len(configs) + 1), "decoding") as bar:
-        for ids in prompts_ids:
-            tokens, first, total = monolith.generate(ids, args.new_tokens, facts.eos_ids)
-            results["onnxruntime monolithic fp32"].append(_rate(tokens, first, total))
-            bar.update()
-            for name, options in configs:
-                got = session.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **options)
-                trace = got.trace
-                row = _rate(list(got.token_ids), trace.first_token_ms, trace.total_ms)
-                row.update(drafted=trace.drafted, accepted=trace.accepted)
-                results[name].append(row)
-                bar.update()
-    results["pytorch eager fp32"] = pytorch_rates(prompts_ids, args.new_tokens)
-    reference = [r["tokens"] for r in results["edgeinfer full depth fp32"]]
-    base = float(np.median([r["tokens_per_s"] for r in results["edgeinfer full depth fp32"]]))
-    order = ["pytorch eager fp32", "onnxruntime monolithic fp32", *(name for name, _ in configs)]
-    rows = [summarize(name, results[name], reference, base) for name in order]
+    speed = speed_section(session, monolith, prompts_ids, calib_ids, args.new_tokens)
+    pruning = pruning_section(session, long_prompts(shared, session, args.long_prompts))
     document = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)", "machine": platform.machine(),
-                "threads": os.cpu_count(), "prompts": len(prompts), "new_tokens": args.new_tokens,
-                "prompt_tokens_median": float(np.median([len(i) for i in prompts_ids])), "rows": rows,
+                "threads": os.cpu_count(), "prompts": len(prompts_ids), "new_tokens": args.new_tokens,
+                "prompt_tokens_median": float(np.median([len(i) for i in prompts_ids])), **speed,
+                "pruning": pruning, "exits": session.manifest.calibration,
+                "exit_levels": [{"agreement": t.agreement, "thresholds": list(t.thresholds),
+                                 "expected_mean_blocks": t.expected_mean_depth} for t in session.manifest.exit_thresholds],
                 "q8_quality": session.manifest.precision_variant("q8").quality}
     out = Path(args.out)
     write_json(out / "decoder.json", document)
@@ -226,16 +326,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _cell(row: dict, key: str, form: str) -> str:
+    return format(row[key], form) if key in row else "-"
+
+
 def markdown(document: dict) -> str:
     lines = [f"SmolLM2-135M, batch 1, {document['prompts']} prompts (median {document['prompt_tokens_median']:.0f} "
-             f"tokens), {document['new_tokens']} new tokens each", "",
-             "| configuration | tokens/s (median) | p10 | vs full fp32 | first token ms | identical to full fp32 | draft acceptance |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"tokens), {document['new_tokens']} new tokens each; ratios of medians, measured side by side", "",
+             "| configuration | tokens/s (median) | p10 | vs full fp32 | first token ms | identical to full fp32 "
+             "| token agreement | draft acceptance | restarts (changed) | mean blocks |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in document["rows"]:
-        acceptance = f"{row['draft_acceptance']:.3f}" if "draft_acceptance" in row else "-"
+        restarts = f"{row['restart_share']:.0%} ({row['restart_changed_share']:.0%})" if "restart_share" in row else "-"
         lines.append(f"| {row['config']} | {row['tokens_per_s_median']:.1f} | {row['tokens_per_s_p10']:.1f} | "
                      f"{row.get('speedup_vs_full_fp32', float('nan')):.2f}x | {row['first_token_ms_median']:.0f} | "
-                     f"{row['identical_to_full_fp32']:.0%} | {acceptance} |")
+                     f"{row['identical_to_full_fp32']:.0%} | {_cell(row, 'token_agreement', '.3f')} | "
+                     f"{_cell(row, 'draft_acceptance', '.3f')} | {restarts} | {_cell(row, 'mean_blocks', '.1f')} |")
+    pruning = document["pruning"]
+    lines += ["", f"Prompt pruning, {pruning['rows'][0]['prompts']} prompts of median "
+                  f"{pruning['rows'][0]['prompt_tokens_median']:.0f} tokens, {pruning['new_tokens']} new tokens", "",
+              "| schedule | first token ms (median) | vs unpruned | next-token agreement | identical continuations "
+              "| token agreement | KV cache MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in pruning["rows"]:
+        lines.append(f"| {row['config']} | {row['first_token_ms_median']:.0f} | {row['first_token_vs_unpruned']:.2f}x | "
+                     f"{row['next_token_agreement']:.0%} | {row['identical_continuations']:.0%} | "
+                     f"{row['token_agreement']:.3f} | {row['kv_bytes_median'] / 2**20:.1f} |")
+    exits = document.get("exits", {}).get("exit_agreement_with_final", {})
+    if exits:
+        lines += ["", "Shared-head exits (teacher-forced, calibration prompts): agreement with the final token "
+                  + ", ".join(f"after block {k}: {v:.3f}" for k, v in exits.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from ..errors import BudgetError, InputError, PackageError
 from ..manifest import Segment
 from .kv_cache import KVCache
 from .package import Package
+from .pruning import keep_count, keep_tokens
 from .sampling import Sampling, choose_token, token_log_probability, top2_margin, top_probability
 from .session import GraphRunner
 
@@ -133,12 +134,14 @@ class DecoderSession:
 
     # --- graphs -----------------------------------------------------------------------------
 
-    def route(self, start: int, stop: int) -> list[tuple[Segment, range]]:
-        """The fewest graphs computing blocks start..stop-1: the longest span that fits, else a block."""
+    def route(self, start: int, stop: int, breaks: tuple[int, ...] = ()) -> list[tuple[Segment, range]]:
+        """The fewest graphs computing blocks start..stop-1: the longest span that fits, else a block.
+        A span never crosses a break (a block whose cache holds other tokens than the one before it)."""
         route: list[tuple[Segment, range]] = []
         at = start
         while at < stop:
-            fitting = [(end, s) for end, s in self._spans.get(at, []) if end <= stop]
+            fitting = [(end, s) for end, s in self._spans.get(at, [])
+                       if end <= stop and not any(at < b < end for b in breaks)]
             end, segment = max(fitting, key=lambda pair: pair[0]) if fitting else (at + 1, self._blocks[at])
             route.append((segment, range(at, end)))
             at = end
@@ -151,20 +154,22 @@ class DecoderSession:
         return self.runner.graph(self._head, precision).run(None, {"hidden": hidden})[0]
 
     def blocks(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int, stop: int,
-               precision: str = "fp32") -> np.ndarray:
-        """Run blocks start..stop-1 on new tokens at `positions`, appending their keys and values."""
+               precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+        """Run blocks start..stop-1 on new tokens at `positions`, appending their keys and values.
+        -> hidden states, and the attention each cache entry of the last block received."""
         position_ids = positions.reshape(1, -1).astype(np.int64)
-        for segment, blocks in self.route(start, stop):
+        received = np.zeros((1, 0), np.float32)
+        for segment, blocks in self.route(start, stop, tuple(cache.uniform_from(start))):
             total = cache.length(blocks[0]) + hidden.shape[1]
             feeds = {"hidden": hidden, "position_ids": position_ids,
                      "attention_bias": np.zeros((1, total), np.float32)}
             for b in blocks:
                 feeds[f"past_key_{b:02d}"], feeds[f"past_value_{b:02d}"] = self._past(cache, b)
             outputs = self.runner.graph(segment, precision).run(None, feeds)
-            hidden = outputs[0]
+            hidden, received = outputs[0], outputs[-1]
             for i, b in enumerate(blocks):
-                cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i])
-        return hidden
+                cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i], positions)
+        return hidden, received
 
     def fill_key_values(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int,
                         precision: str = "fp32") -> None:
@@ -175,7 +180,7 @@ class DecoderSession:
             key, value = self.runner.graph(self._kv[b], precision).run(None, {
                 "hidden": hidden, "position_ids": position_ids,
                 f"past_key_{b:02d}": past_key, f"past_value_{b:02d}": past_value})
-            cache.store(b, key, value)
+            cache.store(b, key, value, positions)
 
     def _past(self, cache: KVCache, block: int) -> tuple[np.ndarray, np.ndarray]:
         key = cache.keys[block]
@@ -188,7 +193,7 @@ class DecoderSession:
         """Next-token logits at every position of a sequence, in one pass (teacher forcing)."""
         cache = KVCache(self.num_blocks)
         hidden = self.embed(np.array([ids], np.int64), precision)
-        hidden = self.blocks(cache, hidden, np.arange(len(ids)), 0, self.num_blocks, precision)
+        hidden, _ = self.blocks(cache, hidden, np.arange(len(ids)), 0, self.num_blocks, precision)
         return self.head(hidden, precision)[0]
 
     def precisions(self) -> tuple[str, ...]:
@@ -222,7 +227,7 @@ class DecoderSession:
                  mode: str = "full", draft_blocks: int | None = None, draft_tokens: int = 4,
                  draft_precision: str = "fp32", draft_confidence: float = 0.0, draft_ngram: int = 0,
                  precision: str = "fp32",
-                 restart_below: float | None = None,
+                 restart_below: float | None = None, prune_prompt: tuple[tuple[int, float], ...] = (),
                  exit_threshold: float | None = None, agreement: float | None = None, budget_ms: float | None = None,
                  min_new_tokens: int = 0) -> Generation:
         """prompt: text (wrapped in the chat template unless chat=False) or token ids as they are.
@@ -245,6 +250,10 @@ class DecoderSession:
         answer's lowest token log-probability is below this, answer again at fp32 (greedy: by
         speculative decoding with this precision as the draft) if `budget_ms` leaves at least the
         first attempt's time. Only the final attempt is streamed to `on_text`.
+        prune_prompt: ((after_block, fraction), ...): during the prefill, after that block keep only that
+        fraction of the prompt's tokens (by the attention they received; the first 4 and last 16 always)
+        for the deeper blocks, whose cache then holds fewer entries. Exit positions are the cheap
+        places: the package's spans break there.
         """
         if mode not in DECODE_MODES:
             raise InputError(f"mode {mode!r} is not one of {', '.join(DECODE_MODES)}")
@@ -276,9 +285,14 @@ class DecoderSession:
         thresholds = None
         if mode == "early-exit":
             thresholds = self._exit_thresholds(exit_threshold, agreement)
+        prune_prompt = tuple(sorted(prune_prompt))
+        for point, fraction in prune_prompt:
+            if not (1 <= point < self.num_blocks and 0 < fraction <= 1):
+                raise InputError(f"prune_prompt entry ({point}, {fraction}) needs a block in 1..{self.num_blocks - 1} "
+                                 f"and a fraction in (0, 1]")
         restarting = restart_below is not None and precision != "fp32"
         first = _Decoding(self, ids, max_new_tokens, sampling, stop, None if restarting else on_text, budget_ms,
-                          min_new_tokens, precision).run(mode, draft, draft_tokens, thresholds)
+                          min_new_tokens, precision, prune_prompt).run(mode, draft, draft_tokens, thresholds)
         spent = first.trace.total_ms
         if not restarting or first.min_log_prob >= restart_below or (
                 budget_ms is not None and budget_ms - spent < spent):
@@ -318,9 +332,10 @@ class _Decoding:
     """One generate() call: its cache, stream and clock (never shared between threads)."""
 
     def __init__(self, session: DecoderSession, ids: list[int], max_new: int, sampling: Sampling,
-                 stop: tuple[str, ...], on_text, budget_ms: float | None, min_new: int = 0, precision: str = "fp32"):
+                 stop: tuple[str, ...], on_text, budget_ms: float | None, min_new: int = 0, precision: str = "fp32",
+                 prune_prompt: tuple[tuple[int, float], ...] = ()):
         self.s, self.prompt, self.max_new, self.sampling = session, ids, max_new, sampling
-        self.precision = precision
+        self.precision, self.prune_prompt = precision, prune_prompt
         self.min_new = min_new
         self.rng = np.random.default_rng(sampling.seed)
         self.cache = KVCache(session.num_blocks)
@@ -338,13 +353,21 @@ class _Decoding:
         return (time.perf_counter() - self.started) * 1000
 
     def forward(self, tokens: list[int], start: int = 0, stop: int | None = None, cache: KVCache | None = None,
-                precision: str = "fp32") -> np.ndarray:
-        """Embed `tokens` (new, after the cache) and run blocks start..stop-1; returns their hidden states."""
+                precision: str = "fp32", prune: tuple[tuple[int, float], ...] = ()) -> np.ndarray:
+        """Embed `tokens` (new, after the cache) and run blocks start..stop-1; returns the hidden
+        states of the tokens that went through (all, unless `prune` dropped some after a block)."""
         cache = cache or self.cache
+        stop = self.s.num_blocks if stop is None else stop
         positions = np.arange(len(tokens)) + cache.next_position()
         hidden = self.s.embed(np.array([tokens], np.int64), precision)
-        hidden = self.s.blocks(cache, hidden, positions, start, self.s.num_blocks if stop is None else stop, precision)
-        cache.add_positions(positions)
+        at = start
+        for point, fraction in prune:
+            if not at < point < stop:
+                continue
+            hidden, received = self.s.blocks(cache, hidden, positions, at, point, precision)
+            kept = prompt_tokens_kept(received[0, -hidden.shape[1]:], fraction, len(tokens))
+            hidden, positions, at = hidden[:, kept], positions[kept], point
+        hidden, _ = self.s.blocks(cache, hidden, positions, at, stop, precision)
         self.kv_peak = max(self.kv_peak, self.cache.nbytes() + (cache.nbytes() if cache is not self.cache else 0))
         return hidden
 
@@ -377,7 +400,7 @@ class _Decoding:
 
     def run(self, mode: str, draft: "Draft | None", draft_tokens: int,
             exit_thresholds: tuple[float | None, ...] | None) -> Generation:
-        hidden = self.forward(self.prompt, precision=self.precision)
+        hidden = self.forward(self.prompt, precision=self.precision, prune=self.prune_prompt)
         self.prefill_ms = self.elapsed_ms()
         logits = self.s.head(hidden[:, -1:], self.precision)[0, -1]
         if mode == "speculative":
@@ -409,13 +432,12 @@ class _Decoding:
         done = 0
         tested = [(e, t) for e, t in zip(s.exits, thresholds) if t is not None]
         for depth, threshold in (*tested, (s.num_blocks, None)):
-            hidden = s.blocks(self.cache, hidden, positions, done, depth, self.precision)
+            hidden, _ = s.blocks(self.cache, hidden, positions, done, depth, self.precision)
             done = depth
             logits = s.head(hidden, self.precision)[0, -1]
             if threshold is not None and top2_margin(logits) >= threshold:
                 s.fill_key_values(self.cache, hidden, positions, depth, self.precision)
                 break
-        self.cache.add_positions(positions)
         self.kv_peak = max(self.kv_peak, self.cache.nbytes())
         self.exit_blocks.append(done)
         return logits
@@ -432,7 +454,7 @@ class _Decoding:
         own = KVCache(s.num_blocks) if draft.blocks and not shares_cache else None
         pending = list(self.prompt)  # tokens the draft's own cache still lacks
         while True:
-            base = self.cache.length()
+            base = self.cache.next_position()  # the position of `token`
             room = self.max_new - len(self.stream.ids)
             inputs, drafts, early = [token], [], []
             drafted_all = True  # False: drafting stopped at an unlikely token, the last input already ran
@@ -457,8 +479,8 @@ class _Decoding:
             elif shares_cache:  # the deep blocks continue from the draft's own states and cache entries
                 if drafted_all:
                     early.append(self.forward([inputs[-1]], 0, draft.blocks))
-                positions = self.cache.positions[base:base + len(inputs)]
-                deep = s.blocks(self.cache, np.concatenate(early, axis=1), positions, draft.blocks, s.num_blocks)
+                positions = np.arange(base, base + len(inputs))
+                deep, _ = s.blocks(self.cache, np.concatenate(early, axis=1), positions, draft.blocks, s.num_blocks)
             else:
                 deep = self.forward(inputs)
             verdict = np.stack([self.allowed(row, i) for i, row in enumerate(s.head(deep)[0])])
@@ -467,10 +489,10 @@ class _Decoding:
             while kept < len(drafts) and int(np.argmax(verdict[kept])) == drafts[kept]:
                 kept += 1
             self.accepted += kept
-            self.cache.truncate(base + kept + 1)
+            self.cache.roll_back(base + kept + 1)
             if own is not None:  # the accepted inputs it read stay; those it did not read come next time
                 read = 0 if copied else len(drafts) + (0 if drafted_all else 1)
-                own.truncate(own.length() - read + min(kept + 1, read))
+                own.roll_back(base + min(kept + 1, read))
                 pending = [*pending, *inputs[read:kept + 1]]
             for i in range(kept + 1):
                 token = drafts[i] if i < kept else int(np.argmax(verdict[i]))
@@ -492,6 +514,19 @@ class Draft:
 
     def shares_cache(self, num_blocks: int) -> bool:
         return self.precision == "fp32" and 0 < self.blocks < num_blocks
+
+
+def prompt_tokens_kept(importance: np.ndarray, fraction: float, prompt_tokens: int,
+                       sinks: int = 4, recent: int = 16) -> np.ndarray:
+    """Indices of the prompt tokens that go on to the next blocks: the first `sinks` (attention sinks,
+    StreamingLLM) and last `recent` always, the others by the attention they received, up to
+    `fraction` of the prompt."""
+    current = len(importance)
+    protected = np.zeros(current, dtype=bool)
+    protected[:sinks] = True
+    protected[max(0, current - recent):] = True
+    keep = keep_count(prompt_tokens, current, fraction, int(protected.sum()))
+    return keep_tokens(importance, protected, keep)
 
 
 def context_proposal(context: list[int], longest: int, count: int) -> list[int]:

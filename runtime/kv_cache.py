@@ -1,10 +1,10 @@
-"""The KV cache of a decoder package: per block, keys and values of every token kept so far.
+"""The KV cache of a decoder package: per block, keys and values of the tokens it keeps.
 
-Arrays are [batch, kv_heads, tokens, head_dim] as the block graphs take and return them. The cache
-also keeps each entry's position (a pruned cache keeps original positions, so RoPE stays right)
-and an additive attention bias (0 attend, PAD_BIAS never) that padding will use.
-Truncation (a rejected speculative draft) and pruning (prompt tokens nobody attends to) are
-slices along the token axis of every block at once.
+Arrays are [batch, kv_heads, tokens, head_dim] as the block graphs take and return them, with each
+entry's position beside them. Blocks may keep different tokens: a pruned prompt leaves the deeper
+blocks fewer entries (AIM-style pruning inside the layer stack), and positions stay the original
+ones, so rotary embeddings stay right. Block 0 always holds every token. Rolling back (a rejected
+speculative draft) drops every entry at or after a position, in every block.
 """
 
 from __future__ import annotations
@@ -19,41 +19,38 @@ class KVCache:
     num_blocks: int
     keys: list[np.ndarray | None] = field(default_factory=list)
     values: list[np.ndarray | None] = field(default_factory=list)
-    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    positions: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.keys:
             self.keys = [None] * self.num_blocks
             self.values = [None] * self.num_blocks
+            self.positions = [np.zeros(0, np.int64) for _ in range(self.num_blocks)]
 
     def length(self, block: int = 0) -> int:
-        key = self.keys[block]
-        return 0 if key is None else int(key.shape[2])
+        return int(len(self.positions[block]))
 
     def next_position(self) -> int:
-        return int(self.positions[-1]) + 1 if len(self.positions) else 0
+        first = self.positions[0]
+        return int(first[-1]) + 1 if len(first) else 0
 
-    def store(self, block: int, key: np.ndarray, value: np.ndarray) -> None:
+    def store(self, block: int, key: np.ndarray, value: np.ndarray, new_positions: np.ndarray) -> None:
+        """The block's present keys and values: its past with entries for `new_positions` appended."""
         self.keys[block], self.values[block] = key, value
+        self.positions[block] = np.concatenate([self.positions[block], new_positions.astype(np.int64)])
 
-    def add_positions(self, positions: np.ndarray) -> None:
-        self.positions = np.concatenate([self.positions, positions.astype(np.int64)])
+    def roll_back(self, position: int) -> None:
+        """Forget every entry at or after `position`, in every block."""
+        for b in range(self.num_blocks):
+            kept = int(np.searchsorted(self.positions[b], position))
+            if kept < len(self.positions[b]):
+                self.keys[b] = np.ascontiguousarray(self.keys[b][:, :, :kept])
+                self.values[b] = np.ascontiguousarray(self.values[b][:, :, :kept])
+                self.positions[b] = self.positions[b][:kept]
 
-    def truncate(self, length: int) -> None:
-        """Keep the first `length` entries of every block (and their positions)."""
-        for i in range(self.num_blocks):
-            if self.keys[i] is not None and self.keys[i].shape[2] > length:
-                self.keys[i] = np.ascontiguousarray(self.keys[i][:, :, :length])
-                self.values[i] = np.ascontiguousarray(self.values[i][:, :, :length])
-        self.positions = self.positions[:length]
-
-    def keep(self, indices: np.ndarray) -> None:
-        """Keep only these entries (sorted token indices), in every block."""
-        for i in range(self.num_blocks):
-            if self.keys[i] is not None:
-                self.keys[i] = np.ascontiguousarray(self.keys[i][:, :, indices])
-                self.values[i] = np.ascontiguousarray(self.values[i][:, :, indices])
-        self.positions = self.positions[indices]
+    def uniform_from(self, start: int) -> list[int]:
+        """Blocks after which the entry count changes (spans must not cross them)."""
+        return [b for b in range(start + 1, self.num_blocks) if self.length(b) != self.length(b - 1)]
 
     def nbytes(self) -> int:
         return sum(int(k.nbytes) + int(v.nbytes) for k, v in zip(self.keys, self.values) if k is not None)

@@ -142,16 +142,16 @@ def test_bad_generation_input(session):
         Sampling(temperature=1.0, top_p=0.0)
 
 
-def test_kv_cache_truncate_and_keep():
+def test_kv_cache_blocks_may_hold_different_tokens():
     cache = KVCache(2)
-    for b in range(2):
-        cache.store(b, np.arange(10, dtype=np.float32).reshape(1, 1, 5, 2), np.ones((1, 1, 5, 2), np.float32))
-    cache.add_positions(np.arange(5))
-    cache.keep(np.array([0, 2, 4]))
-    assert cache.length(1) == 3 and list(cache.positions) == [0, 2, 4] and cache.next_position() == 5
-    assert cache.keys[0][0, 0, :, 0].tolist() == [0, 4, 8]
-    cache.truncate(2)
-    assert cache.length(0) == 2 and list(cache.positions) == [0, 2]
+    cache.store(0, np.arange(10, dtype=np.float32).reshape(1, 1, 5, 2), np.ones((1, 1, 5, 2), np.float32), np.arange(5))
+    cache.store(1, np.arange(6, dtype=np.float32).reshape(1, 1, 3, 2), np.ones((1, 1, 3, 2), np.float32),
+                np.array([0, 2, 4]))  # a pruned prompt: the deeper block kept three of five tokens
+    assert cache.next_position() == 5 and cache.uniform_from(0) == [1]
+    cache.roll_back(3)
+    assert cache.length(0) == 3 and cache.length(1) == 2
+    assert cache.keys[1][0, 0, :, 0].tolist() == [0, 2] and list(cache.positions[1]) == [0, 2]
+    assert cache.next_position() == 3
 
 
 def test_cli_generate(tiny_llama_package, capsys, tiny_packages):
@@ -202,3 +202,22 @@ def test_context_drafting_is_exact(session, options):
                                 draft_ngram=3, **options)
         assert fast.token_ids == full.token_ids
         assert fast.trace.drafted > 0
+
+
+def test_prompt_pruning(session):
+    from edgeinfer.runtime.generation import prompt_tokens_kept
+
+    kept = prompt_tokens_kept(np.arange(40, dtype=float)[::-1].copy(), 0.5, 40, sinks=2, recent=3)
+    assert len(kept) == 20 and {0, 1, 37, 38, 39} <= set(kept.tolist()) and list(kept) == sorted(kept)
+    long_prompt = " ".join(["good movie plot rain sun city river"] * 12)
+    full = session.generate(long_prompt, max_new_tokens=12, min_new_tokens=12)
+    same = session.generate(long_prompt, max_new_tokens=12, min_new_tokens=12, prune_prompt=((2, 1.0),))
+    assert same.token_ids == full.token_ids  # keeping everything changes nothing
+    pruned = session.generate(long_prompt, max_new_tokens=12, min_new_tokens=12, prune_prompt=((2, 0.3),))
+    assert pruned.trace.new_tokens == 12
+    with pytest.raises(InputError, match="prune_prompt"):
+        session.generate(long_prompt, prune_prompt=((0, 0.5),))
+    # speculative decoding over a pruned cache still reproduces that cache's own greedy output
+    fast = session.generate(long_prompt, max_new_tokens=12, min_new_tokens=12, prune_prompt=((2, 0.3),),
+                            mode="speculative", draft_blocks=2)
+    assert fast.token_ids == pruned.token_ids

@@ -37,7 +37,7 @@ def exit_statistics(session: DecoderSession, prompts: list[str], new_tokens: int
             hidden = session.embed(np.array([sequence], np.int64))
             per_exit = []
             for depth in (*exits, session.num_blocks):
-                hidden = session.blocks(cache, hidden, np.arange(len(sequence)), done, depth)
+                hidden, _ = session.blocks(cache, hidden, np.arange(len(sequence)), done, depth)
                 done = depth
                 per_exit.append(session.head(hidden[:, len(ids) - 1:-1])[0])
             final = per_exit[-1].argmax(-1)

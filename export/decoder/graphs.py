@@ -25,7 +25,7 @@ def _axes(names: list[str]) -> dict[str, dict[int, str]]:
             axes[name] = {0: "batch", 2: "past"}
         elif name.startswith("present_"):
             axes[name] = {0: "batch", 2: "total"}
-        elif name == "attention_bias":
+        elif name in ("attention_bias", "attention_received"):
             axes[name] = {0: "batch", 1: "total"}
         else:  # input_ids, position_ids, hidden, next_hidden, logits
             axes[name] = {0: "batch", 1: "new"}
@@ -68,7 +68,7 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
     for i, block in enumerate(modules.blocks):
         jobs.append(_Job(f"block_{i:02d}", "block", i, block, (hidden, positions, bias, cache(), cache()),
                          [*front, *_cache_names("past", range(i, i + 1))],
-                         ["next_hidden", *_cache_names("present", range(i, i + 1))]))
+                         ["next_hidden", *_cache_names("present", range(i, i + 1)), "attention_received"]))
     for i in range(shape.num_blocks):
         jobs.append(_Job(f"kv_{i:02d}", "kv", i, modules.key_value(i), (hidden, positions, cache(), cache()),
                          ["hidden", "position_ids", *_cache_names("past", range(i, i + 1))],
@@ -79,7 +79,8 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
         span = DecoderSpan([modules.blocks[b] for b in blocks])
         past_args = tuple(cache() for _ in range(2 * len(blocks)))
         jobs.append(_Job(name, "span", blocks[0], span, (hidden, positions, bias, *past_args),
-                         [*front, *_cache_names("past", blocks)], ["next_hidden", *_cache_names("present", blocks)],
+                         [*front, *_cache_names("past", blocks)],
+                         ["next_hidden", *_cache_names("present", blocks), "attention_received"],
                          tuple(f"block_{b:02d}" for b in blocks)))
     segments: list[Segment] = []
     with progress_bar(len(jobs), "exporting graphs") as bar:

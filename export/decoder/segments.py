@@ -9,6 +9,11 @@ positions (0 attend, PAD_BIAS never), so the runtime can pad batches and drop ca
 physically. Causality needs no input: the new tokens follow the cache, so query i may see key j
 exactly when j <= past_length + i.
 
+Each block also returns `attention_received`: per cache entry, the attention it received, averaged
+over heads and over the new tokens that can see it (causality hides later entries from earlier
+queries, so a plain mean would favour old tokens). The runtime drops the prompt tokens that receive
+least before the next blocks during a long prefill (AIM-style pruning inside the layer stack).
+
 The head is the final RMSNorm and the LM head, applied through a 2-D `linear` so that the exported
 weight keeps the embedding's layout; with tied embeddings the package then stores it once
 (shared_weights.py). Exits are this same head applied to an intermediate block's output (LayerSkip's
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...manifest import PAD_BIAS
+from ...manifest import PAD_BIAS, VALID_BIAS_FLOOR
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class DecoderBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor, attention_bias: torch.Tensor,
                 past_key: torch.Tensor, past_value: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, new = hidden.shape[0], hidden.shape[1]
         cos, sin = self.rotary(position_ids)
         normed = self.attention_norm(hidden)
@@ -112,10 +117,13 @@ class DecoderBlock(nn.Module):
         total = key.shape[2]
         key_all = key[:, :, None].expand(batch, self.kv_heads, group, total, self.head_dim).reshape(batch, self.heads, total, self.head_dim)
         value_all = value[:, :, None].expand(batch, self.kv_heads, group, total, self.head_dim).reshape(batch, self.heads, total, self.head_dim)
-        scores = query @ key_all.transpose(-1, -2) * (self.head_dim ** -0.5) + causal_bias(attention_bias, new)
-        attended = (torch.softmax(scores, dim=-1) @ value_all).transpose(1, 2).reshape(batch, new, -1)
+        mask = causal_bias(attention_bias, new)
+        probabilities = torch.softmax(query @ key_all.transpose(-1, -2) * (self.head_dim ** -0.5) + mask, dim=-1)
+        attended = (probabilities @ value_all).transpose(1, 2).reshape(batch, new, -1)
+        seen_by = (mask > VALID_BIAS_FLOOR).float().sum(2).squeeze(1).clamp_min(1.0)  # [batch, total]
+        received = probabilities.mean(1).sum(1) / seen_by
         hidden = hidden + self.o(attended)
-        return hidden + self.mlp(self.mlp_norm(hidden)), key, value
+        return hidden + self.mlp(self.mlp_norm(hidden)), key, value, received
 
 
 class DecoderKeyValue(nn.Module):
@@ -166,11 +174,13 @@ class DecoderSpan(nn.Module):
 
     def forward(self, hidden: torch.Tensor, position_ids: torch.Tensor, attention_bias: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """-> next hidden, each block's present key and value, the last block's attention_received."""
         presents: list[torch.Tensor] = []
+        received = attention_bias
         for i, block in enumerate(self.blocks):
-            hidden, key, value = block(hidden, position_ids, attention_bias, past[2 * i], past[2 * i + 1])
+            hidden, key, value, received = block(hidden, position_ids, attention_bias, past[2 * i], past[2 * i + 1])
             presents += [key, value]
-        return (hidden, *presents)
+        return (hidden, *presents, received)
 
 
 @dataclass
@@ -207,5 +217,5 @@ class DecoderMonolith(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_bias: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hidden, *presents = self.span(self.embed(input_ids), position_ids, attention_bias, *past)
+        hidden, *presents, _ = self.span(self.embed(input_ids), position_ids, attention_bias, *past)
         return (self.head(hidden[:, -1:]), *presents)
