@@ -34,12 +34,15 @@ def _export(args: argparse.Namespace) -> int:
 def _export_decoder(args: argparse.Namespace) -> int:
     from .export.decoder.pipeline import DecoderExportOptions, export_decoder
 
-    manifest = export_decoder(args.model, args.output, DecoderExportOptions(exits=args.exits, force=args.force))
+    manifest = export_decoder(args.model, args.output, DecoderExportOptions(exits=args.exits, force=args.force,
+                                                                              calib=args.calib))
     total = sum(f.bytes for f in manifest.files)
     checked = manifest.validation["prompts"]
     print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, exits after {[e.after_block for e in manifest.exits]}, "
           f"{total / 1e6:.1f} MB; greedy generation identical to PyTorch's for {manifest.validation['new_tokens']} "
           f"tokens on {len(checked)} prompts; {manifest.export['seconds']:.0f} s")
+    if args.quant != "none":
+        _add_decoder_variant(args.output, args.quant)
     return 0
 
 
@@ -59,7 +62,7 @@ def _generate(args: argparse.Namespace) -> int:
         on_text=stream, mode=args.mode, draft_blocks=args.draft_blocks, draft_tokens=args.draft_tokens,
         draft_precision=args.draft_precision, draft_ngram=args.draft_ngram, precision=args.precision,
         exit_threshold=args.exit_threshold, agreement=args.agreement, restart_below=args.restart_below,
-        budget_ms=args.budget_ms)
+        prune_prompt=_keep_schedule(args.prune_prompt, "--prune-prompt"), prune_to_fit=args.prune_to_fit, budget_ms=args.budget_ms)
     trace = result.trace
     if args.json:
         print(json.dumps({"text": result.text, "token_ids": list(result.token_ids),
@@ -73,7 +76,23 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_decoder_variant(package: str, scheme: str, output: str | None = None, force: bool = False) -> None:
+    from .quant.decoder_variant import SCHEMES, add_decoder_variant
+
+    if scheme not in SCHEMES:
+        raise EdgeInferError(f"--quant {scheme} does not apply to a text-generation package; use one of {', '.join(SCHEMES)}")
+    manifest = add_decoder_variant(package, scheme, output=output, force=force)
+    variant = manifest.precision_variants[-1]
+    print(f"wrote variant {variant.name!r} into {output or package}: {variant.bytes / 1e6:.1f} MB resident, "
+          f"next-token agreement with fp32 {variant.quality['next_token_agreement_with_fp32']:.3f}")
+
+
 def _quantize(args: argparse.Namespace) -> int:
+    from .runtime.package import open_package
+
+    if open_package(args.package, verify=False).manifest.decoder is not None:
+        _add_decoder_variant(args.package, args.quant, args.output, args.force)
+        return 0
     from .export.calibration_data import read_examples
     from .export.pipeline import BUNDLED_SAMPLE
     from .quant.quantize import quantize_package
@@ -154,7 +173,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def _keep_schedule(spec: str | None) -> tuple[tuple[int, float], ...]:
+def _keep_schedule(spec: str | None, flag: str = "--keep") -> tuple[tuple[int, float], ...]:
     from .errors import InputError
 
     if not spec:
@@ -162,7 +181,7 @@ def _keep_schedule(spec: str | None) -> tuple[tuple[int, float], ...]:
     try:
         return tuple((int(b), float(k)) for b, k in (part.split(":") for part in spec.split(",")))
     except ValueError:
-        raise InputError(f"--keep {spec!r} must look like 2:0.7,4:0.5 (after block : share of tokens kept)") from None
+        raise InputError(f"{flag} {spec!r} must look like 2:0.7,4:0.5 (after block : share of tokens kept)") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -292,17 +311,26 @@ def summary_text(summary: dict) -> str:
         lines.append(f"  expected mean depth  {depths}")
     else:
         lines.append("exits      none")
-    for variant in summary.get("precision_variants", []):
+    for variant in (v for v in summary.get("precision_variants", []) if "restart_share" in v and v["restart_share"]):
         quality = variant["quality"]
         close = ", ".join(f"{k} {quality[k]:.4f}" for k in ("agreement_with_fp32", "mean_cosine_to_fp32") if k in quality)
         restarts = "  ".join(f"{lv}: {share:.1%}" for lv, share in variant["restart_share"].items())
         lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB, {variant['nodes_lowered']} nodes "
                      f"lowered ({', '.join(variant['precisions'])}), {close}; restarts at fp32 {restarts}")
+    for variant in summary.get("precision_variants", []):
+        if "next_token_agreement_with_fp32" in variant["quality"]:
+            lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB resident, next-token agreement "
+                         f"with fp32 {variant['quality']['next_token_agreement_with_fp32']:.3f}")
     for point in summary.get("operating_points", []):
         accuracy = f", accuracy {point['accuracy']:.4f}" if point["accuracy"] is not None else ""
         lines.append(f"point      {point['name']}: agreement {point['agreement']:.4f}, {point['relative_latency']:.3f}x "
                      f"the full model's latency, mean depth {point['mean_depth']:.2f}{accuracy}")
     validation = summary["validation"]
+    if model["task"] == "text-generation":
+        checked = validation.get("prompts", [])
+        lines.append(f"validation greedy generation identical to PyTorch's for {validation.get('new_tokens', 0)} tokens "
+                     f"on {len(checked)} prompts; key/value graphs within {validation.get('kv_max_abs_diff', 0):.1e}")
+        return "\n".join(lines)
     lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} "
                  f"(exits {validation.get('exit_max_abs_diff', float('nan')):.2e}) vs "
                  f"{validation.get('reference', '?')}: {'passed' if validation.get('passed') else 'FAILED'}")
@@ -376,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="early-exit: the calibrated token agreement level (e.g. 0.95)")
     generate.add_argument("--exit-threshold", type=float, default=None,
                           help="early-exit: one top-2 margin for every exit instead of calibrated ones")
+    generate.add_argument("--prune-prompt", default=None, metavar="BLOCK:FRACTION,...",
+                          help="during the prefill, keep this fraction of the prompt after these blocks (e.g. 8:0.5)")
+    generate.add_argument("--prune-to-fit", action="store_true",
+                          help="with --memory-mb: prune a prompt the KV cap cannot hold instead of refusing")
     generate.add_argument("--budget-ms", type=float, default=None, help="stop generating after this long")
     generate.add_argument("--memory-mb", type=float, default=None, help="cap on the KV cache")
     generate.add_argument("--target", default="cpu")
@@ -487,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quant_options(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--quant", choices=["none", "int8", "int4", "fp16", "mixed"], default=default,
-                        help=f"precision variant to add (default {default}); mixed searches per node for the budget")
+    parser.add_argument("--quant", choices=["none", "int8", "int4", "fp16", "mixed", "q8", "q4"], default=default,
+                        help=f"precision variant to add (default {default}); mixed searches per node for the budget; "
+                             f"text-generation packages take q8 (weight-only 8-bit), q4 or int8")
     parser.add_argument("--size-budget", type=float, default=None, help="mixed: model size budget in MB")
     parser.add_argument("--latency-budget-ms", type=float, default=None,
                         help="mixed: latency budget in ms for a 64-token input on this device")

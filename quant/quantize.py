@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..manifest import Manifest
 from ..runtime.package import open_package
-from .mixed_precision import PLAN_TOKENS, Analysis, analyse, choose_plan, full_model
+from .mixed_precision import QUANT_MODES, PLAN_TOKENS, Analysis, analyse, choose_plan, full_model
 from .candidates import candidate
 from .model_latency import fp32_latency_ms
 from .output_error import CalibrationBatches, calibration_batches
@@ -37,7 +37,11 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
     """overrides: node name -> precision, forced after the search (e.g. keep a node fp32)."""
     if sensitivity not in SENSITIVITY_MODES:
         raise InputError(f"sensitivity {sensitivity!r} must be one of {', '.join(SENSITIVITY_MODES)}")
+    if mode not in QUANT_MODES or mode == "none":  # before minutes of analysis, not after
+        raise InputError(f"quant mode {mode!r} must be one of {', '.join(QUANT_MODES[1:])} for this package")
     package = open_package(package_path)
+    if package.manifest.decoder is not None:
+        raise InputError(f"{package_path} is a text-generation package: quantize it with --quant q8 (or q4, int8)")
     if len(texts) > THRESHOLD_TEXTS:
         texts = random.Random(0).sample(texts, THRESHOLD_TEXTS)
     model = full_model(package)  # loaded once: it is the analysed model and the thresholds' reference

@@ -210,15 +210,28 @@ class DecoderSession:
             raise InputError("the prompt encodes to no tokens")
         return ids
 
-    def check_memory(self, tokens: int) -> None:
-        """The KV cap: prompt plus new tokens must fit, or the refusal names the smallest cap that does."""
+    def fit_memory(self, prompt_tokens: int, new_tokens: int, prune: tuple[tuple[int, float], ...],
+                   prune_to_fit: bool) -> tuple[tuple[int, float], ...]:
+        """The KV cap: the cache at its largest must fit. With prune_to_fit, a prompt that does not is
+        pruned after the first exit just enough to fit (never below a tenth); otherwise, or when even
+        that does not fit, the refusal names the cap that would."""
         if self.memory_mb is None:
-            return
-        need = tokens * self.facts.kv_bytes_per_token / 2**20
-        if need > self.memory_mb:
-            fits = int(self.memory_mb * 2**20 // self.facts.kv_bytes_per_token)
-            raise BudgetError(f"{tokens} tokens need {need:.1f} MB of KV cache, over the {self.memory_mb:g} MB cap; "
-                              f"raise the cap to {need:.1f} MB or keep prompt + new tokens under {fits}")
+            return prune
+        per_block = self.facts.kv_bytes_per_token / self.num_blocks / 2**20  # MB per token per block
+        total = prompt_tokens + new_tokens
+        need = kv_need_mb(self.num_blocks, per_block, prompt_tokens, new_tokens, prune)
+        if need <= self.memory_mb:
+            return prune
+        cut = self.exits[0] if self.exits else self.num_blocks // 4
+        deeper = self.num_blocks - cut
+        fraction = (self.memory_mb / per_block - cut * total - deeper * new_tokens) / (deeper * prompt_tokens)
+        floor = max(MIN_PRUNED_FRACTION, 20 / prompt_tokens)
+        if prune_to_fit and not prune and floor <= fraction < 1 and cut >= 1:
+            return ((cut, float(np.floor(fraction * 1000) / 1000)),)
+        least = kv_need_mb(self.num_blocks, per_block, prompt_tokens, new_tokens, ((cut, floor),)) if prune_to_fit else need
+        fits = int(self.memory_mb / (per_block * self.num_blocks))
+        raise BudgetError(f"{total} tokens need {need:.1f} MB of KV cache, over the {self.memory_mb:g} MB cap; "
+                          f"raise the cap to {least:.1f} MB or keep prompt + new tokens under {fits}")
 
     # --- generation -------------------------------------------------------------------------
 
@@ -228,6 +241,7 @@ class DecoderSession:
                  draft_precision: str = "fp32", draft_confidence: float = 0.0, draft_ngram: int = 0,
                  precision: str = "fp32",
                  restart_below: float | None = None, prune_prompt: tuple[tuple[int, float], ...] = (),
+                 prune_to_fit: bool = False,
                  exit_threshold: float | None = None, agreement: float | None = None, budget_ms: float | None = None,
                  min_new_tokens: int = 0) -> Generation:
         """prompt: text (wrapped in the chat template unless chat=False) or token ids as they are.
@@ -253,7 +267,8 @@ class DecoderSession:
         prune_prompt: ((after_block, fraction), ...): during the prefill, after that block keep only that
         fraction of the prompt's tokens (by the attention they received; the first 4 and last 16 always)
         for the deeper blocks, whose cache then holds fewer entries. Exit positions are the cheap
-        places: the package's spans break there.
+        places: the package's spans break there. prune_to_fit: when the KV cap (Budget.memory_mb)
+        cannot hold the prompt, prune it after the first exit just enough instead of refusing.
         """
         if mode not in DECODE_MODES:
             raise InputError(f"mode {mode!r} is not one of {', '.join(DECODE_MODES)}")
@@ -264,7 +279,7 @@ class DecoderSession:
         if len(ids) + max_new_tokens > limit:
             raise InputError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) pass the model's "
                              f"{limit} positions; shorten the prompt or ask for fewer tokens")
-        self.check_memory(len(ids) + max_new_tokens)
+
         if precision not in self.precisions():
             raise InputError(f"precision {precision!r} is not in this package ({', '.join(self.precisions())})")
         draft = None
@@ -290,6 +305,7 @@ class DecoderSession:
             if not (1 <= point < self.num_blocks and 0 < fraction <= 1):
                 raise InputError(f"prune_prompt entry ({point}, {fraction}) needs a block in 1..{self.num_blocks - 1} "
                                  f"and a fraction in (0, 1]")
+        prune_prompt = self.fit_memory(len(ids), max_new_tokens, prune_prompt, prune_to_fit)
         restarting = restart_below is not None and precision != "fp32"
         first = _Decoding(self, ids, max_new_tokens, sampling, stop, None if restarting else on_text, budget_ms,
                           min_new_tokens, precision, prune_prompt).run(mode, draft, draft_tokens, thresholds)
@@ -514,6 +530,20 @@ class Draft:
 
     def shares_cache(self, num_blocks: int) -> bool:
         return self.precision == "fp32" and 0 < self.blocks < num_blocks
+
+
+MIN_PRUNED_FRACTION = 0.1
+
+
+def kv_need_mb(num_blocks: int, per_block_mb: float, prompt_tokens: int, new_tokens: int,
+               prune: tuple[tuple[int, float], ...]) -> float:
+    """The cache at its largest: every block holds the new tokens; after a pruning point, only the
+    kept share of the prompt."""
+    entries, kept, at = 0.0, float(prompt_tokens), 0
+    for point, fraction in (*prune, (num_blocks, 1.0)):
+        entries += (point - at) * (kept + new_tokens)
+        kept, at = min(kept, max(1.0, np.ceil(fraction * prompt_tokens))), point
+    return entries * per_block_mb
 
 
 def prompt_tokens_kept(importance: np.ndarray, fraction: float, prompt_tokens: int,

@@ -221,3 +221,28 @@ def test_prompt_pruning(session):
     fast = session.generate(long_prompt, max_new_tokens=12, min_new_tokens=12, prune_prompt=((2, 0.3),),
                             mode="speculative", draft_blocks=2)
     assert fast.token_ids == pruned.token_ids
+
+
+def test_cli_inspect_and_quantize_decoder(tiny_llama_package, tmp_path, capsys):
+    assert main(["inspect", str(tiny_llama_package)]) == 0
+    out = capsys.readouterr().out
+    assert "text-generation" in out and "identical to PyTorch's for 24 tokens on 3 prompts" in out and "q8" in out
+    assert main(["quantize", str(tiny_llama_package), "--quant", "mixed"]) == 2
+    assert "does not apply to a text-generation package" in capsys.readouterr().err
+    copy = tmp_path / "q4.edge"
+    assert main(["quantize", str(tiny_llama_package), "--quant", "q4", "-o", str(copy)]) == 0
+    assert [v.name for v in edgeinfer.load(copy).manifest.precision_variants] == ["q8", "q4"]
+
+
+def test_kv_cap_prunes_the_prompt_to_fit(tiny_llama_package):
+    long_prompt = " ".join(["good movie plot rain sun city river"] * 12)
+    capped = edgeinfer.load(tiny_llama_package, budget=edgeinfer.Budget(memory_mb=0.03))
+    need = (len(capped.encode(long_prompt)) + 8) * capped.facts.kv_bytes_per_token
+    assert need > 0.03 * 2**20  # it would not fit whole
+    with pytest.raises(BudgetError, match="over the 0.03 MB cap"):
+        capped.generate(long_prompt, max_new_tokens=8)
+    fitted = capped.generate(long_prompt, max_new_tokens=8, min_new_tokens=8, prune_to_fit=True)
+    assert fitted.trace.new_tokens == 8 and fitted.trace.kv_bytes <= 0.03 * 2**20
+    tiny = edgeinfer.load(tiny_llama_package, budget=edgeinfer.Budget(memory_mb=0.001))
+    with pytest.raises(BudgetError, match="raise the cap to"):
+        tiny.generate(long_prompt, max_new_tokens=8, prune_to_fit=True)
