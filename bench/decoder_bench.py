@@ -105,23 +105,23 @@ def monolith_graph(cache: Path, package: Path) -> Path:
         return path
     import torch
 
-    from ..export.decoder.graphs import _axes, _cache_names
-    from ..export.decoder.pipeline import _load
+    from ..export.decoder.graphs import decoder_axes, cache_names
+    from ..export.decoder.pipeline import load_causal_lm
     from ..export.decoder.segments import DecoderMonolith, decoder_modules
     from ..export.onnx_graphs import export_graph
     from ..export.shared_weights import share_weights
 
-    lm, _, _ = _load("smollm2")
+    lm, _, _ = load_causal_lm("smollm2")
     modules = decoder_modules(lm)
     shape = modules.shape
     blocks = range(shape.num_blocks)
     past = tuple(torch.randn(1, shape.num_kv_heads, 3, shape.head_dim) for _ in range(2 * shape.num_blocks))
-    inputs = ["input_ids", "position_ids", "attention_bias", *_cache_names("past", blocks)]
-    outputs = ["logits", *_cache_names("present", blocks)]
+    inputs = ["input_ids", "position_ids", "attention_bias", *cache_names("past", blocks)]
+    outputs = ["logits", *cache_names("present", blocks)]
     staging = path.parent.with_name(path.parent.name + ".tmp")
     staging.mkdir(parents=True, exist_ok=True)
     export_graph(DecoderMonolith(modules), (torch.tensor([[5, 6]]), torch.tensor([[3, 4]]), torch.zeros(1, 5), *past),
-                 inputs, outputs, staging / "model.onnx", _axes(inputs + outputs))
+                 inputs, outputs, staging / "model.onnx", decoder_axes(inputs + outputs))
     share_weights([staging / "model.onnx"], staging / "weights.bin")
     os.replace(staging, path.parent)
     return path

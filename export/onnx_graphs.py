@@ -7,6 +7,7 @@ dynamo exporter on a tiny BERT with outputs equally close, and export time matte
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -27,6 +28,20 @@ DYNAMIC_AXES = {
     "logits": {0: "batch"},
     "embedding": {0: "batch"},
 }
+
+
+@dataclass(frozen=True)
+class GraphJob:
+    """One graph to export: a segment, or a span of consecutive segments (`covers`)."""
+
+    name: str
+    kind: str
+    index: int
+    module: torch.nn.Module
+    args: tuple[torch.Tensor, ...]
+    inputs: list[str]
+    outputs: list[str]
+    covers: tuple[str, ...] = ()
 
 
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],

@@ -29,7 +29,7 @@ from .exit_quality import EMBEDDING_AGREEMENT_COSINE, evaluate, exit_outputs, ju
 from .features import TorchSegments, attention_bias, collect_features
 from .joint_training import JointSettings, final_probabilities, fine_tune_jointly
 from .model_source import LoadedModel, load_model
-from .onnx_graphs import export_graph
+from .onnx_graphs import GraphJob, export_graph
 from .package_writer import discard, finalize, prepare_staging
 from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead, Stage
 from .shared_weights import WEIGHTS_FILE, share_weights
@@ -264,20 +264,6 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
     return calibration, levels, evaluation
 
 
-@dataclass(frozen=True)
-class _GraphJob:
-    """One graph to export: a segment, or a span of consecutive segments (`covers`)."""
-
-    name: str
-    kind: str
-    index: int
-    module: torch.nn.Module
-    args: tuple[torch.Tensor, ...]
-    inputs: list[str]
-    outputs: list[str]
-    covers: tuple[str, ...] = ()
-
-
 def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[int, torch.nn.Module],
                    spec: TokenizerSpec) -> tuple[list[Segment], list[ExitHead]]:
     hidden_size = segments.blocks[0].query.in_features
@@ -287,32 +273,32 @@ def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[in
     bias = torch.zeros(1, ids.shape[1])
     graph_dir = staging / "graphs"
     out_name = "logits" if isinstance(segments.head, ClassifierHead) else "embedding"
-    jobs: list[_GraphJob] = []
+    jobs: list[GraphJob] = []
     embed_inputs = ["input_ids", "token_type_ids"] if segments.embed.uses_token_type_ids else ["input_ids"]
     embed_args = (ids, types) if segments.embed.uses_token_type_ids else (ids,)
-    jobs.append(_GraphJob("embed", "embed", 0, segments.embed, embed_args, embed_inputs, ["hidden"]))
+    jobs.append(GraphJob("embed", "embed", 0, segments.embed, embed_args, embed_inputs, ["hidden"]))
     block_outputs = ["next_hidden", "token_importance", "cls_attention"]
     for i, block in enumerate(segments.blocks):
-        jobs.append(_GraphJob(f"block_{i:02d}", "block", i, block, (hidden, bias), ["hidden", "attention_bias"],
+        jobs.append(GraphJob(f"block_{i:02d}", "block", i, block, (hidden, bias), ["hidden", "attention_bias"],
                               block_outputs))
     for depth, module in sorted(exit_modules.items()):
-        jobs.append(_GraphJob(f"exit_{depth:02d}", "exit", depth, module, (hidden, bias),
+        jobs.append(GraphJob(f"exit_{depth:02d}", "exit", depth, module, (hidden, bias),
                               ["hidden", "attention_bias"], [out_name]))
-    jobs.append(_GraphJob("head", "head", 0, segments.head, (hidden, bias), ["hidden", "attention_bias"], [out_name]))
+    jobs.append(GraphJob("head", "head", 0, segments.head, (hidden, bias), ["hidden", "attention_bias"], [out_name]))
     full = FullDepth(segments.embed, segments.blocks, segments.head)
     num_blocks = len(segments.blocks)
-    jobs.append(_GraphJob("full", "span", 0, full, (*embed_args, bias), [*embed_inputs, "attention_bias"],
+    jobs.append(GraphJob("full", "span", 0, full, (*embed_args, bias), [*embed_inputs, "attention_bias"],
                           [out_name], ("embed", *(f"block_{i:02d}" for i in range(num_blocks)), "head")))
     for depth, module in sorted(exit_modules.items()):  # block + its exit (the first with the embedding)
         first = depth == 1
         stage = Stage(segments.embed if first else None, [segments.blocks[depth - 1]], module, tail_is_head=False)
-        jobs.append(_GraphJob(f"stage_{depth:02d}", "span", depth, stage,
+        jobs.append(GraphJob(f"stage_{depth:02d}", "span", depth, stage,
                               (*embed_args, bias) if first else (hidden, bias),
                               [*embed_inputs, "attention_bias"] if first else ["hidden", "attention_bias"],
                               [*block_outputs, out_name],
                               (*(("embed",) if first else ()), f"block_{depth - 1:02d}", f"exit_{depth:02d}")))
     last = Stage(None, [segments.blocks[-1]], segments.head, tail_is_head=True)
-    jobs.append(_GraphJob("stage_head", "span", num_blocks, last, (hidden, bias), ["hidden", "attention_bias"],
+    jobs.append(GraphJob("stage_head", "span", num_blocks, last, (hidden, bias), ["hidden", "attention_bias"],
                           [out_name], (f"block_{num_blocks - 1:02d}", "head")))
     graph_segments: list[Segment] = []
     with progress_bar(len(jobs), "exporting graphs") as bar:

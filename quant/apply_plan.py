@@ -40,7 +40,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str]) -> onnx.ModelPro
         lowered = _fp16(lowered, {n.name for n in groups["fp16"]})
     for name in ("int8-tensor", "int8-channel"):
         if name in groups:
-            lowered = _int8_dynamic(lowered, [n.name for n in groups[name]], BY_NAME[name])
+            lowered = int8_dynamic(lowered, [n.name for n in groups[name]], BY_NAME[name])
     for name in ("int4-b32", "int4-b128"):
         if name in groups:
             lowered = _int4(lowered, [n.name for n in groups[name]], BY_NAME[name])
@@ -68,9 +68,13 @@ def _fp16(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
         casts.append(onnx.helper.make_node("Cast", [half.name], [cast_output], to=onnx.TensorProto.FLOAT,
                                            name=f"{node.name}_weight_cast"))
         node.input[position] = cast_output
-    nodes_in_order = casts + list(model.graph.node)  # a cast reads only an initializer: first is in order
+    return with_nodes(model, casts + list(model.graph.node))  # a cast reads only an initializer: first is in order
+
+
+def with_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """The graph's nodes replaced by `nodes` (in a valid order), initializers no node reads dropped."""
     del model.graph.node[:]
-    model.graph.node.extend(nodes_in_order)
+    model.graph.node.extend(nodes)
     used = {i for n in model.graph.node for i in n.input}
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
@@ -78,10 +82,10 @@ def _fp16(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
     return model
 
 
-def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], candidate: Candidate) -> onnx.ModelProto:
+def int8_dynamic(model: onnx.ModelProto, nodes: list[str], candidate: Candidate) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="edgeinfer-quant-") as folder, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edgeinfer-quant-") as folder, quiet_quantizer():
         out = Path(folder) / "lowered.onnx"
         quantize_dynamic(model, out, per_channel=candidate.per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=list(candidate.ops), nodes_to_quantize=nodes)
@@ -93,7 +97,7 @@ def _int4(model: onnx.ModelProto, nodes: list[str], candidate: Candidate) -> onn
 
     # its nodes_to_include widens the op-type selection rather than narrowing it: exclude the rest
     others = [n.name for n in model.graph.node if n.name not in set(nodes)]
-    with _quiet():
+    with quiet_quantizer():
         quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=candidate.block_size or 32, is_symmetric=True,
                                          nodes_to_exclude=others, op_types_to_quantize=("MatMul", "Gather"),
                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
@@ -123,7 +127,7 @@ def _reduce_axes_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-class _quiet:
+class quiet_quantizer:
     """onnxruntime.quantization logs a line per node at INFO/WARNING; a CLI run should not."""
 
     def __enter__(self) -> None:

@@ -26,7 +26,7 @@ from ..export.shared_weights import WEIGHTS_FILE, share_weights
 from ..manifest import Manifest, PrecisionVariant, Variant
 from ..progress import progress_bar
 from ..runtime.package import Package, open_package
-from .apply_plan import _int8_dynamic, _quiet
+from .apply_plan import int8_dynamic, quiet_quantizer, with_nodes
 from .candidates import INT8_CHANNEL
 
 LOWERED_KINDS = ("block", "span", "kv", "head")
@@ -53,13 +53,7 @@ def _gemm_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
                                       [product if len(node.input) > 2 else node.output[0]], name=f"{node.name}_matmul"))
         if len(node.input) > 2:
             nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model
+    return with_nodes(model, nodes)
 
 
 def lower(model: onnx.ModelProto, scheme: str) -> onnx.ModelProto:
@@ -70,11 +64,11 @@ def lower(model: onnx.ModelProto, scheme: str) -> onnx.ModelProto:
         return model
     bits, block = SCHEMES[scheme]
     if block is None:
-        return _int8_dynamic(model, matmuls, INT8_CHANNEL)
+        return int8_dynamic(model, matmuls, INT8_CHANNEL)
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=bits)
-    with _quiet():
+    with quiet_quantizer():
         quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=[])
         quantizer.process()
     return quantizer.model.model

@@ -6,19 +6,18 @@ span of blocks has one pair per block it covers and the runtime feeds any graph 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ...manifest import Segment, Variant
 from ...progress import progress_bar
-from ..onnx_graphs import export_graph
+from ..onnx_graphs import GraphJob, export_graph
 from ..shared_weights import WEIGHTS_FILE, share_weights
 from .segments import DecoderModules, DecoderSpan
 
 
-def _axes(names: list[str]) -> dict[str, dict[int, str]]:
+def decoder_axes(names: list[str]) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {}
     for name in names:
         if name.startswith("past_"):
@@ -32,20 +31,8 @@ def _axes(names: list[str]) -> dict[str, dict[int, str]]:
     return axes
 
 
-def _cache_names(kind: str, blocks: range) -> list[str]:
+def cache_names(kind: str, blocks: range) -> list[str]:
     return [f"{kind}_{part}_{b:02d}" for b in blocks for part in ("key", "value")]
-
-
-@dataclass(frozen=True)
-class _Job:
-    name: str
-    kind: str
-    index: int
-    module: torch.nn.Module
-    args: tuple[torch.Tensor, ...]
-    inputs: list[str]
-    outputs: list[str]
-    covers: tuple[str, ...] = ()
 
 
 def span_ranges(exits: tuple[int, ...], num_blocks: int) -> list[range]:
@@ -64,30 +51,30 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
     bias = torch.zeros(1, past + new)
     cache = lambda: torch.randn(1, shape.num_kv_heads, past, shape.head_dim)  # noqa: E731
     front = ["hidden", "position_ids", "attention_bias"]
-    jobs = [_Job("embed", "embed", 0, modules.embed, (ids,), ["input_ids"], ["hidden"])]
+    jobs = [GraphJob("embed", "embed", 0, modules.embed, (ids,), ["input_ids"], ["hidden"])]
     for i, block in enumerate(modules.blocks):
-        jobs.append(_Job(f"block_{i:02d}", "block", i, block, (hidden, positions, bias, cache(), cache()),
-                         [*front, *_cache_names("past", range(i, i + 1))],
-                         ["next_hidden", *_cache_names("present", range(i, i + 1)), "attention_received"]))
+        jobs.append(GraphJob(f"block_{i:02d}", "block", i, block, (hidden, positions, bias, cache(), cache()),
+                         [*front, *cache_names("past", range(i, i + 1))],
+                         ["next_hidden", *cache_names("present", range(i, i + 1)), "attention_received"]))
     for i in range(shape.num_blocks):
-        jobs.append(_Job(f"kv_{i:02d}", "kv", i, modules.key_value(i), (hidden, positions, cache(), cache()),
-                         ["hidden", "position_ids", *_cache_names("past", range(i, i + 1))],
-                         _cache_names("present", range(i, i + 1))))
-    jobs.append(_Job("head", "head", 0, modules.head, (hidden,), ["hidden"], ["logits"]))
+        jobs.append(GraphJob(f"kv_{i:02d}", "kv", i, modules.key_value(i), (hidden, positions, cache(), cache()),
+                         ["hidden", "position_ids", *cache_names("past", range(i, i + 1))],
+                         cache_names("present", range(i, i + 1))))
+    jobs.append(GraphJob("head", "head", 0, modules.head, (hidden,), ["hidden"], ["logits"]))
     for blocks in span_ranges(exits, shape.num_blocks):
         name = "blocks" if len(blocks) == shape.num_blocks else f"span_{blocks[0]:02d}_{blocks[-1] + 1:02d}"
         span = DecoderSpan([modules.blocks[b] for b in blocks])
         past_args = tuple(cache() for _ in range(2 * len(blocks)))
-        jobs.append(_Job(name, "span", blocks[0], span, (hidden, positions, bias, *past_args),
-                         [*front, *_cache_names("past", blocks)],
-                         ["next_hidden", *_cache_names("present", blocks), "attention_received"],
+        jobs.append(GraphJob(name, "span", blocks[0], span, (hidden, positions, bias, *past_args),
+                         [*front, *cache_names("past", blocks)],
+                         ["next_hidden", *cache_names("present", blocks), "attention_received"],
                          tuple(f"block_{b:02d}" for b in blocks)))
     segments: list[Segment] = []
     with progress_bar(len(jobs), "exporting graphs") as bar:
         for job in jobs:
             path = graph_dir / f"{job.name}.onnx"
             inputs, outputs = export_graph(job.module, job.args, job.inputs, job.outputs, path,
-                                           _axes(job.inputs + job.outputs))
+                                           decoder_axes(job.inputs + job.outputs))
             segments.append(Segment(name=job.name, kind=job.kind, index=job.index, inputs=tuple(inputs),
                                     outputs=tuple(outputs), variants=(Variant("fp32", f"graphs/{job.name}.onnx"),),
                                     covers=job.covers))

@@ -8,6 +8,7 @@ KV-cache tensors -> export embed, blocks, key/value-only graphs, the shared head
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from ..package_writer import discard, finalize, prepare_staging
 from .exit_calibration import calibrate_decoder_exits
 from .graphs import export_decoder_graphs
 from .segments import DecoderShape, decoder_modules
-from .source import _quiet_transformers, resolve_decoder_dir
+from .source import quiet_transformers, resolve_decoder_dir
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 PROMPT_SENTINEL = "\u2063EDGEINFER-PROMPT\u2063"
@@ -58,17 +59,16 @@ def parse_decoder_exits(spec: str | None, num_blocks: int) -> tuple[int, ...]:
     return parse_exits(spec, num_blocks)
 
 
-def _load(model: str):
+def load_causal_lm(model: str):
+    """-> (LlamaForCausalLM in eval mode, its fast tokenizer, where it came from)."""
     directory, source = resolve_decoder_dir(model)
-    import json
-
     model_type = json.loads((directory / "config.json").read_text()).get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ExportError(f"text-generation export supports model_type {', '.join(SUPPORTED_MODEL_TYPES)}; "
                           f"{directory} is {model_type!r}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -115,7 +115,7 @@ def export_decoder(model: str, output: str | Path, options: DecoderExportOptions
     output = Path(output).resolve()
     if output.exists() and not options.force:
         raise ExportError(f"{output} already exists; pass --force to replace it")
-    lm, tokenizer, source = _load(model)
+    lm, tokenizer, source = load_causal_lm(model)
     modules = decoder_modules(lm)
     shape = modules.shape
     exits = parse_decoder_exits(options.exits, shape.num_blocks)

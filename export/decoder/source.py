@@ -30,7 +30,7 @@ def is_built_in_decoder(name: str) -> bool:
     return name in BUILT_IN_GGUF
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -63,7 +63,7 @@ def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    _quiet_transformers()
+    quiet_transformers()
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
