@@ -166,6 +166,10 @@ class DecoderFacts:
     prompt_prefix: str
     prompt_suffix: str
     kv_bytes_per_token: int
+    # the fp32 embedding table [vocab_size, hidden_size] inside a package file, so a runtime can map it
+    # instead of holding it in a session (rows are read on demand); None: use the embed graph
+    embedding_file: str | None = None
+    embedding_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,8 @@ def _parse_decoder(obj: Any, where: str) -> DecoderFacts:
         prompt_prefix=_str(obj, "prompt_prefix", where),
         prompt_suffix=_str(obj, "prompt_suffix", where),
         kv_bytes_per_token=_int(obj, "kv_bytes_per_token", where, 1, 1 << 40),
+        embedding_file=_str(obj, "embedding_file", where) if obj.get("embedding_file") is not None else None,
+        embedding_offset=_int(obj, "embedding_offset", where, 0, 1 << 62) if obj.get("embedding_offset") is not None else None,
     )
 
 

@@ -105,7 +105,10 @@ def add_decoder_variant(package_path: str | Path, scheme: str = "q8", output: st
                 segments.append(replace(segment, variants=(*kept, Variant(name, path))))
                 bar.update()
         share_weights(graphs, staging / "graphs" / WEIGHTS_FILE)
-        lowered = replace(manifest, segments=tuple(segments),
+        from ..export.decoder.pipeline import embedding_location
+
+        facts = replace(manifest.decoder, **embedding_location(staging / "graphs"))  # the file was rewritten
+        lowered = replace(manifest, segments=tuple(segments), decoder=facts,
                           precision_variants=tuple(v for v in manifest.precision_variants if v.name != name))
         lowered = replace(lowered, precision_variants=(*lowered.precision_variants, PrecisionVariant(
             name=name, plan={}, bytes=_variant_bytes(staging, lowered, name),

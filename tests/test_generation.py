@@ -246,3 +246,24 @@ def test_kv_cap_prunes_the_prompt_to_fit(tiny_llama_package):
     tiny = edgeinfer.load(tiny_llama_package, budget=edgeinfer.Budget(memory_mb=0.001))
     with pytest.raises(BudgetError, match="raise the cap to"):
         tiny.generate(long_prompt, max_new_tokens=8, prune_to_fit=True)
+
+
+def test_embedding_rows_come_from_the_mapped_table(session):
+    assert session._table is not None and isinstance(session._table, np.memmap)
+    ids = np.array([[3, 7, 11]], np.int64)
+    graph_rows = session.runner.graph(session.manifest.segment("embed")).run(None, {"input_ids": ids})[0]
+    assert np.array_equal(session.embed(ids), graph_rows)
+
+
+def test_embedding_table_outside_the_file_is_refused(tiny_llama_package, tmp_path):
+    import shutil
+
+    from edgeinfer.errors import PackageError
+
+    copy = tmp_path / "tampered.edge"
+    shutil.copytree(tiny_llama_package, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["decoder"]["embedding_offset"] = 10**12
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="outside the package"):
+        edgeinfer.load(copy)

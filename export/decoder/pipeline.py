@@ -21,7 +21,9 @@ from ... import __version__
 from ...errors import ExportError
 from ...manifest import SCHEMA_VERSION, DecoderFacts, ExitHead, Manifest, ModelFacts, TokenizerSpec
 from ...runtime.generation import DecoderSession
+from ...runtime.external_data import external_entries
 from ...runtime.package import Package
+from ..shared_weights import WEIGHTS_FILE
 from ..package_writer import discard, finalize, prepare_staging
 from .exit_calibration import calibrate_decoder_exits
 from .graphs import export_decoder_graphs
@@ -129,6 +131,7 @@ def export_decoder(model: str, output: str | Path, options: DecoderExportOptions
     try:
         (staging / spec.path).write_text(backend.to_str(), encoding="utf-8")
         segments = export_decoder_graphs(staging / "graphs", modules, exits)
+        facts = replace(_facts(shape, lm, tokenizer), **_embedding_table(staging, modules))
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             model=ModelFacts(family="llama", model_type=str(lm.config.model_type), task="text-generation",
@@ -136,7 +139,7 @@ def export_decoder(model: str, output: str | Path, options: DecoderExportOptions
                              labels=None, embedding_dim=None, normalize_embedding=False, source=source),
             tokenizer=spec, segments=tuple(segments),
             exits=tuple(ExitHead(after_block=e, segment="head", confidence="top2_margin") for e in exits),
-            exit_thresholds=(), decoder=_facts(shape, lm, tokenizer),
+            exit_thresholds=(), decoder=facts,
         )
         validation = validate_generation(Package(staging, manifest), lm, tokenizer, modules, options.validate_tokens)
         levels, calibration = calibrate_decoder_exits(DecoderSession(Package(staging, manifest)),
@@ -150,6 +153,26 @@ def export_decoder(model: str, output: str | Path, options: DecoderExportOptions
         discard(staging)
         raise
     return manifest
+
+
+def embedding_location(graph_dir: Path) -> dict:
+    """Where the embed graph's table sits in the shared weights file (DecoderFacts.embedding_*)."""
+    entries = external_entries((graph_dir / "embed.onnx").read_bytes())
+    if len(entries) != 1 or entries[0].get("location") != WEIGHTS_FILE:
+        return {"embedding_file": None, "embedding_offset": None}
+    return {"embedding_file": f"graphs/{WEIGHTS_FILE}", "embedding_offset": int(entries[0].get("offset", "0"))}
+
+
+def _embedding_table(staging: Path, modules) -> dict:
+    """The table's location, checked byte for byte against the model's own embedding."""
+    location = embedding_location(staging / "graphs")
+    if location["embedding_file"] is None:
+        return location
+    table = modules.embed.embedding.weight.detach().numpy()
+    mapped = np.memmap(staging / location["embedding_file"], np.float32, "r", location["embedding_offset"], table.shape)
+    if not np.array_equal(mapped, table):
+        raise ExportError("validation failed: the embedding table in graphs/weights.bin differs from the model's")
+    return location
 
 
 def _prompts(options: DecoderExportOptions) -> list[str]:
@@ -182,6 +205,10 @@ def validate_generation(package: Package, lm, tokenizer, modules, new_tokens: in
                                   f"PyTorch's at new token {at}; report this model")
         record["prompts"].append({"prompt": prompt, "prompt_tokens": len(ids), "identical_tokens": len(expected)})
     record["kv_max_abs_diff"] = _check_key_values(fused, modules)
+    ids = np.array([[0, 1, modules.shape.vocab_size - 1]], np.int64)
+    graph_rows = fused.runner.graph(package.manifest.segment("embed")).run(None, {"input_ids": ids})[0]
+    if not np.array_equal(graph_rows, modules.embed.embedding.weight.detach().numpy()[ids]):
+        raise ExportError("validation failed: the embed graph's rows differ from the model's embedding")
     return record
 
 
