@@ -1,18 +1,15 @@
 """A decoder package that generates text: prefill, then one token per step over a KV cache.
 
-Three ways to decode, all over the same graphs (DESIGN.md's segments, applied to a Llama-family
-decoder): `full` runs every block for every token; `speculative` drafts tokens with the first
-blocks and the shared head, then checks them all with the remaining blocks in one pass and keeps
-the longest agreeing prefix (LayerSkip's self-speculation: the draft's cache entries are the full
-model's own, so nothing is recomputed and the output is the full model's); `early-exit` answers a
-token from the first exit whose top-2 margin passes the calibrated threshold (CALM) and fills the
-skipped blocks' cache entries with their key/value projections of the exit's state.
+DecoderSession holds the graphs (one onnxruntime session per segment, the stretches of blocks
+between exits fused), the tokenizer and the mapped embedding table, and checks a request against
+the model's positions and the KV-cache cap; each generate() call then runs in its own Decoding
+(decoding.py): full depth, speculative (drafts.py) or early exit, with a sequence-confidence restart
+at fp32 when a lowered variant's answer is unsure.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -20,53 +17,15 @@ from tokenizers import Tokenizer
 
 from ..errors import BudgetError, InputError, PackageError
 from ..manifest import Segment
-from .kv_cache import KVCache
+from .decoding import Decoding
+from .drafts import Draft
+from .kv_cache import MIN_PRUNED_FRACTION, KVCache, kv_need_mb
 from .package import Package
-from .pruning import keep_count, keep_tokens
-from .sampling import Sampling, choose_token, token_log_probability, top2_margin, top_probability
+from .result import Generation
+from .sampling import Sampling
 from .session import GraphRunner
 
 DECODE_MODES = ("full", "speculative", "early-exit")
-
-
-@dataclass(frozen=True)
-class GenerationTrace:
-    mode: str
-    prompt_tokens: int
-    new_tokens: int
-    prefill_ms: float
-    first_token_ms: float  # prompt in, first new token chosen
-    total_ms: float
-    stopped: str  # "eos" | "stop" | "length" | "deadline"
-    kv_bytes: int  # the cache at its largest
-    drafted: int = 0  # speculative: tokens the draft proposed
-    accepted: int = 0  # speculative: drafted tokens the full model agreed with
-    exit_blocks: tuple[int, ...] = ()  # early-exit: blocks run for each new token
-    restarts: int = 0  # the answer was generated again at fp32 (low sequence confidence)
-    restart_changed: bool = False  # ... and the new answer differs from the first
-    first_min_log_prob: float | None = None  # the first answer's confidence, when it restarted
-
-    @property
-    def tokens_per_second(self) -> float:
-        """New tokens after the first, per second of decoding (the first belongs to the prompt's time)."""
-        decoding = (self.total_ms - self.first_token_ms) / 1000
-        return (self.new_tokens - 1) / decoding if self.new_tokens > 1 and decoding > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    token_ids: tuple[int, ...]
-    log_probs: tuple[float, ...]  # of each new token under the distribution it was chosen from
-    trace: GenerationTrace
-
-    @property
-    def mean_log_prob(self) -> float:
-        return float(np.mean(self.log_probs)) if self.log_probs else 0.0
-
-    @property
-    def min_log_prob(self) -> float:
-        return float(min(self.log_probs)) if self.log_probs else 0.0
 
 
 def embedding_table(package: Package) -> np.ndarray | None:
@@ -86,37 +45,6 @@ def embedding_table(package: Package) -> np.ndarray | None:
 
 def _block_index(name: str) -> int:
     return int(name.rsplit("_", 1)[1])
-
-
-class _Stream:
-    """Decoded text so far, cut at a stop string, with the new part handed to a callback."""
-
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], on_text: Callable[[str], None] | None):
-        self.tokenizer, self.stop, self.on_text = tokenizer, stop, on_text
-        self.ids: list[int] = []
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-
-    def add(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        for stop in self.stop:
-            at = text.find(stop)
-            if at >= 0:
-                text, self.stopped = text[:at], True
-        self.text = text
-        # hold back a partial character and anything that could still become a stop string
-        ready = len(text) if self.stopped else len(text.rstrip("\ufffd"))
-        if not self.stopped:
-            for stop in self.stop:
-                for cut in range(min(len(stop) - 1, ready), 0, -1):
-                    if text[:ready].endswith(stop[:cut]):
-                        ready -= cut
-                        break
-        if self.on_text is not None and ready > self.sent:
-            self.on_text(text[self.sent:ready])
-            self.sent = ready
 
 
 class DecoderSession:
@@ -334,7 +262,7 @@ class DecoderSession:
                                  f"and a fraction in (0, 1]")
         prune_prompt = self.fit_memory(len(ids), max_new_tokens, prune_prompt, prune_to_fit)
         restarting = restart_below is not None and precision != "fp32"
-        first = _Decoding(self, ids, max_new_tokens, sampling, stop, None if restarting else on_text, budget_ms,
+        first = Decoding(self, ids, max_new_tokens, sampling, stop, None if restarting else on_text, budget_ms,
                           min_new_tokens, precision, prune_prompt).run(mode, draft, draft_tokens, thresholds)
         spent = first.trace.total_ms
         if not restarting or first.min_log_prob >= restart_below or (
@@ -369,230 +297,3 @@ class DecoderSession:
     def _default_draft_blocks(self) -> int:
         middle = self.num_blocks // 2
         return min(self.exits, key=lambda e: abs(e - middle)) if self.exits else middle
-
-
-class _Decoding:
-    """One generate() call: its cache, stream and clock (never shared between threads)."""
-
-    def __init__(self, session: DecoderSession, ids: list[int], max_new: int, sampling: Sampling,
-                 stop: tuple[str, ...], on_text, budget_ms: float | None, min_new: int = 0, precision: str = "fp32",
-                 prune_prompt: tuple[tuple[int, float], ...] = ()):
-        self.s, self.prompt, self.max_new, self.sampling = session, ids, max_new, sampling
-        self.precision, self.prune_prompt = precision, prune_prompt
-        self.min_new = min_new
-        self.rng = np.random.default_rng(sampling.seed)
-        self.cache = KVCache(session.num_blocks)
-        self.stream = _Stream(session.tokenizer, stop, on_text)
-        self.budget_ms = budget_ms
-        self.log_probs: list[float] = []
-        self.exit_blocks: list[int] = []
-        self.drafted = self.accepted = 0
-        self.kv_peak = 0
-        self.started = time.perf_counter()
-        self.prefill_ms = self.first_ms = 0.0
-        self.stopped = "length"
-
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
-
-    def forward(self, tokens: list[int], start: int = 0, stop: int | None = None, cache: KVCache | None = None,
-                precision: str = "fp32", prune: tuple[tuple[int, float], ...] = ()) -> np.ndarray:
-        """Embed `tokens` (new, after the cache) and run blocks start..stop-1; returns the hidden
-        states of the tokens that went through (all, unless `prune` dropped some after a block)."""
-        cache = cache or self.cache
-        stop = self.s.num_blocks if stop is None else stop
-        positions = np.arange(len(tokens)) + cache.next_position()
-        hidden = self.s.embed(np.array([tokens], np.int64), precision)
-        at = start
-        for point, fraction in prune:
-            if not at < point < stop:
-                continue
-            hidden, received = self.s.blocks(cache, hidden, positions, at, point, precision)
-            kept = prompt_tokens_kept(received[0, -hidden.shape[1]:], fraction, len(tokens))
-            hidden, positions, at = hidden[:, kept], positions[kept], point
-        hidden, _ = self.s.blocks(cache, hidden, positions, at, stop, precision)
-        self.kv_peak = max(self.kv_peak, self.cache.nbytes() + (cache.nbytes() if cache is not self.cache else 0))
-        return hidden
-
-    def allowed(self, logits: np.ndarray, ahead: int = 0) -> np.ndarray:
-        """The logits with end-of-sequence ruled out while fewer than min_new tokens exist (`ahead`
-        counts tokens already chosen but not yet emitted, as in a speculative verdict)."""
-        if len(self.stream.ids) + ahead >= self.min_new:
-            return logits
-        masked = logits.copy()
-        masked[list(self.s.facts.eos_ids)] = -np.inf
-        return masked
-
-    def emit(self, token: int, logits: np.ndarray) -> bool:
-        """Take one new token; True when generation must stop."""
-        self.log_probs.append(token_log_probability(logits, token))
-        self.stream.add(token)
-        if not self.first_ms:
-            self.first_ms = self.elapsed_ms()
-        if token in self.s.facts.eos_ids:
-            self.stopped = "eos"
-        elif self.stream.stopped:
-            self.stopped = "stop"
-        elif len(self.stream.ids) >= self.max_new:
-            self.stopped = "length"
-        elif self.budget_ms is not None and self.elapsed_ms() > self.budget_ms:
-            self.stopped = "deadline"
-        else:
-            return False
-        return True
-
-    def run(self, mode: str, draft: "Draft | None", draft_tokens: int,
-            exit_thresholds: tuple[float | None, ...] | None) -> Generation:
-        hidden = self.forward(self.prompt, precision=self.precision, prune=self.prune_prompt)
-        self.prefill_ms = self.elapsed_ms()
-        logits = self.s.head(hidden[:, -1:], self.precision)[0, -1]
-        if mode == "speculative":
-            self._speculative(logits, draft, draft_tokens)
-        else:
-            self._one_by_one(logits, exit_thresholds if mode == "early-exit" else None)
-        trace = GenerationTrace(
-            mode=mode, prompt_tokens=len(self.prompt), new_tokens=len(self.stream.ids),
-            prefill_ms=self.prefill_ms, first_token_ms=self.first_ms, total_ms=self.elapsed_ms(),
-            stopped=self.stopped, kv_bytes=self.kv_peak, drafted=self.drafted, accepted=self.accepted,
-            exit_blocks=tuple(self.exit_blocks))
-        return Generation(self.stream.text, tuple(self.stream.ids), tuple(self.log_probs), trace)
-
-    def _one_by_one(self, logits: np.ndarray, exit_thresholds: tuple[float | None, ...] | None) -> None:
-        while True:
-            logits = self.allowed(logits)
-            token = choose_token(logits, self.sampling, self.rng)
-            if self.emit(token, logits):
-                return
-            if exit_thresholds is None:
-                logits = self.s.head(self.forward([token], precision=self.precision), self.precision)[0, -1]
-            else:
-                logits = self._early_exit_step(token, exit_thresholds)
-
-    def _early_exit_step(self, token: int, thresholds: tuple[float | None, ...]) -> np.ndarray:
-        s = self.s
-        positions = np.arange(1) + self.cache.next_position()
-        hidden = s.embed(np.array([[token]], np.int64), self.precision)
-        done = 0
-        tested = [(e, t) for e, t in zip(s.exits, thresholds) if t is not None]
-        for depth, threshold in (*tested, (s.num_blocks, None)):
-            hidden, _ = s.blocks(self.cache, hidden, positions, done, depth, self.precision)
-            done = depth
-            logits = s.head(hidden, self.precision)[0, -1]
-            if threshold is not None and top2_margin(logits) >= threshold:
-                s.fill_key_values(self.cache, hidden, positions, depth, self.precision)
-                break
-        self.kv_peak = max(self.kv_peak, self.cache.nbytes())
-        self.exit_blocks.append(done)
-        return logits
-
-    def _speculative(self, logits: np.ndarray, draft: "Draft", draft_tokens: int) -> None:
-        """Draft, verify all drafts in one full-depth pass, keep the agreeing prefix plus the full
-        model's own next token: the output is greedy full-depth decoding, token for token."""
-        s = self.s
-        logits = self.allowed(logits)
-        token = choose_token(logits, self.sampling, self.rng)
-        if self.emit(token, logits):
-            return
-        shares_cache = draft.shares_cache(s.num_blocks)
-        own = KVCache(s.num_blocks) if draft.blocks and not shares_cache else None
-        pending = list(self.prompt)  # tokens the draft's own cache still lacks
-        while True:
-            base = self.cache.next_position()  # the position of `token`
-            room = self.max_new - len(self.stream.ids)
-            inputs, drafts, early = [token], [], []
-            drafted_all = True  # False: drafting stopped at an unlikely token, the last input already ran
-            copied = context_proposal([*self.prompt, *self.stream.ids], draft.ngram, min(draft_tokens, room)) \
-                if draft.ngram else []
-            for _ in range(0 if copied or not draft.blocks else min(draft_tokens, room)):
-                if shares_cache:
-                    early.append(self.forward([inputs[-1]], 0, draft.blocks))
-                    hidden = early[-1]
-                else:
-                    hidden = self.forward([*pending, inputs[-1]], 0, draft.blocks, own, draft.precision)[:, -1:]
-                    pending = []
-                scores = self.allowed(s.head(hidden, draft.precision)[0, -1], len(drafts))
-                if draft.confidence and drafts and top_probability(scores) < draft.confidence:
-                    drafted_all = False  # the check decides this position
-                    break
-                drafts.append(int(np.argmax(scores)))
-                inputs.append(drafts[-1])
-            if copied:  # drafted from the context: nothing ran yet, the check runs every block
-                drafts, inputs = copied, [token, *copied]
-                deep = self.forward(inputs)
-            elif shares_cache:  # the deep blocks continue from the draft's own states and cache entries
-                if drafted_all:
-                    early.append(self.forward([inputs[-1]], 0, draft.blocks))
-                positions = np.arange(base, base + len(inputs))
-                deep, _ = s.blocks(self.cache, np.concatenate(early, axis=1), positions, draft.blocks, s.num_blocks)
-            else:
-                deep = self.forward(inputs)
-            verdict = np.stack([self.allowed(row, i) for i, row in enumerate(s.head(deep)[0])])
-            self.drafted += len(drafts)
-            kept = 0
-            while kept < len(drafts) and int(np.argmax(verdict[kept])) == drafts[kept]:
-                kept += 1
-            self.accepted += kept
-            self.cache.roll_back(base + kept + 1)
-            if own is not None:  # the accepted inputs it read stay; those it did not read come next time
-                read = 0 if copied else len(drafts) + (0 if drafted_all else 1)
-                own.roll_back(base + min(kept + 1, read))
-                pending = [*pending, *inputs[read:kept + 1]]
-            for i in range(kept + 1):
-                token = drafts[i] if i < kept else int(np.argmax(verdict[i]))
-                if self.emit(token, verdict[i]):
-                    return
-
-
-@dataclass(frozen=True)
-class Draft:
-    """What drafts tokens for speculative decoding: the first `blocks` blocks at `precision` and the
-    shared head. At fp32 with fewer blocks than the model, the draft's cache entries are the full
-    model's own (LayerSkip) and the check runs only the remaining blocks; a lowered draft (int8)
-    keeps a cache of its own and the check runs every block on the drafted tokens."""
-
-    blocks: int  # 0: no model draft (context proposals only)
-    precision: str = "fp32"
-    confidence: float = 0.0  # stop drafting at a token less likely than this under the draft
-    ngram: int = 0  # first look for the context's last n..1 tokens earlier in the context, and propose what followed
-
-    def shares_cache(self, num_blocks: int) -> bool:
-        return self.precision == "fp32" and 0 < self.blocks < num_blocks
-
-
-MIN_PRUNED_FRACTION = 0.1
-
-
-def kv_need_mb(num_blocks: int, per_block_mb: float, prompt_tokens: int, new_tokens: int,
-               prune: tuple[tuple[int, float], ...]) -> float:
-    """The cache at its largest: every block holds the new tokens; after a pruning point, only the
-    kept share of the prompt."""
-    entries, kept, at = 0.0, float(prompt_tokens), 0
-    for point, fraction in (*prune, (num_blocks, 1.0)):
-        entries += (point - at) * (kept + new_tokens)
-        kept, at = min(kept, max(1.0, np.ceil(fraction * prompt_tokens))), point
-    return entries * per_block_mb
-
-
-def prompt_tokens_kept(importance: np.ndarray, fraction: float, prompt_tokens: int,
-                       sinks: int = 4, recent: int = 16) -> np.ndarray:
-    """Indices of the prompt tokens that go on to the next blocks: the first `sinks` (attention sinks,
-    StreamingLLM) and last `recent` always, the others by the attention they received, up to
-    `fraction` of the prompt."""
-    current = len(importance)
-    protected = np.zeros(current, dtype=bool)
-    protected[:sinks] = True
-    protected[max(0, current - recent):] = True
-    keep = keep_count(prompt_tokens, current, fraction, int(protected.sum()))
-    return keep_tokens(importance, protected, keep)
-
-
-def context_proposal(context: list[int], longest: int, count: int) -> list[int]:
-    """Prompt lookup (the n-gram drafting of Lookahead decoding, with the context as the pool): the
-    tokens that followed the latest earlier occurrence of the context's last n tokens, longest n first.
-    Free to compute, and right often where answers copy from the prompt (summaries, edits, quotes)."""
-    for n in range(min(longest, len(context) - 1), 0, -1):
-        tail = context[-n:]
-        for start in range(len(context) - n - 1, -1, -1):
-            if context[start:start + n] == tail:
-                return context[start + n:start + n + count]
-    return []

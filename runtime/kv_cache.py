@@ -54,3 +54,17 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(int(k.nbytes) + int(v.nbytes) for k, v in zip(self.keys, self.values) if k is not None)
+
+
+MIN_PRUNED_FRACTION = 0.1
+
+
+def kv_need_mb(num_blocks: int, per_block_mb: float, prompt_tokens: int, new_tokens: int,
+               prune: tuple[tuple[int, float], ...]) -> float:
+    """The cache at its largest: every block holds the new tokens; after a pruning point, only the
+    kept share of the prompt."""
+    entries, kept, at = 0.0, float(prompt_tokens), 0
+    for point, fraction in (*prune, (num_blocks, 1.0)):
+        entries += (point - at) * (kept + new_tokens)
+        kept, at = min(kept, max(1.0, np.ceil(fraction * prompt_tokens))), point
+    return entries * per_block_mb

@@ -47,3 +47,43 @@ class Result:
             "profile": self.trace.profile,
         }
         return out
+
+
+@dataclass(frozen=True)
+class GenerationTrace:
+    mode: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_ms: float
+    first_token_ms: float  # prompt in, first new token chosen
+    total_ms: float
+    stopped: str  # "eos" | "stop" | "length" | "deadline"
+    kv_bytes: int  # the cache at its largest
+    drafted: int = 0  # speculative: tokens the draft proposed
+    accepted: int = 0  # speculative: drafted tokens the full model agreed with
+    exit_blocks: tuple[int, ...] = ()  # early-exit: blocks run for each new token
+    restarts: int = 0  # the answer was generated again at fp32 (low sequence confidence)
+    restart_changed: bool = False  # ... and the new answer differs from the first
+    first_min_log_prob: float | None = None  # the first answer's confidence, when it restarted
+
+    @property
+    def tokens_per_second(self) -> float:
+        """New tokens after the first, per second of decoding (the first belongs to the prompt's time)."""
+        decoding = (self.total_ms - self.first_token_ms) / 1000
+        return (self.new_tokens - 1) / decoding if self.new_tokens > 1 and decoding > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: tuple[int, ...]
+    log_probs: tuple[float, ...]  # of each new token under the distribution it was chosen from
+    trace: GenerationTrace
+
+    @property
+    def mean_log_prob(self) -> float:
+        return float(np.mean(self.log_probs)) if self.log_probs else 0.0
+
+    @property
+    def min_log_prob(self) -> float:
+        return float(min(self.log_probs)) if self.log_probs else 0.0

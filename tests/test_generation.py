@@ -191,7 +191,7 @@ def test_confidence_limited_drafting_is_exact(session, draft_precision, draft_bl
 
 @pytest.mark.parametrize("options", [{"draft_blocks": 0}, {"draft_precision": "q8"}, {"draft_blocks": 2}])
 def test_context_drafting_is_exact(session, options):
-    from edgeinfer.runtime.generation import context_proposal
+    from edgeinfer.runtime.drafts import context_proposal
 
     assert context_proposal([5, 6, 7, 8, 5, 6], 3, 2) == [7, 8]
     assert context_proposal([5, 6, 7], 3, 2) == []
@@ -205,7 +205,7 @@ def test_context_drafting_is_exact(session, options):
 
 
 def test_prompt_pruning(session):
-    from edgeinfer.runtime.generation import prompt_tokens_kept
+    from edgeinfer.runtime.decoding import prompt_tokens_kept
 
     kept = prompt_tokens_kept(np.arange(40, dtype=float)[::-1].copy(), 0.5, 40, sinks=2, recent=3)
     assert len(kept) == 20 and {0, 1, 37, 38, 39} <= set(kept.tolist()) and list(kept) == sorted(kept)

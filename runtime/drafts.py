@@ -1,0 +1,37 @@
+"""Where speculative decoding's drafts come from.
+
+A draft only has to be cheap and often right: the full model checks every drafted token in one pass
+and keeps the agreeing prefix, so the output is full-depth greedy decoding whatever drafted it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What drafts tokens for speculative decoding: the first `blocks` blocks at `precision` and the
+    shared head. At fp32 with fewer blocks than the model, the draft's cache entries are the full
+    model's own (LayerSkip) and the check runs only the remaining blocks; a lowered draft (int8)
+    keeps a cache of its own and the check runs every block on the drafted tokens."""
+
+    blocks: int  # 0: no model draft (context proposals only)
+    precision: str = "fp32"
+    confidence: float = 0.0  # stop drafting at a token less likely than this under the draft
+    ngram: int = 0  # first look for the context's last n..1 tokens earlier in the context, and propose what followed
+
+    def shares_cache(self, num_blocks: int) -> bool:
+        return self.precision == "fp32" and 0 < self.blocks < num_blocks
+
+
+def context_proposal(context: list[int], longest: int, count: int) -> list[int]:
+    """Prompt lookup (the n-gram drafting of Lookahead decoding, with the context as the pool): the
+    tokens that followed the latest earlier occurrence of the context's last n tokens, longest n first.
+    Free to compute, and right often where answers copy from the prompt (summaries, edits, quotes)."""
+    for n in range(min(longest, len(context) - 1), 0, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start:start + n] == tail:
+                return context[start + n:start + n + count]
+    return []
