@@ -267,3 +267,14 @@ def test_embedding_table_outside_the_file_is_refused(tiny_llama_package, tmp_pat
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match="outside the package"):
         edgeinfer.load(copy)
+
+
+def test_threads_share_a_session(session):
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(prompt, mode) for prompt in PROMPTS for mode in ("full", "speculative")]
+    expected = [session.generate(p, max_new_tokens=16, min_new_tokens=16, mode=m).token_ids for p, m in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda job: session.generate(job[0], max_new_tokens=16, min_new_tokens=16,
+                                                         mode=job[1]).token_ids, jobs * 3))
+    assert got == expected * 3
