@@ -99,6 +99,11 @@ class Decoding:
         states of the tokens that went through (all, unless `prune` dropped some after a block)."""
         cache = cache or self.cache
         stop = self.s.num_blocks if stop is None else stop
+        chunk = self.s.prefill_chunk
+        if not prune and len(tokens) > chunk:  # a long prompt in pieces: bounded activations
+            for at in range(0, len(tokens) - chunk, chunk):
+                self.forward(tokens[at:at + chunk], start, stop, cache, precision)
+            tokens = tokens[len(tokens) - (len(tokens) - 1) % chunk - 1:]
         positions = np.arange(len(tokens)) + cache.next_position()
         hidden = self.s.embed(np.array([tokens], np.int64), precision)
         at = start

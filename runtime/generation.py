@@ -60,7 +60,11 @@ class DecoderSession:
         self.package, self.manifest, self.facts = package, manifest, manifest.decoder
         self.num_blocks = manifest.model.num_blocks
         self.memory_mb = memory_mb
-        self.runner = GraphRunner(package, threads, providers)
+        # prompts longer than this are prefilled in pieces (not when pruning, which ranks the whole
+        # prompt): attention scores grow with new x cached tokens, and a 1,363-token SmolLM2 prompt in
+        # one piece raised peak RSS by ~280 MB over a short one (bench/decoder_memory.py)
+        self.prefill_chunk = 256
+        self.runner = GraphRunner(package, threads, providers, shared_arena=True)  # sessions.py: why
         self.tokenizer = Tokenizer.from_file(str(package.path(manifest.tokenizer.path)))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()

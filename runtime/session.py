@@ -42,8 +42,9 @@ class GraphRunner:
     """One onnxruntime session per segment, created on first use and shared by all threads."""
 
     def __init__(self, package: Package, threads: int | None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 optimized_cache: bool = False):
+                 optimized_cache: bool = False, shared_arena: bool = False):
         self.package = package
+        self.shared_arena = shared_arena
         self.threads = threads
         self.providers = providers
         self._device_key = fingerprint_key(device_fingerprint(threads or default_threads(), providers[0])) \
@@ -64,7 +65,7 @@ class GraphRunner:
                     worth_caching = self._device_key is not None and len(segment.covers) > 3
                     cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) \
                         if worth_caching else None
-                    graph = open_session(self.package.path(path), self.threads, self.providers, cache)
+                    graph = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena)
                     self._graphs[key] = graph
         return graph
 

@@ -278,3 +278,16 @@ def test_threads_share_a_session(session):
         got = list(pool.map(lambda job: session.generate(job[0], max_new_tokens=16, min_new_tokens=16,
                                                          mode=job[1]).token_ids, jobs * 3))
     assert got == expected * 3
+
+
+def test_long_prompts_prefill_in_pieces(tiny_llama_package):
+    whole = edgeinfer.load(tiny_llama_package)
+    whole.prefill_chunk = 10_000
+    pieces = edgeinfer.load(tiny_llama_package)
+    pieces.prefill_chunk = 7
+    prompt = " ".join(["good movie plot rain sun city river"] * 6)
+    assert len(pieces.encode(prompt)) > 3 * 7
+    expected = whole.generate(prompt, max_new_tokens=12, min_new_tokens=12)
+    for mode in ("full", "speculative"):
+        got = pieces.generate(prompt, max_new_tokens=12, min_new_tokens=12, mode=mode)
+        assert got.token_ids == expected.token_ids
