@@ -291,3 +291,15 @@ def test_long_prompts_prefill_in_pieces(tiny_llama_package):
     for mode in ("full", "speculative"):
         got = pieces.generate(prompt, max_new_tokens=12, min_new_tokens=12, mode=mode)
         assert got.token_ids == expected.token_ids
+
+
+def test_kv_cap_counts_a_lowered_draft_cache(tiny_llama_package):
+    per_token = edgeinfer.load(tiny_llama_package).facts.kv_bytes_per_token
+    prompt = PROMPTS[2]
+    tokens = len(edgeinfer.load(tiny_llama_package).encode(prompt)) + 10
+    cap_mb = 1.5 * tokens * per_token / 2**20  # one cache fits, two do not
+    capped = edgeinfer.load(tiny_llama_package, budget=edgeinfer.Budget(memory_mb=cap_mb))
+    assert capped.generate(prompt, max_new_tokens=10).trace.new_tokens >= 1
+    with pytest.raises(BudgetError):
+        capped.generate(prompt, max_new_tokens=10, mode="speculative", draft_precision="q8")
+    assert capped.generate(prompt, max_new_tokens=10, mode="speculative", draft_blocks=2).trace.new_tokens >= 1
