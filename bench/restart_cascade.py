@@ -10,7 +10,6 @@ figures are on SST-2 dev (3 interleaved repeats).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,14 @@ from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
 from ..runtime.session import load
 from .runtime_bench import _edgeinfer, _measure, choose_restart_threshold
+from .sst2_runtime import add_sst2_arguments
 
 CHEAP_LEVEL = 0.95
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cache = Path(os.path.expanduser("~/.cache/edgeinfer/bench"))
-    parser.add_argument("--package", default=str(cache / "sst2-heads.edge"))
-    parser.add_argument("--calib", default=str(cache / "sst2_train_sentences.tsv"))
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"))
+    add_sst2_arguments(parser)
     args = parser.parse_args(argv)
     package = Path(args.package)
     calibration = read_examples(Path(args.calib), None).split(500, 0, seed=2)[0]

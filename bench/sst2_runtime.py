@@ -21,6 +21,7 @@ from ..export.calibration_data import read_examples
 from ..errors import PackageError
 from ..export.pipeline import ExportOptions, export_model
 from ..manifest import SCHEMA_VERSION
+from ..runtime.user_cache import cache_root
 from ..runtime.package import open_package
 from .report_files import write_atomically
 from .runtime_bench import markdown_report, choose_restart_threshold, run_bench
@@ -53,6 +54,15 @@ def is_current(package: Path) -> bool:
             int(x) for x in SCHEMA_VERSION.split("."))
     except (PackageError, OSError):
         return False
+
+
+def add_sst2_arguments(parser: argparse.ArgumentParser) -> None:
+    """--package, --calib, --data: the cached SST-2 heads package, the train sentences that calibrated
+    it, and SST-2 dev (what restart_cascade and static_int8 measure on)."""
+    cache = cache_root() / "bench"
+    parser.add_argument("--package", default=str(cache / "sst2-heads.edge"))
+    parser.add_argument("--calib", default=str(cache / "sst2_train_sentences.tsv"))
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"))
 
 
 def sst2_package(shared: Path, cache: Path, joint: bool = False) -> tuple[Path, Path]:

@@ -8,7 +8,6 @@ against int8 dynamic per-channel on the SST-2 model's fused graph, same MatMuls,
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
 from ..runtime.session import load
 from ..runtime.sessions import open_session
+from .sst2_runtime import add_sst2_arguments
 
 CALIBRATION_TEXTS = 64
 EVAL_TEXTS = 200
@@ -37,10 +37,7 @@ class _Feeds(CalibrationDataReader):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cache = Path(os.path.expanduser("~/.cache/edgeinfer/bench"))
-    parser.add_argument("--package", default=str(cache / "sst2-heads.edge"))
-    parser.add_argument("--calib", default=str(cache / "sst2_train_sentences.tsv"))
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"))
+    add_sst2_arguments(parser)
     args = parser.parse_args(argv)
     session = load(args.package, policy=Policy.off())
     full = Path(args.package) / "graphs" / "full.onnx"

@@ -70,6 +70,10 @@ class DecoderSession:
         self.tokenizer.no_truncation()
         self._embed = manifest.segment("embed")
         self._table = embedding_table(package)
+        # the precisions whose embed graph is the fp32 one, i.e. the mapped table
+        self._table_serves = frozenset(v.precision for v in self._embed.variants
+                                       if self._table is not None and v.path == self._embed.graph("fp32"))
+        self._routes: dict[tuple[int, int, tuple[int, ...]], list[tuple[Segment, range]]] = {}
         self._head = manifest.segment("head")
         self._spans: dict[int, list[tuple[int, Segment]]] = {}
         for segment in self._block_spans() if fused else ():
@@ -93,7 +97,15 @@ class DecoderSession:
 
     def route(self, start: int, stop: int, breaks: tuple[int, ...] = ()) -> list[tuple[Segment, range]]:
         """The fewest graphs computing blocks start..stop-1: the longest span that fits, else a block.
-        A span never crosses a break (a block whose cache holds other tokens than the one before it)."""
+        A span never crosses a break (a block whose cache holds other tokens than the one before it).
+        Every decode step asks for the same few routes, so each is worked out once."""
+        key = (start, stop, breaks)
+        found = self._routes.get(key)
+        if found is None:
+            found = self._routes[key] = self._plan_route(start, stop, breaks)
+        return found
+
+    def _plan_route(self, start: int, stop: int, breaks: tuple[int, ...]) -> list[tuple[Segment, range]]:
         route: list[tuple[Segment, range]] = []
         at = start
         while at < stop:
@@ -105,7 +117,7 @@ class DecoderSession:
         return route
 
     def embed(self, ids: np.ndarray, precision: str = "fp32") -> np.ndarray:
-        if self._table is not None and self._embed.graph(precision) == self._embed.graph("fp32"):
+        if precision in self._table_serves:
             return np.ascontiguousarray(self._table[ids])
         return self.runner.graph(self._embed, precision).run(None, {"input_ids": ids})[0]
 

@@ -122,6 +122,9 @@ class EdgeSession:
         self._exits = self._active_exits()
         self._keep = dict(policy.keep_schedule)
         self._skip = frozenset(policy.skip_blocks)
+        # an exit's state is the full model's own (so a restart can continue from it) only at fp32
+        # with every token and every block
+        self._resumable = self.precision == "fp32" and not self._keep and not self._skip
         if any(b > len(self._blocks) for b in self._skip) or len(self._skip) >= len(self._blocks):
             raise InputError(f"skip_blocks {policy.skip_blocks} must name some, not all, of blocks 1..{len(self._blocks)}")
         if self._skip & set(self._keep):
@@ -506,8 +509,8 @@ class EdgeSession:
                     exit_output = self._call(state, exit_segment, {"hidden": hidden, "attention_bias": bias})[0]
                 output = exit_output[0]
                 confidence = self._confidence(exit_head, output, previous_exit)
-                resumable = self.precision == "fp32" and not self._keep and not self._skip
-                previous_exit, best = output, _Answer(output, confidence, depth, hidden=hidden if resumable else None)
+                previous_exit, best = output, _Answer(output, confidence, depth,
+                                                      hidden=hidden if self._resumable else None)
                 if should_exit(confidence, threshold):
                     return best
             if depth in keep_schedule:
