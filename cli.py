@@ -21,13 +21,36 @@ def _export(args: argparse.Namespace) -> int:
         eval_data=args.eval, max_length=args.max_length, train_exits=args.train_exits,
         head_examples=args.head_examples, joint_steps=args.joint_steps, threshold_examples=args.threshold_examples,
         force=args.force, seed=args.seed, quant=args.quant, size_budget_mb=args.size_budget,
-        latency_budget_ms=args.latency_budget_ms,
+        latency_budget_ms=args.latency_budget_ms, formats=_formats(args.formats), buckets=args.buckets,
     )
     manifest = export_model(args.model, args.output, options)
     total = sum(f.bytes for f in manifest.files)
     print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, {len(manifest.exits)} exits, "
           f"{total / 1e6:.1f} MB, validated to {manifest.validation['max_abs_diff']:.1e} "
           f"in {manifest.export['seconds']:.0f} s")
+    if manifest.litert is not None:
+        _print_litert(args.output, manifest)
+    return 0
+
+
+def _formats(spec: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in spec.split(",") if part.strip())
+
+
+def _print_litert(path: str, manifest) -> None:
+    record = manifest.validation["litert"]
+    print(f"LiteRT graphs in {path}: {len(manifest.litert.segments)} segments at {len(manifest.litert.buckets)} "
+          f"token buckets {list(manifest.litert.buckets)}, {record['bytes'] / 1e6:.1f} MB, validated against "
+          f"the ONNX graphs to {record['max_abs_diff']:.1e} in {record['seconds']:.0f} s")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .export.litert import convert_package
+
+    if args.to != "litert":
+        raise EdgeInferError(f"--to {args.to!r}: the one conversion there is is --to litert")
+    manifest = convert_package(args.package, args.buckets, args.output, args.force)
+    _print_litert(args.output or args.package, manifest)
     return 0
 
 
@@ -375,8 +398,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threshold-examples", type=int, default=3000, help="examples that calibrate thresholds")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    export.add_argument("--formats", default="onnx",
+                        help="onnx (default) or onnx,litert: also convert the segments to LiteRT (needs "
+                             "edgeinfer[export-litert])")
+    export.add_argument("--buckets", default=None,
+                        help="LiteRT token counts to convert at (default 8,16,32,64,128,256 up to --max-length)")
     _quant_options(export, default="none")
     export.set_defaults(handler=_export)
+
+    convert = sub.add_parser("convert", help="add LiteRT graphs to an exported package (--to litert)")
+    convert.add_argument("package")
+    convert.add_argument("--to", required=True, help="litert")
+    convert.add_argument("--buckets", default=None,
+                         help="token counts to convert at (default 8,16,32,64,128,256 up to the package's max length)")
+    convert.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
+    convert.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    convert.set_defaults(handler=_convert)
 
     generate = sub.add_parser("generate", help="generate text with a text-generation package")
     generate.add_argument("package")

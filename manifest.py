@@ -20,12 +20,17 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv")
 TASKS = ("feature-extraction", "text-classification", "text-generation")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine", "top2_margin")
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+
+# Inputs and outputs whose axis 1 is the token axis: a backend with fixed shapes (LiteRT) pads these
+# up to a bucket and cuts the outputs back.
+TOKEN_AXIS_NAMES = ("input_ids", "token_type_ids", "hidden", "attention_bias", "next_hidden",
+                    "token_importance", "cls_attention")
 
 # attention_bias semantics (docs/manifest.md): 0 for a token, log(size) for a token standing for
 # `size` merged tokens, PAD_BIAS for padding. Graphs treat any bias below VALID_BIAS_FLOOR as padding.
@@ -172,6 +177,35 @@ class DecoderFacts:
     embedding_offset: int | None = None
 
 
+def litert_signature(segment: str, tokens: int) -> str:
+    return f"{segment}_t{tokens}"
+
+
+@dataclass(frozen=True)
+class LiteRTGraphs:
+    """(1.5) The segments converted to LiteRT, for runtimes that ship LiteRT rather than onnxruntime.
+
+    LiteRT graphs have static shapes, so each segment is converted at several token counts
+    (`buckets`, batch 1). All of them live in one .tflite file per precision as signatures named
+    `{segment}_t{tokens}`: signatures of one file share their weights, so the file is about the size
+    of the model, where a file per graph would store every block three times (block, stage, full).
+    A signature's inputs `args_0..` follow the segment's `inputs`, its outputs `output_0..` the
+    segment's `outputs`; a runtime pads the token axis (TOKEN_AXIS_NAMES) up to the next bucket with
+    PAD_BIAS in `attention_bias`, and cuts token-axis outputs back.
+    """
+
+    files: dict[str, str]  # precision -> path of its .tflite file
+    buckets: tuple[int, ...]
+    segments: tuple[str, ...]
+
+    def signature(self, segment: str, tokens: int) -> str:
+        return litert_signature(segment, tokens)
+
+    def bucket_for(self, tokens: int) -> int | None:
+        """The smallest bucket holding `tokens`, or None when none does."""
+        return next((b for b in self.buckets if b >= tokens), None)
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """A policy `edgeinfer calibrate` measured on calibration texts (schema 1.3): how often it agrees
@@ -206,6 +240,7 @@ class Manifest:
     precision_variants: tuple[PrecisionVariant, ...] = ()
     operating_points: tuple[OperatingPoint, ...] = ()
     decoder: DecoderFacts | None = None
+    litert: LiteRTGraphs | None = None
 
     def segment(self, name: str) -> Segment:
         for segment in self.segments:
@@ -381,6 +416,19 @@ def _parse_decoder(obj: Any, where: str) -> DecoderFacts:
     )
 
 
+def _parse_litert(obj: Any, where: str) -> LiteRTGraphs:
+    files = _need(obj, "files", dict, where)
+    if not files or len(files) > 64 or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise PackageError(f"manifest: {where}.files must map precision names to .tflite paths")
+    if "fp32" not in files:
+        raise PackageError(f"manifest: {where}.files has no fp32 file")
+    buckets = _list(obj, "buckets", where, lambda x, w: _int({"n": x}, "n", w, 1, 1 << 16), limit=64)
+    if not buckets or list(buckets) != sorted(set(buckets)):
+        raise PackageError(f"manifest: {where}.buckets must be increasing token counts")
+    return LiteRTGraphs(files=dict(files), buckets=buckets,
+                        segments=_list(obj, "segments", where, lambda x, w: _str({"n": x}, "n", w)))
+
+
 def _parse_variant(obj: Any, where: str) -> Variant:
     resident = obj.get("resident_bytes") if isinstance(obj, dict) else None
     return Variant(precision=_str(obj, "precision", where), path=_str(obj, "path", where),
@@ -468,6 +516,8 @@ def _parse_manifest(document: Any) -> Manifest:
         if "operating_points" in document else (),
         decoder=_parse_decoder(_need(document, "decoder", dict, "manifest"), "decoder")
         if document.get("decoder") is not None else None,
+        litert=_parse_litert(_need(document, "litert", dict, "manifest"), "litert")
+        if document.get("litert") is not None else None,
     )
     _check_consistency(manifest)
     return manifest
@@ -496,6 +546,12 @@ def _check_consistency(manifest: Manifest) -> None:
     for level in manifest.exit_thresholds:
         if len(level.thresholds) != len(manifest.exits) or len(level.exit_shares) != len(manifest.exits) + 1:
             raise PackageError(f"manifest: thresholds for agreement {level.agreement} do not match the exits")
+    if manifest.litert is not None:
+        unknown = [name for name in manifest.litert.segments if name not in names]
+        if unknown:
+            raise PackageError(f"manifest: litert.segments names unknown segments {unknown[:3]}")
+        if manifest.decoder is not None:
+            raise PackageError("manifest: LiteRT graphs are for encoder packages only")
     for variant in manifest.precision_variants:
         if variant.name == "fp32" or [v.name for v in manifest.precision_variants].count(variant.name) > 1:
             raise PackageError(f"manifest: precision variant name {variant.name!r} is reserved or repeated")

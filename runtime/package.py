@@ -70,14 +70,15 @@ def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | N
     stamp = stamp or {}
     checked: dict[str, list[int]] = {}
     listed = {entry.path: entry for entry in manifest.files}
-    needed = {v.path for s in manifest.segments for v in s.variants} | {manifest.tokenizer.path}
+    graphs = {v.path for s in manifest.segments for v in s.variants}  # ONNX: their external data is checked too
+    litert = set(manifest.litert.files.values()) if manifest.litert is not None else set()
+    needed = graphs | litert | {manifest.tokenizer.path}
     for relative in sorted(needed | set(listed)):
         _inside(root, relative)
     for relative in sorted(needed):
         if relative not in listed:
             raise PackageError(f"{relative} is used by the manifest but not listed in its files; "
                                f"the package is incomplete or tampered with")
-    graphs = needed - {manifest.tokenizer.path}
     for relative, entry in listed.items():
         target = _inside(root, relative)
         if entry.bytes > MAX_FILE_BYTES:

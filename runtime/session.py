@@ -12,16 +12,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InputError
+from ..errors import InputError, PackageError
 from ..manifest import PAD_BIAS, ExitHead, ExitThresholds, Segment
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
+from .litert_graphs import LiteRTFile, LiteRTGraph
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .planner import choose_point, parse_auto, policy_of
@@ -38,36 +39,66 @@ if TYPE_CHECKING:
     from .generation import DecoderSession
 
 
+
+class Graph(Protocol):
+    """What the executor calls: an onnxruntime session and a LiteRTGraph both answer it."""
+
+    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
 class GraphRunner:
-    """One onnxruntime session per segment, created on first use and shared by all threads."""
+    """One graph per (segment, precision), created on first use and shared by all threads: an
+    onnxruntime session, or on the LiteRT backend a LiteRTGraph (same `run` call)."""
 
     def __init__(self, package: Package, threads: int | None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 optimized_cache: bool = False, shared_arena: bool = False):
+                 optimized_cache: bool = False, shared_arena: bool = False, backend: str = "onnxruntime"):
         self.package = package
         self.shared_arena = shared_arena
         self.threads = threads
         self.providers = providers
+        self.backend = backend
         self._device_key = fingerprint_key(device_fingerprint(threads or default_threads(), providers[0])) \
-            if optimized_cache else None
-        self._graphs: dict[str, ort.InferenceSession] = {}
+            if optimized_cache and backend == "onnxruntime" else None
+        self._graphs: dict[str, Graph] = {}
+        self._litert_files: dict[str, LiteRTFile] = {}
         self._lock = threading.Lock()
 
-    def graph(self, segment: Segment, precision: str = "fp32") -> ort.InferenceSession:
+    def has(self, segment: Segment, precision: str = "fp32") -> bool:
+        """Can this backend run the segment at this precision? (LiteRT files hold a subset.)"""
+        if self.backend != "litert":
+            return any(v.precision == precision for v in segment.variants)
+        litert = self.package.manifest.litert
+        return litert is not None and precision in litert.files and segment.name in litert.segments
+
+    def graph(self, segment: Segment, precision: str = "fp32") -> Graph:
         key = f"{segment.name}/{precision}"
         graph = self._graphs.get(key)
         if graph is None:
             with self._lock:
                 graph = self._graphs.get(key)
                 if graph is None:
-                    path = segment.graph(precision)
-                    # only the fused full graph: its optimization is what costs (28 ms of 95 for MiniLM);
-                    # a block or stage graph optimizes in a few ms and would add its weights to the disk again
-                    worth_caching = self._device_key is not None and len(segment.covers) > 3
-                    cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) \
-                        if worth_caching else None
-                    graph = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena)
+                    graph = self._litert(segment, precision) if self.backend == "litert" \
+                        else self._onnxruntime(segment, precision)
                     self._graphs[key] = graph
         return graph
+
+    def _onnxruntime(self, segment: Segment, precision: str) -> ort.InferenceSession:
+        path = segment.graph(precision)
+        # only the fused full graph: its optimization is what costs (28 ms of 95 for MiniLM);
+        # a block or stage graph optimizes in a few ms and would add its weights to the disk again
+        worth_caching = self._device_key is not None and len(segment.covers) > 3
+        cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
+        return open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena)
+
+    def _litert(self, segment: Segment, precision: str) -> LiteRTGraph:
+        litert = self.package.manifest.litert
+        if not self.has(segment, precision):
+            raise PackageError(f"segment {segment.name!r} has no LiteRT graph at {precision}; "
+                               f"convert the package with `edgeinfer convert PKG --to litert`")
+        path = litert.files[precision]
+        if path not in self._litert_files:
+            self._litert_files[path] = LiteRTFile(self.package.path(path), self.threads or default_threads())
+        return LiteRTGraph(self._litert_files[path], litert, segment, self.package.manifest.tokenizer.pad_id)
 
 
 @dataclass
@@ -106,7 +137,7 @@ class _Answer:
 class EdgeSession:
     def __init__(self, package: Package, policy: Policy = Policy(), budget: Budget = Budget(),
                  threads: int | None = None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 profile: Profile | None = None, optimized_cache: bool = False):
+                 profile: Profile | None = None, optimized_cache: bool = False, backend: str = "onnxruntime"):
         self.package = package
         self.profile = profile
         self.operating_point = None  # set by load(policy="auto")
@@ -114,7 +145,7 @@ class EdgeSession:
         self.policy = policy
         self.budget = budget
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
-        self.runner = GraphRunner(package, threads, providers, optimized_cache)
+        self.runner = GraphRunner(package, threads, providers, optimized_cache, backend=backend)
         self._blocks = self.manifest.blocks()
         self._embed = next(s for s in self.manifest.segments if s.kind == "embed")
         self._head = next(s for s in self.manifest.segments if s.kind == "head")
@@ -137,7 +168,10 @@ class EdgeSession:
         # nothing to decide between embed and head: one fused graph instead of a chain of calls
         no_decisions = not self._exits and not self._keep and not self._skip and budget.latency_ms is None \
             and policy.restart_below is None and self.restart_threshold is None
-        self._full_span = self.manifest.span_covering(("embed", *(b.name for b in self._blocks), "head"))
+        if not self.runner.has(self._embed, self.precision):
+            raise InputError(f"this package has no {backend} graphs at precision {self.precision!r}; "
+                             f"run it on another target or precision")
+        self._full_span = self._span(("embed", *(b.name for b in self._blocks), "head"))
         self._full = self._full_span if no_decisions else None
         if policy.importance not in self._blocks[0].outputs:
             raise InputError(f"this package's blocks do not output {policy.importance!r} "
@@ -198,10 +232,15 @@ class EdgeSession:
         for exit_head in self.manifest.exits:
             depth = exit_head.after_block
             covers = (*(("embed",) if depth == 1 else ()), self._blocks[depth - 1].name, exit_head.segment)
-            span = self.manifest.span_covering(covers)
+            span = self._span(covers)
             if span is not None:
                 stages[depth] = span
-        return stages, self.manifest.span_covering((self._blocks[-1].name, self._head.name))
+        return stages, self._span((self._blocks[-1].name, self._head.name))
+
+    def _span(self, covers: tuple[str, ...]) -> Segment | None:
+        """The fused graph over these segments, if the package has one this backend can run."""
+        span = self.manifest.span_covering(covers)
+        return span if span is not None and self.runner.has(span, self.precision) else None
 
     def _graphs_needed(self) -> list[tuple[Segment, str]]:
         """Every graph (and precision) this policy may call: the memory check counts them, and a
@@ -586,6 +625,9 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
     opened = open_package(Path(package), verify_key=verify_key)
+    if chosen.backend == "litert" and opened.manifest.litert is None:
+        raise InputError(f"{Path(package).name} has no LiteRT graphs; add them with "
+                         f"`edgeinfer convert {package} --to litert` (or export with --formats onnx,litert)")
     if opened.manifest.model.task == "text-generation":
         from .generation import DecoderSession
 
@@ -596,7 +638,8 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
     if isinstance(policy, str):
         point = _auto_point(opened.manifest, policy, budget, found)
         policy = policy_of(point)
-    session = EdgeSession(opened, policy, budget, threads, chosen.providers, found, enabled(optimized_cache))
+    session = EdgeSession(opened, policy, budget, threads, chosen.providers, found, enabled(optimized_cache),
+                          backend=chosen.backend)
     session.operating_point = point
     return session
 

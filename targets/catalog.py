@@ -3,7 +3,9 @@
 A target names what runs the graphs, not the hardware: `cpu` is onnxruntime's default provider,
 `xnnpack` its XNNPACK provider (the mobile CPU kernels), and the accelerator targets need an
 onnxruntime build that carries their provider (CUDA, CoreML, NNAPI, QNN, OpenVINO). Providers
-after the first are onnxruntime's fallback for the operators the first cannot run.
+after the first are onnxruntime's fallback for the operators the first cannot run. `litert-cpu` runs
+a package's LiteRT graphs (`edgeinfer convert --to litert`) in the LiteRT interpreter, whose CPU
+kernels are XNNPACK's; its "provider" is only a label for fingerprints and reports.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..errors import InputError
 @dataclass(frozen=True)
 class Target:
     name: str
-    backend: str  # "onnxruntime" (LiteRT joins when its backend exists)
+    backend: str  # "onnxruntime" | "litert"
     providers: tuple[str, ...]
     description: str
 
@@ -32,6 +34,8 @@ TARGETS: tuple[Target, ...] = (
     Target("qnn", "onnxruntime", ("QNNExecutionProvider", "CPUExecutionProvider"), "Qualcomm NPU (onnxruntime-qnn)"),
     Target("openvino", "onnxruntime", ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
            "Intel CPU/GPU/NPU (onnxruntime-openvino)"),
+    Target("litert-cpu", "litert", ("LiteRT-XNNPACK",),
+           "LiteRT interpreter (ai-edge-litert) on XNNPACK CPU kernels; packages converted with --to litert"),
 )
 
 
@@ -43,6 +47,8 @@ class Availability:
 
 
 def availability(target: Target) -> Availability:
+    if target.backend == "litert":
+        return _litert_availability(target)
     if importlib.util.find_spec("onnxruntime") is None:
         return Availability(target, False, "onnxruntime is not installed (pip install edgeinfer)")
     import onnxruntime
@@ -53,6 +59,19 @@ def availability(target: Target) -> Availability:
         return Availability(target, False, f"this onnxruntime build ({onnxruntime.__version__}) has no {first}; "
                                            f"it has {', '.join(sorted(present))}")
     return Availability(target, True, f"{first} in onnxruntime {onnxruntime.__version__}")
+
+
+def _litert_availability(target: Target) -> Availability:
+    for module, name in (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")):
+        if importlib.util.find_spec(module) is not None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                found = version(name)
+            except PackageNotFoundError:
+                found = "unknown version"
+            return Availability(target, True, f"{name} {found}")
+    return Availability(target, False, "this environment has no LiteRT interpreter (pip install 'edgeinfer[litert]')")
 
 
 def list_targets() -> list[Availability]:

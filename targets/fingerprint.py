@@ -38,9 +38,23 @@ def cpu_flags() -> tuple[str, ...]:
 def device_fingerprint(threads: int, provider: str = "CPUExecutionProvider") -> dict[str, object]:
     import onnxruntime
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "isa": list(cpu_flags()),
-            "os": f"{platform.system()} {platform.machine()}", "onnxruntime": onnxruntime.__version__,
-            "provider": provider, "threads": threads}
+    found = {"cpu": cpu_model(), "cores": os.cpu_count(), "isa": list(cpu_flags()),
+             "os": f"{platform.system()} {platform.machine()}", "onnxruntime": onnxruntime.__version__,
+             "provider": provider, "threads": threads}
+    if provider.startswith("LiteRT"):
+        found["litert"] = _litert_version()
+    return found
+
+
+def _litert_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return "none"
 
 
 def fingerprint_key(fingerprint: dict[str, object]) -> str:

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..manifest import Manifest, Segment
 from ..progress import progress_bar
-from ..runtime.package import Package, open_package
+from ..runtime.package import open_package
+from ..runtime.session import GraphRunner
 from ..runtime.sessions import default_threads
 from .catalog import usable_target
 from .fingerprint import device_fingerprint
@@ -88,11 +89,14 @@ def probe(package_path: Path, target: str = "cpu", quick: bool = False, threads:
     package = open_package(package_path)
     manifest = package.manifest
     tokens = tuple(t for t in plan.tokens if t <= manifest.tokenizer.max_length) or (manifest.tokenizer.max_length,)
-    precisions = ("fp32", *(v.name for v in manifest.precision_variants))
-    sessions, opened = _open_all(package, precisions, chosen.providers, threads)
+    runner = GraphRunner(package, threads, chosen.providers, backend=chosen.backend)
+    embed = next(s for s in manifest.segments if s.kind == "embed")
+    precisions = tuple(p for p in ("fp32", *(v.name for v in manifest.precision_variants)) if runner.has(embed, p))
+    # a LiteRT file holds a subset of the graphs (no stage spans): probe the paths it can run
+    call_paths = [path for path in paths(manifest) if all(runner.has(s, p) for s in path for p in precisions)]
+    sessions, opened = _open_all(runner, call_paths, precisions)
     rng = np.random.default_rng(0)
     samples: dict[tuple[str, str, int, int], list[float]] = defaultdict(list)
-    call_paths = paths(manifest)
     steps = (plan.warmup_rounds + plan.rounds) * len(precisions) * len(plan.batches)
     with progress_bar(steps, f"probing {package_path.name} on {target}") as bar:
         for round_index in range(plan.warmup_rounds + plan.rounds):
@@ -123,16 +127,13 @@ def probe(package_path: Path, target: str = "cpu", quick: bool = False, threads:
                          "token counts and paths; medians and p90 over the rounds"})
 
 
-def _open_all(package: Package, precisions: tuple[str, ...], providers: tuple[str, ...],
-              threads: int) -> tuple[dict, dict]:
-    """Every graph at every precision, with its load time and the resident memory it added."""
-    from ..runtime.sessions import open_session
-
+def _open_all(runner: GraphRunner, call_paths: list[list[Segment]], precisions: tuple[str, ...]) -> tuple[dict, dict]:
+    """Every graph on the paths at every precision, with its load time and the resident memory it added."""
     sessions, opened = {}, {}
-    for segment in package.manifest.segments:
+    for segment in {s.name: s for path in call_paths for s in path}.values():
         for precision in precisions:
             before, t0 = _rss_mb(), time.perf_counter()
-            sessions[(segment.name, precision)] = open_session(package.path(segment.graph(precision)), threads, providers)
+            sessions[(segment.name, precision)] = runner.graph(segment, precision)
             opened[f"{segment.name}/{precision}"] = {"load_ms": round((time.perf_counter() - t0) * 1000, 3),
                                                      "rss_mb": round(_rss_mb() - before, 3)}
     return sessions, opened
