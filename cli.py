@@ -49,8 +49,13 @@ def _convert(args: argparse.Namespace) -> int:
 
     if args.to != "litert":
         raise EdgeInferError(f"--to {args.to!r}: the one conversion there is is --to litert")
-    manifest = convert_package(args.package, args.buckets, args.output, args.force)
+    manifest = convert_package(args.package, args.buckets, args.output, args.force, args.quant, args.calib)
     _print_litert(args.output or args.package, manifest)
+    if args.quant == "int8":
+        variant = manifest.precision_variant("litert-int8")
+        print(f"LiteRT int8 variant 'litert-int8': {variant.bytes / 1e6:.1f} MB, agreement with fp32 "
+              f"{variant.quality['agreement_with_fp32']:.4f} on {variant.quality['calibration_examples']} calibration "
+              f"texts, {variant.quality['speedup_measured']:.2f}x fp32's speed; run it with precision='litert-int8'")
     return 0
 
 
@@ -357,6 +362,12 @@ def summary_text(summary: dict) -> str:
     lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} "
                  f"(exits {validation.get('exit_max_abs_diff', float('nan')):.2e}) vs "
                  f"{validation.get('reference', '?')}: {'passed' if validation.get('passed') else 'FAILED'}")
+    litert = summary.get("litert")
+    if litert:
+        checked = validation.get("litert", {})
+        lines.append(f"litert     {', '.join(litert['files'])}: {len(litert['segments'])} segments at token buckets "
+                     f"{litert['buckets']}, {litert['bytes'] / 1e6:.1f} MB; within {checked.get('max_abs_diff', float('nan')):.1e} "
+                     f"of the ONNX graphs (target litert-cpu)")
     evaluation = summary.get("evaluation") or {}
     if evaluation:
         lines.append(f"evaluation on {evaluation['data']} ({evaluation['examples']} examples)")
@@ -411,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, help="litert")
     convert.add_argument("--buckets", default=None,
                          help="token counts to convert at (default 8,16,32,64,128,256 up to the package's max length)")
+    convert.add_argument("--quant", choices=["none", "int8"], default="none",
+                         help="int8: also add the LiteRT int8 variant 'litert-int8' (ai-edge-quantizer, dynamic int8; "
+                              "classifiers), thresholds calibrated on --calib")
+    convert.add_argument("--calib", default=None, help="calibration texts for --quant int8 (default: a bundled sample)")
     convert.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
     convert.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     convert.set_defaults(handler=_convert)

@@ -556,7 +556,8 @@ def _check_consistency(manifest: Manifest) -> None:
         if variant.name == "fp32" or [v.name for v in manifest.precision_variants].count(variant.name) > 1:
             raise PackageError(f"manifest: precision variant name {variant.name!r} is reserved or repeated")
         lacking = [s.name for s in manifest.segments if variant.name not in (v.precision for v in s.variants)]
-        if lacking:
+        litert_only = manifest.litert is not None and variant.name in manifest.litert.files
+        if lacking and not litert_only:
             raise PackageError(f"manifest: precision variant {variant.name!r} has no graph for {lacking}")
         for level in variant.thresholds:
             if len(level.thresholds) != len(manifest.exits) + 1:

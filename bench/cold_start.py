@@ -25,7 +25,7 @@ if spec["kind"] == "edgeinfer":
     import edgeinfer
     policy = dict(spec["policy"])
     policy["keep_schedule"] = tuple(tuple(k) for k in policy.get("keep_schedule", ()))
-    session = edgeinfer.load(spec["package"], policy=edgeinfer.Policy(**policy),
+    session = edgeinfer.load(spec["package"], policy=edgeinfer.Policy(**policy), target=spec.get("target", "cpu"),
                              budget=edgeinfer.Budget(**spec["budget"]), profile=spec["profile"])
     answer = session.run
 elif spec["kind"] == "onnxruntime":
@@ -81,8 +81,9 @@ def cold_start(spec: dict, texts: list[str], runs: int = 5) -> dict:
             "peak_rss_mb_median": round(float(np.median(peaks)), 1)}
 
 
-def edgeinfer_spec(package: Path, policy: dict, budget: dict, profile: str | None) -> dict:
-    return {"kind": "edgeinfer", "package": str(package), "policy": policy, "budget": budget, "profile": profile}
+def edgeinfer_spec(package: Path, policy: dict, budget: dict, profile: str | None, target: str = "cpu") -> dict:
+    return {"kind": "edgeinfer", "package": str(package), "policy": policy, "budget": budget, "profile": profile,
+            "target": target}
 
 
 def onnxruntime_spec(model: Path, tokenizer: Path, max_length: int, threads: int) -> dict:

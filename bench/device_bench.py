@@ -25,6 +25,7 @@ from ..runtime.planner import choose_point, policy_of
 from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.sessions import default_threads
+from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from .interleaved import measure_interleaved
 from .cold_start import cold_start, edgeinfer_spec, onnxruntime_spec, torch_spec
@@ -133,7 +134,7 @@ def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int) ->
 
 def _operating_points(package: Path, options: BenchOptions, threads: int,
                       notes: list[str]) -> dict[str, tuple[Policy, Budget]]:
-    probe = load(package, policy=Policy.off(), threads=threads, profile=None)
+    probe = load(package, target=options.target, policy=Policy.off(), threads=threads, profile=None)
     a = options.agreement
     keep = options.keep_schedule if options.keep_schedule is not None else default_keep_schedule(probe.manifest.model.num_blocks)
     points = {"edgeinfer off": (Policy.off(), Budget()),
@@ -144,7 +145,8 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
         points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep), Budget())
         points[f"edgeinfer merge {schedule}"] = (Policy(agreement=None, keep_schedule=keep, reduction="merge"), Budget())
     if probe.manifest.model.task == "text-classification":
-        for variant in probe.manifest.precision_variants:
+        embed = next(s for s in probe.manifest.segments if s.kind == "embed")
+        for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):
             points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
     if probe.manifest.operating_points:  # what `edgeinfer calibrate` stored: the planner's choice for this level
         try:
@@ -219,7 +221,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
                 configurations += _baselines(off, model_dir, Path(tmp), threads)
         for name, session in sessions.items():
             policy, budget = points[name]
-            spec = edgeinfer_spec(package, _policy_dict(policy), asdict(budget), options.profile)
+            spec = edgeinfer_spec(package, _policy_dict(policy), asdict(budget), options.profile, options.target)
             configurations.append(_edgeinfer(name, session, spec, package_bytes))
         # PyTorch's OpenMP threads spin after each call and slowed whichever configuration ran next
         # by ~30% here (monolithic fp32 measured 0.74x of its usual speed beside it): torch runs
@@ -240,7 +242,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
     base = next((r for r in rows if r["configuration"] == "onnxruntime fp32 (monolithic)"), rows[0])
     for row in rows:
         row["latency_vs_baseline"] = round(row["mean_ms"] / base["mean_ms"], 4)
-    fingerprint = device_fingerprint(threads)
+    fingerprint = device_fingerprint(threads, usable_target(options.target).providers[0])
     profile = off.profile
     report = {
         "format": "edgeinfer.bench", "package": str(package), "package_mb": round(package_bytes / 2**20, 2),

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import ExportError, InputError
-from ..manifest import MANIFEST_NAME, PAD_BIAS, LiteRTGraphs, Manifest, litert_signature
+from ..manifest import MANIFEST_NAME, PAD_BIAS, SCHEMA_VERSION, LiteRTGraphs, Manifest, litert_signature
 from ..progress import progress_bar
 from ..runtime.litert_graphs import LiteRTFile, LiteRTGraph
 from ..runtime.package import open_package
@@ -209,12 +209,17 @@ def add_litert(staging: Path, manifest: Manifest, jobs: list[GraphJob], buckets:
 
     record.update(converter=f"litert-torch {litert_torch.__version__}", seconds=round(time.perf_counter() - started, 1),
                   bytes=(staging / relative).stat().st_size)
-    return replace(manifest, litert=litert, validation={**manifest.validation, "litert": record})
+    # the manifest now has a section older readers do not know: it is of this schema
+    return replace(manifest, schema_version=SCHEMA_VERSION, litert=litert,
+                   validation={**manifest.validation, "litert": record})
 
 
 def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
-                    output: str | os.PathLike[str] | None = None, force: bool = False) -> Manifest:
-    """`edgeinfer convert PKG --to litert`: add LiteRT graphs to an exported encoder package.
+                    output: str | os.PathLike[str] | None = None, force: bool = False,
+                    quant: str = "none", calib: str | None = None) -> Manifest:
+    """`edgeinfer convert PKG --to litert [--quant int8]`: add LiteRT graphs to an exported encoder
+    package, and with quant="int8" the LiteRT int8 variant (quant/litert_variant.py), its thresholds
+    calibrated on `calib` (default: the bundled sample).
 
     The PyTorch modules are rebuilt from the model the package names as its source, with the exit
     heads' trained weights read back from the package's exit graphs; validation against the
@@ -227,6 +232,8 @@ def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
     manifest = opened.manifest
     if manifest.model.task == "text-generation":
         raise InputError("LiteRT conversion covers encoder packages; decoder packages run on onnxruntime")
+    if quant not in ("none", "int8"):
+        raise InputError(f"--quant {quant!r}: LiteRT conversion adds none or int8 (ai-edge-quantizer's dynamic int8)")
     target = Path(output) if output is not None else source
     if target.resolve() != source.resolve() and target.exists() and not force:
         raise InputError(f"{target} already exists; pass --force to replace it")
@@ -245,6 +252,12 @@ def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
         shutil.copytree(opened.root, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, "litert"),
                         copy_function=os.link if _same_device(opened.root, target.parent) else shutil.copy2)
         lowered = add_litert(staging, manifest, graph_jobs(segments, exit_modules), chosen_buckets)
+        if quant == "int8":
+            from ..quant.litert_variant import add_litert_int8
+            from .calibration_data import read_examples
+
+            texts = list(read_examples(calib or BUNDLED_SAMPLE, None, use_labels=False).texts)
+            lowered = add_litert_int8(staging, lowered, texts)
         return finalize(staging, target.resolve(), lowered)
     except BaseException:
         discard(staging)

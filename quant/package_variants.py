@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan
 from .output_error import CalibrationBatches, output_error
-from .variant_thresholds import calibrate_variant, variant_outputs
+from .variant_thresholds import calibrate_variant, onnx_graphs, variant_outputs
 from .weight_nodes import weight_nodes
 
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -97,7 +97,7 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
         share_weights(graphs, staging / "graphs" / WEIGHTS_FILE)
         bar.update()
         manifest = replace(manifest, segments=tuple(segments))
-        per_exit, final = variant_outputs(staging, manifest, name, batches.feeds)
+        per_exit, final = variant_outputs(onnx_graphs(staging, name), manifest, batches.feeds)
         thresholds = calibrate_variant(manifest, per_exit, final, batches.reference, speedup)
         bar.update()
     variant_bytes = len(apply_plan(full, by_digest).SerializeToString())

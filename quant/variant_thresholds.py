@@ -9,21 +9,29 @@ the thresholds (export/thresholds.py), with stage costs in the variant's blocks.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from ..export.exit_quality import judge
 from ..export.thresholds import AGREEMENT_LEVELS, calibrate_level
-from ..manifest import ExitThresholds, Manifest
+from ..manifest import ExitThresholds, Manifest, Segment
 from ..runtime.sessions import open_session
 
 
-def variant_outputs(root: Path, manifest: Manifest, precision: str,
+def onnx_graphs(root: Path, precision: str) -> Callable[[Segment], Any]:
+    return lambda segment: open_session(root / segment.graph(precision))
+
+
+def variant_outputs(open_graph: Callable[[Segment], Any], manifest: Manifest,
                     feeds: tuple[dict[str, np.ndarray], ...]) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Every exit's and the full-depth graph's outputs for the calibration batches, at one precision."""
-    graph = {s.name: open_session(root / s.graph(precision)) for s in manifest.segments}
-    embed = next(s for s in manifest.segments if s.kind == "embed")
+    """Every exit's and the full-depth graph's outputs for the calibration batches, at one precision.
+
+    open_graph: a segment's graph at that precision (an onnxruntime session or a LiteRT graph)."""
     span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    needed = [s for s in manifest.segments if s.kind in ("embed", "block", "exit") or s is span]
+    graph = {s.name: open_graph(s) for s in needed}
+    embed = next(s for s in manifest.segments if s.kind == "embed")
     exits = {e.after_block: manifest.segment(e.segment) for e in manifest.exits}
     per_exit: dict[int, list[np.ndarray]] = {depth: [] for depth in exits}
     final = []

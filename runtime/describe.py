@@ -41,6 +41,10 @@ def describe_package(package: Package) -> dict:
         ],
         "operating_points": [{"name": p.name, "agreement": p.agreement, "relative_latency": p.relative_latency,
                               "mean_depth": p.mean_depth, "accuracy": p.accuracy} for p in manifest.operating_points],
+        "litert": None if manifest.litert is None else {
+            "files": manifest.litert.files, "buckets": list(manifest.litert.buckets),
+            "segments": list(manifest.litert.segments),
+            "bytes": sum(sizes.get(path, 0) for path in manifest.litert.files.values())},
         "validation": manifest.validation,
         "calibration": manifest.calibration,
         "evaluation": manifest.evaluation,
