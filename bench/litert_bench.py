@@ -67,21 +67,26 @@ def same_predictions(package: Path, texts: list[str], labels: np.ndarray | None)
 
 def adaptive_agreement(package: Path, texts: list[str], labels: np.ndarray | None) -> list[dict]:
     """Each backend's adaptive points, against the onnxruntime full model (the reference answer)."""
-    full = np.array([r.probabilities.argmax() for r in load(package, policy=Policy.off(), profile=None).run(texts)])
-    blocks = load(package, policy=Policy.off(), profile=None).manifest.model.num_blocks
+    reference = load(package, policy=Policy.off(), profile=None)
+    full = np.array([r.probabilities.argmax() for r in reference.run(texts)])
+    manifest = reference.manifest
+    blocks = manifest.model.num_blocks
     points = {f"exits@{LEVEL}": Policy(agreement=LEVEL),
               f"exits@{LEVEL} + prune": Policy(agreement=LEVEL, keep_schedule=default_keep_schedule(blocks))}
+    runs = [(name, policy, target) for name, policy in points.items() for target in ("cpu", "litert-cpu")]
+    for variant in manifest.precision_variants:  # each runs where its graphs are
+        target = "litert-cpu" if manifest.litert is not None and variant.name in manifest.litert.files else "cpu"
+        runs.append((f"cascade {variant.name}@{LEVEL} -> fp32", Policy(agreement=LEVEL, precision=variant.name), target))
     rows = []
-    for name, policy in points.items():
-        for target in ("cpu", "litert-cpu"):
-            results = load(package, target=target, policy=policy, profile=None).run(texts)
-            predicted = np.array([r.probabilities.argmax() for r in results])
-            row = {"point": name, "target": target,
-                   "agreement_with_full": round(float((predicted == full).mean()), 4),
-                   "mean_depth": round(float(np.mean([r.trace.exit_after_block for r in results])), 3)}
-            if labels is not None:
-                row["accuracy"] = round(float((predicted == labels).mean()), 4)
-            rows.append(row)
+    for name, policy, target in runs:
+        results = load(package, target=target, policy=policy, profile=None).run(texts)
+        predicted = np.array([r.probabilities.argmax() for r in results])
+        row = {"point": name, "target": target, "agreement_with_full": round(float((predicted == full).mean()), 4),
+               "mean_depth": round(float(np.mean([r.trace.exit_after_block for r in results])), 3),
+               "restart_rate": round(float(np.mean([r.trace.restarts > 0 for r in results])), 4)}
+        if labels is not None:
+            row["accuracy"] = round(float((predicted == labels).mean()), 4)
+        rows.append(row)
     return rows
 
 
@@ -165,10 +170,11 @@ def markdown(report: dict) -> str:
              f"(max probability difference {same['max_abs_probability_diff']:.1e})"
              + (f"; accuracy onnxruntime {same['accuracy_onnxruntime']:.4f}, LiteRT {same['accuracy_litert']:.4f}"
                 if "accuracy_litert" in same else ""), "",
-             "| point | target | agreement with full (onnxruntime) | accuracy | mean depth |", "|---|---|---|---|---|"]
+             "| point | target | agreement with full (onnxruntime) | accuracy | mean depth | restarts |",
+             "|---|---|---|---|---|---|"]
     for row in report["adaptive"]:
         lines.append(f"| {row['point']} | {row['target']} | {row['agreement_with_full']:.4f} | "
-                     f"{row.get('accuracy', float('nan')):.4f} | {row['mean_depth']:.2f} |")
+                     f"{row.get('accuracy', float('nan')):.4f} | {row['mean_depth']:.2f} | {row['restart_rate']:.1%} |")
     lines += ["", f"Bucketing overhead, full graph, {bucket['runs']} timed runs each, in alternating blocks "
                   f"(p50 / p90 ms):", "",
               "| graph | p50 ms | p90 ms |", "|---|---|---|"]

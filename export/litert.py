@@ -224,9 +224,6 @@ def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
     The PyTorch modules are rebuilt from the model the package names as its source, with the exit
     heads' trained weights read back from the package's exit graphs; validation against the
     package's own ONNX graphs proves they are the same model."""
-    from .model_source import load_model
-    from .pipeline import build_segments, graph_jobs, make_exit
-
     source = Path(package)
     opened = open_package(source)
     manifest = opened.manifest
@@ -238,6 +235,32 @@ def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
     if target.resolve() != source.resolve() and target.exists() and not force:
         raise InputError(f"{target} already exists; pass --force to replace it")
     chosen_buckets = parse_buckets(buckets, manifest.tokenizer.max_length)
+    # adding the int8 variant to graphs already converted at these buckets needs no new conversion
+    reuse = manifest.litert is not None and quant == "int8" and (buckets is None or chosen_buckets == manifest.litert.buckets)
+    jobs = None if reuse else _rebuilt_jobs(opened)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{int(time.time())}"
+    try:
+        # copies, not hard links: onnx refuses external data with several links (a hard-link attack guard)
+        shutil.copytree(opened.root, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, *(() if reuse else ("litert",))))
+        lowered = manifest if reuse else add_litert(staging, _without_litert(manifest), jobs, chosen_buckets)
+        if quant == "int8":
+            from ..quant.litert_variant import add_litert_int8
+            from .calibration_data import read_examples
+
+            texts = list(read_examples(calib or BUNDLED_SAMPLE, None, use_labels=False).texts)
+            lowered = add_litert_int8(staging, lowered, texts)
+        return finalize(staging, target.resolve(), replace(lowered, schema_version=SCHEMA_VERSION))
+    except BaseException:
+        discard(staging)
+        raise
+
+
+def _rebuilt_jobs(opened) -> list[GraphJob]:
+    """The package's graph jobs, rebuilt from its source model and its exit graphs' weights."""
+    from .model_source import load_model
+    from .pipeline import build_segments, graph_jobs, make_exit
+
+    manifest = opened.manifest
     try:
         loaded = load_model(manifest.model.source, manifest.model.task)
     except ExportError as err:
@@ -247,25 +270,15 @@ def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
     exit_modules = {e.after_block: _trained_exit(opened.path(manifest.segment(e.segment).graph()),
                                                  make_exit(manifest.model.task, loaded, segments), e.segment)
                     for e in manifest.exits}
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{int(time.time())}"
-    try:
-        shutil.copytree(opened.root, staging, ignore=shutil.ignore_patterns(MANIFEST_NAME, "litert"),
-                        copy_function=os.link if _same_device(opened.root, target.parent) else shutil.copy2)
-        lowered = add_litert(staging, manifest, graph_jobs(segments, exit_modules), chosen_buckets)
-        if quant == "int8":
-            from ..quant.litert_variant import add_litert_int8
-            from .calibration_data import read_examples
-
-            texts = list(read_examples(calib or BUNDLED_SAMPLE, None, use_labels=False).texts)
-            lowered = add_litert_int8(staging, lowered, texts)
-        return finalize(staging, target.resolve(), lowered)
-    except BaseException:
-        discard(staging)
-        raise
+    return graph_jobs(segments, exit_modules)
 
 
-def _same_device(a: Path, b: Path) -> bool:
-    return a.stat().st_dev == b.resolve().stat().st_dev
+def _without_litert(manifest: Manifest) -> Manifest:
+    """The manifest before conversion: no LiteRT graphs, nor the variants that lived in them."""
+    if manifest.litert is None:
+        return manifest
+    gone = set(manifest.litert.files)
+    return replace(manifest, litert=None, precision_variants=tuple(v for v in manifest.precision_variants if v.name not in gone))
 
 
 def _trained_exit(graph: Path, module: torch.nn.Module, name: str) -> torch.nn.Module:

@@ -30,6 +30,7 @@ from .output_error import calibration_batches, output_error
 from .variant_thresholds import calibrate_variant, variant_outputs
 
 LITERT_INT8 = "litert-int8"
+CALIBRATION_TEXTS = 3000  # LiteRT runs batches row by row: a sample keeps calibration to a minute or two
 RECIPE = "ai-edge-quantizer dynamic_wi8_afp32 (int8 per-channel weights, dynamic int8 activations)"
 INT8_FILE = "litert/int8.tflite"
 
@@ -39,6 +40,7 @@ def quantize_litert_file(source: Path, target: Path) -> None:
         from ai_edge_quantizer import quantizer, recipe
     except ImportError:
         raise ExportError("the LiteRT int8 variant needs ai-edge-quantizer (pip install 'edgeinfer[export-litert]')") from None
+    target.unlink(missing_ok=True)  # never write through a hard link into the package it was copied from
     lowering = quantizer.Quantizer(str(source))
     lowering.load_quantization_recipe(recipe.dynamic_wi8_afp32())
     try:
@@ -55,6 +57,8 @@ def add_litert_int8(staging: Path, manifest: Manifest, texts: list[str]) -> Mani
     if len(texts) < MIN_CALIBRATION_TEXTS:
         raise ExportError(f"the calibration data has {len(texts)} texts; the int8 variant's thresholds need at "
                           f"least {MIN_CALIBRATION_TEXTS} (a few thousand give useful ones)")
+    if len(texts) > CALIBRATION_TEXTS:
+        texts = [texts[i] for i in sorted(np.random.default_rng(0).choice(len(texts), CALIBRATION_TEXTS, replace=False))]
     with progress_bar(3, "LiteRT int8 variant") as bar:
         quantize_litert_file(staging / manifest.litert.files["fp32"], staging / INT8_FILE)
         bar.update()

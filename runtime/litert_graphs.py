@@ -150,6 +150,13 @@ class LiteRTFile:
         self._runners.clear()
         self._open = None
 
+    def __del__(self) -> None:
+        try:  # LiteRT logs as a model and its environment are destroyed
+            with _quiet_native_logs():
+                self.release()
+        except Exception:  # noqa: BLE001 - late in interpreter shutdown, os may be gone; nothing to do
+            pass
+
     def _compiled(self, path: Path, threads: int) -> Callable[[str], Runner]:
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.options import CpuOptions, Options

@@ -149,6 +149,11 @@ class EdgeSession:
         self._blocks = self.manifest.blocks()
         self._embed = next(s for s in self.manifest.segments if s.kind == "embed")
         self._head = next(s for s in self.manifest.segments if s.kind == "head")
+        if policy.precision != "fp32":
+            self.manifest.precision_variant(policy.precision)  # an unknown name: one line listing the known ones
+        if not self.runner.has(self._embed, policy.precision):
+            raise InputError(f"this package has no {backend} graphs at precision {policy.precision!r}; "
+                             f"run it on another target or precision")
         self.precision, self.level, self.restart_threshold = self._levels(policy)
         self._exits = self._active_exits()
         self._keep = dict(policy.keep_schedule)
@@ -168,9 +173,6 @@ class EdgeSession:
         # nothing to decide between embed and head: one fused graph instead of a chain of calls
         no_decisions = not self._exits and not self._keep and not self._skip and budget.latency_ms is None \
             and policy.restart_below is None and self.restart_threshold is None
-        if not self.runner.has(self._embed, self.precision):
-            raise InputError(f"this package has no {backend} graphs at precision {self.precision!r}; "
-                             f"run it on another target or precision")
         self._full_span = self._span(("embed", *(b.name for b in self._blocks), "head"))
         self._full = self._full_span if no_decisions else None
         if policy.importance not in self._blocks[0].outputs:
@@ -178,7 +180,8 @@ class EdgeSession:
                              f"(they give {list(self._blocks[0].outputs[1:])}); re-export it or pick one of those")
         self._importance_output = self._blocks[0].outputs.index(policy.importance)
         self._stages, self._last_stage = self._find_stages()
-        self.memory = check_memory_budget(self.manifest, budget.memory_mb, self._graphs_needed())  # none loaded yet
+        self.memory = check_memory_budget(self.manifest, budget.memory_mb, self._graphs_needed(),  # none loaded yet
+                                          litert=backend == "litert")
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
         if budget.latency_ms is not None:

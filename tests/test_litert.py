@@ -156,3 +156,38 @@ def test_a_fresh_environment_without_torch_runs_a_converted_package(litert_packa
     assert done.returncode == 0, done.stderr[-2000:]
     expected = [r.label for r in edgeinfer.load(litert_packages["classifier"], policy=edgeinfer.Policy(agreement=0.9)).run(TEXTS[:8])]
     assert done.stdout.strip().splitlines()[-1] == str(expected).replace("'", '"')
+
+
+def test_litert_int8_variant_runs_its_cascade_on_litert_only(litert_packages, tiny_calibration, tmp_path):
+    out = tmp_path / "int8.edge"
+    assert main(["convert", str(litert_packages["classifier"]), "--to", "litert", "--quant", "int8",
+                 "--calib", str(tiny_calibration), "-o", str(out)]) == 0
+    manifest = open_package(out).manifest
+    before = open_package(litert_packages["classifier"]).manifest
+    assert manifest.validation["litert"] == before.validation["litert"]  # fp32 graphs reused, not converted again
+    variant = manifest.precision_variant("litert-int8")
+    assert manifest.litert.files["litert-int8"] == "litert/int8.tflite"
+    assert (out / "litert" / "int8.tflite").stat().st_size < (out / "litert" / "fp32.tflite").stat().st_size
+    assert variant.quality["calibration_examples"] >= 32 and 0.0 <= variant.quality["agreement_with_fp32"] <= 1.0
+    assert len(variant.thresholds) == len(manifest.exit_thresholds)
+    alone = edgeinfer.load(out, target="litert-cpu", policy=edgeinfer.Policy(agreement=None, precision="litert-int8"))
+    fp32 = edgeinfer.load(out, target="litert-cpu", policy=edgeinfer.Policy.off())
+    for low, high in zip(alone.run(TEXTS), fp32.run(TEXTS)):
+        assert low.trace.precision == "litert-int8"
+        np.testing.assert_allclose(low.probabilities, high.probabilities, atol=0.05)  # int8, not another model
+    cascade = edgeinfer.load(out, target="litert-cpu", policy=edgeinfer.Policy(agreement=0.9, precision="litert-int8"))
+    level = variant.thresholds_for(0.9)
+    # where calibration found no final threshold holding the level, the cascade starts at fp32 (and says so)
+    assert (cascade.precision == "litert-int8") == (level is not None and level.thresholds[-1] is not None)
+    assert all(r.trace.precision == ("fp32" if r.trace.restarts else cascade.precision) for r in cascade.run(TEXTS))
+    with pytest.raises(InputError, match="no onnxruntime graphs at precision 'litert-int8'"):
+        edgeinfer.load(out, policy=edgeinfer.Policy(agreement=0.9, precision="litert-int8"))
+
+
+def test_a_litert_memory_budget_counts_the_litert_file(litert_packages):
+    package = litert_packages["classifier"]
+    need = edgeinfer.load(package, target="litert-cpu", policy=edgeinfer.Policy.off()).memory
+    tflite = (package / "litert" / "fp32.tflite").stat().st_size / 2**20
+    assert need.weights_mb == pytest.approx(tflite)
+    with pytest.raises(edgeinfer.BudgetError, match="give at least"):
+        edgeinfer.load(package, target="litert-cpu", budget=edgeinfer.Budget(memory_mb=need.total_mb / 2))
