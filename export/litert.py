@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +32,7 @@ import torch
 from ..errors import ExportError, InputError
 from ..manifest import MANIFEST_NAME, PAD_BIAS, SCHEMA_VERSION, LiteRTGraphs, Manifest, litert_signature
 from ..progress import progress_bar
-from ..runtime.litert_graphs import LiteRTFile, LiteRTGraph
+from ..runtime.litert_graphs import LiteRTFile, LiteRTGraph, quiet_native_logs
 from ..runtime.package import open_package
 from ..runtime.sessions import default_threads, open_session
 from ..runtime.tokenize import TextEncoder
@@ -93,36 +94,30 @@ def _trace_args(job: GraphJob, kept: tuple[str, ...], tokens: int) -> tuple[torc
 
 @contextlib.contextmanager
 def _quiet_converter() -> Iterator[None]:
-    """litert-torch prints its steps through rich and logs through Python's root logger, and it and
-    the converter log from C++ to file descriptor 2 (on import too). All of that is silenced; Python's
-    sys.stderr keeps the terminal, so progress bars opened inside still show. Errors still raise."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    python_stderr, root = sys.stderr, logging.getLogger()
-    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    """litert-torch prints its steps through rich, logs through Python's root logger and warns once
+    per signature, and it and the converter log from C++ to file descriptor 2 (on import too). All of
+    that is silenced; Python's sys.stderr keeps the terminal, so progress bars opened inside still
+    show. Errors still raise."""
+    python_stderr, root, level = sys.stderr, logging.getLogger(), logging.getLogger().level
+    terminal = os.dup(2)
+    with quiet_native_logs(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sys.stderr = os.fdopen(terminal, "w", buffering=1)
+        root.setLevel(logging.ERROR)
         try:
-            from litert_torch import progress
-        except ImportError:
-            raise ExportError("LiteRT conversion needs litert-torch; pip install 'edgeinfer[export-litert]'") from None
-        was_quiet = progress.console.quiet
-        progress.console.quiet = True
-        try:
-            yield
+            try:
+                from litert_torch import progress
+            except ImportError:
+                raise ExportError("LiteRT conversion needs litert-torch; pip install 'edgeinfer[export-litert]'") from None
+            was_quiet, progress.console.quiet = progress.console.quiet, True
+            try:
+                yield
+            finally:
+                progress.console.quiet = was_quiet
         finally:
-            progress.console.quiet = was_quiet
-    finally:
-        root.setLevel(level)
-        sys.stderr.close()
-        sys.stderr = python_stderr
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+            root.setLevel(level)
+            sys.stderr.close()
+            sys.stderr = python_stderr
 
 
 def convert_jobs(jobs: list[GraphJob], inputs: dict[str, tuple[str, ...]], path: Path, buckets: tuple[int, ...]) -> None:
@@ -159,7 +154,7 @@ def validation_batches(encoder: TextEncoder, buckets: tuple[int, ...]) -> list[t
     end = ids[:, -1:]  # the tokenizer's closing token ([SEP], </s>)
     lengths = [max(low + 1, min(high, (low + high) // 2 + 1)) for low, high in zip((2, *buckets[:-1]), buckets)]
     batches = [(np.concatenate([ids[:, : n - 1], end], axis=1), np.ones((1, n), dtype=np.int64))
-               for n in sorted({*lengths, ids.shape[1]})]
+               for n in sorted({min(n, ids.shape[1]) for n in lengths} | {ids.shape[1]})]
     pair = encoder.encode([lines[0], lines[1] + " " + lines[2]])
     batches.append((pair.input_ids, pair.attention_mask))
     return batches
@@ -173,11 +168,11 @@ def validate_litert(root: Path, manifest: Manifest, litert: LiteRTGraphs) -> dic
     onnx_graphs = {s.name: open_session(root / s.graph()) for s in segments}
     file = LiteRTFile(root / litert.files["fp32"], default_threads())
     litert_graphs = {s.name: LiteRTGraph(file, litert, s, manifest.tokenizer.pad_id) for s in segments}
+    full = manifest.segment(FULL_SPAN)
     worst, cases = 0.0, []
     for ids, mask in validation_batches(encoder, litert.buckets):
         expected, expected_exits, _ = chain_output(onnx_graphs, segments, ids, mask, exits)
-        got, got_exits, span_diffs = chain_output(litert_graphs, segments, ids, mask, exits)
-        full = manifest.segment(FULL_SPAN)
+        got, got_exits, _ = chain_output(litert_graphs, segments, ids, mask, exits)
         bias = np.where(mask > 0, 0.0, PAD_BIAS).astype(np.float32)
         feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_bias": bias}
         fused = litert_graphs[FULL_SPAN].run(None, {k: feeds[k] for k in full.inputs})[0]

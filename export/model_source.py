@@ -60,6 +60,18 @@ def _uses_normalize(directory: Path) -> bool:
         return False
 
 
+def quiet_transformers() -> None:
+    """Export prints its own progress; transformers' messages, and those of the libraries it imports
+    when they are installed (torchao, which litert-torch brings, warns about CUDA kernels it cannot
+    load; torch warns about deprecated pytree registrations), are not for our users."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for name in ("transformers", "torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def load_model(name_or_path: str, task: str) -> LoadedModel:
     if task not in TASKS:
         raise ExportError(f"task {task!r} is not supported; choose one of {', '.join(TASKS)}")
@@ -70,12 +82,9 @@ def load_model(name_or_path: str, task: str) -> LoadedModel:
         raise ExportError(f"{directory}/config.json is not valid JSON ({err})") from None
     adapter = adapter_for(str(config_doc.get("model_type")))
 
-    import transformers
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    quiet_transformers()
     loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     try:
         model, info = loader.from_pretrained(str(directory), output_loading_info=True)

@@ -52,20 +52,25 @@ def litert_library() -> str:
     raise ImportError(f"no LiteRT interpreter is installed; {INSTALL_HINT}")
 
 
+_quiet_lock = threading.RLock()  # two windows at once would restore each other's /dev/null
+
+
 @contextlib.contextmanager
-def _quiet_native_logs() -> Iterator[None]:
+def quiet_native_logs() -> Iterator[None]:
     """LiteRT's C++ side logs to file descriptor 2 while it loads (plugins it looks for and does not
-    find, the delegate it creates); a runtime embedded in an app should not print that."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+    find, the accelerators it registers); a runtime embedded in an app should not print that. The
+    window is process-wide, so it is kept short: loading, and each signature's first run."""
+    with _quiet_lock:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
 
 
 def _weight_cache_path() -> Path:
@@ -125,7 +130,7 @@ class LiteRTFile:
         self.lock = threading.Lock()
         self._runners: dict[str, Runner] = {}
         try:
-            with _quiet_native_logs():
+            with quiet_native_logs():
                 self._open = self._compiled(path, threads) if self.library == "ai-edge-litert" \
                     else self._interpreter(path, threads)
         except (ValueError, RuntimeError) as err:
@@ -139,7 +144,7 @@ class LiteRTFile:
         found = self._runners.get(signature)
         if found is None:
             try:
-                with _quiet_native_logs():
+                with quiet_native_logs():
                     found = self._runners[signature] = _first_call_quiet(self._open(signature))
             except (ValueError, RuntimeError, KeyError):
                 raise PackageError(f"the LiteRT file has no signature {signature!r}; re-convert the package") from None
@@ -152,7 +157,7 @@ class LiteRTFile:
 
     def __del__(self) -> None:
         try:  # LiteRT logs as a model and its environment are destroyed
-            with _quiet_native_logs():
+            with quiet_native_logs():
                 self.release()
         except Exception:  # noqa: BLE001 - late in interpreter shutdown, os may be gone; nothing to do
             pass
@@ -216,7 +221,7 @@ def _first_call_quiet(run: Runner) -> Runner:
     def wrapped(arrays: list[np.ndarray]) -> list[np.ndarray]:
         if not state["first"]:
             return run(arrays)
-        with _quiet_native_logs():
+        with quiet_native_logs():
             outputs = run(arrays)
         state["first"] = False
         return outputs

@@ -28,7 +28,8 @@ from ..package_writer import discard, finalize, prepare_staging
 from .exit_calibration import calibrate_decoder_exits
 from .graphs import export_decoder_graphs
 from .segments import DecoderShape, decoder_modules
-from .source import quiet_transformers, resolve_decoder_dir
+from ..model_source import quiet_transformers
+from .source import resolve_decoder_dir
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 PROMPT_SENTINEL = "\u2063EDGEINFER-PROMPT\u2063"

@@ -10,13 +10,13 @@ place, so an interrupted conversion never leaves a directory that looks complete
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from ...errors import ExportError
+from ..model_source import quiet_transformers
 from ...runtime.user_cache import cache_root
 
 BUILT_IN_GGUF = {
@@ -28,14 +28,6 @@ BUILT_IN_GGUF = {
 
 def is_built_in_decoder(name: str) -> bool:
     return name in BUILT_IN_GGUF
-
-
-def quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 def built_in_directory(name: str) -> Path:
