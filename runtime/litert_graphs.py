@@ -100,6 +100,21 @@ def _alive(pid: int) -> bool:
 
 _open_files: "weakref.WeakSet[LiteRTFile]" = weakref.WeakSet()
 _loaded = threading.Event()  # LiteRT has run in this process
+_shared: "weakref.WeakValueDictionary[tuple, LiteRTFile]" = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
+
+
+def shared_file(path: Path, threads: int) -> "LiteRTFile":
+    """The loaded file for this path and thread count, shared by every session of the process (a
+    session per policy would otherwise load and pack the same weights again). Keyed by the file's
+    identity too, so a package rewritten in place loads afresh."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, threads)
+    with _shared_lock:
+        found = _shared.get(key)
+        if found is None:
+            found = _shared[key] = LiteRTFile(path, threads)
+        return found
 
 
 @atexit.register

@@ -22,7 +22,7 @@ from ..manifest import PAD_BIAS, ExitHead, ExitThresholds, Segment
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
-from .litert_graphs import LiteRTFile, LiteRTGraph
+from .litert_graphs import LiteRTFile, LiteRTGraph, shared_file
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .planner import choose_point, parse_auto, policy_of
@@ -97,7 +97,7 @@ class GraphRunner:
                                f"convert the package with `edgeinfer convert PKG --to litert`")
         path = litert.files[precision]
         if path not in self._litert_files:
-            self._litert_files[path] = LiteRTFile(self.package.path(path), self.threads or default_threads())
+            self._litert_files[path] = shared_file(self.package.path(path), self.threads or default_threads())
         return LiteRTGraph(self._litert_files[path], litert, segment, self.package.manifest.tokenizer.pad_id)
 
 

@@ -191,3 +191,35 @@ def test_a_litert_memory_budget_counts_the_litert_file(litert_packages):
     assert need.weights_mb == pytest.approx(tflite)
     with pytest.raises(edgeinfer.BudgetError, match="give at least"):
         edgeinfer.load(package, target="litert-cpu", budget=edgeinfer.Budget(memory_mb=need.total_mb / 2))
+
+
+def test_probe_measures_the_litert_graphs(litert_packages, monkeypatch):
+    from edgeinfer.targets.probe import ProbePlan, probe
+
+    monkeypatch.setattr("edgeinfer.targets.probe.QUICK", ProbePlan(tokens=(8, 24), batches=(1,), warmup_rounds=1, rounds=3))
+    package = litert_packages["classifier"]
+    profile = probe(package, target="litert-cpu", quick=True)
+    litert = open_package(package).manifest.litert
+    assert {c.segment for c in profile.costs} == set(litert.segments)  # no stage spans on LiteRT
+    assert profile.fingerprint["provider"] == "LiteRT-XNNPACK" and profile.fingerprint["litert"].startswith("ai-edge-litert")
+    assert all(m > 0 for c in profile.costs for m in c.median_ms)
+
+
+def test_an_old_tflite_runtime_is_refused_in_one_line(litert_packages, monkeypatch):
+    """tflite-runtime 2.14 cannot run current converters' op versions (FACTS.md): one line naming the fix."""
+    import types
+
+    class OldInterpreter:
+        def __init__(self, model_path: str, num_threads: int):
+            raise ValueError("Didn't find op for builtin opcode 'GATHER_ND' version '5'. An older version of this "
+                             "builtin might be supported.\nRegistration failed.")
+
+    fake = types.ModuleType("tflite_runtime.interpreter")
+    fake.Interpreter = OldInterpreter
+    monkeypatch.setitem(sys.modules, "tflite_runtime", types.ModuleType("tflite_runtime"))
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake)
+    monkeypatch.setattr("edgeinfer.runtime.litert_graphs.litert_library", lambda: "tflite-runtime")
+    session = edgeinfer.load(litert_packages["classifier"], target="litert-cpu", policy=edgeinfer.Policy.off())
+    with pytest.raises(PackageError, match=r"tflite-runtime cannot load fp32.tflite \(Didn't find op .*GATHER_ND.*\); "
+                                           r"pip install 'edgeinfer\[litert\]'"):
+        session.run("a fine film")
