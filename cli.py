@@ -252,9 +252,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _targets(args: argparse.Namespace) -> int:
     from .targets.catalog import list_targets
 
-    for found in list_targets():
+    found_all = list_targets()
+    width = max(len(found.target.name) for found in found_all)
+    for found in found_all:
         mark = "usable " if found.usable else "missing"
-        print(f"{found.target.name:<9} {mark}  {found.target.description}: {found.reason}")
+        print(f"{found.target.name:<{width}} {mark}  {found.target.description}: {found.reason}")
     return 0
 
 
