@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from .generation import DecoderSession
 
 
-
 class Graph(Protocol):
     """What the executor calls: an onnxruntime session and a LiteRTGraph both answer it."""
 
