@@ -12,6 +12,8 @@ onnxruntime targets refuse it by name.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,8 +47,9 @@ def quantize_litert_file(source: Path, target: Path) -> None:
     target.unlink(missing_ok=True)  # never write through a hard link into the package it was copied from
     lowering = quantizer.Quantizer(str(source))
     lowering.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-    try:
-        lowering.quantize(enable_progress_bar=False, enable_progress_report=False).export_model(str(target), overwrite=True)
+    try:  # its own progress bars and report go nowhere: ours says what is happening
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            lowering.quantize(enable_progress_bar=False, enable_progress_report=False).export_model(str(target), overwrite=True)
     except Exception as err:  # the quantizer's own errors, from deep inside it
         raise ExportError(f"ai-edge-quantizer could not lower {source.name} ({str(err).splitlines()[0][:160]})") from None
 
