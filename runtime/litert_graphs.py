@@ -52,6 +52,17 @@ def litert_library() -> str:
     raise ImportError(f"no LiteRT interpreter is installed; {INSTALL_HINT}")
 
 
+def litert_library_version() -> str:
+    """'ai-edge-litert 2.3.0': what `edgeinfer targets` and device fingerprints name."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    name = litert_library()
+    try:
+        return f"{name} {version(name)}"
+    except PackageNotFoundError:
+        return f"{name} (unknown version)"
+
+
 _quiet_lock = threading.RLock()  # two windows at once would restore each other's /dev/null
 
 
@@ -193,20 +204,22 @@ class LiteRTFile:
             names = model.get_signature_by_index(index)
             inputs, outputs = model.create_input_buffers(index), model.create_output_buffers(index)
             in_details = model.get_input_tensor_details(key)
-            in_types = [np.dtype(in_details[name]["dtype"]) for name in names["inputs"]]
             out_details = model.get_output_tensor_details(key)
-            out_shapes = [tuple(out_details[name]["shape"]) for name in names["outputs"]]
-            out_types = [np.dtype(out_details[name]["dtype"]) for name in names["outputs"]]
-            in_order = _order(names["inputs"])
-            out_order = _order(names["outputs"])
+            # fixed per signature, so worked out once: (buffer, dtype) per input position,
+            # (buffer, elements, dtype, shape) per output position
+            feeds = [(inputs[slot], np.dtype(in_details[names["inputs"][slot]]["dtype"]))
+                     for slot in _order(names["inputs"])]
+            reads = []
+            for slot in _order(names["outputs"]):
+                detail = out_details[names["outputs"][slot]]
+                shape = tuple(detail["shape"])
+                reads.append((outputs[slot], int(np.prod(shape)), np.dtype(detail["dtype"]), shape))
 
             def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-                for position, array in enumerate(arrays):
-                    slot = in_order[position]
-                    inputs[slot].write(np.ascontiguousarray(array, dtype=in_types[slot]))
+                for (buffer, dtype), array in zip(feeds, arrays):
+                    buffer.write(np.ascontiguousarray(array, dtype=dtype))
                 model.run_by_index(index, inputs, outputs)
-                return [outputs[slot].read(int(np.prod(out_shapes[slot])), out_types[slot]).reshape(out_shapes[slot])
-                        for slot in out_order]
+                return [buffer.read(size, dtype).reshape(shape) for buffer, size, dtype, shape in reads]
             return run
         return open_signature
 

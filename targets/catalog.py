@@ -62,16 +62,12 @@ def availability(target: Target) -> Availability:
 
 
 def _litert_availability(target: Target) -> Availability:
-    for module, name in (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")):
-        if importlib.util.find_spec(module) is not None:
-            from importlib.metadata import PackageNotFoundError, version
+    from ..runtime.litert_graphs import litert_library_version
 
-            try:
-                found = version(name)
-            except PackageNotFoundError:
-                found = "unknown version"
-            return Availability(target, True, f"{name} {found}")
-    return Availability(target, False, "this environment has no LiteRT interpreter (pip install 'edgeinfer[litert]')")
+    try:
+        return Availability(target, True, litert_library_version())
+    except ImportError:
+        return Availability(target, False, "this environment has no LiteRT interpreter (pip install 'edgeinfer[litert]')")
 
 
 def list_targets() -> list[Availability]:

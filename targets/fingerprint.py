@@ -42,19 +42,10 @@ def device_fingerprint(threads: int, provider: str = "CPUExecutionProvider") -> 
              "os": f"{platform.system()} {platform.machine()}", "onnxruntime": onnxruntime.__version__,
              "provider": provider, "threads": threads}
     if provider.startswith("LiteRT"):
-        found["litert"] = _litert_version()
+        from ..runtime.litert_graphs import litert_library_version
+
+        found["litert"] = litert_library_version()
     return found
-
-
-def _litert_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for name in ("ai-edge-litert", "tflite-runtime"):
-        try:
-            return f"{name} {version(name)}"
-        except PackageNotFoundError:
-            continue
-    return "none"
 
 
 def fingerprint_key(fingerprint: dict[str, object]) -> str:
