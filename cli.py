@@ -90,7 +90,8 @@ def _generate(args: argparse.Namespace) -> int:
         on_text=stream, mode=args.mode, draft_blocks=args.draft_blocks, draft_tokens=args.draft_tokens,
         draft_precision=args.draft_precision, draft_ngram=args.draft_ngram, precision=args.precision,
         exit_threshold=args.exit_threshold, agreement=args.agreement, restart_below=args.restart_below,
-        prune_prompt=_keep_schedule(args.prune_prompt, "--prune-prompt"), prune_to_fit=args.prune_to_fit, budget_ms=args.budget_ms)
+        prune_prompt=_keep_schedule(args.prune_prompt, "--prune-prompt"), prune_to_fit=args.prune_to_fit, budget_ms=args.budget_ms,
+        first_token_ms=args.first_token_ms, tokens_per_second=args.tokens_per_second)
     trace = result.trace
     if args.json:
         print(json.dumps({"text": result.text, "token_ids": list(result.token_ids),
@@ -99,8 +100,10 @@ def _generate(args: argparse.Namespace) -> int:
                                     "tokens_per_second": trace.tokens_per_second}}, indent=2))
     else:
         accepted = f", {trace.accepted}/{trace.drafted} drafts accepted" if trace.drafted else ""
+        planned = (f", planned {trace.plan} for {trace.predicted_first_token_ms:.0f} ms / "
+                   f"{trace.predicted_tokens_per_second:.1f} tokens/s") if trace.plan else ""
         print(f"\n[{trace.new_tokens} tokens, {trace.tokens_per_second:.1f} tokens/s, first token "
-              f"{trace.first_token_ms:.0f} ms, stopped: {trace.stopped}{accepted}]", file=sys.stderr)
+              f"{trace.first_token_ms:.0f} ms, stopped: {trace.stopped}{accepted}{planned}]", file=sys.stderr)
     return 0
 
 
@@ -463,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prune-to-fit", action="store_true",
                           help="with --memory-mb: prune a prompt the KV cap cannot hold instead of refusing")
     generate.add_argument("--budget-ms", type=float, default=None, help="stop generating after this long")
+    generate.add_argument("--first-token-ms", type=float, default=None,
+                          help="time-to-first-token budget: chooses precision and prompt pruning from costs "
+                               "measured on this device (first use measures them, ~10 s)")
+    generate.add_argument("--tokens-per-second", type=float, default=None,
+                          help="decoding-speed budget, planned like --first-token-ms")
     generate.add_argument("--memory-mb", type=float, default=None, help="cap on the KV cache")
     generate.add_argument("--target", default="cpu")
     generate.add_argument("--threads", type=int, default=None)

@@ -19,6 +19,7 @@ from ..errors import BudgetError, InputError, PackageError
 from ..manifest import Segment
 from .decoding import Decoding
 from .drafts import Draft
+from .generation_budget import check_budget_values, device_costs, plan_generation
 from .kv_cache import MIN_PRUNED_FRACTION, KVCache, kv_need_mb
 from .package import Package
 from .result import Generation
@@ -218,7 +219,8 @@ class DecoderSession:
                  restart_below: float | None = None, prune_prompt: tuple[tuple[int, float], ...] = (),
                  prune_to_fit: bool = False,
                  exit_threshold: float | None = None, agreement: float | None = None, budget_ms: float | None = None,
-                 min_new_tokens: int = 0) -> Generation:
+                 min_new_tokens: int = 0, first_token_ms: float | None = None,
+                 tokens_per_second: float | None = None) -> Generation:
         """prompt: text (wrapped in the chat template unless chat=False) or token ids as they are.
 
         mode "speculative" drafts `draft_tokens` tokens with the first `draft_blocks` blocks (an exit
@@ -233,6 +235,9 @@ class DecoderSession:
         every exit.
         budget_ms: stop generating (stopped="deadline") once this much time has passed.
         min_new_tokens: end-of-sequence tokens are not chosen before this many (as transformers does).
+        first_token_ms, tokens_per_second: budgets that choose the precision and the prompt pruning
+        (generation_budget.py) from this package's costs measured on this device (measured on first
+        use, ~10 s, then cached); refused with one line when no setting meets them.
         precision: the variant every graph runs at in "full" and "early-exit" modes (`q8`: the
         weight-only 8-bit variant, quant/decoder_variant.py); speculative decoding checks at fp32.
         restart_below: sequence-level confidence restart for a lowered `precision`: when the finished
@@ -280,6 +285,15 @@ class DecoderSession:
             if not (1 <= point < self.num_blocks and 0 < fraction <= 1):
                 raise InputError(f"prune_prompt entry ({point}, {fraction}) needs a block in 1..{self.num_blocks - 1} "
                                  f"and a fraction in (0, 1]")
+        plan = None
+        if first_token_ms is not None or tokens_per_second is not None:
+            check_budget_values(first_token_ms, tokens_per_second)
+            if mode != "full" or precision != "fp32" or prune_prompt:
+                raise InputError("first_token_ms / tokens_per_second choose the precision and pruning themselves: "
+                                 "use them with mode 'full' and without precision or prune_prompt")
+            plan = plan_generation(device_costs(self), self.precisions(), self.num_blocks, self.exits, len(ids),
+                                   max_new_tokens, first_token_ms, tokens_per_second)
+            precision, prune_prompt = plan.precision, plan.prune_prompt
         restarting = restart_below is not None and precision != "fp32"
         own_draft = (mode == "speculative" and draft is not None and draft.blocks > 0
                      and not draft.shares_cache(self.num_blocks))
@@ -287,6 +301,10 @@ class DecoderSession:
                                        draft_cache=own_draft or (restarting and sampling.greedy))
         first = Decoding(self, ids, max_new_tokens, sampling, stop, None if restarting else on_text, budget_ms,
                           min_new_tokens, precision, prune_prompt).run(mode, draft, draft_tokens, thresholds)
+        if plan is not None:
+            first = replace(first, trace=replace(first.trace, plan=plan.describe(),
+                                                 predicted_first_token_ms=plan.predicted_first_token_ms,
+                                                 predicted_tokens_per_second=plan.predicted_tokens_per_second))
         spent = first.trace.total_ms
         if not restarting or first.min_log_prob >= restart_below or (
                 budget_ms is not None and budget_ms - spent < spent):

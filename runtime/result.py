@@ -65,6 +65,9 @@ class GenerationTrace:
     restarts: int = 0  # the answer was generated again at fp32 (low sequence confidence)
     restart_changed: bool = False  # ... and the new answer differs from the first
     first_min_log_prob: float | None = None  # the first answer's confidence, when it restarted
+    plan: str = ""  # what first_token_ms / tokens_per_second budgets chose (precision, pruning)
+    predicted_first_token_ms: float | None = None  # ... and what the device's costs predicted for it
+    predicted_tokens_per_second: float | None = None
 
     @property
     def tokens_per_second(self) -> float:

@@ -1,0 +1,195 @@
+"""Time-to-first-token and tokens-per-second budgets for a decoder, planned on costs measured here.
+
+What a budget can trade: the prefill is about linear in the prompt's tokens (chunked into 256-token
+pieces, so attention's quadratic part stays small), and pruning the prompt after a block takes the
+deeper blocks' share of that work away; a decode step is about linear in the tokens already cached,
+and a lowered variant (q8) makes it cheaper. Which precision is faster for which phase is the
+device's business: on this 2-core AVX2 machine SmolLM2's q8 decodes 1.7x faster than fp32 but
+prefills no faster (MatMulNBits' kernels gain only at a few rows). So every precision's two lines
+are measured on this device, once per package, and cached beside the device profiles.
+
+The plan is the gentlest setting that meets both budgets: full precision before a lowered one, no
+pruning before pruning, since in bench/RESULTS.md q8 kept 97% token agreement where pruning half
+the prompt kept 83% of next tokens. When nothing meets them, the refusal names what would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import BudgetError, InputError
+from ..progress import progress_bar
+from .cost_model import LinearCost
+from .kv_cache import MIN_PRUNED_FRACTION
+from .user_cache import cache_root
+
+if TYPE_CHECKING:
+    from .generation import DecoderSession
+
+PRUNE_FRACTIONS = (1.0, 0.7, 0.5, 0.3)
+MEASURED_PROMPTS = (32, 256)
+MEASURED_STEPS = 8
+MEASURE_REPEATS = 3
+COSTS_FORMAT = "edgeinfer.decoder-costs"
+
+
+@dataclass(frozen=True)
+class PhaseCosts:
+    """One precision on this device: first token vs prompt tokens, decode step vs cached tokens."""
+    precision: str
+    first_token: LinearCost
+    step: LinearCost
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    precision: str
+    prune_prompt: tuple[tuple[int, float], ...]
+    predicted_first_token_ms: float
+    predicted_tokens_per_second: float
+
+    def describe(self) -> str:
+        pruning = ", ".join(f"keep {f:.0%} after block {b}" for b, f in self.prune_prompt) or "no pruning"
+        return f"{self.precision}, {pruning}"
+
+
+def prune_point(exits: tuple[int, ...], num_blocks: int) -> int:
+    """Where a planned pruning cuts: the first exit (the package's spans break there), else a quarter in."""
+    return exits[0] if exits else max(1, num_blocks // 4)
+
+
+def predict(costs: PhaseCosts, prompt_tokens: int, new_tokens: int, num_blocks: int,
+            prune: tuple[tuple[int, float], ...]) -> tuple[float, float]:
+    """(first-token ms, tokens/s) for a request: the prefill's per-token work shrinks by the share of
+    block-tokens pruning removes; decoding runs over the kept cache, priced at its middle length."""
+    work = 1.0
+    for block, fraction in prune:
+        work -= (num_blocks - block) / num_blocks * (1.0 - fraction)
+    first = costs.first_token.fixed_ms + costs.first_token.per_token_ms * prompt_tokens * work
+    kept = prompt_tokens * min((f for _, f in prune), default=1.0)
+    step = costs.step.predict(int(kept + new_tokens / 2))
+    return first, 1000.0 / step if step > 0 else float("inf")
+
+
+def plan_generation(costs: dict[str, PhaseCosts], precisions: tuple[str, ...], num_blocks: int,
+                    exits: tuple[int, ...], prompt_tokens: int, new_tokens: int,
+                    first_token_ms: float | None, tokens_per_second: float | None) -> GenerationPlan:
+    """precisions: strongest first (fp32, then lowered variants)."""
+    point = prune_point(exits, num_blocks)
+    floor = max(MIN_PRUNED_FRACTION, 20 / max(prompt_tokens, 1))
+    candidates: list[GenerationPlan] = []
+    for fraction in PRUNE_FRACTIONS:
+        if fraction < 1.0 and (fraction < floor or point >= num_blocks):
+            continue
+        prune = () if fraction == 1.0 else ((point, fraction),)
+        for precision in precisions:
+            first, rate = predict(costs[precision], prompt_tokens, new_tokens, num_blocks, prune)
+            candidates.append(GenerationPlan(precision, prune, round(first, 2), round(rate, 2)))
+    for plan in candidates:
+        if (first_token_ms is None or plan.predicted_first_token_ms <= first_token_ms) and \
+                (tokens_per_second is None or plan.predicted_tokens_per_second >= tokens_per_second):
+            return plan
+    raise BudgetError(_refusal(candidates, costs, num_blocks, prompt_tokens, new_tokens, first_token_ms,
+                               tokens_per_second))
+
+
+def _refusal(candidates: list[GenerationPlan], costs: dict[str, PhaseCosts], num_blocks: int, prompt_tokens: int,
+             new_tokens: int, first_token_ms: float | None, tokens_per_second: float | None) -> str:
+    fastest_first = min(candidates, key=lambda p: p.predicted_first_token_ms)
+    fastest_rate = max(candidates, key=lambda p: p.predicted_tokens_per_second)
+    if tokens_per_second is not None and fastest_rate.predicted_tokens_per_second < tokens_per_second:
+        return (f"no setting decodes {tokens_per_second:g} tokens/s on this device: at most "
+                f"{fastest_rate.predicted_tokens_per_second:.1f} ({fastest_rate.describe()}); lower tokens_per_second")
+    assert first_token_ms is not None
+    # the longest prompt whose first token the fastest setting still gives in time
+    cost = costs[fastest_first.precision]
+    work = 1.0 - sum((num_blocks - b) / num_blocks * (1.0 - f) for b, f in fastest_first.prune_prompt)
+    fits = int((first_token_ms - cost.first_token.fixed_ms) / max(cost.first_token.per_token_ms * work, 1e-9))
+    shorter = f" or shorten the prompt to {fits} tokens" if 0 < fits < prompt_tokens else ""
+    return (f"a {prompt_tokens}-token prompt needs at least {fastest_first.predicted_first_token_ms:.0f} ms to its "
+            f"first token on this device ({fastest_first.describe()}); raise first_token_ms to "
+            f"{np.ceil(fastest_first.predicted_first_token_ms):.0f}{shorter}")
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+def costs_path(session: DecoderSession) -> Path:
+    from ..targets.fingerprint import device_fingerprint, fingerprint_key
+    from ..targets.profile import package_id
+
+    key = fingerprint_key(device_fingerprint(session.runner.threads or 0, session.runner.providers[0]))
+    return cache_root() / "decoder-costs" / f"{package_id(session.package.root)}-{key}.json"
+
+
+def _read(path: Path, precisions: tuple[str, ...]) -> dict[str, PhaseCosts] | None:
+    try:
+        document = json.loads(path.read_text())
+        if document.get("format") != COSTS_FORMAT:
+            return None
+        found = {p["precision"]: PhaseCosts(p["precision"], LinearCost(**p["first_token"]), LinearCost(**p["step"]))
+                 for p in document["precisions"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if all(p in found for p in precisions) else None
+
+
+def _line(points: list[tuple[int, float]]) -> LinearCost:
+    (n0, t0), (n1, t1) = points
+    per_token = max((t1 - t0) / (n1 - n0), 0.0)
+    return LinearCost(fixed_ms=max(t0 - per_token * n0, 0.0), per_token_ms=per_token)
+
+
+def measure_costs(session: DecoderSession) -> dict[str, PhaseCosts]:
+    """Per precision, MEASURED_PROMPTS-token prompts (fewer where the model has fewer positions) decoding MEASURED_STEPS tokens each (one warm-up,
+    then the median of MEASURE_REPEATS): two points fix each line. About 10 s for SmolLM2 here."""
+    precisions = session.precisions()
+    vocab = session.facts.vocab_size
+    longest = min(MEASURED_PROMPTS[1], session.facts.max_positions - MEASURED_STEPS - 2)
+    lengths = (min(MEASURED_PROMPTS[0], longest // 4), longest)
+    prompts = [[(11 + 7 * i) % vocab for i in range(n)] for n in lengths]
+    found: dict[str, PhaseCosts] = {}
+    with progress_bar(len(precisions) * (MEASURE_REPEATS + 1), "measuring decoder costs on this device") as bar:
+        for precision in precisions:
+            firsts: dict[int, list[float]] = {n: [] for n in lengths}
+            steps: dict[int, list[float]] = {n: [] for n in lengths}
+            for repeat in range(MEASURE_REPEATS + 1):
+                for ids in prompts:
+                    trace = session.generate(ids, MEASURED_STEPS + 1, min_new_tokens=MEASURED_STEPS + 1,
+                                             precision=precision, chat=False).trace
+                    if repeat:
+                        firsts[len(ids)].append(trace.first_token_ms)
+                        steps[len(ids)].append((trace.total_ms - trace.first_token_ms) / MEASURED_STEPS)
+                bar.update()
+            first = _line([(n, float(np.median(firsts[n]))) for n in lengths])
+            step = _line([(n + MEASURED_STEPS // 2, float(np.median(steps[n]))) for n in lengths])
+            found[precision] = PhaseCosts(precision, first, step)
+    return found
+
+
+def device_costs(session: DecoderSession) -> dict[str, PhaseCosts]:
+    """This package's costs on this device: from the cache, or measured now and cached."""
+    path = costs_path(session)
+    cached = _read(path, session.precisions())
+    if cached is not None:
+        return cached
+    found = measure_costs(session)
+    document = {"format": COSTS_FORMAT, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "precisions": [asdict(c) for c in found.values()]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".tmp{time.monotonic_ns()}")
+    staging.write_text(json.dumps(document, indent=2))
+    staging.replace(path)
+    return found
+
+
+def check_budget_values(first_token_ms: float | None, tokens_per_second: float | None) -> None:
+    for name, value in (("first_token_ms", first_token_ms), ("tokens_per_second", tokens_per_second)):
+        if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be a positive number of {'ms' if name == 'first_token_ms' else 'tokens/s'}, "
+                             f"got {value!r}")
