@@ -12,7 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -367,7 +368,7 @@ class EdgeSession:
 
         if not (1 in self._exits and 1 in self._stages and 1 not in self._skip):
             hidden = call(self._embed, first)[0]
-        for depth, block in enumerate(self._blocks, start=1):
+        for depth in range(1, num_blocks + 1):
             skipped = depth in self._skip
             feeds = first if hidden is None else {"hidden": hidden, "attention_bias": bias[active]}
             if depth == num_blocks and self._last_stage is not None and not skipped:
@@ -375,18 +376,10 @@ class EdgeSession:
                 for j, r in enumerate(active):
                     answers[r] = _Answer(outputs[j], self._final_confidence(outputs[j]), num_blocks)
                 return answers  # type: ignore[return-value]
-            with_exit = depth in self._exits and depth < num_blocks
-            stage = self._stages.get(depth) if with_exit and not skipped else None
-            if stage is not None:
-                *block_outputs, exit_output = call(stage, feeds)
-                hidden = block_outputs[0]
-            elif not skipped:
-                hidden = call(block, feeds)[0]
-            if not with_exit:
+            hidden, _, exit_output = self._block_step(call, depth, feeds, self._exits)
+            if exit_output is None:
                 continue
-            exit_head, exit_segment, threshold = self._exits[depth]
-            if stage is None:
-                exit_output = call(exit_segment, {"hidden": hidden, "attention_bias": bias[active]})[0]
+            exit_head, _, threshold = self._exits[depth]
             staying = []
             for j, r in enumerate(active):
                 confidence = self._confidence(exit_head, exit_output[j], previous[r])
@@ -402,6 +395,24 @@ class EdgeSession:
         for j, r in enumerate(active):
             answers[r] = _Answer(outputs[j], self._final_confidence(outputs[j]), num_blocks)
         return answers  # type: ignore[return-value]
+
+    def _block_step(self, call: Callable[[Segment, dict], list[np.ndarray]], depth: int, feeds: dict,
+                    exits: dict) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray | None]:
+        """Block `depth` and its exit where the run tests one: a single stage call when the package
+        fused the two. Returns the next hidden state, the block's outputs (None when the block is
+        skipped: the state passes unchanged) and the exit's output (None without an exit here)."""
+        skipped = depth in self._skip
+        with_exit = depth in exits and depth < len(self._blocks)
+        stage = self._stages.get(depth) if with_exit and not skipped else None
+        outputs, exit_output = None, None
+        if stage is not None:
+            *outputs, exit_output = call(stage, feeds)
+        elif not skipped:
+            outputs = call(self._blocks[depth - 1], feeds)
+        hidden = outputs[0] if outputs is not None else feeds["hidden"]
+        if with_exit and exit_output is None:
+            exit_output = call(exits[depth][1], {"hidden": hidden, "attention_bias": feeds["attention_bias"]})[0]
+        return hidden, outputs, exit_output
 
     def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         graph = self.runner.graph(segment, state.precision)
@@ -524,7 +535,7 @@ class EdgeSession:
         best: _Answer | None = None  # the deepest exit answer so far
         previous_exit: np.ndarray | None = None
         num_blocks = len(self._blocks)
-        for depth, block in enumerate(self._blocks, start=1):
+        for depth in range(1, num_blocks + 1):
             tokens = original_tokens if hidden is None else int(hidden.shape[1])
             if deadline and depth > 1 and self._deadline_passes(state, depth, tokens,
                                                                 depth in exits or depth == num_blocks):
@@ -536,18 +547,9 @@ class EdgeSession:
             if depth == num_blocks and self._last_stage is not None and not skipped:
                 output = self._call(state, self._last_stage, feeds)[0][0]
                 return _Answer(output, self._final_confidence(output), num_blocks)
-            with_exit = depth in exits and depth < num_blocks
-            stage = self._stages.get(depth) if with_exit and not skipped else None
-            if stage is not None:  # block and exit in one call
-                *outputs, exit_output = self._call(state, stage, feeds)
-                hidden = outputs[0]
-            elif not skipped:
-                outputs = self._call(state, block, feeds)
-                hidden = outputs[0]
-            if with_exit:
-                exit_head, exit_segment, threshold = exits[depth]
-                if stage is None:
-                    exit_output = self._call(state, exit_segment, {"hidden": hidden, "attention_bias": bias})[0]
+            hidden, outputs, exit_output = self._block_step(partial(self._call, state), depth, feeds, exits)
+            if exit_output is not None:
+                exit_head, _, threshold = exits[depth]
                 output = exit_output[0]
                 confidence = self._confidence(exit_head, output, previous_exit)
                 previous_exit, best = output, _Answer(output, confidence, depth,
