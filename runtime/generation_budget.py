@@ -123,7 +123,9 @@ def costs_path(session: DecoderSession) -> Path:
     from ..targets.fingerprint import device_fingerprint, fingerprint_key
     from ..targets.profile import package_id
 
-    key = fingerprint_key(device_fingerprint(session.runner.threads or 0, session.runner.providers[0]))
+    from .sessions import default_threads
+
+    key = fingerprint_key(device_fingerprint(session.runner.threads or default_threads(), session.runner.providers[0]))
     return cache_root() / "decoder-costs" / f"{package_id(session.package.root)}-{key}.json"
 
 
