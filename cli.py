@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--budget-ms", type=float, default=None, help="stop generating after this long")
     generate.add_argument("--first-token-ms", type=float, default=None,
                           help="time-to-first-token budget: chooses precision and prompt pruning from costs "
-                               "measured on this device (first use measures them, ~10 s)")
+                               "measured on this device (first use measures them, ~30 s)")
     generate.add_argument("--tokens-per-second", type=float, default=None,
                           help="decoding-speed budget, planned like --first-token-ms")
     generate.add_argument("--memory-mb", type=float, default=None, help="cap on the KV cache")

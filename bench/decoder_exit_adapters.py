@@ -72,7 +72,7 @@ def layer_states(lm, sequences: list[tuple[list[int], int]], layers: tuple[int, 
     return {layer: torch.cat(v) for layer, v in states.items()}, torch.cat(finals)
 
 
-def train_adapter(lm, hidden, teacher_log_probs, epochs: int = 6, batch: int = 256, lr: float = 1e-3):
+def train_adapter(lm, hidden, teacher_log_probs, epochs: int = 4, batch: int = 256, lr: float = 1e-3):
     import torch
 
     torch.manual_seed(0)
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--block-ms", type=float, default=1.40, help="fp32 decode step per block (decoder_bench profile)")
     parser.add_argument("--head-ms", type=float, default=6.4, help="fp32 final norm + LM head per token")
+    parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--out", default="reports/decoder")
     args = parser.parse_args()
 
@@ -142,15 +144,16 @@ def main() -> None:
     lm, tokenizer, _ = load_causal_lm("smollm2")
     sequences = continuations(lm, tokenizer, agnews_prompts(Path(args.shared), args.prompts), args.new_tokens)
     split = len(sequences) * 3 // 4
-    train_gen, train_gen_teacher = layer_states(lm, sequences[:split], LAYERS, generated_only=True)
-    train_all, train_all_teacher = layer_states(lm, sequences[:split], LAYERS, generated_only=False)
-    test, test_teacher = layer_states(lm, sequences[split:], LAYERS, generated_only=True)
+    layers = tuple(args.layers)
+    train_gen, train_gen_teacher = layer_states(lm, sequences[:split], layers, generated_only=True)
+    train_all, train_all_teacher = layer_states(lm, sequences[:split], layers, generated_only=False)
+    test, test_teacher = layer_states(lm, sequences[split:], layers, generated_only=True)
     blocks = lm.config.num_hidden_layers
     rows = []
-    for layer in LAYERS:
+    for layer in layers:
         shared = exit_quality(lm, test[layer], test_teacher)
         adapter = train_adapter(lm, torch.cat([train_gen[layer], train_all[layer]]),
-                                torch.cat([train_gen_teacher, train_all_teacher]))
+                                torch.cat([train_gen_teacher, train_all_teacher]), epochs=args.epochs)
         trained = exit_quality(lm, test[layer], test_teacher, adapter)
         rows.append({"layer": layer, "shared_head": shared, "adapter": trained,
                      "speedup_bound_adapter": round(speedup_bound(layer, trained["exit_share_at_level"], blocks,

@@ -237,7 +237,7 @@ class DecoderSession:
         min_new_tokens: end-of-sequence tokens are not chosen before this many (as transformers does).
         first_token_ms, tokens_per_second: budgets that choose the precision and the prompt pruning
         (generation_budget.py) from this package's costs measured on this device (measured on first
-        use, ~10 s, then cached); refused with one line when no setting meets them.
+        use, ~30 s, then cached); refused with one line when no setting meets them.
         precision: the variant every graph runs at in "full" and "early-exit" modes (`q8`: the
         weight-only 8-bit variant, quant/decoder_variant.py); speculative decoding checks at fp32.
         restart_below: sequence-level confidence restart for a lowered `precision`: when the finished

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .generation import DecoderSession
 
 PRUNE_FRACTIONS = (1.0, 0.7, 0.5, 0.3)
-MEASURED_PROMPTS = (32, 256)
+MEASURED_PROMPTS = (64, 512)
+MEASURED_PRUNING = 0.5
 MEASURED_STEPS = 8
 MEASURE_REPEATS = 3
 COSTS_FORMAT = "edgeinfer.decoder-costs"
@@ -41,10 +42,13 @@ COSTS_FORMAT = "edgeinfer.decoder-costs"
 
 @dataclass(frozen=True)
 class PhaseCosts:
-    """One precision on this device: first token vs prompt tokens, decode step vs cached tokens."""
+    """One precision on this device: first token vs prompt tokens, decode step vs cached tokens, and
+    how much of the prefill work pruning removes on paper it saves in time (a pruned prompt is
+    ranked whole, not in pieces, so its attention costs more than its share of tokens says)."""
     precision: str
     first_token: LinearCost
     step: LinearCost
+    prune_efficiency: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,24 @@ def prune_point(exits: tuple[int, ...], num_blocks: int) -> int:
     return exits[0] if exits else max(1, num_blocks // 4)
 
 
+def pruned_share(num_blocks: int, prune: tuple[tuple[int, float], ...]) -> float:
+    """The share of the prompt's block-tokens (and cache entries) a schedule removes."""
+    kept, removed = 1.0, 0.0
+    for block, fraction in sorted(prune):
+        removed += (num_blocks - block) / num_blocks * (kept - fraction)
+        kept = fraction
+    return removed
+
+
 def predict(costs: PhaseCosts, prompt_tokens: int, new_tokens: int, num_blocks: int,
             prune: tuple[tuple[int, float], ...]) -> tuple[float, float]:
-    """(first-token ms, tokens/s) for a request: the prefill's per-token work shrinks by the share of
-    block-tokens pruning removes; decoding runs over the kept cache, priced at its middle length."""
-    work = 1.0
-    for block, fraction in prune:
-        work -= (num_blocks - block) / num_blocks * (1.0 - fraction)
+    """(first-token ms, tokens/s) for a request: the prefill's per-token cost less the share pruning
+    removes (as far as it saved time when measured); each step priced at the cache's mean length
+    over blocks, halfway through the answer."""
+    removed = pruned_share(num_blocks, prune)
+    work = 1.0 - costs.prune_efficiency * removed
     first = costs.first_token.fixed_ms + costs.first_token.per_token_ms * prompt_tokens * work
-    kept = prompt_tokens * min((f for _, f in prune), default=1.0)
-    step = costs.step.predict(int(kept + new_tokens / 2))
+    step = costs.step.predict(int(prompt_tokens * (1.0 - removed) + new_tokens / 2))
     return first, 1000.0 / step if step > 0 else float("inf")
 
 
@@ -109,7 +121,7 @@ def _refusal(candidates: list[GenerationPlan], costs: dict[str, PhaseCosts], num
     assert first_token_ms is not None
     # the longest prompt whose first token the fastest setting still gives in time
     cost = costs[fastest_first.precision]
-    work = 1.0 - sum((num_blocks - b) / num_blocks * (1.0 - f) for b, f in fastest_first.prune_prompt)
+    work = 1.0 - cost.prune_efficiency * pruned_share(num_blocks, fastest_first.prune_prompt)
     fits = int((first_token_ms - cost.first_token.fixed_ms) / max(cost.first_token.per_token_ms * work, 1e-9))
     shorter = f" or shorten the prompt to {fits} tokens" if 0 < fits < prompt_tokens else ""
     return (f"a {prompt_tokens}-token prompt needs at least {fastest_first.predicted_first_token_ms:.0f} ms to its "
@@ -134,7 +146,8 @@ def _read(path: Path, precisions: tuple[str, ...]) -> dict[str, PhaseCosts] | No
         document = json.loads(path.read_text())
         if document.get("format") != COSTS_FORMAT:
             return None
-        found = {p["precision"]: PhaseCosts(p["precision"], LinearCost(**p["first_token"]), LinearCost(**p["step"]))
+        found = {p["precision"]: PhaseCosts(p["precision"], LinearCost(**p["first_token"]), LinearCost(**p["step"]),
+                                            float(p["prune_efficiency"]))
                  for p in document["precisions"]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -148,29 +161,42 @@ def _line(points: list[tuple[int, float]]) -> LinearCost:
 
 
 def measure_costs(session: DecoderSession) -> dict[str, PhaseCosts]:
-    """Per precision, MEASURED_PROMPTS-token prompts (fewer where the model has fewer positions) decoding MEASURED_STEPS tokens each (one warm-up,
-    then the median of MEASURE_REPEATS): two points fix each line. About 10 s for SmolLM2 here."""
+    """Per precision: MEASURED_PROMPTS-token prompts (fewer where the model has fewer positions)
+    decoding MEASURED_STEPS tokens, and the longer one pruned to MEASURED_PRUNING at the pruning
+    point; one warm-up, then the p90 of MEASURE_REPEATS (planning on the median misses half the
+    time). About 30 s for SmolLM2 here."""
     precisions = session.precisions()
     vocab = session.facts.vocab_size
     longest = min(MEASURED_PROMPTS[1], session.facts.max_positions - MEASURED_STEPS - 2)
     lengths = (min(MEASURED_PROMPTS[0], longest // 4), longest)
-    prompts = [[(11 + 7 * i) % vocab for i in range(n)] for n in lengths]
+    point = prune_point(session.exits, session.num_blocks)
+    prune = ((point, MEASURED_PRUNING),) if point < session.num_blocks else ()
+
+    def synthetic(tokens: int) -> list[int]:  # costs do not depend on what the tokens say
+        return [(11 + 7 * i) % vocab for i in range(tokens)]
+
+    runs = [(synthetic(n), ()) for n in lengths] + ([(synthetic(longest), prune)] if prune else [])
     found: dict[str, PhaseCosts] = {}
     with progress_bar(len(precisions) * (MEASURE_REPEATS + 1), "measuring decoder costs on this device") as bar:
         for precision in precisions:
-            firsts: dict[int, list[float]] = {n: [] for n in lengths}
-            steps: dict[int, list[float]] = {n: [] for n in lengths}
+            firsts: list[list[float]] = [[] for _ in runs]
+            steps: list[list[float]] = [[] for _ in runs]
             for repeat in range(MEASURE_REPEATS + 1):
-                for ids in prompts:
+                for k, (ids, schedule) in enumerate(runs):
                     trace = session.generate(ids, MEASURED_STEPS + 1, min_new_tokens=MEASURED_STEPS + 1,
-                                             precision=precision, chat=False).trace
+                                             precision=precision, chat=False, prune_prompt=schedule).trace
                     if repeat:
-                        firsts[len(ids)].append(trace.first_token_ms)
-                        steps[len(ids)].append((trace.total_ms - trace.first_token_ms) / MEASURED_STEPS)
+                        firsts[k].append(trace.first_token_ms)
+                        steps[k].append((trace.total_ms - trace.first_token_ms) / MEASURED_STEPS)
                 bar.update()
-            first = _line([(n, float(np.median(firsts[n]))) for n in lengths])
-            step = _line([(n + MEASURED_STEPS // 2, float(np.median(steps[n]))) for n in lengths])
-            found[precision] = PhaseCosts(precision, first, step)
+            tail = [float(np.percentile(f, 90)) for f in firsts]
+            first = _line([(n, t) for n, t in zip(lengths, tail)])
+            step = _line([(n + MEASURED_STEPS // 2, float(np.percentile(s, 90))) for n, s in zip(lengths, steps)])
+            efficiency = 1.0
+            if prune and first.per_token_ms > 0:
+                saved = 1.0 - (tail[2] - first.fixed_ms) / (first.per_token_ms * longest)
+                efficiency = float(np.clip(saved / pruned_share(session.num_blocks, prune), 0.0, 1.0))
+            found[precision] = PhaseCosts(precision, first, step, round(efficiency, 4))
     return found
 
 

@@ -361,7 +361,8 @@ def test_generate_plans_on_costs_measured_once(tiny_llama_package, monkeypatch, 
     stored = list((tmp_path / "decoder-costs").glob("*.json"))
     assert len(stored) == 1 and {p["precision"] for p in json.loads(stored[0].read_text())["precisions"]} == {"fp32", "q8"}
     costs = generation_budget.device_costs(session)
-    assert all(c.first_token.per_token_ms >= 0 and c.step.fixed_ms > 0 for c in costs.values())
+    assert all(c.first_token.per_token_ms >= 0 and c.step.fixed_ms > 0 and 0 <= c.prune_efficiency <= 1
+               for c in costs.values())
 
     def measured_again(_session):
         raise AssertionError("costs are measured once per package and device")
