@@ -1,7 +1,8 @@
 """Issue 3's SST-2 benchmark end to end: export the SST-2 MiniLM with exits, then run the runtime
 benchmark on SST-2 dev, which neither trained nor calibrated anything.
 
-    python -m edgeinfer.bench.sst2_runtime [--shared ../shared] [--joint] [--report reports/sst2]
+    python -m edgeinfer.bench.sst2_runtime [--shared ../shared] [--joint] [--exit-head linear]
+        [--quant int8] [--agreement 0.99] [--report reports/sst2]
 
 Exit heads train on SST-2 train rows. The cascade's restart threshold (cheap point: exits + pruning;
 strong point: full depth) is chosen on 500 of the sentence-like train rows for 0.99 agreement. Thresholds are calibrated on the train rows of 12 words or
@@ -65,17 +66,18 @@ def add_sst2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"))
 
 
-def sst2_package(shared: Path, cache: Path, joint: bool = False) -> tuple[Path, Path]:
+def sst2_package(shared: Path, cache: Path, joint: bool = False, exit_head: str = "pooler") -> tuple[Path, Path]:
     """The SST-2 MiniLM exported with exits (cached), and the sentence-like train rows that calibrated it."""
     cache.mkdir(parents=True, exist_ok=True)
     model = shared / "models" / "minilm-sst2"
     train, dev = shared / "data" / "sst2" / "train.tsv", shared / "data" / "sst2" / "dev.tsv"
     sentences = sentence_like_rows(train, cache / "sst2_train_sentences.tsv")
-    package = cache / ("sst2-joint.edge" if joint else "sst2-heads.edge")
+    name = ("sst2-joint" if joint else "sst2-heads") + ("" if exit_head == "pooler" else f"-{exit_head}")
+    package = cache / f"{name}.edge"
     if not is_current(package):
-        export_model(str(model), package, ExportOptions(force=True, 
-            task="text-classification", calib=str(train), calib_thresholds=str(sentences), eval_data=str(dev),
-            train_exits="joint" if joint else "heads"))
+        export_model(str(model), package, ExportOptions(
+            force=True, task="text-classification", calib=str(train), calib_thresholds=str(sentences),
+            eval_data=str(dev), train_exits="joint" if joint else "heads", exit_head=exit_head))
     return package, sentences
 
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/edgeinfer/bench"))
     parser.add_argument("--joint", action="store_true", help="export with --train-exits joint")
+    parser.add_argument("--exit-head", default="pooler", choices=["pooler", "linear"], help="export with --exit-head")
+    parser.add_argument("--agreement", type=float, default=0.99, help="the policies' agreement level")
     parser.add_argument("--report", default="reports/sst2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quant", default=None, help="add precision variants first, e.g. int8 or int8,mixed; "
@@ -105,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shared, cache = Path(args.shared), Path(args.cache)
     model, dev = shared / "models" / "minilm-sst2", shared / "data" / "sst2" / "dev.tsv"
-    package, sentences = sst2_package(shared, cache, args.joint)
+    package, sentences = sst2_package(shared, cache, args.joint, args.exit_head)
     if args.quant:
         package = _with_variants(package, sentences, args.quant.split(","))
     calibration = read_examples(sentences, None).split(RESTART_CALIBRATION_ROWS, 0, seed=2)[0]
-    restart_below = choose_restart_threshold(package, list(calibration.texts), 0.99, KEEP_SCHEDULE)
+    restart_below = choose_restart_threshold(package, list(calibration.texts), args.agreement, KEEP_SCHEDULE)
     print(f"restart threshold chosen on {len(calibration)} train sentences: {restart_below}")
     report = run_bench(package, dev, str(model), Path(args.report), args.repeats, keep_schedule=KEEP_SCHEDULE,
-                       restart_below=restart_below)
+                       agreement=args.agreement, restart_below=restart_below)
     print(markdown_report(report))
     return 0
 

@@ -45,6 +45,32 @@ class ClassifierExit(nn.Module):
         return self.from_features(self.features(hidden, attention_bias))
 
 
+class LinearClassifierExit(nn.Module):
+    """The same features as ClassifierExit straight into the classes: no hidden dense layer.
+
+    A stage graph reads its exit's weights for one row per call, so the pooler-shaped head's
+    768 x 384 dense layer (1.2 MB of fp32 for MiniLM) cost ~0.17 ms per exit here, about a fifth
+    of an int8 block (bench/RESULTS.md, "Where the segmented path loses time"). Without a frozen
+    backbone to adapt to (`--train-exits joint` fine-tunes it towards its exits) a linear map is
+    enough; on a frozen backbone the pooler-shaped head, initialised from the model's own, is.
+    """
+
+    def __init__(self, parts: ClassifierParts, hidden_size: int):
+        super().__init__()
+        self.out = nn.Linear(2 * hidden_size, parts.out.out_features)
+
+    features = staticmethod(ClassifierExit.features)
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(features)
+
+    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> torch.Tensor:
+        return self.from_features(self.features(hidden, attention_bias))
+
+
+EXIT_HEADS = ("pooler", "linear")
+
+
 class EmbeddingExit(nn.Module):
     def __init__(self, hidden_size: int, normalize: bool):
         super().__init__()

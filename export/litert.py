@@ -262,8 +262,9 @@ def _rebuilt_jobs(opened) -> list[GraphJob]:
         raise ExportError(f"the package's source model cannot be loaded ({err}); "
                           f"re-export it with --formats onnx,litert") from None
     segments = build_segments(loaded, manifest.model.task)
+    head = (manifest.calibration.get("exit_training") or {}).get("head", "pooler")
     exit_modules = {e.after_block: _trained_exit(opened.path(manifest.segment(e.segment).graph()),
-                                                 make_exit(manifest.model.task, loaded, segments), e.segment)
+                                                 make_exit(manifest.model.task, loaded, segments, head), e.segment)
                     for e in manifest.exits}
     return graph_jobs(segments, exit_modules)
 

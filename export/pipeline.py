@@ -23,7 +23,7 @@ from ..manifest import (SCHEMA_VERSION, ExitHead, Manifest, ModelFacts, Segment,
 from ..progress import progress_bar
 from ..runtime.tokenize import TextEncoder
 from .calibration_data import Examples, read_examples
-from .exit_heads import (ClassifierExit, EmbeddingExit, TrainingSettings, cosine_loss, distillation_loss,
+from .exit_heads import (EXIT_HEADS, ClassifierExit, EmbeddingExit, LinearClassifierExit, TrainingSettings, cosine_loss, distillation_loss,
                          train_head)
 from .exit_quality import EMBEDDING_AGREEMENT_COSINE, evaluate, exit_outputs, judge
 from .features import TorchSegments, attention_bias, collect_features
@@ -49,6 +49,7 @@ class ExportOptions:
     eval_data: str | None = None
     max_length: int = 128
     train_exits: str = "heads"
+    exit_head: str = "pooler"  # classification exits: "pooler" (dense + activation + classes) or "linear"
     head_examples: int = 4000
     joint_examples: int = 20000
     joint_steps: int = 1200
@@ -121,10 +122,11 @@ def _calibration_sets(options: ExportOptions, labels: tuple[str, ...] | None) ->
     return heads, thresholds
 
 
-def make_exit(task: str, loaded: LoadedModel, segments: TorchSegments) -> torch.nn.Module:
+def make_exit(task: str, loaded: LoadedModel, segments: TorchSegments, head: str = "pooler") -> torch.nn.Module:
     hidden = segments.blocks[0].query.in_features
     if task == "text-classification":
-        return ClassifierExit(loaded.adapter.classifier(loaded.model), hidden)
+        shape = LinearClassifierExit if head == "linear" else ClassifierExit
+        return shape(loaded.adapter.classifier(loaded.model), hidden)
     return EmbeddingExit(hidden, loaded.normalize_embedding)
 
 
@@ -138,6 +140,9 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
                           f"(the ONNX graphs are the reference the LiteRT ones are validated against)")
     if options.train_exits not in TRAIN_EXIT_MODES:
         raise ExportError(f"--train-exits {options.train_exits!r}: choose one of {', '.join(TRAIN_EXIT_MODES)}")
+    if options.exit_head not in EXIT_HEADS or (options.exit_head != "pooler" and options.task != "text-classification"):
+        raise ExportError(f"--exit-head {options.exit_head!r}: choose one of {', '.join(EXIT_HEADS)} "
+                          f"(linear is for text-classification; embedding exits are a linear map already)")
     torch.manual_seed(options.seed)
     loaded = load_model(model, options.task)
     segments = build_segments(loaded, options.task)
@@ -154,7 +159,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     try:
         (staging / spec.path).write_text(loaded.tokenizer_json, encoding="utf-8")
         encoder = TextEncoder(staging / spec.path, spec)
-        exit_modules = {depth: make_exit(options.task, loaded, segments) for depth in exit_blocks}
+        exit_modules = {depth: make_exit(options.task, loaded, segments, options.exit_head) for depth in exit_blocks}
         features_of = type(next(iter(exit_modules.values()))).features if exit_modules else None
         joint_record = None
         if options.train_exits == "joint":
@@ -254,8 +259,8 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
                    for level in AGREEMENT_LEVELS)
     calibration = {
         "exit_training": {
-            "mode": options.train_exits, "data": heads_data.source, "examples": len(heads_data),
-            "labels_used": labels is not None,
+            "mode": options.train_exits, "head": options.exit_head, "data": heads_data.source,
+            "examples": len(heads_data), "labels_used": labels is not None,
             "loss": "KL to the final layer (+ cross-entropy to labels)" if classification
             else "1 - cosine to the final embedding",
             "final_loss_per_exit": {str(k): v for k, v in losses.items()},

@@ -125,6 +125,24 @@ def test_joint_fine_tuning_records_how_far_the_final_layer_moved(tiny_models, ti
     assert manifest.validation["passed"]  # graphs come from the fine-tuned weights and match them
 
 
+def test_linear_exit_heads(tiny_models, tiny_calibration, tmp_path):
+    import edgeinfer
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+
+    package = tmp_path / "linear.edge"
+    manifest = export_model(str(tiny_models[("bert", "text-classification")]), package,
+                            ExportOptions(task="text-classification", calib=str(tiny_calibration), exit_head="linear"))
+    assert manifest.calibration["exit_training"]["head"] == "linear" and manifest.validation["passed"]
+    exit_graph = onnx.load(str(package / manifest.segment(manifest.exits[0].segment).graph()))
+    assert sorted(i.name for i in exit_graph.graph.initializer if i.name.endswith(("weight", "bias"))) == ["out.bias", "out.weight"]
+    session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95))
+    assert session.run("a fine plot").label is not None
+    with pytest.raises(ExportError, match="linear is for text-classification"):
+        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "e.edge",
+                     ExportOptions(calib=str(tiny_calibration), exit_head="linear"))
+
+
 def test_joint_fine_tuning_needs_labels(tiny_models, tmp_path):
     from edgeinfer.errors import ExportError
     from edgeinfer.export.pipeline import ExportOptions, export_model
