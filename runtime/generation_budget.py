@@ -107,18 +107,21 @@ def plan_generation(costs: dict[str, PhaseCosts], precisions: tuple[str, ...], n
         if (first_token_ms is None or plan.predicted_first_token_ms <= first_token_ms) and \
                 (tokens_per_second is None or plan.predicted_tokens_per_second >= tokens_per_second):
             return plan
-    raise BudgetError(_refusal(candidates, costs, num_blocks, prompt_tokens, new_tokens, first_token_ms,
-                               tokens_per_second))
+    raise BudgetError(_refusal(candidates, costs, num_blocks, prompt_tokens, first_token_ms, tokens_per_second))
 
 
 def _refusal(candidates: list[GenerationPlan], costs: dict[str, PhaseCosts], num_blocks: int, prompt_tokens: int,
-             new_tokens: int, first_token_ms: float | None, tokens_per_second: float | None) -> str:
+             first_token_ms: float | None, tokens_per_second: float | None) -> str:
     fastest_first = min(candidates, key=lambda p: p.predicted_first_token_ms)
     fastest_rate = max(candidates, key=lambda p: p.predicted_tokens_per_second)
     if tokens_per_second is not None and fastest_rate.predicted_tokens_per_second < tokens_per_second:
         return (f"no setting decodes {tokens_per_second:g} tokens/s on this device: at most "
                 f"{fastest_rate.predicted_tokens_per_second:.1f} ({fastest_rate.describe()}); lower tokens_per_second")
-    assert first_token_ms is not None
+    assert first_token_ms is not None  # one of the two budgets failed
+    if fastest_first.predicted_first_token_ms <= first_token_ms:  # each reachable, not both at once
+        return (f"no setting meets both budgets on this device: {fastest_rate.describe()} decodes "
+                f"{fastest_rate.predicted_tokens_per_second:.1f} tokens/s but needs "
+                f"{fastest_rate.predicted_first_token_ms:.0f} ms to the first token; relax one of them")
     # the longest prompt whose first token the fastest setting still gives in time
     cost = costs[fastest_first.precision]
     work = 1.0 - cost.prune_efficiency * pruned_share(num_blocks, fastest_first.prune_prompt)

@@ -341,6 +341,10 @@ def test_budget_refusals_name_what_would_fit():
 
     with pytest.raises(BudgetError, match=r"no setting decodes 500 tokens/s on this device: at most [0-9.]+ \(q8, keep 30%"):
         _plan(tokens_per_second=500)
+    # q8 decodes fast enough, fp32 with pruning prefills fast enough: not one setting does both
+    with pytest.raises(BudgetError, match=r"no setting meets both budgets on this device: q8, keep 30% after block 3 "
+                                          r"decodes 159.9 tokens/s but needs 286 ms"):
+        _plan(first_token_ms=260, tokens_per_second=150)
     with pytest.raises(BudgetError) as refused:
         _plan(first_token_ms=100)
     message = str(refused.value)
