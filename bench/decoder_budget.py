@@ -3,10 +3,10 @@
     python -m edgeinfer.bench.decoder_budget [--long-prompts 12] [--prompts 12] [--out reports/decoder]
 
 The package's costs are measured afresh on this device (what `generate(first_token_ms=...)` does on
-first use), then each budget is set against a no-budget fp32 run of the same prompts measured in
-this run (a first pass sets them; a second interleaves every configuration prompt by prompt): a first-token budget at 0.7x the median unpruned first token on ~512-token prompts, a rate
-budget at 1.4x fp32's median decoding rate on "Summarize: <AG News>" prompts, and both together on
-the long prompts. Per configuration: the plan chosen, how many requests met the budget, predicted
+first use). Each budget is set against a no-budget fp32 run of the same prompts in this run (a first
+pass sets them; a second interleaves every configuration prompt by prompt): a first-token budget at
+0.7x the median unpruned first token on ~512-token prompts, a rate budget at 1.4x fp32's median
+decoding rate on "Summarize: <AG News>" prompts, and both together on the long prompts. Per configuration: the plan chosen, how many requests met the budget, predicted
 against measured, and the first token's agreement with the unpruned fp32 answer.
 """
 
