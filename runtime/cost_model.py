@@ -23,6 +23,13 @@ class LinearCost:
     def predict(self, tokens: int) -> float:
         return self.fixed_ms + self.per_token_ms * tokens
 
+    @staticmethod
+    def through(first: tuple[int, float], second: tuple[int, float]) -> "LinearCost":
+        """The line through two (tokens, ms) measurements, never sloping down nor below zero."""
+        (n0, t0), (n1, t1) = first, second
+        per_token = max((t1 - t0) / (n1 - n0), 0.0)
+        return LinearCost(fixed_ms=max(t0 - per_token * n0, 0.0), per_token_ms=per_token)
+
 
 def measure_linear_cost(run: Callable[[int], object], token_counts: tuple[int, int] = (8, 64),
                         repeats: int = 15) -> LinearCost:
@@ -40,6 +47,4 @@ def measure_linear_cost(run: Callable[[int], object], token_counts: tuple[int, i
             run(tokens)
             samples.append((time.perf_counter() - t0) * 1000)
         tails.append(float(np.percentile(samples, 90)))
-    (n0, n1), (t0_ms, t1_ms) = token_counts, tails
-    per_token = max((t1_ms - t0_ms) / (n1 - n0), 0.0)
-    return LinearCost(fixed_ms=max(t0_ms - per_token * n0, 0.0), per_token_ms=per_token)
+    return LinearCost.through((token_counts[0], tails[0]), (token_counts[1], tails[1]))

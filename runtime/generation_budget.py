@@ -25,8 +25,11 @@ import numpy as np
 
 from ..errors import BudgetError, InputError
 from ..progress import progress_bar
+from ..targets.fingerprint import device_fingerprint, fingerprint_key
+from ..targets.profile import package_id
 from .cost_model import LinearCost
 from .kv_cache import MIN_PRUNED_FRACTION
+from .sessions import default_threads
 from .user_cache import cache_root
 
 if TYPE_CHECKING:
@@ -77,15 +80,19 @@ def pruned_share(num_blocks: int, prune: tuple[tuple[int, float], ...]) -> float
     return removed
 
 
+def prefill_work(costs: PhaseCosts, num_blocks: int, prune: tuple[tuple[int, float], ...]) -> float:
+    """The share of an unpruned prefill's per-token cost a pruned one pays (as far as pruning saved
+    time when measured)."""
+    return 1.0 - costs.prune_efficiency * pruned_share(num_blocks, prune)
+
+
 def predict(costs: PhaseCosts, prompt_tokens: int, new_tokens: int, num_blocks: int,
             prune: tuple[tuple[int, float], ...]) -> tuple[float, float]:
-    """(first-token ms, tokens/s) for a request: the prefill's per-token cost less the share pruning
-    removes (as far as it saved time when measured); each step priced at the cache's mean length
-    over blocks, halfway through the answer."""
-    removed = pruned_share(num_blocks, prune)
-    work = 1.0 - costs.prune_efficiency * removed
+    """(first-token ms, tokens/s) for a request: the prefill at its pruned work; each step priced at
+    the cache's mean length over blocks, halfway through the answer."""
+    work = prefill_work(costs, num_blocks, prune)
     first = costs.first_token.fixed_ms + costs.first_token.per_token_ms * prompt_tokens * work
-    step = costs.step.predict(int(prompt_tokens * (1.0 - removed) + new_tokens / 2))
+    step = costs.step.predict(int(prompt_tokens * (1.0 - pruned_share(num_blocks, prune)) + new_tokens / 2))
     return first, 1000.0 / step if step > 0 else float("inf")
 
 
@@ -124,7 +131,7 @@ def _refusal(candidates: list[GenerationPlan], costs: dict[str, PhaseCosts], num
                 f"{fastest_rate.predicted_first_token_ms:.0f} ms to the first token; relax one of them")
     # the longest prompt whose first token the fastest setting still gives in time
     cost = costs[fastest_first.precision]
-    work = 1.0 - cost.prune_efficiency * pruned_share(num_blocks, fastest_first.prune_prompt)
+    work = prefill_work(cost, num_blocks, fastest_first.prune_prompt)
     fits = int((first_token_ms - cost.first_token.fixed_ms) / max(cost.first_token.per_token_ms * work, 1e-9))
     shorter = f" or shorten the prompt to {fits} tokens" if 0 < fits < prompt_tokens else ""
     return (f"a {prompt_tokens}-token prompt needs at least {fastest_first.predicted_first_token_ms:.0f} ms to its "
@@ -135,11 +142,6 @@ def _refusal(candidates: list[GenerationPlan], costs: dict[str, PhaseCosts], num
 # --- measuring ---------------------------------------------------------------------------------
 
 def costs_path(session: DecoderSession) -> Path:
-    from ..targets.fingerprint import device_fingerprint, fingerprint_key
-    from ..targets.profile import package_id
-
-    from .sessions import default_threads
-
     key = fingerprint_key(device_fingerprint(session.runner.threads or default_threads(), session.runner.providers[0]))
     return cache_root() / "decoder-costs" / f"{package_id(session.package.root)}-{key}.json"
 
@@ -155,12 +157,6 @@ def _read(path: Path, precisions: tuple[str, ...]) -> dict[str, PhaseCosts] | No
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return found if all(p in found for p in precisions) else None
-
-
-def _line(points: list[tuple[int, float]]) -> LinearCost:
-    (n0, t0), (n1, t1) = points
-    per_token = max((t1 - t0) / (n1 - n0), 0.0)
-    return LinearCost(fixed_ms=max(t0 - per_token * n0, 0.0), per_token_ms=per_token)
 
 
 def measure_costs(session: DecoderSession) -> dict[str, PhaseCosts]:
@@ -193,8 +189,9 @@ def measure_costs(session: DecoderSession) -> dict[str, PhaseCosts]:
                         steps[k].append((trace.total_ms - trace.first_token_ms) / MEASURED_STEPS)
                 bar.update()
             tail = [float(np.percentile(f, 90)) for f in firsts]
-            first = _line([(n, t) for n, t in zip(lengths, tail)])
-            step = _line([(n + MEASURED_STEPS // 2, float(np.percentile(s, 90))) for n, s in zip(lengths, steps)])
+            first = LinearCost.through(*zip(lengths, tail))
+            step = LinearCost.through(*((n + MEASURED_STEPS // 2, float(np.percentile(s, 90)))
+                                        for n, s in zip(lengths, steps)))
             efficiency = 1.0
             if prune and first.per_token_ms > 0:
                 saved = 1.0 - (tail[2] - first.fixed_ms) / (first.per_token_ms * longest)

@@ -171,10 +171,21 @@ class LiteRTFile:
         if found is None:
             try:
                 with quiet_native_logs():
-                    found = self._runners[signature] = _first_call_quiet(self._open(signature))
+                    opened = self._open(signature)
             except (ValueError, RuntimeError, KeyError):
                 raise PackageError(f"the LiteRT file has no signature {signature!r}; re-convert the package") from None
+            found = self._runners[signature] = self._quiet_first_call(signature, opened)
         return found
+
+    def _quiet_first_call(self, signature: str, run: Runner) -> Runner:
+        """LiteRT creates its environment and accelerators on a model's first run, logging as it does;
+        after that first run the signature's own runner takes its place, with nothing in between."""
+        def first(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            with quiet_native_logs():
+                outputs = run(arrays)
+            self._runners[signature] = run
+            return outputs
+        return first
 
     def release(self) -> None:
         """Drop the model and its buffers (the file is unusable afterwards)."""
@@ -240,20 +251,6 @@ class LiteRTFile:
                 return [got[k] for k in outputs]
             return run
         return open_signature
-
-
-def _first_call_quiet(run: Runner) -> Runner:
-    """LiteRT creates its environment and accelerators on a model's first run, logging as it does."""
-    state = {"first": True}
-
-    def wrapped(arrays: list[np.ndarray]) -> list[np.ndarray]:
-        if not state["first"]:
-            return run(arrays)
-        with quiet_native_logs():
-            outputs = run(arrays)
-        state["first"] = False
-        return outputs
-    return wrapped
 
 
 def _position(key: str) -> int:

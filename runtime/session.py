@@ -535,6 +535,7 @@ class EdgeSession:
         best: _Answer | None = None  # the deepest exit answer so far
         previous_exit: np.ndarray | None = None
         num_blocks = len(self._blocks)
+        call = partial(self._call, state)
         for depth in range(1, num_blocks + 1):
             tokens = original_tokens if hidden is None else int(hidden.shape[1])
             if deadline and depth > 1 and self._deadline_passes(state, depth, tokens,
@@ -547,7 +548,7 @@ class EdgeSession:
             if depth == num_blocks and self._last_stage is not None and not skipped:
                 output = self._call(state, self._last_stage, feeds)[0][0]
                 return _Answer(output, self._final_confidence(output), num_blocks)
-            hidden, outputs, exit_output = self._block_step(partial(self._call, state), depth, feeds, exits)
+            hidden, outputs, exit_output = self._block_step(call, depth, feeds, exits)
             if exit_output is not None:
                 exit_head, _, threshold = exits[depth]
                 output = exit_output[0]
