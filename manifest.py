@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv")
 TASKS = ("feature-extraction", "text-classification", "text-generation")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine", "top2_margin")
@@ -249,8 +249,15 @@ class Manifest:
         raise PackageError(f"manifest has no segment {name!r}")
 
     def span_covering(self, names: tuple[str, ...]) -> Segment | None:
-        """A fused graph computing exactly these consecutive segments, if the package has one."""
-        return next((s for s in self.segments if s.kind == "span" and s.covers == names), None)
+        """A fused graph computing exactly these consecutive segments with every output they give,
+        if the package has one."""
+        spans = self.spans_covering(names)
+        return max(spans, key=lambda s: len(s.outputs)) if spans else None
+
+    def spans_covering(self, names: tuple[str, ...]) -> tuple[Segment, ...]:
+        """Every fused graph over these segments: a stage may come twice, with and without the token
+        scores its block gives (schema 1.6)."""
+        return tuple(s for s in self.segments if s.kind == "span" and s.covers == names)
 
     def blocks(self) -> tuple[Segment, ...]:
         return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))

@@ -43,8 +43,9 @@ def sentence_like_rows(train: Path, out: Path, min_words: int = SENTENCE_WORDS) 
     return out
 
 
-# the last schema that changed what an encoder package holds (1.3: stage spans); 1.4 added decoders only
-ENCODER_LAYOUT_SINCE = (1, 3)
+# the last schema that changed what an encoder package holds (1.3: stage spans, 1.6: lean stage spans;
+# 1.4 added decoders only)
+ENCODER_LAYOUT_SINCE = (1, 6)
 
 
 def is_current(package: Path) -> bool:

@@ -282,6 +282,9 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
     return calibration, levels, evaluation
 
 
+LEAN_SUFFIX = "_lean"  # a stage span without the token scores (Stage(scores=False))
+
+
 def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]) -> list[GraphJob]:
     """Every graph of an encoder package, as PyTorch modules with trace inputs: the segments, the
     fused full span and the stage spans. ONNX export and LiteRT conversion both start here."""
@@ -309,12 +312,14 @@ def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]
                           [out_name], ("embed", *(f"block_{i:02d}" for i in range(num_blocks)), "head")))
     for depth, module in sorted(exit_modules.items()):  # block + its exit (the first with the embedding)
         first = depth == 1
-        stage = Stage(segments.embed if first else None, [segments.blocks[depth - 1]], module, tail_is_head=False)
-        jobs.append(GraphJob(f"stage_{depth:02d}", "span", depth, stage,
-                              (*embed_args, bias) if first else (hidden, bias),
-                              [*embed_inputs, "attention_bias"] if first else ["hidden", "attention_bias"],
-                              [*block_outputs, out_name],
-                              (*(("embed",) if first else ()), f"block_{depth - 1:02d}", f"exit_{depth:02d}")))
+        covers = (*(("embed",) if first else ()), f"block_{depth - 1:02d}", f"exit_{depth:02d}")
+        for scores, suffix in ((True, ""), (False, LEAN_SUFFIX)):  # lean: for runs that do not prune here
+            stage = Stage(segments.embed if first else None, [segments.blocks[depth - 1]], module,
+                          tail_is_head=False, scores=scores)
+            jobs.append(GraphJob(f"stage_{depth:02d}{suffix}", "span", depth, stage,
+                                  (*embed_args, bias) if first else (hidden, bias),
+                                  [*embed_inputs, "attention_bias"] if first else ["hidden", "attention_bias"],
+                                  [*(block_outputs if scores else block_outputs[:1]), out_name], covers))
     last = Stage(None, [segments.blocks[-1]], segments.head, tail_is_head=True)
     jobs.append(GraphJob("stage_head", "span", num_blocks, last, (hidden, bias), ["hidden", "attention_bias"],
                           [out_name], (f"block_{num_blocks - 1:02d}", "head")))

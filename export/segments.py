@@ -71,13 +71,23 @@ class EncoderBlock(nn.Module):
         self.num_heads = parts.num_heads
         self.head_dim = parts.query.out_features // parts.num_heads
 
+    def _projections(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Query, key and value as one matrix product: the graph then quantizes the block's input
+        once instead of three times and runs one wider int8 product (3-6% of an int8 block at SST-2
+        lengths here). The weights are concatenated in the forward pass, not copied, so fine-tuning
+        still trains the model's own parameters; export folds the concatenation into one tensor."""
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        sizes = [self.query.out_features, self.key.out_features, self.value.out_features]
+        return nn.functional.linear(hidden, weight, bias).split(sizes, dim=-1)
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> next hidden, attention received (LTP score), attention from the first token (EViT score)."""
-        q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
+        q, k, v = (self._heads(x) for x in self._projections(hidden))
         scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim ** -0.5)
         probs = torch.softmax(scores + attention_bias[:, None, None, :], dim=-1)
         context = torch.matmul(probs, v).transpose(1, 2).reshape(hidden.shape)
@@ -155,12 +165,18 @@ class Stage(nn.Module):
     through numpy (0.14-0.17 ms per exit call on MiniLM here, a fifth of a block). A stage outputs
     what the last block outputs (the next hidden state and both token scores, for pruning) and the
     tail's output, or only the head's output when the tail is the head.
+
+    scores=False leaves the token scores out: a run that does not prune after this stage needs only
+    the hidden state, and onnxruntime computes every node of a graph whatever outputs are asked for,
+    so the scores (the head-mean of the attention probabilities and two reductions) cost 5-10% of an
+    int8 stage at SST-2 lengths unless the graph itself lacks them (bench/RESULTS.md).
     """
 
-    def __init__(self, embed: EmbedSegment | None, blocks: list[EncoderBlock], tail: nn.Module, tail_is_head: bool):
+    def __init__(self, embed: EmbedSegment | None, blocks: list[EncoderBlock], tail: nn.Module, tail_is_head: bool,
+                 scores: bool = True):
         super().__init__()
         self.embed, self.blocks, self.tail = embed, nn.ModuleList(blocks), tail
-        self.tail_is_head = tail_is_head
+        self.tail_is_head, self.scores = tail_is_head, scores
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.embed is not None:
@@ -172,4 +188,6 @@ class Stage(nn.Module):
         for block in self.blocks:
             hidden, importance, cls_attention = block(hidden, attention_bias)
         out = self.tail(hidden, attention_bias)
-        return (out,) if self.tail_is_head else (hidden, importance, cls_attention, out)
+        if self.tail_is_head:
+            return (out,)
+        return (hidden, importance, cls_attention, out) if self.scores else (hidden, out)

@@ -76,9 +76,10 @@ def chain_output(sessions: dict, segments: list[Segment], ids: np.ndarray, mask:
         first, last = span.covers[0], span.covers[-1]
         span_feeds = feeds if first == embed.name else {"hidden": inputs_of[first], "attention_bias": bias}
         got = sessions[span.name].run(None, {k: span_feeds[k] for k in span.inputs})
-        # a span ending at an exit also gives its last block's outputs, in the block's order
-        block_before_tail = span.covers[-2] if len(span.covers) > 1 and len(got) > 1 else None
-        expected = (produced[block_before_tail] if block_before_tail else []) + [produced[last][0]]
+        # a span ending at an exit also gives some or all of its last block's outputs, by the same names
+        block_before_tail = next(s for s in segments if s.name == span.covers[-2]) if len(span.covers) > 1 else None
+        from_block = dict(zip(block_before_tail.outputs, produced[block_before_tail.name])) if block_before_tail else {}
+        expected = [from_block.get(name, produced[last][0]) for name in span.outputs]
         span_diffs[span.name] = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
     exit_outputs = {depth: produced[seg.name][0] for depth, seg in exits.items()}
     return produced[head.name][0], exit_outputs, span_diffs

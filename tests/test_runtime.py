@@ -45,7 +45,7 @@ def test_early_exit_uses_the_calibrated_thresholds(tiny_packages):
         if depth < 3:
             index = [e.after_block for e in session.manifest.exits].index(depth)
             assert result.confidence >= level.thresholds[index]
-        assert result.trace.segments[0] == ("stage_01" if level.thresholds[0] is not None else "embed")
+        assert result.trace.segments[0] == ("stage_01_lean" if level.thresholds[0] is not None else "embed")
         assert len(result.trace.tokens_per_block) == depth
 
 
@@ -64,6 +64,25 @@ def test_stage_spans_answer_like_the_segment_chain(tiny_packages):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
         assert len(a.trace.segments) < len(b.trace.segments)
         assert any(name.startswith("stage_") for name in a.trace.segments)
+
+
+def test_lean_stages_serve_runs_that_do_not_prune_there(tiny_packages):
+    """A stage without token scores answers exactly as the stage with them; a policy pruning after
+    a block takes the scoring stage there and the lean one elsewhere."""
+    package = tiny_packages[("bert", "text-classification")]
+    every_exit = edgeinfer.Policy(agreement=0.95)
+    lean = edgeinfer.load(package, policy=every_exit)
+    scoring = edgeinfer.load(package, policy=every_exit)
+    scoring._stages = {depth: scoring.manifest.span_covering(stage.covers) for depth, stage in lean._stages.items()}
+    assert lean._stages and all("token_importance" not in s.outputs for s in lean._stages.values())
+    assert all("token_importance" in s.outputs for s in scoring._stages.values())
+    texts = ["good movie", "bad dull plot with a long and winding story", "happy sun rain city", "meh"]
+    for a, b in zip(lean.run(texts), scoring.run(texts)):
+        assert a.trace.exit_after_block == b.trace.exit_after_block
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+    pruning = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.7),)))
+    assert "token_importance" in pruning._stages[1].outputs
+    assert all("token_importance" not in s.outputs for depth, s in pruning._stages.items() if depth != 1)
 
 
 def test_bad_inputs_get_one_clear_error(tiny_packages):
