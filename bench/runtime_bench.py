@@ -25,7 +25,7 @@ from ..runtime.policy import Budget, Policy, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.memory import memory_need
 from .baselines import MonolithicModel, export_monolithic, quantize_int8
-from .interleaved import measure_interleaved
+from .interleaved import TURN, measure_interleaved
 from .peak_memory import peak_rss_of_run
 from .report_files import write_atomically, write_json
 from .timing import latency_summary
@@ -59,8 +59,9 @@ def _monolithic(name: str, model: MonolithicModel, session: EdgeSession) -> Conf
     return Configuration(name, answer)
 
 
-def _measure(configurations: list[Configuration], texts: list[str], repeats: int, desc: str) -> dict:
-    answers, times = measure_interleaved(configurations, texts, repeats, desc, WARMUP)
+def _measure(configurations: list[Configuration], texts: list[str], repeats: int, desc: str,
+             turn: int = TURN) -> dict:
+    answers, times = measure_interleaved(configurations, texts, repeats, desc, WARMUP, turn)
     return {"answers": answers, "times": times}
 
 
@@ -84,7 +85,7 @@ def overhead(monolithic: MonolithicModel, off: EdgeSession, tokens: int, runs: i
 def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path, repeats: int = 3,
               keep_schedule: tuple[tuple[int, float], ...] = ((2, 0.7), (4, 0.5)), agreement: float = 0.99,
               overhead_runs: int = 300, importance: str = "token_importance",
-              restart_below: float | None = None, reduction: str = "prune") -> dict:
+              restart_below: float | None = None, reduction: str = "prune", turn: int = TURN) -> dict:
     off = load(package, policy=Policy.off())
     manifest = off.manifest
     examples = read_examples(data, manifest.model.labels)
@@ -116,7 +117,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
         configurations = [_monolithic("onnxruntime fp32 (monolithic)", fp32, off),
                           _monolithic("onnxruntime int8 dynamic (monolithic)", int8, off)]
         configurations += [_edgeinfer(name, s) for name, s in sessions.items()]
-        measured = _measure(configurations, texts, repeats, "benchmark")
+        measured = _measure(configurations, texts, repeats, "benchmark", turn)
         overheads = [overhead(fp32, off, n, overhead_runs) for n in (16, 128)]
         full_median = float(np.median(measured["times"]["onnxruntime fp32 (monolithic)"]))
         deadline = _deadline(package, texts, full_median / 2, agreement)
@@ -144,7 +145,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
     memory = {"edgeinfer_run_peak_rss_mb": round(peak_rss_of_run(package, texts[:200]), 1),
               "predicted_model_mb": round(need.total_mb, 1), "predicted_weights_mb": round(need.weights_mb, 1),
               "note": "peak RSS is the whole process (Python, numpy, onnxruntime, tokenizers) running 200 inputs"}
-    report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats, "memory": memory,
+    report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats, "turn": turn, "memory": memory,
               "keep_schedule": [list(k) for k in keep_schedule], "importance": importance, "reduction": reduction,
               "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def _deadline(package: Path, texts: list[str], budget_ms: float, agreement: floa
 def markdown_report(report: dict) -> str:
     lines = [f"# Runtime benchmark: {report['package']}", "",
              f"{report['inputs']} inputs from {report['data']}, batch 1, {report['warmup']} warm-up runs, "
-             f"{report['repeats']} interleaved repeats per configuration.", "",
+             f"{report['repeats']} repeats per configuration, taking turns of {report.get('turn', 1)} inputs.", "",
              "| configuration | accuracy | agreement | mean ms | p50 | p90 | p99 | vs fp32 | mean depth | restarts |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["configurations"]:
@@ -213,6 +214,12 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def add_turn_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--turn", type=int, default=TURN,
+                        help="inputs each configuration answers before the next takes over (1: input by input, "
+                             "every request starting with caches another configuration filled)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package")
@@ -220,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="the Hugging Face directory the package came from")
     parser.add_argument("--report", default="reports")
     parser.add_argument("--repeats", type=int, default=3)
+    add_turn_argument(parser)
     args = parser.parse_args(argv)
-    report = run_bench(Path(args.package), Path(args.data), args.model, Path(args.report), args.repeats)
+    report = run_bench(Path(args.package), Path(args.data), args.model, Path(args.report), args.repeats,
+                       turn=args.turn)
     print(markdown_report(report))
     return 0
 

@@ -25,7 +25,7 @@ from ..manifest import SCHEMA_VERSION
 from ..runtime.user_cache import cache_root
 from ..runtime.package import open_package
 from .report_files import write_atomically
-from .runtime_bench import markdown_report, choose_restart_threshold, run_bench
+from .runtime_bench import add_turn_argument, choose_restart_threshold, markdown_report, run_bench
 
 KEEP_SCHEDULE = ((2, 0.7), (4, 0.5))
 RESTART_CALIBRATION_ROWS = 500
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agreement", type=float, default=0.99, help="the policies' agreement level")
     parser.add_argument("--report", default="reports/sst2")
     parser.add_argument("--repeats", type=int, default=3)
+    add_turn_argument(parser)
     parser.add_argument("--quant", default=None, help="add precision variants first, e.g. int8 or int8,mixed; "
                                                      "the bench then runs each as a cascade (restart at fp32)")
     args = parser.parse_args(argv)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     restart_below = choose_restart_threshold(package, list(calibration.texts), args.agreement, KEEP_SCHEDULE)
     print(f"restart threshold chosen on {len(calibration)} train sentences: {restart_below}")
     report = run_bench(package, dev, str(model), Path(args.report), args.repeats, keep_schedule=KEEP_SCHEDULE,
-                       agreement=args.agreement, restart_below=restart_below)
+                       agreement=args.agreement, restart_below=restart_below, turn=args.turn)
     print(markdown_report(report))
     return 0
 
