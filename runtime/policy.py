@@ -96,6 +96,12 @@ class Budget:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    if logits.ndim == 1 and logits.size <= 64:  # one answer's classes: Python floats, as below
+        values = logits.tolist()
+        top = max(values)
+        exps = [math.exp(v - top) for v in values]
+        total = sum(exps)
+        return np.array([e / total for e in exps], dtype=logits.dtype)
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
 

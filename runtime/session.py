@@ -540,6 +540,7 @@ class EdgeSession:
         previous_exit: np.ndarray | None = None
         num_blocks = len(self._blocks)
         call = partial(self._call, state)
+        deadline = deadline and self.budget.latency_ms is not None
         for depth in range(1, num_blocks + 1):
             tokens = original_tokens if hidden is None else int(hidden.shape[1])
             if deadline and depth > 1 and self._deadline_passes(state, depth, tokens,
