@@ -2,11 +2,13 @@
 speed (tens of percent within minutes on the reference machine) hits all of them alike.
 
 How long a turn lasts matters as much as taking turns. Input by input (turn=1), every request
-follows a request of another configuration: the fp32 baseline streams 90 MB of weights through a
-36 MB L3 cache, so each configuration starts every request from memory, a cost no deployment
-serving one model pays (SST-2's int8 cascade: 0.46x the fp32 session input by input, 0.42x in turns
-of 20; bench/RESULTS.md). Turns of a few dozen inputs keep each configuration's weights as warm as
-serving would, and are still short enough (a fraction of a second) for drift to hit all alike.
+follows a request of another configuration and starts with the caches it filled, which no process
+serving one model does. Which configuration that penalises depends on the caches: SST-2's int8
+cascade measured 0.46x the fp32 session input by input and 0.42x in turns of 20 on a CPU with a
+36 MB L3 (the fp32 weights, 90 MB, flushed the cascade's), but 0.37x and 0.40-0.42x on one with
+4 MB of L2 per core and a 480 MB L3 (bench/RESULTS.md). Turns of a few dozen inputs keep each
+configuration's weights as warm as serving would, and are still short enough (a fraction of a
+second) for drift to hit all alike.
 """
 
 from __future__ import annotations
