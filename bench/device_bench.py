@@ -4,8 +4,8 @@ one process and one run, joined in one report (JSON, Markdown, HTML with plots).
 Baselines: PyTorch eager (when torch and the source model are at hand), the whole model as one
 onnxruntime graph exported from the Hugging Face forward as Optimum does, and its int8 dynamic
 per-channel quantization. Operating points: adaptivity off, early exit, pruning, both, each
-precision variant's cascade, and the deadline when a budget is given. Configurations take turns of
-a few dozen requests (bench/interleaved.py) so that the machine's drift hits all alike; cold start
+precision variant's cascade, and the deadline when a budget is given. Configurations alternate
+input by input (bench/interleaved.py), so that the machine's drift hits all alike; cold start
 and peak memory come from fresh processes per configuration (bench/cold_start.py).
 """
 
@@ -27,7 +27,7 @@ from ..runtime.session import EdgeSession, load
 from ..runtime.sessions import default_threads
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
-from .interleaved import TURN, measure_interleaved
+from .interleaved import measure_interleaved, regime
 from .cold_start import cold_start, edgeinfer_spec, onnxruntime_spec, torch_spec
 from .timing import latency_summary
 
@@ -208,7 +208,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
     texts = list(examples.texts)
     labels = np.array(examples.labels) if classification and examples.labels is not None else None
     package_bytes = sum(f.bytes for f in manifest.files)
-    notes = [f"configurations take turns of {TURN} inputs, except PyTorch eager, measured alone afterwards "
+    notes = [f"{regime()}, except PyTorch eager, measured alone afterwards "
              "(its OpenMP threads spin after each call and slow whatever runs next)"]
     points = _operating_points(package, options, threads, notes)
     sessions = {name: load(package, target=options.target, policy=p, budget=b, threads=threads, profile=options.profile)

@@ -1,14 +1,19 @@
 """Timing several configurations on the same inputs, taking turns, so that drift of the machine's
 speed (tens of percent within minutes on the reference machine) hits all of them alike.
 
-How long a turn lasts matters as much as taking turns. Input by input (turn=1), every request
-follows a request of another configuration and starts with the caches it filled, which no process
-serving one model does. Which configuration that penalises depends on the caches: SST-2's int8
-cascade measured 0.46x the fp32 session input by input and 0.42x in turns of 20 on a CPU with a
-36 MB L3 (the fp32 weights, 90 MB, flushed the cascade's), but 0.37x and 0.40-0.42x on one with
-4 MB of L2 per core and a 480 MB L3 (bench/RESULTS.md). Turns of a few dozen inputs keep each
-configuration's weights as warm as serving would, and are still short enough (a fraction of a
-second) for drift to hit all alike.
+By default configurations alternate input by input: every request follows one of another
+configuration and starts with the caches it filled, as a request on an edge device starts after
+whatever else the device ran in between, and as `edgeinfer probe` prices each graph (visited once
+per round, after the other paths). `turn=N` times a process serving one configuration instead:
+turns of N inputs, each opened by a few untimed answers, because on a Xeon with 4 MB of L2 per core
+a graph took five to eight calls to be warm again (the fused fp32 SST-2 graph at 32 tokens: 5.14 ms
+on its first call, 3.59 ms warm). Turns last a fraction of a second, short enough for drift to hit
+all configurations alike.
+
+The regime moves the ratios, and not always the same way: SST-2's int8 cascade against the fp32
+session measured 0.366x input by input and 0.385x in settled turns of 20 on that Xeon (0.40-0.42x
+in turns of 20 without settling), and 0.46x input by input on a CPU with a 36 MB L3
+(bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any, Callable, Protocol
 from ..progress import progress_bar
 
 WARMUP = 10
-TURN = 20  # inputs a configuration answers before the next takes over
+TURN = 1  # inputs a configuration answers before the next takes over: input by input
+SETTLE = 5  # untimed answers that open each turn, when turns are longer than one input
 
 
 class Timed(Protocol):
@@ -27,13 +33,24 @@ class Timed(Protocol):
     answer: Callable[[str], Any]
 
 
+def regime(turn: int = TURN) -> str:
+    """How measure_interleaved times, in words for reports."""
+    if turn == 1:
+        return "configurations interleaved input by input"
+    return f"configurations taking turns of {turn} inputs, each turn opened by {SETTLE} untimed ones"
+
+
 def measure_interleaved(configurations: list[Timed], texts: list[str], repeats: int, desc: str,
-                        warmup: int = WARMUP, turn: int = TURN) -> tuple[dict[str, list], dict[str, list[float]]]:
+                        warmup: int = WARMUP, turn: int = TURN,
+                        settle: int | None = None) -> tuple[dict[str, list], dict[str, list[float]]]:
     """(answers per configuration, one per text, from the first repeat; latencies in ms, repeat by
     repeat over the texts), after `warmup` untimed answers per configuration. Configurations take
-    turns of `turn` texts; every answer is timed, the first of a turn too."""
+    turns of `turn` texts, every one of them timed; each turn opens with `settle` untimed answers
+    (its first texts, answered again when timed), SETTLE when turns are longer than one input and
+    none input by input, so that a turn times a configuration that has been serving a moment."""
     if turn < 1:
         raise ValueError(f"turn must be at least 1, got {turn}")
+    settle = (SETTLE if turn > 1 else 0) if settle is None else settle
     answers: dict[str, list] = {c.name: [] for c in configurations}
     times: dict[str, list[float]] = {c.name: [] for c in configurations}
     for c in configurations:
@@ -43,6 +60,8 @@ def measure_interleaved(configurations: list[Timed], texts: list[str], repeats: 
         for repeat in range(repeats):
             for start in range(0, len(texts), turn):
                 for c in configurations:
+                    for text in texts[start:start + min(settle, turn)]:
+                        c.answer(text)
                     for text in texts[start:start + turn]:
                         t0 = time.perf_counter()
                         out = c.answer(text)

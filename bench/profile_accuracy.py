@@ -4,29 +4,37 @@ measured per-request latency of the SST-2 package's operating points.
     python -m edgeinfer.bench.profile_accuracy PACKAGE --data ../shared/data/sst2/dev.tsv [--report DIR]
 
 Operating points: exits at every calibrated agreement level, with and without pruning, at every
-precision the package has. Each point answers every input (interleaved across points, after
-warm-up); a request's error is |predicted - measured| / measured, with measured the wall time of
-`session.run` and predicted the profile's sum over the graphs the request called plus the
-runtime's per-request overhead (trace.predicted_ms).
+precision the package has. Each point answers every input, interleaved input by input across
+points after warm-up, as in the benchmarks (bench/interleaved.py); a request's error is
+|predicted - measured| / measured, with measured the wall time of `session.run` and predicted
+the profile's sum over the graphs the request called plus the runtime's per-request overhead
+(trace.predicted_ms).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..export.calibration_data import read_examples
-from ..progress import progress_bar
 from ..runtime.policy import Policy
+from ..runtime.result import Result
 from ..runtime.session import load
 from ..targets.probe import consistency, probe
+from .interleaved import measure_interleaved
 from .report_files import write_atomically, write_json
 
-WARMUP = 10
 SCHEDULES = ((), ((2, 0.7), (4, 0.5)), ((1, 0.8), (3, 0.6)))
+
+
+@dataclass(frozen=True)
+class _Point:
+    name: str
+    answer: Callable[[str], Result]
 
 
 def operating_points(package: Path) -> dict[str, Policy]:
@@ -50,20 +58,10 @@ def run(package: Path, data: Path, report_dir: Path, quick: bool) -> dict:
     write_json(report_dir / "profile_second.json", second.to_json())
     texts = list(read_examples(data, None).texts)
     sessions = {name: load(package, policy=policy, profile=profile_path) for name, policy in operating_points(package).items()}
-    for session in sessions.values():
-        for text in texts[:WARMUP]:
-            session.run(text)
-    errors: dict[str, list[float]] = {name: [] for name in sessions}
-    measured: dict[str, list[float]] = {name: [] for name in sessions}
-    with progress_bar(len(texts), "operating points") as bar:
-        for text in texts:
-            for name, session in sessions.items():
-                t0 = time.perf_counter()
-                result = session.run(text)
-                wall = (time.perf_counter() - t0) * 1000
-                measured[name].append(wall)
-                errors[name].append(abs(result.trace.predicted_ms - wall) / wall)
-            bar.update()
+    results, measured = measure_interleaved([_Point(name, session.run) for name, session in sessions.items()],
+                                            texts, repeats=1, desc="operating points")
+    errors = {name: [abs(r.trace.predicted_ms - wall) / wall for r, wall in zip(results[name], measured[name])]
+              for name in sessions}
     points = [{"point": name, "median_abs_error": round(float(np.median(errors[name])), 4),
                "mean_measured_ms": round(float(np.mean(measured[name])), 4)} for name in sessions]
     within = [p for p in points if p["median_abs_error"] <= 0.10]

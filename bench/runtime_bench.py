@@ -25,7 +25,7 @@ from ..runtime.policy import Budget, Policy, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.memory import memory_need
 from .baselines import MonolithicModel, export_monolithic, quantize_int8
-from .interleaved import TURN, measure_interleaved
+from .interleaved import SETTLE, TURN, measure_interleaved, regime
 from .peak_memory import peak_rss_of_run
 from .report_files import write_atomically, write_json
 from .timing import latency_summary
@@ -145,7 +145,8 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
     memory = {"edgeinfer_run_peak_rss_mb": round(peak_rss_of_run(package, texts[:200]), 1),
               "predicted_model_mb": round(need.total_mb, 1), "predicted_weights_mb": round(need.weights_mb, 1),
               "note": "peak RSS is the whole process (Python, numpy, onnxruntime, tokenizers) running 200 inputs"}
-    report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats, "turn": turn, "memory": memory,
+    report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats, "turn": turn,
+              "settle": SETTLE if turn > 1 else 0, "memory": memory,
               "keep_schedule": [list(k) for k in keep_schedule], "importance": importance, "reduction": reduction,
               "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +195,7 @@ def _deadline(package: Path, texts: list[str], budget_ms: float, agreement: floa
 def markdown_report(report: dict) -> str:
     lines = [f"# Runtime benchmark: {report['package']}", "",
              f"{report['inputs']} inputs from {report['data']}, batch 1, {report['warmup']} warm-up runs, "
-             f"{report['repeats']} repeats per configuration, taking turns of {report.get('turn', 1)} inputs.", "",
+             f"{report['repeats']} repeats per configuration, {regime(report.get('turn', 1))}.", "",
              "| configuration | accuracy | agreement | mean ms | p50 | p90 | p99 | vs fp32 | mean depth | restarts |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["configurations"]:
@@ -216,8 +217,9 @@ def markdown_report(report: dict) -> str:
 
 def add_turn_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turn", type=int, default=TURN,
-                        help="inputs each configuration answers before the next takes over (1: input by input, "
-                             "every request starting with caches another configuration filled)")
+                        help="inputs each configuration answers before the next takes over (default 1: input "
+                             "by input, every request starting with caches another configuration filled; N > 1: "
+                             "turns opened by a few untimed answers, as a process serving one configuration)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,8 +52,10 @@ def _rss_mb() -> float:
 
 
 def paths(manifest: Manifest) -> list[list[Segment]]:
-    """The call sequences the runtime makes: the segment chain with every exit, the stage spans,
-    and the fused full graph."""
+    """The call sequences the runtime makes: the segment chain with every exit, the stage spans
+    (with the token scores, as pruning runs them, and lean, as other runs do), and the fused full
+    graph. A run calls one form of a stage, never both, so a path holding both would time each
+    with twice the weights passing through the caches."""
     blocks = manifest.blocks()
     exits = {e.after_block: manifest.segment(e.segment) for e in manifest.exits}
     embed = next(s for s in manifest.segments if s.kind == "embed")
@@ -62,10 +64,14 @@ def paths(manifest: Manifest) -> list[list[Segment]]:
     for depth, block in enumerate(blocks, start=1):
         chain += [block, *([exits[depth]] if depth in exits else [])]
     found = [chain + [head]]
-    stages = [s for s in manifest.segments if s.kind == "span" and s.name != "full"]
-    if stages:
-        found.append(sorted(stages, key=lambda s: s.index))
     full = manifest.span_covering(("embed", *(b.name for b in blocks), "head"))
+    forms: dict[tuple[str, ...], list[Segment]] = {}
+    for span in manifest.segments:
+        if span.kind == "span" and span is not full:
+            forms.setdefault(span.covers, []).append(span)
+    scoring = [max(spans, key=lambda s: len(s.outputs)) for spans in forms.values()]
+    lean = [min(spans, key=lambda s: len(s.outputs)) for spans in forms.values()]
+    found += [sorted(path, key=lambda s: s.index) for path in ([scoring, lean] if lean != scoring else [scoring]) if path]
     if full is not None:
         found.append([full])
     return found

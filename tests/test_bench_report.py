@@ -117,3 +117,28 @@ def test_bench_adds_the_planners_point_when_the_package_has_operating_points(tin
         agreement=0.999, repeats=1, cold_start_runs=1, profile=None, baselines=False))
     assert not any("auto" in r["configuration"] for r in strict["configurations"])
     assert any(note.startswith("no auto point") for note in strict["notes"])
+
+
+def test_turns_open_with_untimed_answers_and_time_every_input():
+    from dataclasses import dataclass, field
+
+    from edgeinfer.bench.interleaved import measure_interleaved
+
+    @dataclass
+    class Recorder:
+        name: str
+        calls: list = field(default_factory=list)
+
+        def answer(self, text: str) -> str:
+            self.calls.append(text)
+            return text.upper()
+
+    texts = [f"t{i}" for i in range(7)]
+    a, b = Recorder("a"), Recorder("b")
+    answers, times = measure_interleaved([a, b], texts, repeats=2, desc="test", warmup=1, turn=3, settle=2)
+    assert answers["a"] == [t.upper() for t in texts] and len(times["a"]) == 2 * len(texts)
+    # warm-up, then per turn: its first two texts untimed, then all of its texts timed
+    assert a.calls[:9] == ["t0", "t0", "t1", "t0", "t1", "t2", "t3", "t4", "t3"]
+    one_by_one = Recorder("c")  # input by input: no untimed answers between them
+    _, cold = measure_interleaved([one_by_one], texts, repeats=1, desc="test", warmup=0, turn=1)
+    assert one_by_one.calls == texts and len(cold["c"]) == len(texts)
