@@ -169,7 +169,7 @@ def markdown_report(report: dict) -> str:
     device = report["device"]
     lines = [f"# Bench: {Path(report['package']).name} on {device['label']}", "",
              f"{report['inputs']} inputs from `{report['data']}`, batch {report['batch']}, {report['threads']} threads, "
-             f"{report['warmup']} warm-up requests per configuration, {report['repeats']} repeats taking turns "
+             f"{report['warmup']} warm-up requests per configuration, {report['repeats']} interleaved repeats "
              f"(latency percentiles over {report['inputs'] * report['repeats']} requests each). Cold start and peak RSS: "
              f"median of fresh processes (import + load + first result; then 50 inputs). "
              f"Baseline for ratios: {report['baseline']}. Device profile: {report['profile'] or 'none'}. "

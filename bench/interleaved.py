@@ -33,11 +33,16 @@ class Timed(Protocol):
     answer: Callable[[str], Any]
 
 
+def default_settle(turn: int) -> int:
+    """Untimed answers opening each turn: SETTLE when turns are longer than one input."""
+    return SETTLE if turn > 1 else 0
+
+
 def regime(turn: int = TURN) -> str:
     """How measure_interleaved times, in words for reports."""
     if turn == 1:
         return "configurations interleaved input by input"
-    return f"configurations taking turns of {turn} inputs, each turn opened by {SETTLE} untimed ones"
+    return f"configurations taking turns of {turn} inputs, each turn opened by {default_settle(turn)} untimed ones"
 
 
 def measure_interleaved(configurations: list[Timed], texts: list[str], repeats: int, desc: str,
@@ -50,7 +55,7 @@ def measure_interleaved(configurations: list[Timed], texts: list[str], repeats: 
     none input by input, so that a turn times a configuration that has been serving a moment."""
     if turn < 1:
         raise ValueError(f"turn must be at least 1, got {turn}")
-    settle = (SETTLE if turn > 1 else 0) if settle is None else settle
+    settle = default_settle(turn) if settle is None else settle
     answers: dict[str, list] = {c.name: [] for c in configurations}
     times: dict[str, list[float]] = {c.name: [] for c in configurations}
     for c in configurations:

@@ -25,7 +25,7 @@ from ..runtime.policy import Budget, Policy, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.memory import memory_need
 from .baselines import MonolithicModel, export_monolithic, quantize_int8
-from .interleaved import SETTLE, TURN, measure_interleaved, regime
+from .interleaved import TURN, default_settle, measure_interleaved, regime
 from .peak_memory import peak_rss_of_run
 from .report_files import write_atomically, write_json
 from .timing import latency_summary
@@ -146,7 +146,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
               "predicted_model_mb": round(need.total_mb, 1), "predicted_weights_mb": round(need.weights_mb, 1),
               "note": "peak RSS is the whole process (Python, numpy, onnxruntime, tokenizers) running 200 inputs"}
     report = {"package": str(package), "data": str(data), "inputs": len(texts), "repeats": repeats, "turn": turn,
-              "settle": SETTLE if turn > 1 else 0, "memory": memory,
+              "settle": default_settle(turn), "memory": memory,
               "keep_schedule": [list(k) for k in keep_schedule], "importance": importance, "reduction": reduction,
               "warmup": WARMUP, "batch": 1, "configurations": rows, "overhead": overheads, "deadline": deadline}
     report_dir.mkdir(parents=True, exist_ok=True)

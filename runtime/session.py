@@ -459,9 +459,8 @@ class EdgeSession:
         return cost
 
     def _deadline_passes(self, state: _Run, depth: int, tokens: int, exit_next: bool) -> bool:
-        """Would running the next block (and its exit) overrun the latency budget?"""
-        if self.budget.latency_ms is None:
-            return False
+        """Would running the next block (and its exit) overrun the latency budget? (The pass asks only
+        when the budget has a latency limit.)"""
         cost = self._step_cost(depth, tokens, exit_next, state.precision)
         if cost is None:
             return False

@@ -65,12 +65,9 @@ def paths(manifest: Manifest) -> list[list[Segment]]:
         chain += [block, *([exits[depth]] if depth in exits else [])]
     found = [chain + [head]]
     full = manifest.span_covering(("embed", *(b.name for b in blocks), "head"))
-    forms: dict[tuple[str, ...], list[Segment]] = {}
-    for span in manifest.segments:
-        if span.kind == "span" and span is not full:
-            forms.setdefault(span.covers, []).append(span)
-    scoring = [max(spans, key=lambda s: len(s.outputs)) for spans in forms.values()]
-    lean = [min(spans, key=lambda s: len(s.outputs)) for spans in forms.values()]
+    covered = dict.fromkeys(s.covers for s in manifest.segments if s.kind == "span" and s is not full)
+    scoring = [manifest.span_covering(covers) for covers in covered]  # every output: what pruning runs
+    lean = [min(manifest.spans_covering(covers), key=lambda s: len(s.outputs)) for covers in covered]
     found += [sorted(path, key=lambda s: s.index) for path in ([scoring, lean] if lean != scoring else [scoring]) if path]
     if full is not None:
         found.append([full])
