@@ -20,7 +20,7 @@ def _export(args: argparse.Namespace) -> int:
         task=args.task, exits=args.exits, calib=args.calib, calib_thresholds=args.calib_thresholds,
         eval_data=args.eval, max_length=args.max_length, train_exits=args.train_exits, exit_head=args.exit_head,
         head_examples=args.head_examples, joint_steps=args.joint_steps, threshold_examples=args.threshold_examples,
-        force=args.force, seed=args.seed, quant=args.quant, size_budget_mb=args.size_budget,
+        train_pruning=args.train_pruning, force=args.force, seed=args.seed, quant=args.quant, size_budget_mb=args.size_budget,
         latency_budget_ms=args.latency_budget_ms, formats=_formats(args.formats), buckets=args.buckets,
     )
     manifest = export_model(args.model, args.output, options)
@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="heads: train exit heads on a frozen backbone (default); "
                              "joint: fine-tune backbone and exits together (needs labels)")
     export.add_argument("--joint-steps", type=int, default=1200, help="optimizer steps of --train-exits joint")
+    export.add_argument("--train-pruning", choices=["token_importance", "cls_attention"], default=None,
+                        help="with --train-exits joint: half the steps prune tokens by this score as the runtime "
+                             "would, so the model keeps its accuracy under a keep schedule")
     export.add_argument("--exit-head", choices=["pooler", "linear"], default="pooler",
                         help="classification exits: pooler (dense + activation + classes, from the model's own "
                              "head; default) or linear (cheaper per exit; for --train-exits joint)")

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv")
 TASKS = ("feature-extraction", "text-classification", "text-generation")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine", "top2_margin")
@@ -37,6 +37,12 @@ TOKEN_AXIS_NAMES = ("input_ids", "token_type_ids", "hidden", "attention_bias", "
 # -1e4 rather than -inf: exp() gives exactly 0 in fp32 and the value survives fp16 variants.
 PAD_BIAS = -10000.0
 VALID_BIAS_FLOOR = -1000.0
+
+# The full depth with token pruning inside (schema 1.7): a span over every segment that also takes
+# `protected` (1 for tokens never pruned) and KEEP_TOKENS (how many tokens stay after each block but
+# the last), ranking by token_importance. It is not a plain fused span: callers must feed the counts.
+PRUNED_FULL = "full_pruned"
+KEEP_TOKENS = "keep_tokens"
 
 T = TypeVar("T")
 
@@ -257,7 +263,11 @@ class Manifest:
     def spans_covering(self, names: tuple[str, ...]) -> tuple[Segment, ...]:
         """Every fused graph over these segments: a stage may come twice, with and without the token
         scores its block gives (schema 1.6)."""
-        return tuple(s for s in self.segments if s.kind == "span" and s.covers == names)
+        return tuple(s for s in self.segments if s.kind == "span" and s.covers == names and KEEP_TOKENS not in s.inputs)
+
+    def pruning_span(self) -> Segment | None:
+        """The full depth that prunes inside (PRUNED_FULL), if the package has one (schema 1.7)."""
+        return next((s for s in self.segments if s.kind == "span" and KEEP_TOKENS in s.inputs), None)
 
     def blocks(self) -> tuple[Segment, ...]:
         return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))

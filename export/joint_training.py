@@ -5,6 +5,8 @@ loss is a depth-weighted mean of per-exit losses, weight proportional to the num
 before the exit as in PABEE (`sum_j j * L_j / sum_j j`, arXiv 2006.04152) and CALM; each L_j mixes
 cross-entropy to the labels with KL to the *original* model's final probabilities (LayerSkip /
 FastBERT self-distillation), which keeps the final layer close to the model the user gave us.
+With `pruned_share` > 0 that share of the steps also prunes tokens as the runtime would
+(export/pruning_training.py), against the same unpruned teacher.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from ..runtime.tokenize import TextEncoder
 from .calibration_data import Examples
 from .exit_heads import distillation_loss
 from .features import TorchSegments, embed_batch, length_batches
+from .pruning_training import FIRST_BLOCKS, RATIO_RANGE, prune_padded, sample_keep_schedule
+
+IMPORTANCE_OUTPUTS = {"token_importance": 1, "cls_attention": 2}  # EncoderBlock's outputs
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class JointSettings:
     final_weight_boost: float = 2.0  # the final head's depth weight is multiplied by this
     warmup_share: float = 0.06
     seed: int = 0
+    pruned_share: float = 0.0  # share of steps run with a sampled keep schedule
+    importance: str = "token_importance"  # the score those steps prune by
 
 
 def _length_bucketed_batches(encoder: TextEncoder, texts: tuple[str, ...], batch_size: int, steps: int,
@@ -99,6 +106,8 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     batches = _length_bucketed_batches(encoder, examples.texts, settings.batch_size, settings.steps, settings.seed)
     losses: list[float] = []
+    pruning = torch.Generator().manual_seed(settings.seed + 1)
+    score_output = IMPORTANCE_OUTPUTS[settings.importance]
     with torch.enable_grad(), progress_bar(settings.steps, "joint fine-tuning") as bar:
         for module in [segments.embed, *segments.blocks, segments.head, *exit_modules.values()]:
             module.train()
@@ -106,13 +115,21 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
             index = batches[step]
             batch = encoder.encode([examples.texts[i] for i in index])
             hidden, bias = embed_batch(segments, batch)
+            pruned = float(torch.rand((), generator=pruning)) < settings.pruned_share
+            keep_schedule = sample_keep_schedule(pruning, num_blocks) if pruned else {}
+            protected = torch.from_numpy(batch.special_mask)
+            original_tokens = torch.from_numpy(batch.lengths)
             loss = torch.zeros(())
             for depth, block in enumerate(segments.blocks, start=1):
-                hidden = block(hidden, bias)[0]
+                outputs = block(hidden, bias)
+                hidden = outputs[0]
                 if depth in exit_modules:
                     logits = exit_modules[depth](hidden, bias)
                     loss = loss + depth_weights[depth] * distillation_loss(
                         logits, teacher[index], labels[index], settings.label_weight)
+                if depth in keep_schedule:  # after the exit, as the runtime does
+                    hidden, bias, protected = prune_padded(hidden, bias, protected, outputs[score_output],
+                                                           original_tokens, keep_schedule[depth])
             logits = segments.head(hidden, bias)
             loss = loss + depth_weights[num_blocks] * distillation_loss(
                 logits, teacher[index], labels[index], settings.label_weight)
@@ -132,6 +149,9 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
         "head_learning_rate": settings.head_learning_rate,
         "loss": "depth-weighted mean over exits and the final head of "
                 f"{1 - settings.label_weight:.2f} KL to the original model + {settings.label_weight:.2f} cross-entropy",
+        **({"pruning": {"share_of_steps": settings.pruned_share, "importance": settings.importance,
+                        "schedules": "keep r^(b-f+1) of the original tokens after each block b >= f, "
+                                     f"f in {FIRST_BLOCKS}, r uniform in {RATIO_RANGE}"}} if settings.pruned_share else {}),
         "first_loss": round(float(np.mean(losses[:20])), 6),
         "last_loss": round(float(np.mean(losses[-20:])), 6),
     }

@@ -25,6 +25,8 @@ DYNAMIC_AXES = {
     "next_hidden": {0: "batch", 1: "sequence"},
     "token_importance": {0: "batch", 1: "sequence"},
     "cls_attention": {0: "batch", 1: "sequence"},
+    "protected": {0: "batch", 1: "sequence"},
+    "keep_tokens": {},
     "logits": {0: "batch"},
     "embedding": {0: "batch"},
 }

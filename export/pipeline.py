@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from .. import __version__
 from ..errors import ExportError
-from ..manifest import (SCHEMA_VERSION, ExitHead, Manifest, ModelFacts, Segment,
+from ..manifest import (KEEP_TOKENS, PRUNED_FULL, SCHEMA_VERSION, ExitHead, Manifest, ModelFacts, Segment,
                         TokenizerSpec, Variant)
 from ..progress import progress_bar
 from ..runtime.tokenize import TextEncoder
@@ -31,13 +31,14 @@ from .joint_training import JointSettings, final_probabilities, fine_tune_jointl
 from .model_source import LoadedModel, load_model
 from .onnx_graphs import GraphJob, export_graph
 from .package_writer import discard, finalize, prepare_staging
-from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead, Stage
+from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead, PrunedFullDepth, Stage
 from .shared_weights import WEIGHTS_FILE, share_weights
 from .thresholds import AGREEMENT_LEVELS, BOUND_CONFIDENCE, calibrate_level
 from .validate import sample_batches, validate_graphs
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "calibration_sentences.txt"
 TRAIN_EXIT_MODES = ("heads", "joint")
+PRUNED_SHARE = 0.75  # --train-pruning: most steps prune; the rest keep full depth sharp
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ExportOptions:
     head_examples: int = 4000
     joint_examples: int = 20000
     joint_steps: int = 1200
+    train_pruning: str | None = None  # joint training also prunes by this score (export/pruning_training.py)
     threshold_examples: int = 3000
     force: bool = False
     seed: int = 0
@@ -154,6 +156,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         if options.eval_data else None
     if options.train_exits == "joint" and (heads_data.labels is None or options.task != "text-classification"):
         raise ExportError("--train-exits joint needs a text-classification model and a --calib TSV with labels")
+    if options.train_pruning is not None and options.train_exits != "joint":
+        raise ExportError("--train-pruning trains inside joint fine-tuning; add --train-exits joint")
 
     staging = prepare_staging(output, options.force)
     try:
@@ -164,14 +168,16 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         joint_record = None
         if options.train_exits == "joint":
             joint_record = _fine_tune(segments, exit_modules, encoder, heads_data, eval_data or threshold_data,
-                                      JointSettings(steps=options.joint_steps, seed=options.seed))
+                                      JointSettings(steps=options.joint_steps, seed=options.seed,
+                                                    pruned_share=PRUNED_SHARE if options.train_pruning else 0.0,
+                                                    importance=options.train_pruning or "token_importance"))
         calibration, thresholds, evaluation = _train_and_calibrate(
             options, loaded, segments, encoder, exit_modules, features_of, heads_data, threshold_data,
             eval_data, num_blocks)
         if joint_record is not None:
             calibration["exit_training"]["joint"] = joint_record
         jobs = graph_jobs(segments, exit_modules)
-        graph_segments, exits = _export_graphs(staging, jobs, exit_modules, options.task)
+        graph_segments, exits = _export_graphs(staging, [*jobs, pruning_job(segments)], exit_modules, options.task)
         validation = _validate(staging, graph_segments, exits, exit_modules, segments, loaded, options, spec)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -324,6 +330,21 @@ def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]
     jobs.append(GraphJob("stage_head", "span", num_blocks, last, (hidden, bias), ["hidden", "attention_bias"],
                           [out_name], (f"block_{num_blocks - 1:02d}", "head")))
     return jobs
+
+
+def pruning_job(segments: TorchSegments) -> GraphJob:
+    """The full depth with token pruning inside (segments.PrunedFullDepth): ONNX only, since
+    LiteRT's converted graphs have fixed token buckets and top-k needs a dynamic count."""
+    embed_inputs = ["input_ids", "token_type_ids"] if segments.embed.uses_token_type_ids else ["input_ids"]
+    ids = torch.arange(1, 7, dtype=torch.long).unsqueeze(0)
+    args = (ids, torch.zeros_like(ids)) if segments.embed.uses_token_type_ids else (ids,)
+    protected = torch.zeros(1, ids.shape[1])
+    keep = torch.full((len(segments.blocks) - 1,), ids.shape[1], dtype=torch.long)
+    out_name = "logits" if isinstance(segments.head, ClassifierHead) else "embedding"
+    return GraphJob(PRUNED_FULL, "span", 0, PrunedFullDepth(segments.embed, segments.blocks, segments.head),
+                    (*args, torch.zeros(1, ids.shape[1]), protected, keep),
+                    [*embed_inputs, "attention_bias", "protected", KEEP_TOKENS], [out_name],
+                    ("embed", *(f"block_{i:02d}" for i in range(len(segments.blocks))), "head"))
 
 
 def _export_graphs(staging: Path, jobs: list[GraphJob], exit_modules: dict[int, torch.nn.Module],

@@ -74,15 +74,19 @@ class EncoderBlock(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> next hidden, attention received (LTP score), attention from the first token (EViT score)."""
+    def attend(self, hidden: torch.Tensor, attention_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> next hidden and the attention probabilities [batch, heads, queries, keys]."""
         q, k, v = self._heads(self.query(hidden)), self._heads(self.key(hidden)), self._heads(self.value(hidden))
         scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim ** -0.5)
         probs = torch.softmax(scores + attention_bias[:, None, None, :], dim=-1)
         context = torch.matmul(probs, v).transpose(1, 2).reshape(hidden.shape)
         attended = self.attention_norm(hidden + self.attention_out(context))
-        out = self.ffn_norm(attended + self.ffn_out(self.activation(self.ffn_in(attended))))
+        return self.ffn_norm(attended + self.ffn_out(self.activation(self.ffn_in(attended)))), probs
+
+    def forward(self, hidden: torch.Tensor, attention_bias: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> next hidden, attention received (LTP score), attention from the first token (EViT score)."""
+        out, probs = self.attend(hidden, attention_bias)
         valid_queries = (attention_bias > VALID_BIAS_FLOOR).to(hidden.dtype)
         head_mean = probs.mean(1)
         received = (head_mean * valid_queries.unsqueeze(-1)).sum(1)
@@ -144,6 +148,41 @@ class FullDepth(nn.Module):
         hidden = self.embed(input_ids, token_type_ids)
         for block in self.blocks:
             hidden = block(hidden, attention_bias)[0]
+        return self.head(hidden, attention_bias)
+
+
+PROTECTED_SCORE = 1e9  # above any attention sum (at most heads x tokens)
+
+
+class PrunedFullDepth(nn.Module):
+    """embed -> every block -> head as one graph that prunes tokens between blocks itself.
+
+    Pruning between separate block graphs pays a call, a hand-off and Python per block, and on
+    AG News that chain cost more than the pruned tokens saved (bench/RESULTS.md). Here the runtime
+    passes how many tokens stay after each block (`keep_tokens`, one count per block but the last;
+    a count >= the tokens present keeps them all) and the graph keeps the top tokens by
+    `token_importance`, protected ones first, in their original order: runtime/pruning.py's rule,
+    for batch 1 as the runtime prunes. With one unpadded row, ranking by the attention summed over
+    heads and queries ranks as token_importance (its mean over both) does, in fewer nodes: on a
+    CPU at a few dozen tokens the graph's time is as much per node as per token.
+    """
+
+    def __init__(self, embed: EmbedSegment, blocks: list[EncoderBlock], head: nn.Module):
+        super().__init__()
+        self.embed, self.blocks, self.head = embed, nn.ModuleList(blocks), head
+
+    def forward(self, input_ids: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        token_type_ids, attention_bias, protected, keep_tokens = rest if len(rest) == 4 else (None, *rest)
+        hidden = self.embed(input_ids, token_type_ids)
+        for i, block in enumerate(self.blocks):
+            if i == len(self.blocks) - 1:
+                hidden = block.attend(hidden, attention_bias)[0]
+                break
+            hidden, probs = block.attend(hidden, attention_bias)
+            score = probs[0].sum(dim=(0, 1)) + protected[0] * PROTECTED_SCORE
+            keep = torch.minimum(keep_tokens[i], torch.tensor(hidden.shape[1]))
+            index = torch.sort(torch.topk(score, keep).indices).values
+            hidden, attention_bias, protected = hidden[:, index], attention_bias[:, index], protected[:, index]
         return self.head(hidden, attention_bias)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import ExportError
-from ..manifest import PAD_BIAS, Segment
+from ..manifest import KEEP_TOKENS, PAD_BIAS, Segment
 from ..runtime.sessions import open_session
 
 TOLERANCE = 1e-4
@@ -75,6 +75,9 @@ def chain_output(sessions: dict, segments: list[Segment], ids: np.ndarray, mask:
     for span in (s for s in segments if s.kind == "span"):
         first, last = span.covers[0], span.covers[-1]
         span_feeds = feeds if first == embed.name else {"hidden": inputs_of[first], "attention_bias": bias}
+        if KEEP_TOKENS in span.inputs:  # keeping every token, the pruning span is the plain model
+            span_feeds = {**span_feeds, "protected": np.zeros_like(bias),
+                          KEEP_TOKENS: np.full(len(blocks) - 1, ids.shape[1], dtype=np.int64)}
         got = sessions[span.name].run(None, {k: span_feeds[k] for k in span.inputs})
         # a span ending at an exit also gives some or all of its last block's outputs, by the same names
         block_before_tail = next(s for s in segments if s.name == span.covers[-2]) if len(span.covers) > 1 else None

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import InputError, PackageError
-from ..manifest import PAD_BIAS, ExitHead, ExitThresholds, Segment
+from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, Segment
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
@@ -175,6 +175,12 @@ class EdgeSession:
             and policy.restart_below is None and self.restart_threshold is None
         self._full_span = self._span(("embed", *(b.name for b in self._blocks), "head"))
         self._full = self._full_span if no_decisions else None
+        # pruning by token_importance and nothing else to decide: one graph that prunes inside
+        prunes_only = self._keep and not self._exits and not self._skip and budget.latency_ms is None \
+            and policy.reduction == "prune" and policy.importance == "token_importance"
+        pruning_span = self.manifest.pruning_span() if prunes_only else None
+        self._pruned_full = pruning_span if pruning_span is not None and self.runner.has(pruning_span, self.precision) \
+            else None
         if policy.importance not in self._blocks[0].outputs:
             raise InputError(f"this package's blocks do not output {policy.importance!r} "
                              f"(they give {list(self._blocks[0].outputs[1:])}); re-export it or pick one of those")
@@ -255,9 +261,12 @@ class EdgeSession:
         weights, so opening stage spans and the blocks they cover would double the memory."""
         if self._full is not None:
             return [(self._full, self.precision)]
-        needed = [] if 1 in self._stages and 1 in self._exits else [self._embed]
-        for depth in range(1, len(self._blocks) + 1):
-            needed += self._next_calls(depth, depth in self._exits)
+        if self._pruned_full is not None:
+            needed = [self._pruned_full]
+        else:
+            needed = [] if 1 in self._stages and 1 in self._exits else [self._embed]
+            for depth in range(1, len(self._blocks) + 1):
+                needed += self._next_calls(depth, depth in self._exits)
         if self.budget.latency_ms is not None:  # a cut-short run answers from an exit head, or the head
             needed += [self.manifest.segment(e.segment) for e in self.manifest.exits] + [self._head]
         graphs = [(s, self.precision) for s in {s.name: s for s in needed}.values()]
@@ -472,6 +481,8 @@ class EdgeSession:
         batch = self.encoder.encode([text])
         if self._full is not None:
             answer = self._full_pass(state, batch)
+        elif self._pruned_full is not None:
+            answer = self._pruned_pass(state, batch)
         else:
             answer = self._adaptive_pass(state, batch, self._exits, self._keep, deadline=True)
         if self._should_restart(state, answer, batch):
@@ -525,6 +536,23 @@ class EdgeSession:
                  "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32)}
         output = self._call(state, span, feeds)[0][0]
         state.tokens.extend([int(batch.input_ids.shape[1])] * len(self._blocks))
+        return _Answer(output, self._final_confidence(output), len(self._blocks))
+
+    def _pruned_pass(self, state: _Run, batch) -> _Answer:
+        """Token pruning with nothing else to decide: one call of the graph that prunes inside
+        (manifest.PRUNED_FULL), told the counts the chain below would keep after each block."""
+        original_tokens = batch.input_ids.shape[1]
+        protected = batch.special_mask[0]
+        counts, current = [], original_tokens
+        for depth in range(1, len(self._blocks)):
+            if depth in self._keep:
+                current = keep_count(original_tokens, current, self._keep[depth], int(protected.sum()))
+            counts.append(current)
+        feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
+                 "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32),
+                 "protected": protected[None].astype(np.float32), KEEP_TOKENS: np.array(counts, dtype=np.int64)}
+        output = self._call(state, self._pruned_full, feeds)[0][0]
+        state.tokens.extend([original_tokens, *counts])
         return _Answer(output, self._final_confidence(output), len(self._blocks))
 
     def _adaptive_pass(self, state: _Run, batch, exits: dict, keep_schedule: dict, deadline: bool) -> _Answer:

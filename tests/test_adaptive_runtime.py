@@ -31,6 +31,25 @@ def test_pruned_tokens_are_removed_physically(tiny_packages):
     assert second == int(np.ceil(first * 0.5)) and result.trace.exit_after_block == 3
 
 
+@pytest.mark.parametrize("task", ["text-classification", "feature-extraction"])
+def test_pruning_alone_runs_one_graph_that_prunes_as_the_chain_does(tiny_packages, task):
+    package = tiny_packages[("bert", task)]
+    text = "good movie with a long dull plot and a kind happy actor in the city"
+    for schedule in (((1, 0.5),), ((1, 0.7), (2, 0.4))):
+        policy = edgeinfer.Policy(agreement=None, keep_schedule=schedule)
+        inside = edgeinfer.load(package, policy=policy).run(text)
+        assert inside.trace.segments == ("full_pruned",)
+        chain = edgeinfer.load(package, policy=policy)
+        chain._pruned_full = None  # the block-by-block path the graph replaces
+        chained = chain.run(text)
+        assert chained.trace.segments[0] == "embed"
+        assert inside.trace.tokens_per_block == chained.trace.tokens_per_block
+        assert inside.trace.tokens_per_block[1] < inside.trace.tokens_per_block[0]
+        got = inside.probabilities if task == "text-classification" else inside.embedding
+        expected = chained.probabilities if task == "text-classification" else chained.embedding
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_keep_schedule_past_the_last_block_is_refused(tiny_packages):
     with pytest.raises(InputError, match="prune after blocks 1..2"):
         edgeinfer.load(tiny_packages[("bert", "text-classification")],

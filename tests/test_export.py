@@ -125,6 +125,47 @@ def test_joint_fine_tuning_records_how_far_the_final_layer_moved(tiny_models, ti
     assert manifest.validation["passed"]  # graphs come from the fine-tuned weights and match them
 
 
+def test_pruning_in_training_keeps_what_the_runtime_keeps_row_by_row():
+    import torch
+
+    from edgeinfer.export.pruning_training import prune_padded
+    from edgeinfer.manifest import PAD_BIAS
+    from edgeinfer.runtime.pruning import keep_count, keep_tokens
+
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([9, 4, 13, 2])
+    width = int(lengths.max())
+    valid = torch.arange(width)[None] < lengths[:, None]
+    bias = torch.where(valid, 0.0, PAD_BIAS)
+    protected = (torch.arange(width)[None] == 0) | (torch.arange(width)[None] == lengths[:, None] - 1)
+    hidden = torch.randn(4, width, 5, generator=generator)
+    importance = torch.rand(4, width, generator=generator)
+    pruned, pruned_bias, pruned_protected = prune_padded(hidden, bias, protected, importance, lengths, 0.5)
+    for row, length in enumerate(lengths.tolist()):
+        keep = keep_count(length, length, 0.5, int(protected[row].sum()))
+        index = keep_tokens(importance[row, :length].numpy(), protected[row, :length].numpy(), keep)
+        assert int((pruned_bias[row] == 0).sum()) == keep
+        np.testing.assert_array_equal(pruned[row, :keep].numpy(), hidden[row, index].numpy())
+        np.testing.assert_array_equal(pruned_protected[row, :keep].numpy(), protected[row, index].numpy())
+        assert bool((pruned_bias[row, keep:] == PAD_BIAS).all()) and not pruned_protected[row, keep:].any()
+
+
+def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibration, tmp_path):
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.pipeline import PRUNED_SHARE, ExportOptions, export_model
+
+    model = str(tiny_models[("bert", "text-classification")])
+    manifest = export_model(model, tmp_path / "p.edge", ExportOptions(
+        task="text-classification", calib=str(tiny_calibration), train_exits="joint", joint_steps=12,
+        train_pruning="cls_attention"))
+    pruning = manifest.calibration["exit_training"]["joint"]["pruning"]
+    assert pruning["importance"] == "cls_attention" and pruning["share_of_steps"] == PRUNED_SHARE
+    assert manifest.validation["passed"]
+    with pytest.raises(ExportError, match="add --train-exits joint"):
+        export_model(model, tmp_path / "q.edge", ExportOptions(task="text-classification", calib=str(tiny_calibration),
+                                                               train_pruning="token_importance"))
+
+
 def test_linear_exit_heads(tiny_models, tiny_calibration, tmp_path):
     import edgeinfer
     from edgeinfer.errors import ExportError
@@ -176,6 +217,7 @@ def test_weights_stored_once_and_full_span_matches_the_chain(tiny_packages):
     text = "good movie with a dull plot"
     fused = edgeinfer.load(root, policy=edgeinfer.Policy.off()).run(text)
     assert fused.trace.segments == ("full",)
-    chained = edgeinfer.load(root, policy=edgeinfer.Policy(agreement=None, keep_schedule=((2, 1.0),))).run(text)
+    chained = edgeinfer.load(root, policy=edgeinfer.Policy(agreement=None, keep_schedule=((2, 1.0),),
+                                                           importance="cls_attention")).run(text)
     assert chained.trace.segments[0] == "embed"
     np.testing.assert_allclose(fused.probabilities, chained.probabilities, atol=1e-5)
