@@ -427,7 +427,10 @@ class EdgeSession:
             exit_output = call(exits[depth][1], {"hidden": hidden, "attention_bias": feeds["attention_bias"]})[0]
         return hidden, outputs, exit_output
 
-    def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _call(self, state: _Run, segment: Segment, feeds: dict[str, np.ndarray],
+              priced_as: tuple[tuple[Segment, int], ...] = ()) -> list[np.ndarray]:
+        """Run one graph; priced_as: the segments (and their token counts) whose profiled costs
+        predict this call, when the profile does not price the graph itself."""
         graph = self.runner.graph(segment, state.precision)
         inputs = {k: feeds[k] for k in segment.inputs}
         t0 = time.perf_counter()
@@ -435,9 +438,10 @@ class EdgeSession:
         state.milliseconds[segment.name] = (time.perf_counter() - t0) * 1000
         state.segments.append(segment.name)
         if self.profile is not None:
-            shape = inputs[segment.inputs[0]].shape
-            # a graph the profile lacks (probed before a variant was added) makes the whole prediction unknown
-            state.predicted_ms += self.profile.predict_ms(segment.name, state.precision, shape[1], shape[0]) or np.nan
+            batch, tokens = inputs[segment.inputs[0]].shape[:2]
+            for piece, piece_tokens in priced_as or ((segment, tokens),):
+                # a graph the profile lacks (probed before a variant was added) makes the whole prediction unknown
+                state.predicted_ms += self.profile.predict_ms(piece.name, state.precision, piece_tokens, batch) or np.nan
         return out
 
     def _next_calls(self, depth: int, exit_next: bool) -> list[Segment]:
@@ -551,8 +555,11 @@ class EdgeSession:
         feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
                  "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32),
                  "protected": protected[None].astype(np.float32), KEEP_TOKENS: np.array(counts, dtype=np.int64)}
-        output = self._call(state, self._pruned_full, feeds)[0][0]
-        state.tokens.extend([original_tokens, *counts])
+        entering = [original_tokens, *counts]  # tokens entering each block
+        # priced as the chain it replaces: the profile times graphs by token count, not keep schedule
+        priced_as = ((self._embed, original_tokens), *zip(self._blocks, entering), (self._head, entering[-1]))
+        output = self._call(state, self._pruned_full, feeds, priced_as)[0][0]
+        state.tokens.extend(entering)
         return _Answer(output, self._final_confidence(output), len(self._blocks))
 
     def _adaptive_pass(self, state: _Run, batch, exits: dict, keep_schedule: dict, deadline: bool) -> _Answer:

@@ -55,7 +55,7 @@ def test_probe_measures_every_graph_and_fits_costs(probed):
     profile = read_profile(path)
     manifest = edgeinfer.load(package, profile=None).manifest
     names = {c.segment for c in profile.costs}
-    assert names == {s.name for s in manifest.segments}
+    assert names == {s.name for s in manifest.segments} - {manifest.pruning_span().name}
     for cost in profile.costs:
         assert cost.tokens == SMALL.tokens and len(cost.median_ms) == len(SMALL.tokens)
         assert all(m > 0 for m in cost.median_ms) and cost.model in ("linear", "table")
@@ -73,6 +73,9 @@ def test_runtime_predicts_with_the_profile_and_says_which(probed):
     assert result.trace.profile == read_profile(path).key
     assert result.trace.predicted_ms is not None and result.trace.predicted_ms > 0
     assert edgeinfer.load(package, profile=None).run("good movie").trace.predicted_ms is None
+    pruning = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.5),)),
+                             profile=path).run("good movie with a dull plot")  # priced by the blocks it runs
+    assert pruning.trace.segments == ("full_pruned",) and pruning.trace.predicted_ms > 0
 
 
 def test_profile_from_another_device_warns(probed, tmp_path):
