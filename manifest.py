@@ -43,6 +43,9 @@ VALID_BIAS_FLOOR = -1000.0
 # the last), ranking by token_importance. It is not a plain fused span: callers must feed the counts.
 PRUNED_FULL = "full_pruned"
 KEEP_TOKENS = "keep_tokens"
+# The token scores block graphs output and pruning ranks by: attention received (LTP) and attention
+# from the first token (EViT).
+TOKEN_SCORES = ("token_importance", "cls_attention")
 
 T = TypeVar("T")
 
@@ -72,6 +75,7 @@ class Segment:
     outputs: tuple[str, ...]
     variants: tuple[Variant, ...]
     covers: tuple[str, ...] = ()  # a span: the consecutive segments it computes in one graph
+    ranks_by: str | None = None  # (1.7) a pruning span: the token score it keeps the top tokens by
 
     def graph(self, precision: str = "fp32") -> str:
         return self.graph_variant(precision).path
@@ -265,9 +269,10 @@ class Manifest:
         scores its block gives (schema 1.6)."""
         return tuple(s for s in self.segments if s.kind == "span" and s.covers == names and KEEP_TOKENS not in s.inputs)
 
-    def pruning_span(self) -> Segment | None:
-        """The full depth that prunes inside (PRUNED_FULL), if the package has one (schema 1.7)."""
-        return next((s for s in self.segments if s.kind == "span" and KEEP_TOKENS in s.inputs), None)
+    def pruning_span(self, ranks_by: str) -> Segment | None:
+        """The full depth that prunes inside ranking by this score, if the package has one (1.7)."""
+        return next((s for s in self.segments if s.kind == "span" and KEEP_TOKENS in s.inputs
+                     and (s.ranks_by or "token_importance") == ranks_by), None)
 
     def blocks(self) -> tuple[Segment, ...]:
         return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))
@@ -462,6 +467,7 @@ def _parse_segment(obj: Any, where: str) -> Segment:
         outputs=names("outputs"),
         variants=_list(obj, "variants", where, _parse_variant),
         covers=_list(obj, "covers", where, lambda x, w: _str({"n": x}, "n", w)) if "covers" in obj else (),
+        ranks_by=_str(obj, "ranks_by", where, TOKEN_SCORES) if obj.get("ranks_by") is not None else None,
     )
     if not any(v.precision == "fp32" for v in segment.variants):
         raise PackageError(f"manifest: {where} ({segment.name}) has no fp32 variant")

@@ -2,9 +2,10 @@
 pruning to matter, unlike SST-2 sentences).
 
     python -m edgeinfer.bench.agnews_pruning --model ~/.cache/edgeinfer/minilm-agnews [--report reports/agnews]
+        [--score token_importance|cls_attention]
 
-The package is exported with joint fine-tuning that prunes tokens in half its steps
-(`--train-exits joint --train-pruning token_importance`, export/pruning_training.py), on AG News
+The package is exported with joint fine-tuning that prunes tokens in most of its steps
+(`--train-exits joint --train-pruning SCORE`, export/pruning_training.py), on AG News
 train rows less 600 held out. On those 600 the keep schedule is chosen: geometric schedules keep
 r, r^2, ... of the tokens after successive blocks (DynamicViT's rho, rho^2, rho^3), and the one
 doing the least token work whose accuracy stays within 0.5 pt of full depth wins. The benchmark
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..export.calibration_data import read_examples
 from ..export.pipeline import ExportOptions, export_model
+from ..manifest import TOKEN_SCORES
 from ..runtime.package import open_package
 from ..runtime.policy import Policy
 from ..runtime.session import load
@@ -32,38 +34,36 @@ RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
 FIRST_BLOCKS = (1, 2)
 SELECTION_ROWS = 600
 MAX_ACCURACY_DROP = 0.005
-# (reduction, importance): what the package was trained for and what its pruning graph ranks by.
-# Merging and the CLS-attention score were compared on a frozen model (bench/RESULTS.md, 2026-11-29).
-REDUCTIONS = (("prune", "token_importance"),)
+# Pruning ranks by the score the package was trained with (--score), which its pruning graph ranks
+# by too; merging was compared on a frozen model (bench/RESULTS.md, 2026-11-29).
 
 
 def geometric_schedule(first_block: int, ratio: float, num_blocks: int) -> tuple[tuple[int, float], ...]:
     return tuple((b, round(ratio ** (b - first_block + 1), 4)) for b in range(first_block, num_blocks))
 
 
-def choose_schedule(package: Path, texts: list[str], labels: list[int]) -> tuple[dict, list[dict]]:
+def choose_schedule(package: Path, texts: list[str], labels: list[int], score: str) -> tuple[dict, list[dict]]:
     full = load(package, policy=Policy.off())
     names = list(full.manifest.model.labels or [])
     num_blocks = full.manifest.model.num_blocks
     reference = [full.run(t).label for t in texts]
     full_accuracy = float(np.mean([names.index(r) == y for r, y in zip(reference, labels)]))
     tried = []
-    for reduction, score in REDUCTIONS:
-        for first in FIRST_BLOCKS:
-            for ratio in RATIOS:
-                schedule = geometric_schedule(first, ratio, num_blocks)
-                session = load(package, policy=Policy(agreement=None, keep_schedule=schedule, importance=score,
-                                                      reduction=reduction))
-                results = [session.run(t) for t in texts]
-                accuracy = float(np.mean([names.index(r.label) == y for r, y in zip(results, labels)]))
-                agreement = float(np.mean([r.label == ref for r, ref in zip(results, reference)]))
-                work = float(np.mean([sum(r.trace.tokens_per_block) / (r.trace.tokens_per_block[0] * num_blocks)
-                                      for r in results]))
-                tried.append({"reduction": reduction, "importance": score, "schedule": schedule, "accuracy_drop": round(full_accuracy - accuracy, 4),
-                              "agreement": round(agreement, 4), "token_work": round(work, 4)})
+    for first in FIRST_BLOCKS:
+        for ratio in RATIOS:
+            schedule = geometric_schedule(first, ratio, num_blocks)
+            session = load(package, policy=Policy(agreement=None, keep_schedule=schedule, importance=score))
+            results = [session.run(t) for t in texts]
+            accuracy = float(np.mean([names.index(r.label) == y for r, y in zip(results, labels)]))
+            agreement = float(np.mean([r.label == ref for r, ref in zip(results, reference)]))
+            work = float(np.mean([sum(r.trace.tokens_per_block) / (r.trace.tokens_per_block[0] * num_blocks)
+                                  for r in results]))
+            tried.append({"reduction": "prune", "importance": score, "schedule": schedule,
+                          "accuracy_drop": round(full_accuracy - accuracy, 4), "agreement": round(agreement, 4),
+                          "token_work": round(work, 4)})
     fitting = [t for t in tried if t["accuracy_drop"] <= MAX_ACCURACY_DROP]
     best = min(fitting, key=lambda t: t["token_work"]) if fitting else \
-        {"schedule": (), "reduction": "prune", "importance": "token_importance"}
+        {"schedule": (), "reduction": "prune", "importance": score}
     return best, tried
 
 
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default="reports/agnews")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--inputs", type=int, default=1000, help="dev rows to measure (of 3,800)")
+    parser.add_argument("--score", choices=TOKEN_SCORES, default="token_importance",
+                        help="the token score pruning is trained with and ranks by")
     args = parser.parse_args(argv)
     shared, cache = Path(args.shared), Path(args.cache)
     train, dev = shared / "data" / "agnews" / "train.tsv", shared / "data" / "agnews" / "dev.tsv"
@@ -85,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     export_rows.write_text("\n".join([rows[0]] + [r for i, r in enumerate(rows) if i and i not in held_out]) + "\n",
                            encoding="utf-8")
     selection_rows.write_text("\n".join([rows[0]] + [rows[i] for i in sorted(held_out)]) + "\n", encoding="utf-8")
-    package = cache / "agnews-joint-pruning.edge"
-    if not is_current(package) or open_package(package, verify=False).manifest.pruning_span() is None:
+    package = cache / f"agnews-joint-pruning-{args.score}.edge"
+    if not is_current(package) or open_package(package, verify=False).manifest.pruning_span(args.score) is None:
         export_model(args.model, package, ExportOptions(
             task="text-classification", calib=str(export_rows), train_exits="joint", exit_head="linear",
-            train_pruning="token_importance", force=True))
+            train_pruning=args.score, force=True))
     selection = read_examples(selection_rows, None)
-    best, tried = choose_schedule(package, list(selection.texts), list(selection.labels))
+    best, tried = choose_schedule(package, list(selection.texts), list(selection.labels), args.score)
     print("schedules tried on train rows:", *tried, sep="\n  ")
     print("chosen:", best)
     subset = cache / "agnews_dev_subset.tsv"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +177,10 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         if joint_record is not None:
             calibration["exit_training"]["joint"] = joint_record
         jobs = graph_jobs(segments, exit_modules)
-        graph_segments, exits = _export_graphs(staging, [*jobs, pruning_job(segments)], exit_modules, options.task)
+        ranks_by = options.train_pruning or "token_importance"  # the score the model learned to be pruned by
+        graph_segments, exits = _export_graphs(staging, [*jobs, pruning_job(segments, ranks_by)], exit_modules,
+                                               options.task)
+        graph_segments = [replace(s, ranks_by=ranks_by) if s.name == PRUNED_FULL else s for s in graph_segments]
         validation = _validate(staging, graph_segments, exits, exit_modules, segments, loaded, options, spec)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -332,7 +335,7 @@ def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]
     return jobs
 
 
-def pruning_job(segments: TorchSegments) -> GraphJob:
+def pruning_job(segments: TorchSegments, ranks_by: str) -> GraphJob:
     """The full depth with token pruning inside (segments.PrunedFullDepth): ONNX only, since
     LiteRT's converted graphs have fixed token buckets and top-k needs a dynamic count."""
     embed_inputs = ["input_ids", "token_type_ids"] if segments.embed.uses_token_type_ids else ["input_ids"]
@@ -341,7 +344,7 @@ def pruning_job(segments: TorchSegments) -> GraphJob:
     protected = torch.zeros(1, ids.shape[1])
     keep = torch.full((len(segments.blocks) - 1,), ids.shape[1], dtype=torch.long)
     out_name = "logits" if isinstance(segments.head, ClassifierHead) else "embedding"
-    return GraphJob(PRUNED_FULL, "span", 0, PrunedFullDepth(segments.embed, segments.blocks, segments.head),
+    return GraphJob(PRUNED_FULL, "span", 0, PrunedFullDepth(segments.embed, segments.blocks, segments.head, ranks_by),
                     (*args, torch.zeros(1, ids.shape[1]), protected, keep),
                     [*embed_inputs, "attention_bias", "protected", KEEP_TOKENS], [out_name],
                     ("embed", *(f"block_{i:02d}" for i in range(len(segments.blocks))), "head"))

@@ -166,19 +166,28 @@ class PrunedFullDepth(nn.Module):
     AG News that chain cost more than the pruned tokens saved (bench/RESULTS.md). Here the runtime
     passes how many tokens stay after each block (`keep_tokens`, one count per block but the last;
     a count >= the tokens present keeps them all) and the graph keeps the top tokens by
-    `token_importance`, protected ones first, in their original order: runtime/pruning.py's rule,
-    for batch 1 as the runtime prunes. With one unpadded row, ranking by the attention summed over
-    heads and queries ranks as token_importance (its mean over both) does, in fewer nodes: on a
-    CPU at a few dozen tokens the graph's time is as much per node as per token.
+    `ranks_by` (a block output's name), protected ones first, in their original order:
+    runtime/pruning.py's rule, for batch 1 as the runtime prunes. With one unpadded row, sums rank
+    as the block outputs' means do, in fewer nodes: on a CPU at a few dozen tokens the graph's time
+    is as much per node as per token.
 
     The score is known once a block's attention has run, and everything after attention works
     token by token, so the block's output projection and feed-forward (three quarters of its
     multiply-adds) run on the kept tokens only: the same result as pruning the block's output.
     """
 
-    def __init__(self, embed: EmbedSegment, blocks: list[EncoderBlock], head: nn.Module):
+    def __init__(self, embed: EmbedSegment, blocks: list[EncoderBlock], head: nn.Module,
+                 ranks_by: str = "token_importance"):
         super().__init__()
         self.embed, self.blocks, self.head = embed, nn.ModuleList(blocks), head
+        self.ranks_by = ranks_by
+
+    def _score(self, probs: torch.Tensor) -> torch.Tensor:
+        """Per token of the single row, ranked as the block output of that name ranks it (sums
+        instead of means: same order, fewer nodes)."""
+        if self.ranks_by == "cls_attention":
+            return probs[0, :, 0].sum(dim=0)
+        return probs[0].sum(dim=(0, 1))
 
     def forward(self, input_ids: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         token_type_ids, attention_bias, protected, keep_tokens = rest if len(rest) == 4 else (None, *rest)
@@ -186,7 +195,7 @@ class PrunedFullDepth(nn.Module):
         for i, block in enumerate(self.blocks):
             context, probs = block.attention(hidden, attention_bias)
             if i < len(self.blocks) - 1:
-                score = probs[0].sum(dim=(0, 1)) + protected[0] * PROTECTED_SCORE
+                score = self._score(probs) + protected[0] * PROTECTED_SCORE
                 keep = torch.minimum(keep_tokens[i], torch.tensor(hidden.shape[1]))
                 index = torch.sort(torch.topk(score, keep).indices).values
                 hidden, context = hidden[:, index], context[:, index]

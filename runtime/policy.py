@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..manifest import TOKEN_SCORES
 
 
-IMPORTANCE_SCORES = ("token_importance", "cls_attention")
+IMPORTANCE_SCORES = TOKEN_SCORES
 REDUCTIONS = ("prune", "merge")
 
 

@@ -175,10 +175,10 @@ class EdgeSession:
             and policy.restart_below is None and self.restart_threshold is None
         self._full_span = self._span(("embed", *(b.name for b in self._blocks), "head"))
         self._full = self._full_span if no_decisions else None
-        # pruning by token_importance and nothing else to decide: one graph that prunes inside
+        # pruning and nothing else to decide: one graph that prunes inside, if one ranks by the policy's score
         prunes_only = self._keep and not self._exits and not self._skip and budget.latency_ms is None \
-            and policy.reduction == "prune" and policy.importance == "token_importance"
-        pruning_span = self.manifest.pruning_span() if prunes_only else None
+            and policy.reduction == "prune"
+        pruning_span = self.manifest.pruning_span(policy.importance) if prunes_only else None
         self._pruned_full = pruning_span if pruning_span is not None and self.runner.has(pruning_span, self.precision) \
             else None
         if policy.importance not in self._blocks[0].outputs:

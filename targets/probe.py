@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import Manifest, Segment
+from ..manifest import KEEP_TOKENS, Manifest, Segment
 from ..progress import progress_bar
 from ..runtime.package import open_package
 from ..runtime.session import GraphRunner
@@ -65,8 +65,9 @@ def paths(manifest: Manifest) -> list[list[Segment]]:
         chain += [block, *([exits[depth]] if depth in exits else [])]
     found = [chain + [head]]
     full = manifest.span_covering(("embed", *(b.name for b in blocks), "head"))
-    pruning = manifest.pruning_span()  # priced by the blocks it runs: its cost follows the keep counts
-    covered = dict.fromkeys(s.covers for s in manifest.segments if s.kind == "span" and s not in (full, pruning))
+    # the pruning span is priced by the blocks it runs (its cost follows the keep counts)
+    covered = dict.fromkeys(s.covers for s in manifest.segments
+                            if s.kind == "span" and s is not full and KEEP_TOKENS not in s.inputs)
     scoring = [manifest.span_covering(covers) for covers in covered]  # every output: what pruning runs
     lean = [min(manifest.spans_covering(covers), key=lambda s: len(s.outputs)) for covers in covered]
     found += [sorted(path, key=lambda s: s.index) for path in ([scoring, lean] if lean != scoring else [scoring]) if path]

@@ -151,6 +151,9 @@ def test_pruning_in_training_keeps_what_the_runtime_keeps_row_by_row():
 
 
 def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibration, tmp_path):
+    import dataclasses
+
+    import edgeinfer
     from edgeinfer.errors import ExportError
     from edgeinfer.export.pipeline import PRUNED_SHARE, ExportOptions, export_model
 
@@ -161,6 +164,16 @@ def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibratio
     pruning = manifest.calibration["exit_training"]["joint"]["pruning"]
     assert pruning["importance"] == "cls_attention" and pruning["share_of_steps"] == PRUNED_SHARE
     assert manifest.validation["passed"]
+    assert manifest.pruning_span("cls_attention").name == "full_pruned"  # ranks by the score it learned
+    assert manifest.pruning_span("token_importance") is None
+    text = "good movie with a long dull plot and a kind happy actor in the city"
+    policy = edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.6), (2, 0.3)), importance="cls_attention")
+    inside = edgeinfer.load(tmp_path / "p.edge", policy=policy).run(text)
+    chained = edgeinfer.load(tmp_path / "p.edge", policy=dataclasses.replace(policy, importance="token_importance"))
+    assert inside.trace.segments == ("full_pruned",) and chained.run(text).trace.segments[0] == "embed"
+    chain = edgeinfer.load(tmp_path / "p.edge", policy=policy)
+    chain._pruned_full = None  # the block-by-block path the graph replaces
+    np.testing.assert_allclose(inside.probabilities, chain.run(text).probabilities, atol=1e-5)
     with pytest.raises(ExportError, match="add --train-exits joint"):
         export_model(model, tmp_path / "q.edge", ExportOptions(task="text-classification", calib=str(tiny_calibration),
                                                                train_pruning="token_importance"))
