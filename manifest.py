@@ -40,7 +40,7 @@ VALID_BIAS_FLOOR = -1000.0
 
 # The full depth with token pruning inside (schema 1.7): a span over every segment that also takes
 # `protected` (1 for tokens never pruned) and KEEP_TOKENS (how many tokens stay after each block but
-# the last), ranking by token_importance. It is not a plain fused span: callers must feed the counts.
+# the last), ranking by the score its `ranks_by` names. Not a plain fused span: callers feed the counts.
 PRUNED_FULL = "full_pruned"
 KEEP_TOKENS = "keep_tokens"
 # The token scores block graphs output and pruning ranks by: attention received (LTP) and attention

@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..manifest import TOKEN_SCORES
 from ..progress import progress_bar
 from ..runtime.tokenize import TextEncoder
 from .calibration_data import Examples
 from .exit_heads import distillation_loss
 from .features import TorchSegments, embed_batch, length_batches
 from .pruning_training import FIRST_BLOCKS, RATIO_RANGE, prune_padded, sample_keep_schedule
-
-IMPORTANCE_OUTPUTS = {"token_importance": 1, "cls_attention": 2}  # EncoderBlock's outputs
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
     batches = _length_bucketed_batches(encoder, examples.texts, settings.batch_size, settings.steps, settings.seed)
     losses: list[float] = []
     pruning = torch.Generator().manual_seed(settings.seed + 1)
-    score_output = IMPORTANCE_OUTPUTS[settings.importance]
+    score_output = 1 + TOKEN_SCORES.index(settings.importance)  # EncoderBlock gives hidden, *TOKEN_SCORES
     with torch.enable_grad(), progress_bar(settings.steps, "joint fine-tuning") as bar:
         for module in [segments.embed, *segments.blocks, segments.head, *exit_modules.values()]:
             module.train()

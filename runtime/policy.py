@@ -10,8 +10,6 @@ import numpy as np
 from ..errors import InputError
 from ..manifest import TOKEN_SCORES
 
-
-IMPORTANCE_SCORES = TOKEN_SCORES
 REDUCTIONS = ("prune", "merge")
 
 
@@ -53,8 +51,8 @@ class Policy:
             raise InputError(f"skip_blocks {self.skip_blocks} must be distinct block numbers >= 1, in order")
         if self.reduction not in REDUCTIONS:
             raise InputError(f"reduction {self.reduction!r} must be one of {', '.join(REDUCTIONS)}")
-        if self.importance not in IMPORTANCE_SCORES:
-            raise InputError(f"importance {self.importance!r} must be one of {', '.join(IMPORTANCE_SCORES)}")
+        if self.importance not in TOKEN_SCORES:
+            raise InputError(f"importance {self.importance!r} must be one of {', '.join(TOKEN_SCORES)}")
         if self.restart_below is not None and not (isinstance(self.restart_below, (int, float))
                                                    and 0.0 < self.restart_below <= 1.0):
             raise InputError(f"restart_below {self.restart_below!r} must be a confidence in (0, 1] (or None)")
