@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", type=int, default=1000, help="dev rows to measure (of 3,800)")
     parser.add_argument("--score", choices=TOKEN_SCORES, default="token_importance",
                         help="the token score pruning is trained with and ranks by")
+    parser.add_argument("--joint-steps", type=int, default=ExportOptions.joint_steps,
+                        help="optimizer steps of the joint fine-tuning")
     args = parser.parse_args(argv)
     shared, cache = Path(args.shared), Path(args.cache)
     train, dev = shared / "data" / "agnews" / "train.tsv", shared / "data" / "agnews" / "dev.tsv"
@@ -87,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     export_rows.write_text("\n".join([rows[0]] + [r for i, r in enumerate(rows) if i and i not in held_out]) + "\n",
                            encoding="utf-8")
     selection_rows.write_text("\n".join([rows[0]] + [rows[i] for i in sorted(held_out)]) + "\n", encoding="utf-8")
-    package = cache / f"agnews-joint-pruning-{args.score}.edge"
+    package = cache / f"agnews-joint-pruning-{args.score}-{args.joint_steps}.edge"
     if not is_current(package) or open_package(package, verify=False).manifest.pruning_span(args.score) is None:
         export_model(args.model, package, ExportOptions(
             task="text-classification", calib=str(export_rows), train_exits="joint", exit_head="linear",
-            train_pruning=args.score, force=True))
+            train_pruning=args.score, joint_steps=args.joint_steps, force=True))
     selection = read_examples(selection_rows, None)
     best, tried = choose_schedule(package, list(selection.texts), list(selection.labels), args.score)
     print("schedules tried on train rows:", *tried, sep="\n  ")
