@@ -77,6 +77,12 @@ class Segment:
     covers: tuple[str, ...] = ()  # a span: the consecutive segments it computes in one graph
     ranks_by: str | None = None  # (1.7) a pruning span: the token score it keeps the top tokens by
 
+    @property
+    def prunes_inside(self) -> bool:
+        """A span that prunes tokens itself (PRUNED_FULL): it needs KEEP_TOKENS fed, so it is not a
+        plain fused graph of the segments it covers."""
+        return KEEP_TOKENS in self.inputs
+
     def graph(self, precision: str = "fp32") -> str:
         return self.graph_variant(precision).path
 
@@ -267,12 +273,11 @@ class Manifest:
     def spans_covering(self, names: tuple[str, ...]) -> tuple[Segment, ...]:
         """Every fused graph over these segments: a stage may come twice, with and without the token
         scores its block gives (schema 1.6)."""
-        return tuple(s for s in self.segments if s.kind == "span" and s.covers == names and KEEP_TOKENS not in s.inputs)
+        return tuple(s for s in self.segments if s.kind == "span" and s.covers == names and not s.prunes_inside)
 
     def pruning_span(self, ranks_by: str) -> Segment | None:
         """The full depth that prunes inside ranking by this score, if the package has one (1.7)."""
-        return next((s for s in self.segments if s.kind == "span" and KEEP_TOKENS in s.inputs
-                     and (s.ranks_by or "token_importance") == ranks_by), None)
+        return next((s for s in self.segments if s.prunes_inside and s.ranks_by == ranks_by), None)
 
     def blocks(self) -> tuple[Segment, ...]:
         return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))

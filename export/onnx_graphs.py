@@ -44,6 +44,7 @@ class GraphJob:
     inputs: list[str]
     outputs: list[str]
     covers: tuple[str, ...] = ()
+    ranks_by: str | None = None  # a graph that prunes inside: the token score it ranks by
 
 
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,11 +176,9 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
             eval_data, num_blocks)
         if joint_record is not None:
             calibration["exit_training"]["joint"] = joint_record
-        jobs = graph_jobs(segments, exit_modules)
-        ranks_by = options.train_pruning or "token_importance"  # the score the model learned to be pruned by
-        graph_segments, exits = _export_graphs(staging, [*jobs, pruning_job(segments, ranks_by)], exit_modules,
-                                               options.task)
-        graph_segments = [replace(s, ranks_by=ranks_by) if s.name == PRUNED_FULL else s for s in graph_segments]
+        # the pruning graph ranks by the score the model learned to be pruned by
+        jobs = graph_jobs(segments, exit_modules, pruning=options.train_pruning or "token_importance")
+        graph_segments, exits = _export_graphs(staging, jobs, exit_modules, options.task)
         validation = _validate(staging, graph_segments, exits, exit_modules, segments, loaded, options, spec)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
@@ -202,7 +200,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         if "litert" in options.formats:
             from .litert import add_litert, parse_buckets
 
-            manifest = add_litert(staging, manifest, jobs, parse_buckets(options.buckets, spec.max_length))
+            manifest = add_litert(staging, manifest, [j for j in jobs if j.ranks_by is None],
+                                  parse_buckets(options.buckets, spec.max_length))
         manifest = finalize(staging, output, manifest)
     except BaseException:
         discard(staging)
@@ -294,9 +293,13 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
 LEAN_SUFFIX = "_lean"  # a stage span without the token scores (Stage(scores=False))
 
 
-def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]) -> list[GraphJob]:
+def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module],
+               pruning: str | None = None) -> list[GraphJob]:
     """Every graph of an encoder package, as PyTorch modules with trace inputs: the segments, the
-    fused full span and the stage spans. ONNX export and LiteRT conversion both start here."""
+    fused full span and the stage spans. ONNX export and LiteRT conversion both start here.
+    pruning: also the full depth that prunes inside, ranking by this score (segments.PrunedFullDepth);
+    ONNX only, since LiteRT's converted graphs have fixed token buckets and top-k needs a dynamic
+    count."""
     hidden_size = segments.blocks[0].query.in_features
     ids = torch.arange(1, 7, dtype=torch.long).unsqueeze(0)  # trace inputs only; every axis is dynamic
     types = torch.zeros_like(ids)
@@ -317,8 +320,9 @@ def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]
     jobs.append(GraphJob("head", "head", 0, segments.head, (hidden, bias), ["hidden", "attention_bias"], [out_name]))
     full = FullDepth(segments.embed, segments.blocks, segments.head)
     num_blocks = len(segments.blocks)
+    full_covers = ("embed", *(f"block_{i:02d}" for i in range(num_blocks)), "head")
     jobs.append(GraphJob("full", "span", 0, full, (*embed_args, bias), [*embed_inputs, "attention_bias"],
-                          [out_name], ("embed", *(f"block_{i:02d}" for i in range(num_blocks)), "head")))
+                          [out_name], full_covers))
     for depth, module in sorted(exit_modules.items()):  # block + its exit (the first with the embedding)
         first = depth == 1
         covers = (*(("embed",) if first else ()), f"block_{depth - 1:02d}", f"exit_{depth:02d}")
@@ -332,22 +336,15 @@ def graph_jobs(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]
     last = Stage(None, [segments.blocks[-1]], segments.head, tail_is_head=True)
     jobs.append(GraphJob("stage_head", "span", num_blocks, last, (hidden, bias), ["hidden", "attention_bias"],
                           [out_name], (f"block_{num_blocks - 1:02d}", "head")))
+    if pruning is not None:
+        protected = torch.zeros(1, ids.shape[1])
+        keep = torch.full((num_blocks - 1,), ids.shape[1], dtype=torch.long)
+        jobs.append(GraphJob(PRUNED_FULL, "span", 0,
+                             PrunedFullDepth(segments.embed, segments.blocks, segments.head, pruning),
+                             (*embed_args, bias, protected, keep),
+                             [*embed_inputs, "attention_bias", "protected", KEEP_TOKENS], [out_name],
+                             full_covers, ranks_by=pruning))
     return jobs
-
-
-def pruning_job(segments: TorchSegments, ranks_by: str) -> GraphJob:
-    """The full depth with token pruning inside (segments.PrunedFullDepth): ONNX only, since
-    LiteRT's converted graphs have fixed token buckets and top-k needs a dynamic count."""
-    embed_inputs = ["input_ids", "token_type_ids"] if segments.embed.uses_token_type_ids else ["input_ids"]
-    ids = torch.arange(1, 7, dtype=torch.long).unsqueeze(0)
-    args = (ids, torch.zeros_like(ids)) if segments.embed.uses_token_type_ids else (ids,)
-    protected = torch.zeros(1, ids.shape[1])
-    keep = torch.full((len(segments.blocks) - 1,), ids.shape[1], dtype=torch.long)
-    out_name = "logits" if isinstance(segments.head, ClassifierHead) else "embedding"
-    return GraphJob(PRUNED_FULL, "span", 0, PrunedFullDepth(segments.embed, segments.blocks, segments.head, ranks_by),
-                    (*args, torch.zeros(1, ids.shape[1]), protected, keep),
-                    [*embed_inputs, "attention_bias", "protected", KEEP_TOKENS], [out_name],
-                    ("embed", *(f"block_{i:02d}" for i in range(len(segments.blocks))), "head"))
 
 
 def _export_graphs(staging: Path, jobs: list[GraphJob], exit_modules: dict[int, torch.nn.Module],
@@ -360,7 +357,8 @@ def _export_graphs(staging: Path, jobs: list[GraphJob], exit_modules: dict[int, 
             real_inputs, real_outputs = export_graph(job.module, job.args, job.inputs, job.outputs, path)
             graph_segments.append(Segment(name=job.name, kind=job.kind, index=job.index, inputs=tuple(real_inputs),
                                           outputs=tuple(real_outputs),
-                                          variants=(Variant("fp32", f"graphs/{job.name}.onnx"),), covers=job.covers))
+                                          variants=(Variant("fp32", f"graphs/{job.name}.onnx"),), covers=job.covers,
+                                          ranks_by=job.ranks_by))
             bar.update()
     share_weights([graph_dir / f"{job.name}.onnx" for job in jobs], graph_dir / WEIGHTS_FILE)
     confidence = "max_prob" if task == "text-classification" else "consecutive_cosine"

@@ -178,9 +178,7 @@ class EdgeSession:
         # pruning and nothing else to decide: one graph that prunes inside, if one ranks by the policy's score
         prunes_only = self._keep and not self._exits and not self._skip and budget.latency_ms is None \
             and policy.reduction == "prune"
-        pruning_span = self.manifest.pruning_span(policy.importance) if prunes_only else None
-        self._pruned_full = pruning_span if pruning_span is not None and self.runner.has(pruning_span, self.precision) \
-            else None
+        self._pruned_full = self._runnable(self.manifest.pruning_span(policy.importance)) if prunes_only else None
         if policy.importance not in self._blocks[0].outputs:
             raise InputError(f"this package's blocks do not output {policy.importance!r} "
                              f"(they give {list(self._blocks[0].outputs[1:])}); re-export it or pick one of those")
@@ -252,8 +250,11 @@ class EdgeSession:
 
     def _span(self, covers: tuple[str, ...]) -> Segment | None:
         """The fused graph over these segments, if the package has one this backend can run."""
-        span = self.manifest.span_covering(covers)
-        return span if span is not None and self.runner.has(span, self.precision) else None
+        return self._runnable(self.manifest.span_covering(covers))
+
+    def _runnable(self, segment: Segment | None) -> Segment | None:
+        """The segment, if there is one and this backend has it at the session's precision."""
+        return segment if segment is not None and self.runner.has(segment, self.precision) else None
 
     def _graphs_needed(self) -> list[tuple[Segment, str]]:
         """Every graph (and precision) this policy may call: the memory check counts them, and a
