@@ -20,7 +20,7 @@ def _export(args: argparse.Namespace) -> int:
         task=args.task, exits=args.exits, calib=args.calib, calib_thresholds=args.calib_thresholds,
         eval_data=args.eval, max_length=args.max_length, train_exits=args.train_exits, exit_head=args.exit_head,
         head_examples=args.head_examples, joint_steps=args.joint_steps, threshold_examples=args.threshold_examples,
-        train_pruning=args.train_pruning, force=args.force, seed=args.seed, quant=args.quant, size_budget_mb=args.size_budget,
+        train_pruning=args.train_pruning, pruning_family=_pruning_family(args), force=args.force, seed=args.seed, quant=args.quant, size_budget_mb=args.size_budget,
         latency_budget_ms=args.latency_budget_ms, formats=_formats(args.formats), buckets=args.buckets,
     )
     manifest = export_model(args.model, args.output, options)
@@ -31,6 +31,25 @@ def _export(args: argparse.Namespace) -> int:
     if manifest.litert is not None:
         _print_litert(args.output, manifest)
     return 0
+
+
+def _pruning_family(args: argparse.Namespace):
+    from .errors import ExportError
+    from .export.pruning_training import PruningFamily
+
+    default = PruningFamily()
+    try:
+        after = tuple(int(p) for p in args.train_pruning_after.split(",")) if args.train_pruning_after \
+            else default.first_blocks
+        ratios = tuple(float(p) for p in args.train_pruning_ratios.split(",")) if args.train_pruning_ratios \
+            else default.ratio_range
+    except ValueError:
+        raise ExportError("--train-pruning-after takes block numbers like 1,2 and --train-pruning-ratios "
+                          "LOW,HIGH like 0.5,0.75") from None
+    if len(ratios) != 2:
+        raise ExportError(f"--train-pruning-ratios {args.train_pruning_ratios!r}: give two numbers, LOW,HIGH")
+    return PruningFamily(first_blocks=after, ratio_range=(ratios[0], ratios[1]),
+                         share=default.share if args.train_pruning_share is None else args.train_pruning_share)
 
 
 def _formats(spec: str) -> tuple[str, ...]:
@@ -411,8 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "joint: fine-tune backbone and exits together (needs labels)")
     export.add_argument("--joint-steps", type=int, default=1200, help="optimizer steps of --train-exits joint")
     export.add_argument("--train-pruning", choices=["token_importance", "cls_attention"], default=None,
-                        help="with --train-exits joint: half the steps prune tokens by this score as the runtime "
+                        help="with --train-exits joint: most steps prune tokens by this score as the runtime "
                              "would, so the model keeps its accuracy under a keep schedule")
+    export.add_argument("--train-pruning-after", default=None,
+                        help="blocks pruning may start after in those steps (default 1,2)")
+    export.add_argument("--train-pruning-ratios", default=None,
+                        help="LOW,HIGH: the geometric keep ratio r those steps draw from (default 0.4,0.9; "
+                             "narrow it to where the runtime will prune, e.g. 0.5,0.75)")
+    export.add_argument("--train-pruning-share", type=float, default=None,
+                        help="share of the joint steps that prune (default 0.75)")
     export.add_argument("--exit-head", choices=["pooler", "linear"], default="pooler",
                         help="classification exits: pooler (dense + activation + classes, from the model's own "
                              "head; default) or linear (cheaper per exit; for --train-exits joint)")

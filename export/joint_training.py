@@ -25,7 +25,7 @@ from ..runtime.tokenize import TextEncoder
 from .calibration_data import Examples
 from .exit_heads import distillation_loss
 from .features import TorchSegments, embed_batch, length_batches
-from .pruning_training import FIRST_BLOCKS, RATIO_RANGE, prune_padded, sample_keep_schedule
+from .pruning_training import PruningFamily, prune_padded, sample_keep_schedule
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class JointSettings:
     final_weight_boost: float = 2.0  # the final head's depth weight is multiplied by this
     warmup_share: float = 0.06
     seed: int = 0
-    pruned_share: float = 0.0  # share of steps run with a sampled keep schedule
+    pruning: PruningFamily | None = None  # keep schedules some steps prune with; None: no pruning
     importance: str = "token_importance"  # the score those steps prune by
 
 
@@ -114,8 +114,9 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
             index = batches[step]
             batch = encoder.encode([examples.texts[i] for i in index])
             hidden, bias = embed_batch(segments, batch)
-            pruned = float(torch.rand((), generator=pruning)) < settings.pruned_share
-            keep_schedule = sample_keep_schedule(pruning, num_blocks) if pruned else {}
+            family = settings.pruning
+            pruned = family is not None and float(torch.rand((), generator=pruning)) < family.share
+            keep_schedule = sample_keep_schedule(pruning, num_blocks, family) if pruned else {}
             protected = torch.from_numpy(batch.special_mask)
             original_tokens = torch.from_numpy(batch.lengths)
             loss = torch.zeros(())
@@ -148,9 +149,8 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
         "head_learning_rate": settings.head_learning_rate,
         "loss": "depth-weighted mean over exits and the final head of "
                 f"{1 - settings.label_weight:.2f} KL to the original model + {settings.label_weight:.2f} cross-entropy",
-        **({"pruning": {"share_of_steps": settings.pruned_share, "importance": settings.importance,
-                        "schedules": "keep r^(b-f+1) of the original tokens after each block b >= f, "
-                                     f"f in {FIRST_BLOCKS}, r uniform in {RATIO_RANGE}"}} if settings.pruned_share else {}),
+        **({"pruning": {"share_of_steps": settings.pruning.share, "importance": settings.importance,
+                        "schedules": settings.pruning.describe()}} if settings.pruning is not None else {}),
         "first_loss": round(float(np.mean(losses[:20])), 6),
         "last_loss": round(float(np.mean(losses[-20:])), 6),
     }

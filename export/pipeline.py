@@ -31,6 +31,7 @@ from .joint_training import JointSettings, final_probabilities, fine_tune_jointl
 from .model_source import LoadedModel, load_model
 from .onnx_graphs import GraphJob, export_graph
 from .package_writer import discard, finalize, prepare_staging
+from .pruning_training import PruningFamily
 from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead, PrunedFullDepth, Stage
 from .shared_weights import WEIGHTS_FILE, share_weights
 from .thresholds import AGREEMENT_LEVELS, BOUND_CONFIDENCE, calibrate_level
@@ -38,7 +39,6 @@ from .validate import sample_batches, validate_graphs
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "calibration_sentences.txt"
 TRAIN_EXIT_MODES = ("heads", "joint")
-PRUNED_SHARE = 0.75  # --train-pruning: most steps prune; the rest keep full depth sharp
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class ExportOptions:
     joint_examples: int = 20000
     joint_steps: int = 1200
     train_pruning: str | None = None  # joint training also prunes by this score (export/pruning_training.py)
+    pruning_family: PruningFamily = PruningFamily()  # the keep schedules it prunes with
     threshold_examples: int = 3000
     force: bool = False
     seed: int = 0
@@ -158,6 +159,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         raise ExportError("--train-exits joint needs a text-classification model and a --calib TSV with labels")
     if options.train_pruning is not None and options.train_exits != "joint":
         raise ExportError("--train-pruning trains inside joint fine-tuning; add --train-exits joint")
+    if options.train_pruning is not None:
+        options.pruning_family.check(num_blocks)
 
     staging = prepare_staging(output, options.force)
     try:
@@ -169,7 +172,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         if options.train_exits == "joint":
             joint_record = _fine_tune(segments, exit_modules, encoder, heads_data, eval_data or threshold_data,
                                       JointSettings(steps=options.joint_steps, seed=options.seed,
-                                                    pruned_share=PRUNED_SHARE if options.train_pruning else 0.0,
+                                                    pruning=options.pruning_family if options.train_pruning else None,
                                                     importance=options.train_pruning or "token_importance"))
         calibration, thresholds, evaluation = _train_and_calibrate(
             options, loaded, segments, encoder, exit_modules, features_of, heads_data, threshold_data,

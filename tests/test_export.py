@@ -150,19 +150,48 @@ def test_pruning_in_training_keeps_what_the_runtime_keeps_row_by_row():
         assert bool((pruned_bias[row, keep:] == PAD_BIAS).all()) and not pruned_protected[row, keep:].any()
 
 
+def test_keep_schedules_come_from_the_family_asked_for():
+    import torch
+
+    from edgeinfer.export.pruning_training import PruningFamily, sample_keep_schedule
+
+    generator = torch.Generator().manual_seed(0)
+    family = PruningFamily(first_blocks=(2,), ratio_range=(0.5, 0.75))
+    schedules = [sample_keep_schedule(generator, 6, family) for _ in range(200)]
+    assert all(sorted(s) == [2, 3, 4, 5] for s in schedules)
+    ratios = [s[2] for s in schedules]
+    assert 0.5 <= min(ratios) < 0.55 and 0.7 < max(ratios) <= 0.75
+    assert all(abs(s[4] - s[2] ** 3) < 1e-9 for s in schedules)  # geometric
+
+
+def test_cli_refuses_a_malformed_pruning_family(tiny_models, tiny_calibration, tmp_path, capsys):
+    from edgeinfer.cli import main
+
+    model = str(tiny_models[("bert", "text-classification")])
+    for flags in (["--train-pruning-ratios", "0.5"], ["--train-pruning-after", "one"]):
+        assert main(["export", model, "-o", str(tmp_path / "p.edge"), "--task", "text-classification", "--calib",
+                     str(tiny_calibration), "--train-exits", "joint", "--train-pruning", "token_importance",
+                     *flags]) == 2
+        assert "--train-pruning-" in capsys.readouterr().err
+    assert not (tmp_path / "p.edge").exists()
+
+
 def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibration, tmp_path):
     import dataclasses
 
     import edgeinfer
     from edgeinfer.errors import ExportError
-    from edgeinfer.export.pipeline import PRUNED_SHARE, ExportOptions, export_model
+    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pruning_training import PruningFamily
 
     model = str(tiny_models[("bert", "text-classification")])
+    family = PruningFamily(first_blocks=(1,), ratio_range=(0.5, 0.75), share=0.9)
     manifest = export_model(model, tmp_path / "p.edge", ExportOptions(
         task="text-classification", calib=str(tiny_calibration), train_exits="joint", joint_steps=12,
-        train_pruning="cls_attention"))
+        train_pruning="cls_attention", pruning_family=family))
     pruning = manifest.calibration["exit_training"]["joint"]["pruning"]
-    assert pruning["importance"] == "cls_attention" and pruning["share_of_steps"] == PRUNED_SHARE
+    assert pruning["importance"] == "cls_attention" and pruning["share_of_steps"] == 0.9
+    assert "f in (1,)" in pruning["schedules"] and "(0.5, 0.75)" in pruning["schedules"]
     assert manifest.validation["passed"]
     assert manifest.pruning_span("cls_attention").name == "full_pruned"  # ranks by the score it learned
     assert manifest.pruning_span("token_importance") is None
@@ -177,6 +206,14 @@ def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibratio
     with pytest.raises(ExportError, match="add --train-exits joint"):
         export_model(model, tmp_path / "q.edge", ExportOptions(task="text-classification", calib=str(tiny_calibration),
                                                                train_pruning="token_importance"))
+    for bad, message in ((PruningFamily(ratio_range=(0.8, 0.5)), "LOW <= HIGH"),
+                         (PruningFamily(first_blocks=(0, 1)), "pruning starts after blocks 1.."),
+                         (PruningFamily(share=0.0), "share of the steps")):
+        with pytest.raises(ExportError, match=message):
+            export_model(model, tmp_path / "q.edge", ExportOptions(
+                task="text-classification", calib=str(tiny_calibration), train_exits="joint",
+                train_pruning="token_importance", pruning_family=bad))
+    assert not (tmp_path / "q.edge").exists()
 
 
 def test_linear_exit_heads(tiny_models, tiny_calibration, tmp_path):
