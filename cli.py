@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import EdgeInferError
+
+if TYPE_CHECKING:
+    from .export.pruning_training import PruningFamily
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -20,7 +23,8 @@ def _export(args: argparse.Namespace) -> int:
         task=args.task, exits=args.exits, calib=args.calib, calib_thresholds=args.calib_thresholds,
         eval_data=args.eval, max_length=args.max_length, train_exits=args.train_exits, exit_head=args.exit_head,
         head_examples=args.head_examples, joint_steps=args.joint_steps, threshold_examples=args.threshold_examples,
-        train_pruning=args.train_pruning, pruning_family=_pruning_family(args), force=args.force, seed=args.seed, quant=args.quant, size_budget_mb=args.size_budget,
+        train_pruning=args.train_pruning, pruning_family=_pruning_family(args), force=args.force, seed=args.seed,
+        quant=args.quant, size_budget_mb=args.size_budget,
         latency_budget_ms=args.latency_budget_ms, formats=_formats(args.formats), buckets=args.buckets,
     )
     manifest = export_model(args.model, args.output, options)
@@ -33,7 +37,8 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pruning_family(args: argparse.Namespace):
+def _pruning_family(args: argparse.Namespace) -> PruningFamily:
+    """--train-pruning-after / -ratios / -share, each falling back to the default family's."""
     from .errors import ExportError
     from .export.pruning_training import PruningFamily
 

@@ -37,7 +37,7 @@ from ..export.pruning_training import PruningFamily
 from ..manifest import TOKEN_SCORES
 from ..runtime.package import open_package
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.session import EdgeSession, load
 from .interleaved import measure_interleaved, regime
 from .report_files import write_json
 from .runtime_bench import markdown_report, run_bench
@@ -93,11 +93,15 @@ class _Timed:
 PAIR_TURNS = (1, 20)  # input by input; settled turns of 20, as a process serving one policy
 
 
+def _off_and_pruned(package: Path, chosen: dict) -> tuple[EdgeSession, EdgeSession]:
+    return load(package, policy=Policy.off()), load(package, policy=Policy(
+        agreement=None, keep_schedule=chosen["schedule"], importance=chosen["importance"],
+        reduction=chosen["reduction"]))
+
+
 def pruning_alone(package: Path, chosen: dict, texts: list[str], repeats: int) -> list[dict]:
     """Adaptivity off and the chosen pruning, the two alone, in each regime of PAIR_TURNS."""
-    off = load(package, policy=Policy.off())
-    pruned = load(package, policy=Policy(agreement=None, keep_schedule=chosen["schedule"],
-                                         importance=chosen["importance"], reduction=chosen["reduction"]))
+    off, pruned = _off_and_pruned(package, chosen)
     pair = [_Timed("off", off.run), _Timed("prune", pruned.run)]
     rows = []
     for turn in PAIR_TURNS:
@@ -114,9 +118,7 @@ def accuracy_on(package: Path, chosen: dict, data: Path) -> dict:
     The timed rows are too few to judge a 1 pt criterion: at ~97% agreement the paired standard
     error of the drop on 1,000 rows is ~0.55 pt, so the drop is also measured on all of dev."""
     examples = read_examples(data, None)
-    off = load(package, policy=Policy.off())
-    pruned = load(package, policy=Policy(agreement=None, keep_schedule=chosen["schedule"],
-                                         importance=chosen["importance"], reduction=chosen["reduction"]))
+    off, pruned = _off_and_pruned(package, chosen)
     names = list(off.manifest.model.labels or [])
     labels = np.array(examples.labels)
     right_off = np.array([names.index(off.run(t).label) for t in examples.texts]) == labels
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     export_rows.write_text("\n".join([rows[0]] + [r for i, r in enumerate(rows) if i and i not in held_out]) + "\n",
                            encoding="utf-8")
     selection_rows.write_text("\n".join([rows[0]] + [rows[i] for i in sorted(held_out)]) + "\n", encoding="utf-8")
-    family = TRAINED_FAMILY
+    family = TRAINED_FAMILY  # the package's name says how it was trained
     trained = (f"after{'+'.join(map(str, family.first_blocks))}-r{family.ratio_range[0]}-{family.ratio_range[1]}"
                f"-share{family.share}")
     package = cache / f"agnews-joint-pruning-{args.score}-{args.joint_steps}-{trained}-heldout{SELECTION_ROWS}.edge"

@@ -107,6 +107,7 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
     losses: list[float] = []
     pruning = torch.Generator().manual_seed(settings.seed + 1)
     score_output = 1 + TOKEN_SCORES.index(settings.importance)  # EncoderBlock gives hidden, *TOKEN_SCORES
+    family = settings.pruning
     with torch.enable_grad(), progress_bar(settings.steps, "joint fine-tuning") as bar:
         for module in [segments.embed, *segments.blocks, segments.head, *exit_modules.values()]:
             module.train()
@@ -114,7 +115,6 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
             index = batches[step]
             batch = encoder.encode([examples.texts[i] for i in index])
             hidden, bias = embed_batch(segments, batch)
-            family = settings.pruning
             pruned = family is not None and float(torch.rand((), generator=pruning)) < family.share
             keep_schedule = sample_keep_schedule(pruning, num_blocks, family) if pruned else {}
             protected = torch.from_numpy(batch.special_mask)
