@@ -273,7 +273,12 @@ class Manifest:
     def spans_covering(self, names: tuple[str, ...]) -> tuple[Segment, ...]:
         """Every fused graph over these segments: a stage may come twice, with and without the token
         scores its block gives (schema 1.6)."""
-        return tuple(s for s in self.segments if s.kind == "span" and s.covers == names and not s.prunes_inside)
+        return tuple(s for s in self.fused_spans() if s.covers == names)
+
+    def fused_spans(self) -> tuple[Segment, ...]:
+        """Spans that compute the segments they cover and nothing else: not the pruning span,
+        whose cost and output follow the keep counts it is fed."""
+        return tuple(s for s in self.segments if s.kind == "span" and not s.prunes_inside)
 
     def pruning_span(self, ranks_by: str) -> Segment | None:
         """The full depth that prunes inside ranking by this score, if the package has one (1.7)."""

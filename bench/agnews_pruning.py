@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -38,7 +36,7 @@ from ..manifest import TOKEN_SCORES
 from ..runtime.package import open_package
 from ..runtime.policy import Policy
 from ..runtime.session import EdgeSession, load
-from .interleaved import measure_interleaved, regime
+from .interleaved import Named, measure_interleaved, regime
 from .report_files import write_json
 from .runtime_bench import markdown_report, run_bench
 from .sst2_runtime import is_current
@@ -59,19 +57,25 @@ def geometric_schedule(first_block: int, ratio: float, num_blocks: int) -> tuple
     return tuple((b, round(ratio ** (b - first_block + 1), 4)) for b in range(first_block, num_blocks))
 
 
+def _correct(names: list[str], results: list, labels) -> np.ndarray:
+    """Per result, whether its label is the row's (labels as indices into names)."""
+    return np.array([names.index(r.label) for r in results]) == np.asarray(labels)
+
+
 def choose_schedule(package: Path, texts: list[str], labels: list[int], score: str) -> tuple[dict, list[dict]]:
     full = load(package, policy=Policy.off())
     names = list(full.manifest.model.labels or [])
     num_blocks = full.manifest.model.num_blocks
-    reference = [full.run(t).label for t in texts]
-    full_accuracy = float(np.mean([names.index(r) == y for r, y in zip(reference, labels)]))
+    full_results = [full.run(t) for t in texts]
+    reference = [r.label for r in full_results]
+    full_accuracy = float(_correct(names, full_results, labels).mean())
     tried = []
     for first in FIRST_BLOCKS:
         for ratio in RATIOS:
             schedule = geometric_schedule(first, ratio, num_blocks)
             session = load(package, policy=Policy(agreement=None, keep_schedule=schedule, importance=score))
             results = [session.run(t) for t in texts]
-            accuracy = float(np.mean([names.index(r.label) == y for r, y in zip(results, labels)]))
+            accuracy = float(_correct(names, results, labels).mean())
             agreement = float(np.mean([r.label == ref for r, ref in zip(results, reference)]))
             work = float(np.mean([sum(r.trace.tokens_per_block) / (r.trace.tokens_per_block[0] * num_blocks)
                                   for r in results]))
@@ -82,12 +86,6 @@ def choose_schedule(package: Path, texts: list[str], labels: list[int], score: s
     best = min(fitting, key=lambda t: t["token_work"]) if fitting else \
         {"schedule": (), "reduction": "prune", "importance": score}
     return best, tried
-
-
-@dataclass(frozen=True)
-class _Timed:
-    name: str
-    answer: Callable[[str], object]
 
 
 PAIR_TURNS = (1, 20)  # input by input; settled turns of 20, as a process serving one policy
@@ -102,7 +100,7 @@ def _off_and_pruned(package: Path, chosen: dict) -> tuple[EdgeSession, EdgeSessi
 def pruning_alone(package: Path, chosen: dict, texts: list[str], repeats: int) -> list[dict]:
     """Adaptivity off and the chosen pruning, the two alone, in each regime of PAIR_TURNS."""
     off, pruned = _off_and_pruned(package, chosen)
-    pair = [_Timed("off", off.run), _Timed("prune", pruned.run)]
+    pair = [Named("off", off.run), Named("prune", pruned.run)]
     rows = []
     for turn in PAIR_TURNS:
         _, times = measure_interleaved(pair, texts, repeats, f"off vs prune, turns of {turn}", turn=turn)
@@ -120,15 +118,13 @@ def accuracy_on(package: Path, chosen: dict, data: Path) -> dict:
     examples = read_examples(data, None)
     off, pruned = _off_and_pruned(package, chosen)
     names = list(off.manifest.model.labels or [])
-    labels = np.array(examples.labels)
-    right_off = np.array([names.index(off.run(t).label) for t in examples.texts]) == labels
-    answers = np.array([names.index(pruned.run(t).label) for t in examples.texts])
-    right_pruned = answers == labels
+    right_off = _correct(names, [off.run(t) for t in examples.texts], examples.labels)
+    right_pruned = _correct(names, [pruned.run(t) for t in examples.texts], examples.labels)
     paired = right_off.astype(float) - right_pruned
-    return {"rows": len(labels), "accuracy_off": round(float(right_off.mean()), 4),
+    return {"rows": len(paired), "accuracy_off": round(float(right_off.mean()), 4),
             "accuracy_prune": round(float(right_pruned.mean()), 4),
             "accuracy_drop": round(float(paired.mean()), 4),
-            "drop_standard_error": round(float(paired.std() / np.sqrt(len(labels))), 4)}
+            "drop_standard_error": round(float(paired.std() / np.sqrt(len(paired))), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     export_rows.write_text("\n".join([rows[0]] + [r for i, r in enumerate(rows) if i and i not in held_out]) + "\n",
                            encoding="utf-8")
     selection_rows.write_text("\n".join([rows[0]] + [rows[i] for i in sorted(held_out)]) + "\n", encoding="utf-8")
-    family = TRAINED_FAMILY  # the package's name says how it was trained
+    family = TRAINED_FAMILY  # named in the package, so a stale one is never reused
     trained = (f"after{'+'.join(map(str, family.first_blocks))}-r{family.ratio_range[0]}-{family.ratio_range[1]}"
                f"-share{family.share}")
     package = cache / f"agnews-joint-pruning-{args.score}-{args.joint_steps}-{trained}-heldout{SELECTION_ROWS}.edge"

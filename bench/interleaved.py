@@ -19,6 +19,7 @@ in turns of 20 without settling), and 0.46x input by input on a CPU with a 36 MB
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from ..progress import progress_bar
@@ -29,6 +30,14 @@ SETTLE = 5  # untimed answers that open each turn, when turns are longer than on
 
 
 class Timed(Protocol):
+    name: str
+    answer: Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Named:
+    """The plainest Timed: a name and the call that answers."""
+
     name: str
     answer: Callable[[str], Any]
 

@@ -14,27 +14,18 @@ the profile's sum over the graphs the request called plus the runtime's per-requ
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
-from ..runtime.result import Result
 from ..runtime.session import load
 from ..targets.probe import consistency, probe
-from .interleaved import measure_interleaved
+from .interleaved import Named, measure_interleaved
 from .report_files import write_atomically, write_json
 
 SCHEDULES = ((), ((2, 0.7), (4, 0.5)), ((1, 0.8), (3, 0.6)))
-
-
-@dataclass(frozen=True)
-class _Point:
-    name: str
-    answer: Callable[[str], Result]
 
 
 def operating_points(package: Path) -> dict[str, Policy]:
@@ -58,7 +49,7 @@ def run(package: Path, data: Path, report_dir: Path, quick: bool) -> dict:
     write_json(report_dir / "profile_second.json", second.to_json())
     texts = list(read_examples(data, None).texts)
     sessions = {name: load(package, policy=policy, profile=profile_path) for name, policy in operating_points(package).items()}
-    results, measured = measure_interleaved([_Point(name, session.run) for name, session in sessions.items()],
+    results, measured = measure_interleaved([Named(name, session.run) for name, session in sessions.items()],
                                             texts, repeats=1, desc="operating points")
     errors = {name: [abs(r.trace.predicted_ms - wall) / wall for r, wall in zip(results[name], measured[name])]
               for name in sessions}

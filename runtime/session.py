@@ -548,10 +548,11 @@ class EdgeSession:
         (manifest.PRUNED_FULL), told the counts the chain below would keep after each block."""
         original_tokens = batch.input_ids.shape[1]
         protected = batch.special_mask[0]
+        protected_count = int(protected.sum())
         counts, current = [], original_tokens
         for depth in range(1, len(self._blocks)):
             if depth in self._keep:
-                current = keep_count(original_tokens, current, self._keep[depth], int(protected.sum()))
+                current = keep_count(original_tokens, current, self._keep[depth], protected_count)
             counts.append(current)
         feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
                  "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32),

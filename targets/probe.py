@@ -66,8 +66,7 @@ def paths(manifest: Manifest) -> list[list[Segment]]:
     found = [chain + [head]]
     full = manifest.span_covering(("embed", *(b.name for b in blocks), "head"))
     # the pruning span is priced by the blocks it runs (its cost follows the keep counts)
-    covered = dict.fromkeys(s.covers for s in manifest.segments
-                            if s.kind == "span" and s is not full and not s.prunes_inside)
+    covered = dict.fromkeys(s.covers for s in manifest.fused_spans() if s is not full)
     scoring = [manifest.span_covering(covers) for covers in covered]  # every output: what pruning runs
     lean = [min(manifest.spans_covering(covers), key=lambda s: len(s.outputs)) for covers in covered]
     found += [sorted(path, key=lambda s: s.index) for path in ([scoring, lean] if lean != scoring else [scoring]) if path]
