@@ -2,8 +2,8 @@
 
 A quantized model's confidences differ from the fp32 model's, so the package's thresholds do not
 carry over. The variant's exits and its own final answer are the stages of a cascade whose last
-resort is a restart at fp32; the same Clopper-Pearson fixed-sequence calibration as export picks
-the thresholds (export/thresholds.py), with stage costs in the variant's blocks.
+resort is a restart at fp32; the same calibration as export picks one threshold for all of them
+(export/thresholds.py), with stage costs in the variant's blocks.
 """
 
 from __future__ import annotations

@@ -520,6 +520,8 @@ class EdgeSession:
         its own threshold never restarts)."""
         if answer.cut_short or not self._unsure(answer):
             return False
+        if state.precision == "fp32" and answer.depth == len(self._blocks) and not self._keep and not self._skip:
+            return False  # already the full model's own answer: a restart would give it again
         if self.budget.latency_ms is None:
             return True
         tokens = batch.input_ids.shape[1]

@@ -102,7 +102,8 @@ def tiny_models(tmp_path_factory) -> dict[tuple[str, str], Path]:
 
 @pytest.fixture(scope="session")
 def tiny_calibration(tmp_path_factory) -> Path:
-    return write_calibration(tmp_path_factory.mktemp("calib") / "calib.tsv")
+    # 200 threshold texts: enough for the 0.95 level to let a few exits answer
+    return write_calibration(tmp_path_factory.mktemp("calib") / "calib.tsv", n=400)
 
 
 @pytest.fixture(scope="session")

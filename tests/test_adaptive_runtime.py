@@ -234,14 +234,21 @@ def test_restart_after_an_exit_continues_from_the_kept_state(tiny_packages):
     from there (the remaining blocks only) and gives the full model's answer."""
     package = tiny_packages[("bert", "text-classification")]
     full = edgeinfer.load(package, policy=edgeinfer.Policy.off())
+    from conftest import WORDS
+
+    exits_only = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95))
     session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, restart_below=1.0))
-    texts = ["good movie", "bad dull plot", "happy sun rain city", "a long and winding story about nothing"]
+    rng = np.random.default_rng(5)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(2, 14))) for _ in range(40)]
     resumed = 0
     for text in texts:
         result = session.run(text)
-        assert result.trace.restarts == 1 and "full" not in result.trace.segments
         np.testing.assert_allclose(result.probabilities, full.run(text).probabilities, atol=1e-5)
+        if exits_only.run(text).trace.exit_after_block == len(session.manifest.blocks()):
+            assert result.trace.restarts == 0  # the full model's own answer is not redone
+            continue
+        assert result.trace.restarts == 1 and "full" not in result.trace.segments
         blocks_run = [s for s in result.trace.segments if s.startswith(("block_", "stage_"))]
         assert len(blocks_run) == len(session.manifest.blocks())  # each block once: nothing recomputed
         resumed += 1
-    assert resumed == len(texts)
+    assert resumed > 0

@@ -4,8 +4,9 @@ full model's next token, and how confident it is when it does.
 On calibration prompts the full model writes its greedy continuation; one teacher-forced pass then
 gives, at every generated position, each exit's top-2 probability margin and whether its argmax is
 the full model's token. Thresholds per agreement level come from the same fixed-sequence procedure
-as the encoder's exits (thresholds.py: disagreements counted over all tokens, a one-sided 95%
-Clopper-Pearson bound kept within 1 - level). Teacher forcing leaves out one effect of exiting: a
+as the encoder's exits (thresholds.py: one margin threshold for every exit, disagreements counted
+over all tokens). Positions within one prompt are not independent, so the level is a target there
+rather than a guarantee. Teacher forcing leaves out one effect of exiting: a
 token that exits writes deeper cache entries from its shallower state; the benchmark measures the
 agreement of real early-exit generation.
 """

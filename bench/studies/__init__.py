@@ -1,0 +1,1 @@
+"""One-off measurements: each module is headed by the question it answers and the figure it produced."""
