@@ -14,11 +14,12 @@ from .errors import BudgetError, EdgeInferError, ExportError, InputError, Packag
 from .runtime.policy import Budget, Policy  # noqa: E402
 from .runtime.result import Result, Trace  # noqa: E402
 from .runtime.session import EdgeSession, load  # noqa: E402
+from .runtime.sessions import use_global_thread_pool  # noqa: E402
 
 if TYPE_CHECKING:
     from .export.pipeline import ExportOptions, export_model  # noqa: F401
 
-__all__ = ["load", "Budget", "Policy", "EdgeSession", "Result", "Trace", "BudgetError", "EdgeInferError", "ExportError", "InputError", "PackageError",
+__all__ = ["load", "use_global_thread_pool", "Budget", "Policy", "EdgeSession", "Result", "Trace", "BudgetError", "EdgeInferError", "ExportError", "InputError", "PackageError",
            "ExportOptions", "export_model", "__version__"]
 
 

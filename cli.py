@@ -276,6 +276,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thresholds(args: argparse.Namespace) -> int:
+    from .export.calibration_data import read_examples
+    from .export.recalibrate import recalibrate_thresholds
+
+    examples = read_examples(Path(args.calib), None, use_labels=False)
+    texts = list(examples.texts)[: args.limit]
+    manifest = recalibrate_thresholds(Path(args.package), texts, examples.source,
+                                      output=Path(args.output) if args.output else None, force=args.force)
+    print(f"exit thresholds calibrated on {len(texts)} texts from {examples.source}; "
+          f"written to {args.output or args.package}:")
+    for level in manifest.exit_thresholds:
+        print(f"  {manifest.calibration['thresholds']['guarantee'][str(level.agreement)]}: expected mean depth "
+              f"{level.expected_mean_depth:.2f}, {level.calibration_agreement:.4f} on these texts")
+    return 0
+
+
 def _targets(args: argparse.Namespace) -> int:
     from .targets.catalog import list_targets
 
@@ -366,6 +382,7 @@ def summary_text(summary: dict) -> str:
             lines.append(f"  {row['after_block']:>11}  " + "  ".join(f"{c:>15}" for c in cells))
         depths = "  ".join(f"{lv}: {summary['expected_mean_depth'][lv]:.2f}" for lv in levels)
         lines.append(f"  expected mean depth  {depths}")
+        lines.append(f"  guarantee  {summary['guarantee']}")
     else:
         lines.append("exits      none")
     for variant in (v for v in summary.get("precision_variants", []) if "restart_share" in v and v["restart_share"]):
@@ -578,6 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
     calibrate.add_argument("--force", action="store_true")
     calibrate.set_defaults(handler=_calibrate)
+
+    thresholds = sub.add_parser("thresholds", help="calibrate the exit thresholds again on texts like the "
+                                "traffic the package will serve (no labels needed)")
+    thresholds.add_argument("package")
+    thresholds.add_argument("--calib", required=True,
+                            help="texts: one per line, or a TSV with a text or sentence column (labels are ignored)")
+    thresholds.add_argument("--limit", type=int, default=3000, help="texts to use (default 3000)")
+    thresholds.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
+    thresholds.add_argument("--force", action="store_true", help="replace an existing package at --output")
+    thresholds.set_defaults(handler=_thresholds)
 
     targets = sub.add_parser("targets", help="list the targets this machine can run, and why the others cannot")
     targets.set_defaults(handler=_targets)

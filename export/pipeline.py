@@ -34,7 +34,7 @@ from .package_writer import discard, finalize, prepare_staging
 from .pruning_training import PruningFamily
 from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead, PrunedFullDepth, Stage
 from .shared_weights import WEIGHTS_FILE, share_weights
-from .thresholds import AGREEMENT_LEVELS, BOUND_CONFIDENCE, calibrate_level, guarantee
+from .thresholds import AGREEMENT_LEVELS, calibrate_level, threshold_record
 from .validate import sample_batches, validate_graphs
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "calibration_sentences.txt"
@@ -278,11 +278,8 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
             "epochs": settings.epochs,
         },
         "thresholds": {
-            "data": threshold_data.source, "examples": len(threshold_data),
-            "confidence": "max_prob" if classification else "consecutive_cosine",
-            "procedure": "one threshold for every exit, the loosest whose monotone disagreement count keeps "
-                         f"the chance of a shortfall within {1 - BOUND_CONFIDENCE:.0%} (Learn then Test)",
-            "guarantee": {str(level): guarantee(level, len(threshold_data)) for level in AGREEMENT_LEVELS},
+            **threshold_record(threshold_data.source, len(threshold_data), "max_prob" if classification
+                               else "consecutive_cosine"),
             **({} if classification else {"embedding_agreement_cosine": EMBEDDING_AGREEMENT_COSINE}),
         },
     }

@@ -149,3 +149,11 @@ def calibrate_level(confidence: np.ndarray, agrees: np.ndarray, exit_depths: lis
 def guarantee(level: float, n: int) -> str:
     """The claim a calibrated level makes, in words for `inspect` and the bench."""
     return GUARANTEE.format(level=level, n=n)
+
+
+def threshold_record(source: str, examples: int, confidence_kind: str) -> dict:
+    """What the manifest says about how its thresholds were calibrated, and what they promise."""
+    return {"data": source, "examples": examples, "confidence": confidence_kind,
+            "procedure": "one threshold for every exit, the loosest whose monotone disagreement count keeps "
+                         f"the chance of a shortfall within {1 - BOUND_CONFIDENCE:.0%} (Learn then Test)",
+            "guarantee": {str(level): guarantee(level, examples) for level in AGREEMENT_LEVELS}}

@@ -20,6 +20,7 @@ def describe_package(package: Package) -> dict:
         })
     return {
         "path": str(package.root),
+        "guarantee": _guarantee(manifest.calibration.get("thresholds", {}), levels),
         "schema_version": manifest.schema_version,
         "total_bytes": sum(sizes.values()),
         "model": manifest.model.__dict__ | {"labels": list(manifest.model.labels or [])},
@@ -49,3 +50,15 @@ def describe_package(package: Package) -> dict:
         "calibration": manifest.calibration,
         "evaluation": manifest.evaluation,
     }
+
+
+def _guarantee(record: dict, levels: list[str]) -> str:
+    """What the stated levels promise, from the calibration record."""
+    if not levels:
+        return "none: no exit answers early"
+    stated = record.get("guarantee") if isinstance(record, dict) else None
+    if not isinstance(stated, dict) or not stated:
+        return ("none stated: these thresholds come from an earlier procedure; run `edgeinfer thresholds` "
+                "to calibrate them with a guarantee")
+    example = stated.get(levels[-1]) or next(iter(stated.values()))
+    return f"for each level L, {str(example).replace(levels[-1], 'L', 1)} ({record.get('data', 'unknown data')})"

@@ -1,9 +1,15 @@
-"""onnxruntime sessions that share one thread pool.
+"""onnxruntime sessions that neither starve each other nor change the host's own sessions.
 
-FACTS.md: every session owns a thread pool whose threads spin after each run; with 9 sessions of
-a segmented MiniLM the spinning threads starved the running one and the model ran ~7x slower.
-All sessions in this process therefore use one global pool (set once, before the first session),
-or, where that API is missing, per-session pools with spinning turned off.
+Every onnxruntime session owns a thread pool whose threads spin after each run, waiting for the
+next; with 9 sessions of a segmented MiniLM the spinning threads starved the running one and the
+model ran ~7x slower (measured with MiniLM as embed + 6 blocks + head on a 2-core EPYC). One
+process-wide pool avoids that, but it is process-wide: once installed, every plain
+`onnxruntime.InferenceSession` the host application creates with its default options fails
+("use_per_session_threads must be false when using a global thread pool"). So each session keeps
+its own pool, spinning while a run is under way and told to stop spinning when the run ends
+(`session.force_spinning_stop`): no idle spinning to starve the next session, and no state outside
+edgeinfer's own sessions. `use_global_thread_pool()` is the opt-in for a process that owns all its
+onnxruntime sessions.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ..errors import PackageError
+from ..errors import InputError, PackageError
 from .optimized_graphs import cached_graph, publish, save_options
 
 _lock = threading.Lock()
@@ -26,18 +32,34 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _ensure_global_pool(threads: int) -> bool:
-    global _global_pool_threads
-    with _lock:
-        if _global_pool_threads is None:
-            try:
-                from onnxruntime.capi import _pybind_state
+def use_global_thread_pool(threads: int | None = None) -> None:
+    """Run every edgeinfer session of this process on one onnxruntime thread pool (opt-in).
 
-                _pybind_state.set_global_thread_pool_sizes(threads, 1)
-                _global_pool_threads = threads
-            except (ImportError, AttributeError, RuntimeError):
-                _global_pool_threads = 0
-        return _global_pool_threads > 0
+    Consequence: onnxruntime installs the pool for the whole process, and from then on every
+    onnxruntime session the application creates itself must set
+    `SessionOptions.use_per_session_threads = False`, or onnxruntime refuses to create it. Call this
+    before the first edgeinfer session; it cannot be undone or resized."""
+    global _global_pool_threads
+    threads = threads or default_threads()
+    with _lock:
+        if _global_pool_threads == threads:
+            return
+        if _global_pool_threads is not None:
+            raise InputError(f"the global thread pool already has {_global_pool_threads} threads; "
+                             f"onnxruntime cannot resize it within a process")
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+        except (ImportError, AttributeError, RuntimeError) as err:
+            raise InputError(f"this onnxruntime cannot install a global thread pool ({err}); "
+                             f"leave the default per-session pools") from None
+        _global_pool_threads = threads
+
+
+def global_thread_pool_threads() -> int | None:
+    """The global pool's size when use_global_thread_pool() installed one, else None."""
+    return _global_pool_threads
 
 
 _shared_arena: bool | None = None
@@ -71,12 +93,12 @@ def session_options(threads: int | None = None, shared_arena: bool = False) -> o
             options.enable_cpu_mem_arena = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if _ensure_global_pool(threads):
+    if _global_pool_threads is not None:
         options.use_per_session_threads = False
     else:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
