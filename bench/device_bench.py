@@ -239,6 +239,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
             for c, row in zip(configurations, rows):
                 row["cold_start"] = cold_start(c.cold_start_spec, texts[:50], options.cold_start_runs)
                 bar.update()
+    notes.extend(_stated_against_realised(manifest, rows, options.agreement))
     base = next((r for r in rows if r["configuration"] == "onnxruntime fp32 (monolithic)"), rows[0])
     for row in rows:
         row["latency_vs_baseline"] = round(row["mean_ms"] / base["mean_ms"], 4)
@@ -258,6 +259,19 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
     }
     write_reports(report, report_dir)
     return report
+
+
+def _stated_against_realised(manifest, rows: list[dict], agreement: float) -> list[str]:
+    """The promise the calibrated level makes beside what these inputs realised under it."""
+    level = manifest.thresholds_for(agreement)
+    record = manifest.calibration.get("thresholds", {})
+    stated = record.get("guarantee", {}).get(str(level.agreement)) if level is not None else None
+    if stated is None:
+        return []
+    realised = ", ".join(f"{r['configuration']} {r['agreement_with_full']:.4f}" for r in rows
+                         if r["configuration"].startswith("edgeinfer") and f"@{agreement}" in r["configuration"])
+    return [f"stated for exits@{agreement}: {stated} (calibrated on {record.get('data')}); realised on these "
+            f"inputs: {realised}"]
 
 
 def _policy_dict(policy: Policy) -> dict:

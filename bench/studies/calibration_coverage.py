@@ -102,10 +102,12 @@ def _greedy(confidence: np.ndarray, agrees: np.ndarray, caps: list[int]) -> list
     return thresholds
 
 
-def coverage(stages: Stages, splits: int, seed: int = 0) -> dict:
-    """Per procedure and level: the share of splits whose test half held the level, and the test
-    halves' realised agreement and mean depth."""
+def coverage(stages: Stages, splits: int, size: int | None = None, seed: int = 0) -> dict:
+    """Per procedure and level: the share of splits whose test part held the level, and the test
+    parts' realised agreement and mean depth. Each split calibrates on `size` inputs and tests on
+    as many others (default: halves)."""
     n = len(stages.confidence)
+    size = min(size or n // 2, n // 2)
     rng = np.random.default_rng(seed)
     depth_of = np.array([*stages.depths, stages.full_cost], dtype=float)
     procedures = {
@@ -115,7 +117,7 @@ def coverage(stages: Stages, splits: int, seed: int = 0) -> dict:
     rows: dict = {name: {str(level): [] for level in AGREEMENT_LEVELS} for name in procedures}
     for _ in range(splits):
         order = rng.permutation(n)
-        calib, test = order[: n // 2], order[n // 2:]
+        calib, test = order[:size], order[size: 2 * size]
         for name, procedure in procedures.items():
             for level in AGREEMENT_LEVELS:
                 thresholds = procedure(stages.confidence[calib], stages.agrees[calib], level)
@@ -131,18 +133,22 @@ def coverage(stages: Stages, splits: int, seed: int = 0) -> dict:
 
 
 def markdown(results: dict, splits: int) -> str:
-    lines = [f"Calibration on one random half, the cascade on the other; {splits} splits per row. "
-             "held: share of splits whose test half reached the level; depth: mean blocks run on the "
-             "test half (a restart counts the variant's blocks and the full model's).", "",
-             "| package kind | data (n) | level | held, in force | held, replaced | depth, in force | "
+    lines = [f"Calibration on one random part, the cascade on another as large; {splits} splits per row. "
+             "held: share of splits whose test part reached the level; depth: mean blocks run on the "
+             "test part (a restart counts the variant's blocks and the full model's).", "",
+             "| package kind | data (calibration + test) | level | held, in force | held, replaced | depth, in force | "
              "depth, replaced | realised p5, in force |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for key, entry in results.items():
-        kind, data = key.split(" on ")
+        kind, data = key.split(" on ")[0], key.split(" on ")[1].split(" at ")[0]
         for level in map(str, AGREEMENT_LEVELS):
             now, before = entry["coverage"]["in force"][level], entry["coverage"]["replaced"][level]
-            lines.append(f"| {kind} | {data} ({entry['inputs']}) | {level} | {now['held']:.2f} | {before['held']:.2f} | "
+            lines.append(f"| {kind} | {data} ({entry['calibration_size']} + {entry['calibration_size']}) | {level} | {now['held']:.2f} | {before['held']:.2f} | "
                          f"{now['mean_depth']:.2f} | {before['mean_depth']:.2f} | {now['realised_p5']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _sizes(spec: str, n: int) -> list[int]:
+    return [n // 2 if part.strip() == "half" else min(int(part), n // 2) for part in spec.split(",") if part.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="a package kind to replay (repeat); @VARIANT replays that precision cascade")
     parser.add_argument("--data", action="append", required=True, metavar="NAME=FILE",
                         help="texts to split (TSV with a text or sentence column, or one per line; repeat)")
-    parser.add_argument("--splits", type=int, default=100, help="random halvings per package and dataset")
+    parser.add_argument("--splits", type=int, default=100, help="random splits per package and dataset")
+    parser.add_argument("--sizes", default="half",
+                        help="calibration sizes, comma-separated: each split calibrates on that many inputs and "
+                             "tests on as many others ('half': halves; default)")
     parser.add_argument("--out", default="reports/coverage", help="folder for coverage.json and coverage.md")
     args = parser.parse_args(argv)
     results = {}
@@ -161,11 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         for package in args.package:
             kind, _, spec = package.partition("=")
             stages = stage_outputs(spec, texts)
-            results[f"{kind} on {data_name}"] = {"inputs": len(texts), "package": spec,
-                                                 "coverage": coverage(stages, args.splits)}
-            print(f"{kind} on {data_name}: " + ", ".join(
-                f"{lv} held {c['held']:.2f} depth {c['mean_depth']:.2f}"
-                for lv, c in results[f"{kind} on {data_name}"]["coverage"]["in force"].items()), flush=True)
+            for size in _sizes(args.sizes, len(texts)):
+                key = f"{kind} on {data_name}" + ("" if size == len(texts) // 2 else f" at {size}")
+                results[key] = {"inputs": len(texts), "package": spec, "calibration_size": size,
+                                "coverage": coverage(stages, args.splits, size)}
+                print(f"{key}: " + ", ".join(f"{lv} held {c['held']:.2f} depth {c['mean_depth']:.2f}"
+                                             for lv, c in results[key]["coverage"]["in force"].items()), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "coverage.json").write_text(json.dumps(results, indent=2))
