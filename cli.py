@@ -292,6 +292,33 @@ def _thresholds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from .runtime.audit import read_state
+    from .runtime.audit_session import audit_files
+    from .runtime.package import open_package
+
+    package = open_package(args.package)
+    files = audit_files(package.root)
+    if not files:
+        print(f"no audit of {args.package} on this machine yet; run it with Policy(agreement=..., audit=0.05)")
+        return 0
+    levels = tuple(t.agreement for t in package.manifest.exit_thresholds) + tuple(
+        t.agreement for v in package.manifest.precision_variants for t in v.thresholds)
+    for path in files:
+        state = read_state(path, None, levels, any_level=True)
+        if state is None:
+            continue
+        bounds = state.agreement_bounds()
+        realised = (f"realised agreement {1 - state.disagreements / state.samples:.4f} over {state.samples} audits "
+                    f"(95% anytime bounds {bounds[0]:.3f}-{bounds[1]:.3f})") if bounds else "no audits at this level yet"
+        print(f"{path.name}: requested {state.requested}, in force {state.in_force or 'full depth (exits off)'}; "
+              f"{realised}; {state.dropped} samples dropped (queue full)")
+        for move in state.adjustments:
+            print(f"  {move['at']}: {move['from']} -> {move['to'] or 'full depth'} after {move['disagreements']} "
+                  f"disagreements in {move['samples']} audits")
+    return 0
+
+
 def _targets(args: argparse.Namespace) -> int:
     from .targets.catalog import list_targets
 
@@ -595,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
     calibrate.add_argument("--force", action="store_true")
     calibrate.set_defaults(handler=_calibrate)
+
+    audit = sub.add_parser("audit", help="what the online audit (Policy(audit=...)) has seen of a package on "
+                           "this machine: realised agreement, its bounds, the level changes made")
+    audit.add_argument("package")
+    audit.set_defaults(handler=_audit)
 
     thresholds = sub.add_parser("thresholds", help="calibrate the exit thresholds again on texts like the "
                                 "traffic the package will serve (no labels needed)")

@@ -29,6 +29,9 @@ class Policy:
         averages the most similar pairs (ToMe bipartite soft matching; runtime/merging.py).
     skip_blocks: blocks (1-based) not run at all; calibration (`edgeinfer calibrate`) keeps the skip
         sets whose answers hold the agreement level.
+    audit: a share of requests (e.g. 0.05) also run at full depth on a background thread after their
+        answer is returned; when an anytime-valid test shows the agreement level is not held on this
+        traffic, the session moves to the next stricter stored level (runtime/audit.py). None: off.
     precision: the precision variant to run first ("fp32" or a variant the package lists, e.g.
         "int8"). A variant uses its own calibrated exit thresholds and restarts at fp32 when its
         final confidence is below its calibrated restart threshold: the cascade cheap point first,
@@ -42,8 +45,14 @@ class Policy:
     precision: str = "fp32"
     reduction: str = "prune"
     skip_blocks: tuple[int, ...] = ()
+    audit: float | None = None
 
     def __post_init__(self) -> None:
+        if self.audit is not None and not (isinstance(self.audit, (int, float)) and not isinstance(self.audit, bool)
+                                           and 0.0 < self.audit <= 1.0):
+            raise InputError(f"audit {self.audit!r} must be a share of requests in (0, 1] (or None)")
+        if self.audit is not None and self.agreement is None:
+            raise InputError("audit checks an agreement level; set agreement (e.g. Policy(agreement=0.99, audit=0.05))")
         if not isinstance(self.precision, str) or not self.precision:
             raise InputError(f"precision {self.precision!r} must be a variant name such as 'fp32' or 'int8'")
         if list(self.skip_blocks) != sorted(set(self.skip_blocks)) or any(

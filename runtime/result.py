@@ -21,6 +21,7 @@ class Trace:
     precision: str = "fp32"  # the precision variant that produced the answer
     predicted_ms: float | None = None  # what the device profile predicted for the calls made
     profile: str | None = None  # which device profile predicted it (target-fingerprint)
+    audited: bool = False  # this request is also being run at full depth by the audit
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Result:
             "truncated": self.trace.truncated, "thresholds_level": self.trace.thresholds_level,
             "deadline_cut": self.trace.deadline_cut, "restarts": self.trace.restarts,
             "precision": self.trace.precision, "predicted_ms": self.trace.predicted_ms,
-            "profile": self.trace.profile,
+            "profile": self.trace.profile, "audited": self.trace.audited,
         }
         return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from functools import partial
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -24,6 +24,7 @@ from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
 from .litert_graphs import LiteRTFile, LiteRTGraph, shared_file
+from .audit_session import start_audit
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .planner import choose_point, parse_auto, policy_of
@@ -188,6 +189,7 @@ class EdgeSession:
                                           litert=backend == "litert")
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
+        self.auditor = start_audit(self) if policy.audit is not None else None
         if budget.latency_ms is not None:
             self._open_graphs()
             if profile is None or profile.cost(self._blocks[0].name, self.precision) is None:
@@ -214,6 +216,23 @@ class EdgeSession:
         if level is None or level.thresholds[-1] is None:
             return "fp32", self.manifest.thresholds_for(policy.agreement), None
         return variant.name, level, level.thresholds[-1]
+
+    def use_level(self, agreement: float | None) -> None:
+        """Run at another stored agreement level from the next request on (None: exits off, fp32)."""
+        policy = replace(self.policy, agreement=agreement, audit=None,
+                         precision=self.policy.precision if agreement is not None else "fp32")
+        self.precision, self.level, self.restart_threshold = self._levels(policy)
+        self._exits = self._active_exits()
+
+    def full_output(self, text: str) -> np.ndarray:
+        """The fp32 full model's output for one text (what the audit compares answers with)."""
+        state = _Run(started=time.perf_counter(), precision="fp32")
+        return self._full_pass(state, self.encoder.encode([text])).output
+
+    def _offer_audit(self, text: str, result: Result) -> Result:
+        if not self.auditor.offer(text, result):
+            return result
+        return replace(result, trace=replace(result.trace, audited=True))
 
     def _active_exits(self) -> dict[int, tuple[ExitHead, Segment, float | None]]:
         """Exits worth running at this level: those with a threshold, and for embeddings the exit
@@ -301,6 +320,14 @@ class EdgeSession:
     # --- running ---------------------------------------------------------------------------------
 
     def run(self, texts: str | list[str]) -> Result | list[Result]:
+        results = self._run(texts)
+        if self.auditor is None:
+            return results
+        if isinstance(texts, str):
+            return self._offer_audit(texts, results)  # type: ignore[arg-type]
+        return [self._offer_audit(text, result) for text, result in zip(texts, results)]  # type: ignore[arg-type]
+
+    def _run(self, texts: str | list[str]) -> Result | list[Result]:
         if isinstance(texts, str):
             return self._run_one(texts)
         if not isinstance(texts, (list, tuple)):

@@ -1,0 +1,69 @@
+"""How an EdgeSession audits itself: the persistent state's key, what counts as agreeing, and which
+level comes next when the one in force is not held (runtime/audit.py has the test itself)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..targets.fingerprint import device_fingerprint, fingerprint_key
+from ..targets.profile import package_id
+from .audit import AuditState, Auditor, read_state, state_path
+from .policy import cosine
+from .result import Result
+from .sessions import default_threads
+
+if TYPE_CHECKING:
+    from .session import EdgeSession
+
+EMBEDDING_AGREES_AT = 0.95  # when the calibration record does not say
+
+
+def start_audit(session: "EdgeSession", seed: int | None = None) -> Auditor:
+    levels = _stored_levels(session)
+    requested = float(session.policy.agreement)
+    device = fingerprint_key(device_fingerprint(session.runner.threads or default_threads(), session.runner.providers[0]))
+    path = state_path(package_id(session.package.root), device)
+    state = read_state(path, requested, levels)
+    if state is None:
+        state = AuditState(requested=requested, in_force=session.level.agreement if session.level else None)
+    elif state.in_force != (session.level.agreement if session.level else None):
+        session.use_level(state.in_force)  # a level tightened by an earlier process stays tightened
+    return Auditor(session.policy.audit, state, path, session.full_output, _agreement_test(session),
+                   lambda current: _tighten(session, levels, current), seed)
+
+
+def audit_files(package_root) -> list:
+    """Every audit state saved for this package (one per device and thread count)."""
+    from .audit import cache_root
+
+    folder = cache_root() / "audit"
+    return sorted(folder.glob(f"{package_id(package_root)}-*.json")) if folder.is_dir() else []
+
+
+def _stored_levels(session: "EdgeSession") -> tuple[float, ...]:
+    manifest = session.manifest
+    if session.policy.precision != "fp32":
+        return tuple(t.agreement for t in manifest.precision_variant(session.policy.precision).thresholds)
+    return tuple(t.agreement for t in manifest.exit_thresholds)
+
+
+def _tighten(session: "EdgeSession", levels: tuple[float, ...], current: float | None) -> float | None:
+    """The next stricter stored level, or None (exits off) when there is none."""
+    stricter = sorted(level for level in levels if current is not None and level > current)
+    chosen = stricter[0] if stricter else None
+    session.use_level(chosen)
+    return chosen
+
+
+def _agreement_test(session: "EdgeSession"):
+    if session.manifest.model.task == "text-classification":
+        return lambda result, reference: int(np.argmax(result.probabilities)) == int(np.argmax(reference))
+    record = session.manifest.calibration.get("thresholds", {})
+    at = float(record.get("embedding_agreement_cosine", EMBEDDING_AGREES_AT))
+
+    def agrees(result: Result, reference: np.ndarray) -> bool:
+        return cosine(result.embedding, reference) >= at
+
+    return agrees
