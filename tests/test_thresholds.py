@@ -31,7 +31,7 @@ def test_shortfall_risk_of_zero_disagreements_is_the_chance_new_failures_come_fi
 def test_allowed_disagreements_is_the_largest_count_within_the_risk():
     for n, level in ((2000, 0.99), (436, 0.95), (3000, 0.995)):
         k = allowed_disagreements(n, level)
-        assert shortfall_risk(k, n, level) <= 0.05 < shortfall_risk(k + 1, n, level)
+        assert shortfall_risk(k, n, level) <= 0.035 < shortfall_risk(k + 1, n, level)
     assert allowed_disagreements(100, 0.99) == -1  # 100 inputs cannot certify 1%: no exit may answer
 
 
@@ -58,7 +58,8 @@ def test_calibration_count_stays_within_the_allowed_disagreements(level):
 @pytest.mark.parametrize("level", [0.95, 0.99])
 def test_the_level_holds_on_new_halves_in_95_percent_of_splits(level):
     """The promise itself: calibrated on one half, the realised agreement on the other half reaches
-    the level in at least 95% of random splits (nominal; 400 splits leave ~1 pt of noise)."""
+    the level in at least 95% of random splits (the procedure aims at 96.5%; 400 splits leave ~1 pt
+    of noise)."""
     confidence, agrees = _synthetic(n=4000, seed=3)
     rng = np.random.default_rng(0)
     held = []
@@ -69,7 +70,7 @@ def test_the_level_holds_on_new_halves_in_95_percent_of_splits(level):
         outcome = simulate(confidence[test], agrees[test], list(result.thresholds))
         held.append(1 - outcome.disagreements / len(test) >= level)
     assert result.expected_mean_depth < 5.0  # the test is not passed by never exiting
-    assert np.mean(held) >= 0.93
+    assert np.mean(held) >= 0.945
 
 
 def test_onsets_count_each_wrong_answer_from_the_threshold_that_first_gives_it():

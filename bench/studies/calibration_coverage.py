@@ -18,6 +18,7 @@ the test halves ran at, per procedure, package kind and dataset.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,24 @@ class Stages:
 
     confidence: np.ndarray  # [n, stages]
     agrees: np.ndarray
-    depths: list[int]  # blocks run by an input that leaves at each stage
+    depths: list[int]  # blocks run by an input that leaves at each stage (the last: the full model's)
     full_cost: float  # blocks run by an input that no stage answers
+
+
+def cached_stage_outputs(spec: str, texts: list[str], folder: Path) -> Stages:
+    """stage_outputs, kept in `folder` under the package's manifest digest and the texts' digest."""
+    path, _, precision = spec.partition("@")
+    key = hashlib.sha256((Path(path) / "manifest.json").read_bytes() + precision.encode()
+                         + "\n".join(texts).encode()).hexdigest()[:24]
+    file = folder / f"stages-{key}.npz"
+    if file.is_file():
+        saved = np.load(file)
+        return Stages(saved["confidence"], saved["agrees"], saved["depths"].tolist(), float(saved["full_cost"]))
+    stages = stage_outputs(spec, texts)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(file, confidence=stages.confidence, agrees=stages.agrees, depths=np.array(stages.depths),
+             full_cost=stages.full_cost)
+    return stages
 
 
 def stage_outputs(spec: str, texts: list[str]) -> Stages:
@@ -123,7 +140,10 @@ def coverage(stages: Stages, splits: int, size: int | None = None, seed: int = 0
                 thresholds = procedure(stages.confidence[calib], stages.agrees[calib], level)
                 outcome: CascadeOutcome = simulate(stages.confidence[test], stages.agrees[test], thresholds)
                 realised = 1.0 - outcome.disagreements / len(test)
-                rows[name][str(level)].append((realised, float(depth_of[outcome.exit_index].mean())))
+                # with no threshold at all, the runtime skips a precision cascade and runs fp32 alone
+                depth = float(stages.depths[-1] if all(t is None for t in thresholds)
+                              else depth_of[outcome.exit_index].mean())
+                rows[name][str(level)].append((realised, depth))
     return {name: {level: {"held": round(float(np.mean([r >= float(level) - 1e-12 for r, _ in runs])), 4),
                            "realised_mean": round(float(np.mean([r for r, _ in runs])), 5),
                            "realised_p5": round(float(np.percentile([r for r, _ in runs], 5)), 5),
@@ -169,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         texts = list(read_examples(data_path, None, use_labels=False).texts)
         for package in args.package:
             kind, _, spec = package.partition("=")
-            stages = stage_outputs(spec, texts)
+            stages = cached_stage_outputs(spec, texts, Path(args.out) / "stages")
             for size in _sizes(args.sizes, len(texts)):
                 key = f"{kind} on {data_name}" + ("" if size == len(texts) // 2 else f" at {size}")
                 results[key] = {"inputs": len(texts), "package": spec, "calibration_size": size,
