@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.7"
+SCHEMA_VERSION = "1.8"
 SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv")
 TASKS = ("feature-extraction", "text-classification", "text-generation")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine", "top2_margin")
@@ -104,11 +104,24 @@ class ExitHead:
 
 
 @dataclass(frozen=True)
+class LengthThresholds:
+    """Thresholds calibrated on the inputs of one length range alone (schema 1.8): inputs of up to
+    `max_tokens` tokens (None: any longer) and more than the previous range's."""
+
+    max_tokens: int | None
+    thresholds: tuple[float | None, ...]
+    examples: int  # calibration inputs in this range
+
+
+@dataclass(frozen=True)
 class ExitThresholds:
     """Per-exit thresholds calibrated for one agreement level with the full model.
 
     `thresholds[i]` belongs to `exits[i]`; None means the exit never answers at this level.
-    `exit_shares` has one entry per exit plus a last one for the full depth.
+    `exit_shares` has one entry per exit plus a last one for the full depth. With `by_length`, each
+    input takes the thresholds of its length range (so a shift in the mix of lengths leaves each
+    range's promise intact), and `thresholds` holds the strictest of them per exit, for readers
+    that do not know ranges.
     """
 
     agreement: float
@@ -116,6 +129,14 @@ class ExitThresholds:
     exit_shares: tuple[float, ...]
     expected_mean_depth: float
     calibration_agreement: float
+    by_length: tuple[LengthThresholds, ...] = ()
+
+    def for_tokens(self, tokens: int) -> tuple[float | None, ...]:
+        """The thresholds that apply to an input of this many tokens."""
+        for bucket in self.by_length:
+            if bucket.max_tokens is None or tokens <= bucket.max_tokens:
+                return bucket.thresholds
+        return self.thresholds
 
 
 @dataclass(frozen=True)
@@ -506,6 +527,19 @@ def _parse_thresholds(obj: Any, where: str) -> ExitThresholds:
         exit_shares=_list(obj, "exit_shares", where, lambda x, w: float(_need({"v": x}, "v", (int, float), w))),
         expected_mean_depth=float(_need(obj, "expected_mean_depth", (int, float), where)),
         calibration_agreement=float(_need(obj, "calibration_agreement", (int, float), where)),
+        by_length=tuple(_list(obj, "by_length", where, _parse_length_thresholds)) if "by_length" in obj else (),
+    )
+
+
+def _parse_length_thresholds(obj: Any, where: str) -> LengthThresholds:
+    raw = _need(obj, "thresholds", list, where)
+    limit = obj.get("max_tokens") if isinstance(obj, dict) else None
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise PackageError(f"manifest: {where}.max_tokens must be a positive integer or null")
+    return LengthThresholds(
+        max_tokens=limit,
+        thresholds=tuple(_optional_float(v, f"{where}.thresholds[{i}]") for i, v in enumerate(raw)),
+        examples=int(_need(obj, "examples", int, where)),
     )
 
 

@@ -266,7 +266,8 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
     outputs = exit_outputs(exit_modules, calib.per_exit)
     final = calib.final.numpy()
     confidence, agrees = judge(options.task, outputs, final)
-    levels = tuple(calibrate_level(confidence, agrees, list(exit_blocks), num_blocks, level)
+    lengths = encoder.encode(list(threshold_data.texts)).attention_mask.sum(1)
+    levels = tuple(calibrate_level(confidence, agrees, list(exit_blocks), num_blocks, level, lengths)
                    for level in AGREEMENT_LEVELS)
     calibration = {
         "exit_training": {
@@ -279,7 +280,7 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
         },
         "thresholds": {
             **threshold_record(threshold_data.source, len(threshold_data), "max_prob" if classification
-                               else "consecutive_cosine"),
+                               else "consecutive_cosine", lengths),
             **({} if classification else {"embedding_agreement_cosine": EMBEDDING_AGREEMENT_COSINE}),
         },
     }

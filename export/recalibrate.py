@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..manifest import Manifest
 from ..quant.output_error import encode_batches
-from ..quant.variant_thresholds import calibrate_variant, onnx_graphs, variant_outputs
+from ..quant.variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from ..runtime.package import open_package
 from .exit_quality import judge
 from .package_writer import discard, finalize, prepare_staging
@@ -42,17 +42,20 @@ def recalibrate_thresholds(package_path: Path, texts: list[str], source: str, ou
     per_exit, final = variant_outputs(onnx_graphs(package.root, "fp32"), manifest, feeds)
     confidence, agrees = judge(manifest.model.task, per_exit, final)
     blocks = manifest.model.num_blocks
-    levels = tuple(calibrate_level(confidence, agrees, sorted(per_exit), blocks, level) for level in AGREEMENT_LEVELS)
+    lengths = feed_lengths(feeds)
+    levels = tuple(calibrate_level(confidence, agrees, sorted(per_exit), blocks, level, lengths)
+                   for level in AGREEMENT_LEVELS)
     onnx_variants = {v.precision for s in manifest.segments for v in s.variants}
     variants = []
     for variant in manifest.precision_variants:
         if variant.thresholds and variant.name in onnx_variants:
             lowered_exits, lowered_final = variant_outputs(onnx_graphs(package.root, variant.name), manifest, feeds)
             speedup = float(variant.quality.get("speedup_predicted", 1.0))
-            variant = replace(variant, thresholds=calibrate_variant(manifest, lowered_exits, lowered_final, final, speedup))
+            variant = replace(variant, thresholds=calibrate_variant(manifest, lowered_exits, lowered_final, final,
+                                                                             speedup, lengths))
         variants.append(variant)
     earlier = manifest.calibration.get("thresholds", {})
-    record = {**threshold_record(source, len(texts), earlier.get("confidence", "max_prob")),
+    record = {**threshold_record(source, len(texts), earlier.get("confidence", "max_prob"), lengths),
               **{k: v for k, v in earlier.items() if k == "embedding_agreement_cosine"}}
     new_manifest = replace(manifest, exit_thresholds=levels, precision_variants=tuple(variants),
                            calibration={**manifest.calibration, "thresholds": record})

@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.stats import beta, binom, hypergeom
 
-from ..manifest import ExitThresholds
+from ..manifest import ExitThresholds, LengthThresholds
 
 AGREEMENT_LEVELS = (0.95, 0.98, 0.99, 0.995)
 BOUND_CONFIDENCE = 0.95  # what a level states
@@ -39,7 +39,7 @@ BOUND_CONFIDENCE = 0.95  # what a level states
 SHORTFALL_RISK = 0.035
 HORIZON_MULTIPLES = (1, 2, 4)  # new runs of m = n, 2n, 4n inputs, besides the long run
 GUARANTEE = ("agreement >= {level} with 95% confidence over any run of {n} or more inputs like the "
-             "calibration set")
+             "calibration set (within each input-length range when the level has ranges)")
 
 
 def clopper_pearson_upper(errors: int, n: int, confidence: float = BOUND_CONFIDENCE) -> float:
@@ -97,6 +97,20 @@ def simulate(confidence: np.ndarray, agrees: np.ndarray, thresholds: list[float 
     return CascadeOutcome(taken, wrong)
 
 
+def simulate_level(confidence: np.ndarray, agrees: np.ndarray, level: ExitThresholds,
+                   lengths: np.ndarray | None = None) -> CascadeOutcome:
+    """simulate() with each input held to its length range's thresholds, when the level has ranges."""
+    if not level.by_length or lengths is None:
+        return simulate(confidence, agrees, list(level.thresholds))
+    taken, wrong = np.full(len(confidence), confidence.shape[1], dtype=np.int64), 0
+    which = range_index(lengths, [r.max_tokens for r in level.by_length])
+    for r, bucket in enumerate(level.by_length):
+        rows = np.flatnonzero(which == r)
+        outcome = simulate(confidence[rows], agrees[rows], list(bucket.thresholds))
+        taken[rows], wrong = outcome.exit_index, wrong + outcome.disagreements
+    return CascadeOutcome(taken, wrong)
+
+
 def disagreement_onsets(confidence: np.ndarray, agrees: np.ndarray) -> np.ndarray:
     """Per input, the highest common threshold at which the cascade answers it wrongly (-inf: none).
 
@@ -129,24 +143,69 @@ def common_threshold(confidence: np.ndarray, agrees: np.ndarray, allowed: int) -
     return cut + (float(above.min()) - cut) / 2
 
 
+LENGTH_EDGES = (16, 32, 64, 128)  # token counts bounding the length ranges, before sparse ones merge
+MIN_RANGE_EXAMPLES = 300  # fewer calibration inputs than this, and a range joins its neighbour
+
+
+def length_ranges(lengths: np.ndarray) -> list[int | None]:
+    """Upper token counts of the ranges thresholds are calibrated in (the last: None, unbounded).
+
+    Fixed edges, so the ranges depend on no answer; a range with too few calibration inputs to
+    certify much joins its smaller neighbour."""
+    limits: list[int | None] = [*LENGTH_EDGES, None]
+    lower = [0, *LENGTH_EDGES]
+
+    def count(i: int) -> int:
+        high = limits[i]
+        return int(((lengths > lower[i]) & ((lengths <= high) if high is not None else True)).sum())
+
+    while len(limits) > 1:
+        counts = [count(i) for i in range(len(limits))]
+        i = int(np.argmin(counts))
+        if counts[i] >= MIN_RANGE_EXAMPLES:
+            break
+        j = i - 1 if i > 0 else i + 1  # merge with the shorter neighbour (the first: the longer)
+        keep, drop = (j, i) if j < i else (i, j)
+        limits[keep] = limits[drop]  # the merged range ends where the later one did
+        del limits[drop], lower[drop]
+    return limits
+
+
+def range_index(lengths: np.ndarray, limits: list[int | None]) -> np.ndarray:
+    bounded = np.array([l for l in limits if l is not None], dtype=np.int64)
+    return np.searchsorted(bounded, lengths, side="left")
+
+
 def calibrate_level(confidence: np.ndarray, agrees: np.ndarray, exit_depths: list[int], num_blocks: float,
-                    level: float) -> ExitThresholds:
+                    level: float, lengths: np.ndarray | None = None) -> ExitThresholds:
     """confidence, agrees: [n_inputs, n_exits]; NaN confidence means the exit cannot judge that input.
 
-    num_blocks: the cost of an input that no exit answers, in blocks."""
+    num_blocks: the cost of an input that no exit answers, in blocks. lengths: each input's token
+    count; given, thresholds are calibrated per length range (length_ranges)."""
     n, exits = confidence.shape
-    threshold = common_threshold(confidence, agrees, allowed_disagreements(n, level))
     judged = np.isfinite(confidence).any(axis=0)
-    thresholds = [threshold if threshold is not None and judged[e] else None for e in range(exits)]
-    outcome = simulate(confidence, agrees, thresholds)
+    limits = length_ranges(lengths) if lengths is not None and n else [None]
+    which = range_index(lengths, limits) if len(limits) > 1 else np.zeros(n, dtype=np.int64)
+    per_range, taken, wrong = [], np.full(n, exits, dtype=np.int64), 0
+    for r, limit in enumerate(limits):
+        rows = np.flatnonzero(which == r)
+        threshold = common_threshold(confidence[rows], agrees[rows], allowed_disagreements(len(rows), level)) \
+            if len(rows) else None
+        thresholds = tuple(threshold if threshold is not None and judged[e] else None for e in range(exits))
+        outcome = simulate(confidence[rows], agrees[rows], list(thresholds))
+        taken[rows], wrong = outcome.exit_index, wrong + outcome.disagreements
+        per_range.append(LengthThresholds(limit, thresholds, int(len(rows))))
+    strictest = tuple(None if any(p.thresholds[e] is None for p in per_range)
+                      else max(p.thresholds[e] for p in per_range) for e in range(exits))
     depth_of = np.array(list(exit_depths) + [num_blocks], dtype=np.float64)
-    shares = np.bincount(outcome.exit_index, minlength=exits + 1) / max(n, 1)
+    shares = np.bincount(taken, minlength=exits + 1) / max(n, 1)
     return ExitThresholds(
         agreement=level,
-        thresholds=tuple(thresholds),
+        thresholds=strictest,
         exit_shares=tuple(round(float(s), 6) for s in shares),
-        expected_mean_depth=round(float(depth_of[outcome.exit_index].mean()) if n else float(num_blocks), 4),
-        calibration_agreement=round(1.0 - outcome.disagreements / max(n, 1), 6),
+        expected_mean_depth=round(float(depth_of[taken].mean()) if n else float(num_blocks), 4),
+        calibration_agreement=round(1.0 - wrong / max(n, 1), 6),
+        by_length=tuple(per_range) if len(per_range) > 1 else (),
     )
 
 
@@ -155,9 +214,16 @@ def guarantee(level: float, n: int) -> str:
     return GUARANTEE.format(level=level, n=n)
 
 
-def threshold_record(source: str, examples: int, confidence_kind: str) -> dict:
-    """What the manifest says about how its thresholds were calibrated, and what they promise."""
-    return {"data": source, "examples": examples, "confidence": confidence_kind,
-            "procedure": "one threshold for every exit, the loosest whose monotone disagreement count keeps "
-                         f"the chance of a shortfall within {SHORTFALL_RISK:.1%} (Learn then Test)",
-            "guarantee": {str(level): guarantee(level, examples) for level in AGREEMENT_LEVELS}}
+def threshold_record(source: str, examples: int, confidence_kind: str, lengths: np.ndarray | None = None) -> dict:
+    """What the manifest says about how its thresholds were calibrated, what they promise, and the
+    lengths of the inputs they were calibrated on (the runtime flags inputs outside that span)."""
+    record = {"data": source, "examples": examples, "confidence": confidence_kind,
+              "procedure": "one threshold for every exit per input-length range, the loosest whose monotone "
+                           f"disagreement count keeps the chance of a shortfall within {SHORTFALL_RISK:.1%} "
+                           "(Learn then Test)",
+              "guarantee": {str(level): guarantee(level, examples) for level in AGREEMENT_LEVELS}}
+    if lengths is not None and len(lengths):
+        record["lengths"] = {"min": int(lengths.min()), "p10": int(np.percentile(lengths, 10)),
+                             "p50": int(np.percentile(lengths, 50)), "p90": int(np.percentile(lengths, 90)),
+                             "max": int(lengths.max())}
+    return record

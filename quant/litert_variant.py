@@ -29,7 +29,7 @@ from ..runtime.package import Package
 from ..runtime.sessions import default_threads
 from .mixed_precision import MIN_CALIBRATION_TEXTS, full_model
 from .output_error import calibration_batches, output_error
-from .variant_thresholds import calibrate_variant, variant_outputs
+from .variant_thresholds import calibrate_variant, feed_lengths, variant_outputs
 
 LITERT_INT8 = "litert-int8"
 # LiteRT runs batches row by row, so calibration costs ~15 ms per text for MiniLM. SST-2 dev agreement
@@ -77,7 +77,8 @@ def add_litert_int8(staging: Path, manifest: Manifest, texts: list[str]) -> Mani
         per_exit, final = variant_outputs(graph_of(LITERT_INT8), manifest, batches.feeds)
         bar.update()
         speedup = _speedup(graph_of, manifest)
-        thresholds = calibrate_variant(manifest, per_exit, final, batches.reference, speedup)
+        thresholds = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
+                                       feed_lengths(batches.feeds))
         bar.update()
     agreement = float(np.mean(batches.reference.argmax(-1) == final.argmax(-1)))
     quality = {"recipe": RECIPE, "calibration_examples": int(len(final)), "agreement_with_fp32": round(agreement, 6),

@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan
 from .output_error import CalibrationBatches, output_error
-from .variant_thresholds import calibrate_variant, onnx_graphs, variant_outputs
+from .variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from .weight_nodes import weight_nodes
 
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -98,7 +98,8 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
         bar.update()
         manifest = replace(manifest, segments=tuple(segments))
         per_exit, final = variant_outputs(onnx_graphs(staging, name), manifest, batches.feeds)
-        thresholds = calibrate_variant(manifest, per_exit, final, batches.reference, speedup)
+        thresholds = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
+                                       feed_lengths(batches.feeds))
         bar.update()
     variant_bytes = len(apply_plan(full, by_digest).SerializeToString())
     quality = {**record, "calibration_examples": int(len(final)), **_closeness(manifest.model.task, batches.reference, final),

@@ -46,12 +46,19 @@ def variant_outputs(open_graph: Callable[[Segment], Any], manifest: Manifest,
     return {d: np.concatenate(o) for d, o in per_exit.items()}, np.concatenate(final)
 
 
+def feed_lengths(feeds: tuple[dict[str, np.ndarray], ...]) -> np.ndarray:
+    """Each input's token count, in the order variant_outputs returns outputs."""
+    return np.concatenate([(feed["attention_bias"] == 0).sum(1) for feed in feeds])
+
+
 def calibrate_variant(manifest: Manifest, per_exit: dict[int, np.ndarray], final: np.ndarray,
-                      fp32_final: np.ndarray, speedup: float) -> tuple[ExitThresholds, ...]:
-    """speedup: fp32 latency / variant latency, which prices a restart in the variant's blocks."""
+                      fp32_final: np.ndarray, speedup: float, lengths: np.ndarray | None = None
+                      ) -> tuple[ExitThresholds, ...]:
+    """speedup: fp32 latency / variant latency, which prices a restart in the variant's blocks;
+    lengths: each input's token count, for thresholds per length range."""
     blocks = manifest.model.num_blocks
     stages = {**per_exit, blocks: final}
     confidence, agrees = judge(manifest.model.task, stages, fp32_final)
     depths = sorted(stages)
     restart_cost = blocks + blocks * max(speedup, 1e-3)
-    return tuple(calibrate_level(confidence, agrees, depths, restart_cost, level) for level in AGREEMENT_LEVELS)
+    return tuple(calibrate_level(confidence, agrees, depths, restart_cost, level, lengths) for level in AGREEMENT_LEVELS)

@@ -22,6 +22,7 @@ class Trace:
     predicted_ms: float | None = None  # what the device profile predicted for the calls made
     profile: str | None = None  # which device profile predicted it (target-fingerprint)
     audited: bool = False  # this request is also being run at full depth by the audit
+    outside_calibration: bool = False  # its token count lies outside the thresholds' calibration inputs'
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Result:
             "deadline_cut": self.trace.deadline_cut, "restarts": self.trace.restarts,
             "precision": self.trace.precision, "predicted_ms": self.trace.predicted_ms,
             "profile": self.trace.profile, "audited": self.trace.audited,
+            "outside_calibration": self.trace.outside_calibration,
         }
         return out
 

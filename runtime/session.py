@@ -156,7 +156,7 @@ class EdgeSession:
             raise InputError(f"this package has no {backend} graphs at precision {policy.precision!r}; "
                              f"run it on another target or precision")
         self.precision, self.level, self.restart_threshold = self._levels(policy)
-        self._exits = self._active_exits()
+        self._exits, self._exits_by_length = self._exits_at_level()
         self._keep = dict(policy.keep_schedule)
         self._skip = frozenset(policy.skip_blocks)
         # an exit's state is the full model's own (so a restart can continue from it) only at fp32
@@ -190,6 +190,9 @@ class EdgeSession:
         self.block_cost: LinearCost | None = None
         self.exit_cost: LinearCost | None = None
         self.auditor = start_audit(self) if policy.audit is not None else None
+        span = self.manifest.calibration.get("thresholds", {}).get("lengths", {})
+        self._calibrated_lengths = (span.get("min", 0), span.get("max", 1 << 30)) if isinstance(span, dict) else (0, 1 << 30)
+        self.outside_calibration = 0  # requests whose length the thresholds' calibration never saw
         if budget.latency_ms is not None:
             self._open_graphs()
             if profile is None or profile.cost(self._blocks[0].name, self.precision) is None:
@@ -222,7 +225,7 @@ class EdgeSession:
         policy = replace(self.policy, agreement=agreement, audit=None,
                          precision=self.policy.precision if agreement is not None else "fp32")
         self.precision, self.level, self.restart_threshold = self._levels(policy)
-        self._exits = self._active_exits()
+        self._exits, self._exits_by_length = self._exits_at_level()
 
     def full_output(self, text: str) -> np.ndarray:
         """The fp32 full model's output for one text (what the audit compares answers with)."""
@@ -234,21 +237,39 @@ class EdgeSession:
             return result
         return replace(result, trace=replace(result.trace, audited=True))
 
-    def _active_exits(self) -> dict[int, tuple[ExitHead, Segment, float | None]]:
-        """Exits worth running at this level: those with a threshold, and for embeddings the exit
-        before each of them (their confidence compares consecutive exits)."""
+    def _exits_at_level(self) -> tuple[dict, tuple[tuple[int | None, dict], ...]]:
+        """(every exit some input may take at this level, and per length range the exits with that
+        range's thresholds; empty when the level has one set for all lengths)."""
         if self.level is None:
-            return {}
+            return {}, ()
+        if not self.level.by_length:
+            return self._active_exits(self.level.thresholds), ()
+        by_length = tuple((r.max_tokens, self._active_exits(r.thresholds)) for r in self.level.by_length)
+        union: dict = {}
+        for _, exits in by_length:
+            union.update({k: v for k, v in exits.items() if k not in union})
+        return union, by_length
+
+    def _exits_for(self, tokens: int) -> dict:
+        """The exits, with their thresholds, for an input of this many tokens."""
+        for limit, exits in self._exits_by_length:
+            if limit is None or tokens <= limit:
+                return exits
+        return self._exits
+
+    def _active_exits(self, thresholds: tuple[float | None, ...]) -> dict[int, tuple[ExitHead, Segment, float | None]]:
+        """Exits worth running with these thresholds: those with one, and for embeddings the exit
+        before each of them (their confidence compares consecutive exits)."""
         active: dict[int, tuple[ExitHead, Segment, float | None]] = {}
         for i, exit_head in enumerate(self.manifest.exits):
-            threshold = self.level.thresholds[i]
+            threshold = thresholds[i]
             if threshold is None:
                 continue
             active[exit_head.after_block] = (exit_head, self.manifest.segment(exit_head.segment), threshold)
             if exit_head.confidence == "consecutive_cosine" and i > 0:
                 before = self.manifest.exits[i - 1]
                 active.setdefault(before.after_block, (before, self.manifest.segment(before.segment),
-                                                       self.level.thresholds[i - 1]))
+                                                       thresholds[i - 1]))
         return active
 
     def _find_stages(self) -> tuple[dict[int, Segment], Segment | None]:
@@ -398,6 +419,7 @@ class EdgeSession:
         bias = np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)
         first = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids, "attention_bias": bias}
         active = np.arange(len(bias))
+        row_exits = [self._exits_for(int(tokens)) for tokens in batch.attention_mask.sum(1)]
         answers: list[_Answer | None] = [None] * len(bias)
         previous: list[np.ndarray | None] = [None] * len(bias)
         hidden = None
@@ -420,12 +442,12 @@ class EdgeSession:
             hidden, _, exit_output = self._block_step(call, depth, feeds, self._exits)
             if exit_output is None:
                 continue
-            exit_head, _, threshold = self._exits[depth]
+            exit_head = self._exits[depth][0]
             staying = []
             for j, r in enumerate(active):
                 confidence = self._confidence(exit_head, exit_output[j], previous[r])
                 previous[r] = exit_output[j]
-                if should_exit(confidence, threshold):
+                if should_exit(confidence, row_exits[r].get(depth, (None, None, None))[2]):
                     answers[r] = _Answer(exit_output[j], confidence, depth)
                 else:
                     staying.append(j)
@@ -516,7 +538,8 @@ class EdgeSession:
         elif self._pruned_full is not None:
             answer = self._pruned_pass(state, batch)
         else:
-            answer = self._adaptive_pass(state, batch, self._exits, self._keep, deadline=True)
+            answer = self._adaptive_pass(state, batch, self._exits_for(batch.input_ids.shape[1]), self._keep,
+                                         deadline=True)
         if self._should_restart(state, answer, batch):
             state.restarts += 1
             state.precision = "fp32"
@@ -663,6 +686,9 @@ class EdgeSession:
 
     def _answer(self, state: _Run, truncated: bool, answer: _Answer) -> Result:
         output, confidence = answer.output, answer.confidence
+        tokens = next((t for t in state.tokens if t), 0)
+        outside = self.level is not None and not self._calibrated_lengths[0] <= tokens <= self._calibrated_lengths[1]
+        self.outside_calibration += outside
         trace = Trace(segments=tuple(state.segments), tokens_per_block=tuple(state.tokens),
                       exit_after_block=answer.depth, restarts=state.restarts,
                       milliseconds=state.milliseconds,
@@ -671,7 +697,7 @@ class EdgeSession:
                       deadline_cut=answer.cut_short, precision=state.precision,
                       predicted_ms=round(state.predicted_ms + self.profile.overhead_ms(len(state.segments)), 4)
                       if self.profile is not None and np.isfinite(state.predicted_ms) else None,
-                      profile=self.profile.key if self.profile is not None else None)
+                      profile=self.profile.key if self.profile is not None else None, outside_calibration=outside)
         if self.manifest.model.task == "text-classification":
             probabilities = softmax(output)
             labels = self.manifest.model.labels or tuple(str(i) for i in range(len(output)))

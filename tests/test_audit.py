@@ -43,7 +43,7 @@ def _broken_session(package):
     session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, audit=1.0))
     exits = len(session.manifest.exits)
     session.level = ExitThresholds(0.95, (0.0,) * exits, (1.0,) + (0.0,) * exits, 1.0, 0.0)
-    session._exits = session._active_exits()
+    session._exits, session._exits_by_length = session._exits_at_level()
     return session
 
 

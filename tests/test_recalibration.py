@@ -55,3 +55,44 @@ def test_thresholds_refuses_too_few_texts_and_leaves_the_package_alone(tiny_pack
         recalibrate_thresholds(package, _texts(20, seed=1), "few")
     assert (package / "manifest.json").read_bytes() == before
     assert json.loads(before)["exit_thresholds"]
+
+
+def test_each_input_takes_the_thresholds_of_its_length_range(tiny_packages):
+    from edgeinfer.manifest import ExitThresholds, LengthThresholds
+
+    package = tiny_packages[("bert", "text-classification")]
+    session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95))
+    exits = len(session.manifest.exits)
+    short, long = "good", "a long and winding story about nothing at all in the city"
+    limit = session.encoder.encode([short]).input_ids.shape[1]
+    assert session.encoder.encode([long]).input_ids.shape[1] > limit
+    # inputs up to `limit` tokens leave at the first exit; longer ones never leave early
+    session.level = ExitThresholds(0.95, (None,) * exits, (0.0,) * (exits + 1), 1.0, 1.0, by_length=(
+        LengthThresholds(limit, (0.0,) * exits, 300), LengthThresholds(None, (None,) * exits, 300)))
+    session._exits, session._exits_by_length = session._exits_at_level()
+    blocks = len(session.manifest.blocks())
+    assert session.run(short).trace.exit_after_block == 1
+    assert session.run(long).trace.exit_after_block == blocks
+    batched = session.run([short, long, short])
+    assert [r.trace.exit_after_block for r in batched] == [1, blocks, 1]
+
+
+def test_calibration_per_length_range_holds_each_range_to_its_own_count():
+    from edgeinfer.export.thresholds import calibrate_level, simulate_level
+
+    rng = np.random.default_rng(4)
+    n = 1600
+    lengths = np.where(np.arange(n) < 1000, 10, 40)  # two ranges: <= 32 tokens (empty 17-32 joins) and longer
+    confidence = rng.uniform(0.5, 1.0, size=(n, 3))
+    # long inputs disagree far more often at the same confidence: one pooled threshold would let
+    # them through on the short inputs' evidence
+    p_agree = np.where(lengths[:, None] > 32, confidence ** 12, confidence ** 2)
+    agrees = rng.uniform(size=(n, 3)) < p_agree
+    level = calibrate_level(confidence, agrees, [1, 2, 3], 4, 0.98, lengths)
+    assert [r.max_tokens for r in level.by_length] == [32, None]
+    assert [r.examples for r in level.by_length] == [1000, 600]
+    for r, rows in zip(level.by_length, (lengths <= 32, lengths > 32)):
+        outcome = simulate_level(confidence[rows], agrees[rows], level, lengths[rows])
+        assert outcome.disagreements <= max(allowed_disagreements(int(rows.sum()), 0.98), 0)
+    strict = level.by_length[1].thresholds[0]
+    assert strict is None or strict >= level.by_length[0].thresholds[0]

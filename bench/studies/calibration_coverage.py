@@ -27,9 +27,11 @@ import numpy as np
 
 from ...export.calibration_data import read_examples
 from ...export.exit_quality import judge
-from ...export.thresholds import AGREEMENT_LEVELS, CascadeOutcome, calibrate_level, clopper_pearson_upper, simulate
+from ...export.thresholds import (AGREEMENT_LEVELS, CascadeOutcome, calibrate_level, clopper_pearson_upper, simulate,
+                                  simulate_level)
+from ...manifest import ExitThresholds
 from ...quant.output_error import encode_batches
-from ...quant.variant_thresholds import onnx_graphs, variant_outputs
+from ...quant.variant_thresholds import feed_lengths, onnx_graphs, variant_outputs
 from ...runtime.package import open_package
 
 
@@ -41,6 +43,7 @@ class Stages:
     agrees: np.ndarray
     depths: list[int]  # blocks run by an input that leaves at each stage (the last: the full model's)
     full_cost: float  # blocks run by an input that no stage answers
+    lengths: np.ndarray  # each input's token count
 
 
 def cached_stage_outputs(spec: str, texts: list[str], folder: Path) -> Stages:
@@ -51,11 +54,12 @@ def cached_stage_outputs(spec: str, texts: list[str], folder: Path) -> Stages:
     file = folder / f"stages-{key}.npz"
     if file.is_file():
         saved = np.load(file)
-        return Stages(saved["confidence"], saved["agrees"], saved["depths"].tolist(), float(saved["full_cost"]))
+        return Stages(saved["confidence"], saved["agrees"], saved["depths"].tolist(), float(saved["full_cost"]),
+                      saved["lengths"])
     stages = stage_outputs(spec, texts)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(file, confidence=stages.confidence, agrees=stages.agrees, depths=np.array(stages.depths),
-             full_cost=stages.full_cost)
+             full_cost=stages.full_cost, lengths=stages.lengths)
     return stages
 
 
@@ -70,11 +74,11 @@ def stage_outputs(spec: str, texts: list[str]) -> Stages:
     blocks = manifest.model.num_blocks
     if not precision:
         confidence, agrees = judge(manifest.model.task, per_exit, final)
-        return Stages(confidence, agrees, sorted(per_exit), blocks)
+        return Stages(confidence, agrees, sorted(per_exit), blocks, feed_lengths(feeds))
     lowered_exits, lowered_final = variant_outputs(onnx_graphs(package.root, precision), manifest, feeds)
     stages = {**lowered_exits, blocks: lowered_final}
     confidence, agrees = judge(manifest.model.task, stages, final)
-    return Stages(confidence, agrees, sorted(stages), 2 * blocks)
+    return Stages(confidence, agrees, sorted(stages), 2 * blocks, feed_lengths(feeds))
 
 
 def replaced_procedure(confidence: np.ndarray, agrees: np.ndarray, depths: list[int], full_cost: float,
@@ -128,8 +132,12 @@ def coverage(stages: Stages, splits: int, size: int | None = None, seed: int = 0
     rng = np.random.default_rng(seed)
     depth_of = np.array([*stages.depths, stages.full_cost], dtype=float)
     procedures = {
-        "in force": lambda c, a, level: list(calibrate_level(c, a, stages.depths, stages.full_cost, level).thresholds),
-        "replaced": lambda c, a, level: replaced_procedure(c, a, stages.depths, stages.full_cost, level),
+        "in force": lambda rows, level: calibrate_level(stages.confidence[rows], stages.agrees[rows], stages.depths,
+                                                        stages.full_cost, level, stages.lengths[rows]),
+        "one range": lambda rows, level: calibrate_level(stages.confidence[rows], stages.agrees[rows], stages.depths,
+                                                         stages.full_cost, level),
+        "replaced": lambda rows, level: ExitThresholds(level, tuple(replaced_procedure(
+            stages.confidence[rows], stages.agrees[rows], stages.depths, stages.full_cost, level)), (), 0.0, 0.0),
     }
     rows: dict = {name: {str(level): [] for level in AGREEMENT_LEVELS} for name in procedures}
     for _ in range(splits):
@@ -137,11 +145,13 @@ def coverage(stages: Stages, splits: int, size: int | None = None, seed: int = 0
         calib, test = order[:size], order[size: 2 * size]
         for name, procedure in procedures.items():
             for level in AGREEMENT_LEVELS:
-                thresholds = procedure(stages.confidence[calib], stages.agrees[calib], level)
-                outcome: CascadeOutcome = simulate(stages.confidence[test], stages.agrees[test], thresholds)
+                calibrated = procedure(calib, level)
+                outcome: CascadeOutcome = simulate_level(stages.confidence[test], stages.agrees[test], calibrated,
+                                                         stages.lengths[test])
                 realised = 1.0 - outcome.disagreements / len(test)
                 # with no threshold at all, the runtime skips a precision cascade and runs fp32 alone
-                depth = float(stages.depths[-1] if all(t is None for t in thresholds)
+                never = all(t is None for r in (calibrated.by_length or [calibrated]) for t in r.thresholds)
+                depth = float(stages.depths[-1] if never
                               else depth_of[outcome.exit_index].mean())
                 rows[name][str(level)].append((realised, depth))
     return {name: {level: {"held": round(float(np.mean([r >= float(level) - 1e-12 for r, _ in runs])), 4),
@@ -156,14 +166,16 @@ def markdown(results: dict, splits: int) -> str:
     lines = [f"Calibration on one random part, the cascade on another as large; {splits} splits per row. "
              "held: share of splits whose test part reached the level; depth: mean blocks run on the "
              "test part (a restart counts the variant's blocks and the full model's).", "",
-             "| package kind | data (calibration + test) | level | held, in force | held, replaced | depth, in force | "
-             "depth, replaced | realised p5, in force |", "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| package kind | data (calibration + test) | level | held, in force | held, one range | held, replaced | "
+             "depth, in force | depth, one range | depth, replaced | realised p5, in force |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, entry in results.items():
         kind, data = key.split(" on ")[0], key.split(" on ")[1].split(" at ")[0]
         for level in map(str, AGREEMENT_LEVELS):
-            now, before = entry["coverage"]["in force"][level], entry["coverage"]["replaced"][level]
-            lines.append(f"| {kind} | {data} ({entry['calibration_size']} + {entry['calibration_size']}) | {level} | {now['held']:.2f} | {before['held']:.2f} | "
-                         f"{now['mean_depth']:.2f} | {before['mean_depth']:.2f} | {now['realised_p5']:.4f} |")
+            now, pooled, before = (entry["coverage"][name][level] for name in ("in force", "one range", "replaced"))
+            lines.append(f"| {kind} | {data} ({entry['calibration_size']} + {entry['calibration_size']}) | {level} | "
+                         f"{now['held']:.3f} | {pooled['held']:.3f} | {before['held']:.3f} | {now['mean_depth']:.2f} | "
+                         f"{pooled['mean_depth']:.2f} | {before['mean_depth']:.2f} | {now['realised_p5']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
