@@ -410,6 +410,19 @@ def summary_text(summary: dict) -> str:
         depths = "  ".join(f"{lv}: {summary['expected_mean_depth'][lv]:.2f}" for lv in levels)
         lines.append(f"  expected mean depth  {depths}")
         lines.append(f"  guarantee  {summary['guarantee']}")
+        ranges = next(iter(summary.get("length_ranges", {}).values()), [])
+        if ranges:
+            bounds, low = [], 1
+            for r in ranges:
+                bounds.append(f"{low}-{r['max_tokens']} tokens ({r['examples']} inputs)" if r["max_tokens"]
+                              else f"{low}+ tokens ({r['examples']} inputs)")
+                low = (r["max_tokens"] or 0) + 1
+            lines.append("  per input length, each range with its own thresholds (the table shows the strictest): "
+                         + ", ".join(bounds))
+        span = summary.get("calibration_lengths")
+        if span:
+            lines.append(f"  calibrated on inputs of {span['min']}-{span['max']} tokens (median {span['p50']}); "
+                         f"longer or shorter inputs are counted as outside (trace.outside_calibration)")
     else:
         lines.append("exits      none")
     for variant in (v for v in summary.get("precision_variants", []) if "restart_share" in v and v["restart_share"]):

@@ -32,6 +32,10 @@ def describe_package(package: Package) -> dict:
         ],
         "exits": exits,
         "agreement_levels": levels,
+        "length_ranges": {str(t.agreement): [{"max_tokens": r.max_tokens, "examples": r.examples,
+                                              "thresholds": list(r.thresholds)} for r in t.by_length]
+                          for t in manifest.exit_thresholds if t.by_length},
+        "calibration_lengths": manifest.calibration.get("thresholds", {}).get("lengths"),
         "expected_mean_depth": {str(t.agreement): t.expected_mean_depth for t in manifest.exit_thresholds},
         "full_depth_share": {str(t.agreement): t.exit_shares[-1] for t in manifest.exit_thresholds},
         "precision_variants": [

@@ -216,9 +216,10 @@ class EdgeSession:
                              f"classifier, whose final answer has a confidence; for embeddings run the variant "
                              f"alone with agreement=None")
         level = variant.thresholds_for(policy.agreement)
-        if level is None or level.thresholds[-1] is None:
+        if level is None or all(r.thresholds[-1] is None for r in (level.by_length or (level,))):
             return "fp32", self.manifest.thresholds_for(policy.agreement), None
-        return variant.name, level, level.thresholds[-1]
+        restart = max(r.thresholds[-1] for r in (level.by_length or (level,)) if r.thresholds[-1] is not None)
+        return variant.name, level, restart
 
     def use_level(self, agreement: float | None) -> None:
         """Run at another stored agreement level from the next request on (None: exits off, fp32)."""
@@ -249,6 +250,17 @@ class EdgeSession:
         for _, exits in by_length:
             union.update({k: v for k, v in exits.items() if k not in union})
         return union, by_length
+
+    def _restart_threshold_for(self, tokens: int) -> float | None:
+        """A precision variant's restart threshold for an input of this many tokens."""
+        if self.restart_threshold is None or not self.level.by_length:
+            return self.restart_threshold
+        return self.level.for_tokens(tokens)[-1]
+
+    def _variant_cannot_answer(self, tokens: int) -> bool:
+        """In a length range where calibration found no restart threshold for the variant, every
+        variant answer would be redone at fp32: such inputs start at fp32 instead."""
+        return self.restart_threshold is not None and self._restart_threshold_for(tokens) is None
 
     def _exits_for(self, tokens: int) -> dict:
         """The exits, with their thresholds, for an input of this many tokens."""
@@ -396,7 +408,7 @@ class EdgeSession:
             answers = self._adaptive_batch(state, batch, rows)
             lengths = batch.attention_mask.sum(1)
             for r, i in enumerate(index):
-                if self._unsure(answers[r]):  # rare (a few %): such a row runs alone, restart and all
+                if self._unsure(answers[r], int(lengths[r]), self.precision):  # rare: runs alone, restart and all
                     results[i] = self._run_one(texts[i])
                     continue
                 depth = answers[r].depth
@@ -407,12 +419,16 @@ class EdgeSession:
                 results[i] = self._answer(row_state, batch.truncated[r], answers[r])
         return results  # type: ignore[return-value]
 
-    def _unsure(self, answer: _Answer) -> bool:
+    def _unsure(self, answer: _Answer, tokens: int, precision: str) -> bool:
         """Is this answer's confidence under the restart limit? A precision variant's final answer
-        is held to its calibrated restart threshold; any answer to the policy's restart_below."""
+        is held to its calibrated restart threshold (its length range's; with none there, it is
+        always redone); any answer to the policy's restart_below."""
         limit = self.policy.restart_below
-        if self.restart_threshold is not None and answer.depth == len(self._blocks):
-            limit = max(limit or 0.0, self.restart_threshold)
+        if precision != "fp32" and answer.depth == len(self._blocks) and self.restart_threshold is not None:
+            restart_threshold = self._restart_threshold_for(tokens)
+            if restart_threshold is None:
+                return True
+            limit = max(limit or 0.0, restart_threshold)
         return limit is not None and answer.confidence is not None and answer.confidence < limit
 
     def _adaptive_batch(self, state: _Run, batch, rows: "_BatchRows") -> list[_Answer]:
@@ -533,7 +549,10 @@ class EdgeSession:
     def _run_one(self, text: str) -> Result:
         state = _Run(started=time.perf_counter(), precision=self.precision)
         batch = self.encoder.encode([text])
-        if self._full is not None:
+        if self._variant_cannot_answer(batch.input_ids.shape[1]):
+            state.precision = "fp32"
+            answer = self._full_pass(state, batch)
+        elif self._full is not None:
             answer = self._full_pass(state, batch)
         elif self._pruned_full is not None:
             answer = self._pruned_pass(state, batch)
@@ -568,7 +587,7 @@ class EdgeSession:
         token, when the remaining latency budget covers the predicted cost of doing so. A precision
         variant's final answer restarts at fp32 below its calibrated threshold (an exit that passed
         its own threshold never restarts)."""
-        if answer.cut_short or not self._unsure(answer):
+        if answer.cut_short or not self._unsure(answer, batch.input_ids.shape[1], state.precision):
             return False
         if state.precision == "fp32" and answer.depth == len(self._blocks) and not self._keep and not self._skip:
             return False  # already the full model's own answer: a restart would give it again
