@@ -8,7 +8,7 @@ import torch
 
 from ..manifest import ExitThresholds
 from ..runtime.policy import softmax
-from .thresholds import simulate
+from .thresholds import simulate_level
 
 # An embedding exit "agrees" with the full model when their cosine similarity reaches this.
 EMBEDDING_AGREEMENT_COSINE = 0.95
@@ -48,7 +48,7 @@ def judge(task: str, outputs: dict[int, np.ndarray], final: np.ndarray) -> tuple
 
 
 def evaluate(task: str, outputs: dict[int, np.ndarray], final: np.ndarray, labels: np.ndarray | None,
-             levels: tuple[ExitThresholds, ...], num_blocks: int, source: str) -> dict:
+             levels: tuple[ExitThresholds, ...], num_blocks: int, source: str, lengths: np.ndarray | None = None) -> dict:
     """Per-exit quality and the realised behaviour of every calibrated level on these examples."""
     depths = sorted(outputs)
     confidence, agrees = judge(task, outputs, final)
@@ -65,7 +65,7 @@ def evaluate(task: str, outputs: dict[int, np.ndarray], final: np.ndarray, label
     record["levels"] = []
     depth_of = np.array(depths + [num_blocks], dtype=float)
     for level in levels:
-        outcome = simulate(confidence, agrees, list(level.thresholds))
+        outcome = simulate_level(confidence, agrees, level, lengths)
         entry = {
             "agreement": level.agreement,
             "realized_agreement": round(1.0 - outcome.disagreements / len(final), 6),

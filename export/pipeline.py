@@ -289,7 +289,8 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
         ev = collect_features(segments, encoder, eval_data.texts, exit_blocks, features_of, "features (eval)")
         ev_labels = np.array(eval_data.labels) if eval_data.labels is not None else None
         evaluation = evaluate(options.task, exit_outputs(exit_modules, ev.per_exit), ev.final.numpy(),
-                              ev_labels, levels, num_blocks, eval_data.source)
+                              ev_labels, levels, num_blocks, eval_data.source,
+                              encoder.encode(list(eval_data.texts)).attention_mask.sum(1))
     return calibration, levels, evaluation
 
 

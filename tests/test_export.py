@@ -86,7 +86,7 @@ def test_evaluation_recorded_when_eval_data_given(tiny_models, tiny_calibration,
                             ExportOptions(task="text-classification", calib=str(tiny_calibration),
                                           eval_data=str(tiny_calibration)))
     evaluation = manifest.evaluation
-    assert evaluation["examples"] == 120
+    assert evaluation["examples"] == 400
     assert {e["after_block"] for e in evaluation["exits"]} == {1, 2}
     assert all(0.0 <= e["accuracy"] <= 1.0 and 0.0 <= e["agreement_with_final"] <= 1.0
                for e in evaluation["exits"])

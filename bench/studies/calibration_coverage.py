@@ -44,6 +44,7 @@ class Stages:
     depths: list[int]  # blocks run by an input that leaves at each stage (the last: the full model's)
     full_cost: float  # blocks run by an input that no stage answers
     lengths: np.ndarray  # each input's token count
+    blocks: int  # the model's depth: what the runtime runs when no stage may answer
 
 
 def cached_stage_outputs(spec: str, texts: list[str], folder: Path) -> Stages:
@@ -55,11 +56,12 @@ def cached_stage_outputs(spec: str, texts: list[str], folder: Path) -> Stages:
     if file.is_file():
         saved = np.load(file)
         return Stages(saved["confidence"], saved["agrees"], saved["depths"].tolist(), float(saved["full_cost"]),
-                      saved["lengths"])
+                      saved["lengths"], int(saved["blocks"]) if "blocks" in saved
+                      else int(saved["full_cost"] // (2 if precision else 1)))
     stages = stage_outputs(spec, texts)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(file, confidence=stages.confidence, agrees=stages.agrees, depths=np.array(stages.depths),
-             full_cost=stages.full_cost, lengths=stages.lengths)
+             full_cost=stages.full_cost, lengths=stages.lengths, blocks=stages.blocks)
     return stages
 
 
@@ -74,11 +76,11 @@ def stage_outputs(spec: str, texts: list[str]) -> Stages:
     blocks = manifest.model.num_blocks
     if not precision:
         confidence, agrees = judge(manifest.model.task, per_exit, final)
-        return Stages(confidence, agrees, sorted(per_exit), blocks, feed_lengths(feeds))
+        return Stages(confidence, agrees, sorted(per_exit), blocks, feed_lengths(feeds), blocks)
     lowered_exits, lowered_final = variant_outputs(onnx_graphs(package.root, precision), manifest, feeds)
     stages = {**lowered_exits, blocks: lowered_final}
     confidence, agrees = judge(manifest.model.task, stages, final)
-    return Stages(confidence, agrees, sorted(stages), 2 * blocks, feed_lengths(feeds))
+    return Stages(confidence, agrees, sorted(stages), 2 * blocks, feed_lengths(feeds), blocks)
 
 
 def replaced_procedure(confidence: np.ndarray, agrees: np.ndarray, depths: list[int], full_cost: float,
@@ -151,7 +153,7 @@ def coverage(stages: Stages, splits: int, size: int | None = None, seed: int = 0
                 realised = 1.0 - outcome.disagreements / len(test)
                 # with no threshold at all, the runtime skips a precision cascade and runs fp32 alone
                 never = all(t is None for r in (calibrated.by_length or [calibrated]) for t in r.thresholds)
-                depth = float(stages.depths[-1] if never
+                depth = float(stages.blocks if never
                               else depth_of[outcome.exit_index].mean())
                 rows[name][str(level)].append((realised, depth))
     return {name: {level: {"held": round(float(np.mean([r >= float(level) - 1e-12 for r, _ in runs])), 4),
