@@ -2,7 +2,7 @@
 
 edgeinfer once ran every session on one global onnxruntime pool, which breaks any plain
 onnxruntime session its host creates afterwards. Each thread mode runs here in a fresh process
-(the global pool cannot be undone), timing, interleaved on the same text at 16 and 128 tokens: a
+(the global pool cannot be undone), timing, in turns of 20 on the same text at 16 and 128 tokens: a
 monolithic session of the package's fused full graph with onnxruntime's default options, the same
 graph under the mode's options, edgeinfer with adaptivity off (the fused graph) and edgeinfer's
 exits at 0.99 (stage graphs, one session each).
@@ -68,7 +68,9 @@ def measure(package: str, mode: str, runs: int) -> dict:
         configurations = [Named("monolithic, default options", lambda _: plain.run(None, feeds)),
                           Named("monolithic, mode's options", lambda _: under_mode.run(None, feeds)),
                           Named("edgeinfer off", off.run), Named("edgeinfer exits@0.99", exits.run)]
-        _, times = measure_interleaved(configurations, [text] * runs, 1, f"{mode} at {tokens} tokens")
+        # turns of 20 opened by 5 untimed runs: a session with onnxruntime's default options spins
+        # after each run and would slow whichever configuration came next, input by input
+        _, times = measure_interleaved(configurations, [text] * runs, 1, f"{mode} at {tokens} tokens", turn=20)
         summary = {name: latency_summary(values) for name, values in times.items()}
         base = summary["monolithic, default options"]["mean_ms"]
         result[str(tokens)] = {name: {**s, "vs_default_monolithic": round(s["mean_ms"] / base, 4)}
