@@ -13,7 +13,6 @@ otherwise.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..progress import progress_bar
 from ..runtime.package import open_package
 from ..runtime.policy import Policy, cosine, default_keep_schedule
 from ..runtime.session import EdgeSession, load
-from .package_writer import discard, finalize, prepare_staging
+from .package_writer import rewrite_manifest
 from .thresholds import clopper_pearson_upper
 
 EMBEDDING_AGREES_AT = 0.99
@@ -135,15 +134,7 @@ def calibrate_package(package_path: Path, texts: list[str], labels: list[int] | 
               "agreement_bound": "one-sided 95% Clopper-Pearson lower bound; points are chosen on it"}
     new_manifest = replace(manifest, operating_points=tuple(chosen),
                            calibration={**manifest.calibration, "operating_points": record})
-    destination = output or package_path
-    staging = prepare_staging(destination, force or destination.resolve() == package.root)
-    try:
-        shutil.copytree(package.root, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("manifest.json", "manifest.sig"))
-        return finalize(staging, destination, new_manifest)
-    except BaseException:
-        discard(staging)
-        raise
+    return rewrite_manifest(package.root, output or package_path, new_manifest, force)
 
 
 def _policy_json(policy: Policy) -> dict:

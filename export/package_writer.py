@@ -59,3 +59,16 @@ def _with_resident_bytes(staging: Path, variant: Variant) -> Variant:
     not share them, so the memory check adds these up over the graphs a policy opens)."""
     graph = (staging / variant.path).read_bytes()
     return replace(variant, resident_bytes=len(graph) + external_bytes(graph))
+
+
+def rewrite_manifest(source_root: Path, destination: Path, manifest: Manifest, force: bool) -> Manifest:
+    """The package at source_root with a new manifest (its files unchanged), written atomically to
+    destination: in place when they are the same folder. A signature does not carry over."""
+    staging = prepare_staging(destination, force or destination.resolve() == source_root.resolve())
+    try:
+        shutil.copytree(source_root, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(MANIFEST_NAME, "manifest.sig"))
+        return finalize(staging, destination, manifest)
+    except BaseException:
+        discard(staging)
+        raise

@@ -10,7 +10,6 @@ copied unchanged and the manifest is replaced atomically.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..quant.output_error import encode_batches
 from ..quant.variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from ..runtime.package import open_package
 from .exit_quality import judge
-from .package_writer import discard, finalize, prepare_staging
+from .package_writer import rewrite_manifest
 from .thresholds import AGREEMENT_LEVELS, calibrate_level, threshold_record
 
 MIN_TEXTS = 50
@@ -59,12 +58,4 @@ def recalibrate_thresholds(package_path: Path, texts: list[str], source: str, ou
               **{k: v for k, v in earlier.items() if k == "embedding_agreement_cosine"}}
     new_manifest = replace(manifest, exit_thresholds=levels, precision_variants=tuple(variants),
                            calibration={**manifest.calibration, "thresholds": record})
-    destination = output or package_path
-    staging = prepare_staging(destination, force or destination.resolve() == package.root)
-    try:
-        shutil.copytree(package.root, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("manifest.json", "manifest.sig"))
-        return finalize(staging, destination, new_manifest)
-    except BaseException:
-        discard(staging)
-        raise
+    return rewrite_manifest(package.root, output or package_path, new_manifest, force)

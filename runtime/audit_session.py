@@ -3,6 +3,7 @@ level comes next when the one in force is not held (runtime/audit.py has the tes
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +14,7 @@ from .audit import AuditState, Auditor, read_state, state_path
 from .policy import cosine
 from .result import Result
 from .sessions import default_threads
+from .user_cache import cache_root
 
 if TYPE_CHECKING:
     from .session import EdgeSession
@@ -34,10 +36,8 @@ def start_audit(session: "EdgeSession", seed: int | None = None) -> Auditor:
                    lambda current: _tighten(session, levels, current), seed)
 
 
-def audit_files(package_root) -> list:
+def audit_files(package_root: Path) -> list[Path]:
     """Every audit state saved for this package (one per device and thread count)."""
-    from .audit import cache_root
-
     folder = cache_root() / "audit"
     return sorted(folder.glob(f"{package_id(package_root)}-*.json")) if folder.is_dir() else []
 
