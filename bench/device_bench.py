@@ -269,7 +269,8 @@ def _stated_against_realised(manifest, rows: list[dict], agreement: float) -> li
     if stated is None:
         return []
     realised = ", ".join(f"{r['configuration']} {r['agreement_with_full']:.4f}" for r in rows
-                         if r["configuration"].startswith("edgeinfer") and f"@{agreement}" in r["configuration"])
+                         if r["configuration"].startswith("edgeinfer") and f"@{agreement}" in r["configuration"]
+                         and not any(word in r["configuration"] for word in ("prune", "merge", "deadline")))
     return [f"stated for exits@{agreement}: {stated} (calibrated on {record.get('data')}); realised on these "
             f"inputs: {realised}"]
 
