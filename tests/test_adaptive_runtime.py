@@ -193,11 +193,12 @@ def test_calibrate_stores_a_pareto_set_and_auto_picks_from_it(tiny_packages, tin
 
     out = tmp_path / "calibrated.edge"
     assert main(["calibrate", str(tiny_packages[("bert", "text-classification")]), "--calib", str(tiny_calibration),
-                 "--limit", "60", "--target", "0.9", "-o", str(out)]) == 0
+                 "--limit", "120", "--target", "0.9", "-o", str(out)]) == 0
     points = open_package(out).manifest.operating_points
     assert points and [p.relative_latency for p in points] == sorted(p.relative_latency for p in points)
     assert [p.agreement_bound for p in points] == sorted(p.agreement_bound for p in points)  # a Pareto front
-    assert points[-1].agreement == 1.0 and 0.9 < points[-1].agreement_bound < 1.0  # 60 texts bound it
+    # 120 texts bound it, the bound shared among every point and skip set calibration could test
+    assert points[-1].agreement == 1.0 and 0.9 < points[-1].agreement_bound < 1.0
     session = edgeinfer.load(out, policy="auto:0.9")
     holding = [p for p in points if p.agreement_bound >= 0.9]
     assert session.operating_point == min(holding, key=lambda p: p.relative_latency)

@@ -106,8 +106,8 @@ def test_bench_adds_the_planners_point_when_the_package_has_operating_points(tin
 
     examples = read_examples(tiny_calibration, None)
     calibrated = tmp_path / "points.edge"
-    calibrate_package(tiny_packages[("bert", "text-classification")], list(examples.texts)[:60],
-                      list(examples.labels)[:60], target=0.9, output=calibrated)
+    calibrate_package(tiny_packages[("bert", "text-classification")], list(examples.texts)[:120],
+                      list(examples.labels)[:120], target=0.9, output=calibrated)
     data = write_calibration(tmp_path / "data.tsv", n=12, seed=9)
     report = run_device_bench(calibrated, data, tmp_path / "report", BenchOptions(
         agreement=0.9, repeats=1, cold_start_runs=1, profile=None, baselines=False))
