@@ -13,6 +13,7 @@ device in the user cache.
 
 The full-depth runs happen on one background thread, off the caller's latency path; at most
 QUEUE requests wait, and further samples are dropped (counted) rather than queued without bound.
+The thread ends when idle, so a session that is let go does not stay alive through it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .user_cache import cache_root
 
 CONFIDENCE = 0.95
 QUEUE = 64
+IDLE_S = 30.0  # the audit thread ends after this long without work, and starts again on the next sample
 ALTERNATIVES = (1.5, 2.0, 3.0, 5.0)  # p' as multiples of the level's disagreement rate
 
 
@@ -141,8 +143,7 @@ class Auditor:
         self._random = random.Random(seed)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE)
         self._lock = threading.Lock()
-        self._worker = threading.Thread(target=self._work, name="edgeinfer-audit", daemon=True)
-        self._worker.start()
+        self._worker: threading.Thread | None = None  # started on demand, gone after IDLE_S idle
 
     def offer(self, text: str, answer: object) -> bool:
         """Called after a request's answer is made; True when it will be audited."""
@@ -151,10 +152,13 @@ class Auditor:
                 return False
             try:
                 self._queue.put_nowait((text, answer, self.state.in_force))
-                return True
             except queue.Full:
                 self.state.dropped += 1
                 return False
+            if self._worker is None:  # so an idle session holds no thread (and the thread no session)
+                self._worker = threading.Thread(target=self._work, name="edgeinfer-audit", daemon=True)
+                self._worker.start()
+            return True
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every queued audit is done (for benchmarks, tests and shutdown)."""
@@ -166,7 +170,14 @@ class Auditor:
 
     def _work(self) -> None:
         while True:
-            text, answer, level = self._queue.get()
+            try:
+                text, answer, level = self._queue.get(timeout=IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._worker = None
+                        return
+                continue
             try:
                 reference = self._full_answer(text)
                 with self._lock:

@@ -90,3 +90,24 @@ def test_a_damaged_state_file_is_ignored_with_a_warning(tiny_packages, tmp_path,
     assert any("damaged" in str(w.message) for w in caught)
     assert fresh.auditor.state.samples == 0 and fresh.level.agreement == 0.95
     assert math.isclose(fresh.auditor.share, 1.0)
+
+
+def test_the_audit_thread_ends_when_idle_and_starts_again(tiny_packages, tmp_path, monkeypatch):
+    import time
+
+    from edgeinfer.runtime import audit
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(audit, "IDLE_S", 0.2)
+    session = edgeinfer.load(tiny_packages[("bert", "text-classification")],
+                             policy=edgeinfer.Policy(agreement=0.95, audit=1.0))
+    assert session.auditor._worker is None  # nothing started before a sample
+    session.run("good movie")
+    session.auditor.wait()
+    deadline = time.monotonic() + 10
+    while session.auditor._worker is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session.auditor._worker is None
+    session.run("bad plot")
+    session.auditor.wait()
+    assert session.auditor.state.samples == 2
