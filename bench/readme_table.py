@@ -1,7 +1,7 @@
-"""Put a bench report's Markdown table into the README, between markers, so the README quotes the
+"""Put a bench report's Markdown table into docs/benchmarks.md, between markers, so the docs quote the
 report itself rather than hand-copied numbers.
 
-    python -m edgeinfer.bench.readme_table REPORT_DIR/report.json [--readme README.md]
+    python -m edgeinfer.bench.readme_table REPORT_DIR/report.json [--readme docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def quote_report(report: dict, readme: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report")
-    parser.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "README.md"))
+    parser.add_argument("--readme", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     report = json.loads(Path(args.report).read_text(encoding="utf-8"))
     readme = Path(args.readme)
