@@ -54,8 +54,9 @@ def recalibrate_thresholds(package_path: Path, texts: list[str], source: str, ou
                                                                              speedup, lengths))
         variants.append(variant)
     earlier = manifest.calibration.get("thresholds", {})
-    record = {**threshold_record(source, len(texts), earlier.get("confidence", "max_prob"), lengths),
-              **{k: v for k, v in earlier.items() if k == "embedding_agreement_cosine"}}
+    record = threshold_record(source, len(texts), earlier.get("confidence", "max_prob"), lengths)
+    if "embedding_agreement_cosine" in earlier:
+        record["embedding_agreement_cosine"] = earlier["embedding_agreement_cosine"]
     new_manifest = replace(manifest, exit_thresholds=levels, precision_variants=tuple(variants),
                            calibration={**manifest.calibration, "thresholds": record})
     return rewrite_manifest(package.root, output or package_path, new_manifest, force)

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import random
-import tempfile
 import threading
 import time
 import warnings
@@ -31,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .user_cache import cache_root
+from .user_cache import cache_root, write_text_atomically
 
 CONFIDENCE = 0.95
 QUEUE = 64
@@ -122,11 +120,7 @@ def read_state(path: Path, requested: float | None, stored_levels: tuple[float, 
 def write_state(path: Path, state: AuditState) -> None:
     """Atomically: a reader sees the old state or the new one."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".audit-", suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(asdict(state), out)
-        os.replace(temporary, path)
+        write_text_atomically(path, json.dumps(asdict(state)))
     except OSError as err:  # a read-only cache must not break the caller's requests
         warnings.warn(f"the audit state could not be saved to {path} ({err})", UserWarning, stacklevel=2)
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from .user_cache import cache_root
+from .user_cache import cache_root, write_text_atomically
 
 Identity = list[int]
 
@@ -39,11 +38,7 @@ def read_stamp(manifest_bytes: bytes) -> dict[str, Identity]:
 
 
 def write_stamp(manifest_bytes: bytes, checked: dict[str, Identity]) -> None:
-    path = _stamp_path(manifest_bytes)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(checked), encoding="utf-8")
-        os.replace(temporary, path)
+        write_text_atomically(_stamp_path(manifest_bytes), json.dumps(checked))
     except OSError:  # a read-only or full cache only costs the next open its hashing
-        temporary.unlink(missing_ok=True)
+        pass
