@@ -1,4 +1,4 @@
-"""Issue 3's token-pruning benchmark on AG News (news descriptions, ~45 tokens: long enough for
+"""The token-pruning benchmark on AG News (news descriptions, ~45 tokens: long enough for
 pruning to matter, unlike SST-2 sentences).
 
     python -m edgeinfer.bench.agnews_pruning --model ~/.cache/edgeinfer/minilm-agnews [--report reports/agnews]

@@ -1,6 +1,6 @@
 """Plain baselines measured in the same run as edgeinfer: the whole model as one onnxruntime
 session (exported the way Optimum does, one graph from the Hugging Face forward), and its int8
-dynamic per-channel quantization (onnxruntime.quantization, the recipe FACTS.md measured best).
+dynamic per-channel quantization (onnxruntime.quantization, the recipe measured best: docs/platform-facts.md).
 
 Building them needs the export extra (torch, transformers); running them needs onnxruntime only.
 """

@@ -1,4 +1,4 @@
-"""Issue 7's figures: SmolLM2-135M decoding on this machine, batch 1, every configuration on the same
+"""SmolLM2-135M decoding figures on this machine, batch 1, every configuration on the same
 prompts in one run.
 
     python -m edgeinfer.bench.decoder_bench [--prompts 20] [--new-tokens 48] [--out reports/decoder]

@@ -1,4 +1,4 @@
-"""Do first-token and tokens-per-second budgets hold on SmolLM2-135M? (issue 7, "Budgets")
+"""Do first-token and tokens-per-second budgets hold on SmolLM2-135M?
 
     python -m edgeinfer.bench.decoder_budget [--long-prompts 12] [--prompts 12] [--out reports/decoder]
 

@@ -1,4 +1,4 @@
-"""Issue 7's memory figure: does the KV-cache cap hold in a real process?
+"""Decoder memory: does the KV-cache cap hold in a real process?
 
     python -m edgeinfer.bench.decoder_memory [--package ~/.cache/edgeinfer/bench/smollm2.edge]
 

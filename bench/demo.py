@@ -1,5 +1,5 @@
 """The built-in default job: export all-MiniLM-L6-v2, probe it on this device, and bench it on a
-bundled sample beside the plain baselines, ending with an HTML report (DESIGN.md, "Benchmarks")."""
+bundled sample beside the plain baselines, ending with an HTML report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Atomicity (issue 8): kill -9 an export at random moments; the output is the old package or none.
+"""Atomicity: kill -9 an export at random moments; the output is the old package or none.
 
     python -m edgeinfer.bench.kill_export [--runs 50] [--model minilm] [--report reports/atomicity]
 

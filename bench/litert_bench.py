@@ -1,4 +1,4 @@
-"""Issue 6's figures: the SST-2 package on LiteRT beside onnxruntime, measured in one run.
+"""The SST-2 package on LiteRT beside onnxruntime, measured in one run.
 
     python -m edgeinfer.bench.litert_bench [--package SST2.edge] [--data dev.tsv] [--report reports/litert]
 

@@ -1,4 +1,4 @@
-"""Issue 5's profile figures: two probes in a row agree per segment, and the profile predicts the
+"""Device-profile figures: two probes in a row agree per segment, and the profile predicts the
 measured per-request latency of the SST-2 package's operating points.
 
     python -m edgeinfer.bench.profile_accuracy PACKAGE --data ../shared/data/sst2/dev.tsv [--report DIR]

@@ -1,4 +1,4 @@
-"""The quantization benchmark the project keeps (issue 4): per-node mixed precision on the SST-2
+"""The quantization benchmark the project keeps: per-node mixed precision on the SST-2
 MiniLM and on all-MiniLM-L6-v2, every plan measured side by side in one run.
 
     python -m edgeinfer.bench.quant_bench [--shared ../shared] [--report reports/quant]

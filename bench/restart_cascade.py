@@ -1,4 +1,4 @@
-"""Issue 3's restart figure: a cheap exit point, restarting (by resuming from its kept state) when
+"""The restart figure: a cheap exit point, restarting (by resuming from its kept state) when
 its confidence is low, beside the cheap point alone, the strong exit level and full depth.
 
     python -m edgeinfer.bench.restart_cascade [--package ~/.cache/edgeinfer/bench/sst2-heads.edge]

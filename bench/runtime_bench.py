@@ -1,4 +1,4 @@
-"""The runtime benchmark the project keeps (issue 3): edgeinfer's adaptive configurations beside a
+"""The runtime benchmark the project keeps: edgeinfer's adaptive configurations beside a
 monolithic onnxruntime session of the same model (fp32 and int8), in one process, on the same
 inputs, interleaved input by input so that machine noise hits every configuration alike.
 

@@ -1,4 +1,4 @@
-"""Soak (issue 8): many `run()` calls on one session, resident memory sampled, growth reported.
+"""Soak: many `run()` calls on one session, resident memory sampled, growth reported.
 
     python -m edgeinfer.bench.soak [--package PKG] [--calls 100000] [--report reports/soak]
 

@@ -1,4 +1,4 @@
-"""Issue 3's SST-2 benchmark end to end: export the SST-2 MiniLM with exits, then run the runtime
+"""The SST-2 benchmark end to end: export the SST-2 MiniLM with exits, then run the runtime
 benchmark on SST-2 dev, which neither trained nor calibrated anything.
 
     python -m edgeinfer.bench.sst2_runtime [--shared ../shared] [--joint] [--exit-head linear]
@@ -7,9 +7,9 @@ benchmark on SST-2 dev, which neither trained nor calibrated anything.
 Exit heads train on SST-2 train rows. The cascade's restart threshold (cheap point: exits + pruning;
 strong point: full depth) is chosen on 500 of the sentence-like train rows for 0.99 agreement. Thresholds are calibrated on the train rows of 12 words or
 more: train rows are mostly short phrases while deployment inputs are sentences, and thresholds
-fitted on phrases for 99% agreement reached only ~0.98 on dev sentences (shared/models/README.md
-saw 0.963 with CLS-only heads). Calibrating on the inputs that look like deployment is the
-remedy the export issue names (`--calib-thresholds`); no dev row is used for it.
+fitted on phrases for 99% agreement reached only ~0.98 on dev sentences (CLS-only heads
+reached 0.963). Calibrating on the inputs that look like deployment is the
+remedy (`--calib-thresholds`); no dev row is used for it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Is int8 *static* quantization (QDQ, activation ranges calibrated ahead) worth a candidate here?
-It is the one lowering of the quantization issue's list that quant/ does not offer; this measures it
+It is the one int8 lowering that quant/ does not offer; this measures it
 against int8 dynamic per-channel on the SST-2 model's fused graph, same MatMuls, same process.
 
     python -m edgeinfer.bench.static_int8 [--package ~/.cache/edgeinfer/bench/sst2-heads.edge]

@@ -3,7 +3,7 @@
 Classification exits are shaped like the model's own head (dense + activation + classifier),
 initialised from it, but read the first token *and* the size-weighted mean of all tokens: a
 fine-tuned backbone's middle layers carry the answer in the pool before the first token learns to
-(CLS-only heads after blocks 1-3 of minilm-sst2 stayed near chance; shared/models/README.md).
+(CLS-only heads after blocks 1-3 of minilm-sst2 stayed near chance).
 They are trained by self-distillation (FastBERT: KL to the final layer's probabilities) plus
 cross-entropy where labels exist. Embedding exits are a mean pool and a linear map initialised to
 the identity, trained with a cosine loss towards the final embedding.

@@ -1,8 +1,8 @@
 """Exit-aware fine-tuning: backbone and exit heads trained together so early layers learn to answer.
 
-A frozen fine-tuned backbone leaves its middle layers unready (shared/models/README.md). Here the
-loss is a depth-weighted mean of per-exit losses, weight proportional to the number of blocks
-before the exit as in PABEE (`sum_j j * L_j / sum_j j`, arXiv 2006.04152) and CALM; each L_j mixes
+A frozen fine-tuned backbone leaves its middle layers unready: heads on it after blocks 1-3
+stayed near chance. Here the loss is a depth-weighted mean of per-exit losses, weight proportional
+to the number of blocks before the exit as in PABEE (`sum_j j * L_j / sum_j j`, arXiv 2006.04152) and CALM; each L_j mixes
 cross-entropy to the labels with KL to the *original* model's final probabilities (LayerSkip /
 FastBERT self-distillation), which keeps the final layer close to the model the user gave us.
 With `pruned_share` > 0 that share of the steps also prunes tokens as the runtime would

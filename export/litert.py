@@ -1,7 +1,7 @@
 """Segments -> LiteRT: one .tflite file per precision holding every segment at every token bucket.
 
 Mobile apps often ship LiteRT rather than onnxruntime. litert-torch converts the same PyTorch
-modules that give the ONNX graphs (FACTS.md: MiniLM in ~10 s per shape, max abs diff 4e-6), at
+modules that give the ONNX graphs (MiniLM in ~10 s per shape, max abs diff 4e-6: docs/platform-facts.md), at
 static shapes, so each segment is converted at a set of token counts (batch 1). All of them go
 into one file as signatures: signatures of one file share their weights (MiniLM: the full graph
 alone 90.2 MB; full + embed + six blocks in one file 101 MB, where separate files would be 186 MB).

@@ -1,6 +1,6 @@
 """PyTorch segment -> ONNX file, checked, with dynamic batch and sequence axes.
 
-The TorchScript exporter (`dynamo=False`) is used: FACTS.md measured it 15x faster than the
+The TorchScript exporter (`dynamo=False`) is used: it measured 15x faster (docs/platform-facts.md) than the
 dynamo exporter on a tiny BERT with outputs equally close, and export time matters for tests.
 """
 

@@ -4,7 +4,7 @@ Pareto set (agreement with the full model vs cost) in the manifest, for the runt
 The grid: precision (fp32 and each variant) x exits (none, each calibrated level) x token
 reduction (none, pruning, merging at the default keep schedule) x skipped blocks (none, and each
 block whose skipping alone keeps the target agreement: drop a block, measure, keep the sets that
-hold, as the runtime issue asks). Agreement is with the fp32 full model on the same texts (same
+hold). Agreement is with the fp32 full model on the same texts (same
 label for classifiers, cosine >= 0.99 for embeddings). Cost is latency relative to the full
 model on this device: the device profile's prediction per request when the probe stored one
 (96% of SST-2 points within 10% of measured, and free of the machine's drift), measured wall time

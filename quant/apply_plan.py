@@ -4,8 +4,8 @@ A plan maps weight digests (weight_nodes.py) to candidate names; nodes it does n
 The stages run in a fixed order so each tool sees plain float nodes for the ones it lowers:
 fp16 (onnxruntime.transformers.float16 with every other node blocked), int8 dynamic per-tensor and
 per-channel (quantize_dynamic with nodes_to_quantize), int4 block-wise (MatMulNBitsQuantizer with
-nodes_to_exclude; embeddings become GatherBlockQuantized). FACTS.md: the quantizers need the plain
-graph, not an ORT-optimized one, and the int4 path needs `onnx-ir`.
+nodes_to_exclude; embeddings become GatherBlockQuantized). The quantizers need the plain
+graph, not an ORT-optimized one, and the int4 path needs `onnx-ir` (docs/platform-facts.md).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str]) -> onnx.ModelPro
 def _fp16(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
     """fp16 *storage*: the weight is kept as float16 and cast back to float32 where it is read.
 
-    onnxruntime's CPU kernels gain nothing from fp16 compute here (FACTS.md), and its converter,
+    onnxruntime's CPU kernels gain nothing from fp16 compute here (docs/platform-facts.md), and its converter,
     given a node block list, emitted duplicate Cast outputs for nodes sharing an input (measured
     on MiniLM with one of q/k/v converted). A Cast per weight is what fp16 buys on a CPU anyway:
     half the bytes at float32 accuracy of the compute.

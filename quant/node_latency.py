@@ -1,6 +1,6 @@
 """Latency of one weight node at each precision, measured on this device.
 
-FACTS.md: on this CPU int8 dynamic per-channel MatMuls run at ~0.6x fp32 while int4 (MatMulNBits)
+On a 2-core EPYC (docs/platform-facts.md) int8 dynamic per-channel MatMuls run at ~0.6x fp32 while int4 (MatMulNBits)
 and fp16 run no faster than fp32, so byte savings and time savings point at different plans; only
 a measurement on the target tells which. Each distinct (op, weight shape) is timed alone as a
 one-node graph lowered by the same apply_plan as the model, at the token count the plan is made

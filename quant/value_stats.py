@@ -1,6 +1,6 @@
 """The value-driven proxy (after QuantMCU): rank nodes by what their values look like, in seconds.
 
-QuantMCU (shared/reference/algorithms.md) lowers the bit width where the feature map's value
+QuantMCU (arXiv 2401.13714) lowers the bit width where the feature map's value
 distribution allows it and keeps outlier-heavy tensors at 8 bits or more. Here one fp32 pass over
 the calibration batches records, for every weight node's input activation, the outlier ratio
 (max |x| / 99.9th percentile |x|), the kurtosis and the entropy of its value histogram, and from

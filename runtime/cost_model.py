@@ -1,8 +1,8 @@
 """Predicted cost of a segment from a measurement on this device: fixed + per-token milliseconds.
 
 An encoder block's latency on a CPU is close to linear in tokens up to a few hundred
-(shared/reference/algorithms.md §8.1), so two token counts fix the line. Until device profiles
-exist (the targets issue), the runtime measures one block and one exit at load time when a
+(docs/platform-facts.md), so two token counts fix the line. Without a device
+profile, the runtime measures one block and one exit at load time when a
 latency budget asks for predictions; every block of a model shares one shape, hence one line.
 """
 

@@ -83,7 +83,7 @@ class Policy:
 
 
 def default_keep_schedule(num_blocks: int) -> tuple[tuple[int, float], ...]:
-    """The issue's example schedule for six blocks (70% of the tokens after block 2, 50% after
+    """A common schedule for six blocks (70% of the tokens after block 2, 50% after
     block 4), scaled to the model's depth."""
     first, second = max(1, round(num_blocks / 3)), round(2 * num_blocks / 3)
     return ((first, 0.7), (second, 0.5)) if first < second < num_blocks else ((first, 0.7),) if first < num_blocks else ()

@@ -2,7 +2,7 @@
 
 Importance is the attention a token receives, averaged over heads and valid queries (the LTP /
 PoWER-BERT score, arXiv 2107.00910 / 2001.08950), produced by every block graph. Pruned tokens are
-removed physically: on a CPU an encoder block's latency is nearly linear in tokens (FACTS.md), so
+removed physically: on a CPU an encoder block's latency is nearly linear in tokens (docs/platform-facts.md), so
 removing them converts almost 1:1 into time, while masking saves nothing.
 """
 

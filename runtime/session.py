@@ -1,7 +1,7 @@
 """A loaded edge package that answers texts adaptively.
 
 Per input: tokenize -> embed -> for each block: [deadline guard] -> block -> [exit check]
--> [prune] -> head or exit head (DESIGN.md, "Runtime flow"). The decisions are the pure functions
+-> [prune] -> head or exit head. The decisions are the pure functions
 of policy.py and pruning.py; this module only sequences them and records what ran.
 """
 

@@ -1,6 +1,6 @@
 """Text to padded id arrays, with the package's own tokenizer.json.
 
-FACTS.md: tokenizer.json files often carry padding/truncation settings (all-MiniLM-L6-v2 pads
+tokenizer.json files often carry padding/truncation settings (all-MiniLM-L6-v2 pads
 every input to 128 tokens), which made short inputs ~5x slower. We clear both and set our own:
 pad to the longest text of the batch, truncate at the package's max_length.
 """

@@ -1,7 +1,7 @@
 """Remembering which package files passed verification, so a new process need not hash them again.
 
-Hashing MiniLM's 90 MB of fp32 weights took 0.15-0.25 s here, most of a cold start (the issue
-asks for 0.3 s from import to first result). After a file passes its checks (size, sha256, and for
+Hashing MiniLM's 90 MB of fp32 weights took 0.15-0.25 s here, most of a cold start (the aim
+is 0.3 s from import to first result). After a file passes its checks (size, sha256, and for
 a graph the external-data locations), its identity is recorded: device, inode, size, mtime and
 ctime in nanoseconds. A later open skips the checks of a file whose identity is unchanged. ctime
 cannot be set from user space (any write, or `touch -d`, moves it to the present), so a file

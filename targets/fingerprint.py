@@ -1,4 +1,4 @@
-"""A device fingerprint: the facts that change measured latencies (DESIGN.md, "Targets and profiles")."""
+"""A device fingerprint: the facts that change measured latencies."""
 
 from __future__ import annotations
 

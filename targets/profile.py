@@ -4,7 +4,7 @@ The runtime reads it to predict a request's latency before and while running it 
 guard, the trace's predicted_ms). Costs are kept as measured medians and p90s per token count and
 batch size, and as a line (fixed + per token) where a line fits the medians within 5%; otherwise
 predictions interpolate the table. A block's cost on a CPU is close to linear in tokens up to a
-few hundred (algorithms.md §8.1), but the smallest counts sit on a floor of per-call costs, which
+few hundred (docs/platform-facts.md), but the smallest counts sit on a floor of per-call costs, which
 is why the table stays the reference.
 
 Reading a profile needs json and numpy only: the runtime may import this module.

@@ -1,4 +1,4 @@
-"""kill -9 during an export leaves the old package or none, never a damaged one (issue 8).
+"""kill -9 during an export leaves the old package or none, never a damaged one.
 
 The benchmark `python -m edgeinfer.bench.kill_export` runs 50 interruptions on MiniLM; this test
 runs a few on a tiny model so CI keeps the property checked.

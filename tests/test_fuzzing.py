@@ -1,7 +1,7 @@
 """Fuzzing (hypothesis): hostile manifests, damaged graphs and hostile runtime inputs.
 
 Only the documented error types may escape (EdgeInferError and its subclasses), and no case may
-hang: each runs under a hypothesis deadline. The example counts are the acceptance's (10,000 each).
+hang: each runs under a hypothesis deadline. Each target runs 10,000 examples.
 """
 
 from __future__ import annotations

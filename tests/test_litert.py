@@ -206,7 +206,7 @@ def test_probe_measures_the_litert_graphs(litert_packages, monkeypatch):
 
 
 def test_an_old_tflite_runtime_is_refused_in_one_line(litert_packages, monkeypatch):
-    """tflite-runtime 2.14 cannot run current converters' op versions (FACTS.md): one line naming the fix."""
+    """tflite-runtime 2.14 cannot run current converters' op versions: one line naming the fix."""
     import types
 
     class OldInterpreter:

