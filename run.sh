@@ -20,11 +20,20 @@ setup() {
   fi
 }
 
+browser() {
+  # the HTML report test renders report.html in headless Chromium (Debian's package)
+  if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing Debian's chromium for the report test" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+  fi
+}
+
 command="${1:-}"
 shift || true
 case "$command" in
   demo) setup; exec .venv/bin/edgeinfer demo "$@" ;;
-  test) setup; exec .venv/bin/python -m pytest -q tests "$@" ;;
+  test) setup; browser; exec .venv/bin/python -m pytest -q tests "$@" ;;
   setup) setup ;;
   *) echo "usage: ./run.sh demo|test|setup [options]" >&2; exit 2 ;;
 esac

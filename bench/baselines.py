@@ -7,7 +7,6 @@ Building them needs the export extra (torch, transformers); running them needs o
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from ..runtime.tokenize import EncodedBatch
 def export_monolithic(model_dir: str, task: str, path: Path) -> Path:
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from ..export.onnx_graphs import tracer_warnings_ignored
 
     loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     model = loader.from_pretrained(model_dir).eval()
@@ -36,8 +37,7 @@ def export_monolithic(model_dir: str, task: str, path: Path) -> Path:
     ids = torch.ones((1, 8), dtype=torch.long)
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "token_type_ids": {0: "batch", 1: "sequence"}, output: {0: "batch"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with tracer_warnings_ignored(), torch.no_grad():
         torch.onnx.export(Forward(), (ids, ids, torch.zeros_like(ids)), str(path), dynamo=False, opset_version=17,
                           input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=[output],
                           dynamic_axes=axes)

@@ -22,7 +22,7 @@ from ..errors import EdgeInferError, InputError
 from ..export.calibration_data import read_examples
 from ..progress import progress_bar
 from ..runtime.planner import choose_point, policy_of
-from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, softmax
+from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, embedding_agreement_cosine, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.sessions import default_threads
 from ..targets.catalog import usable_target
@@ -32,7 +32,6 @@ from .cold_start import cold_start, edgeinfer_spec, onnxruntime_spec, torch_spec
 from .timing import latency_summary
 
 WARMUP = 10
-EMBEDDING_AGREES_AT = 0.99  # cosine to the full model's embedding that counts as the same answer
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,8 @@ def _pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarray:
     return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True) if normalize else pooled
 
 
-def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int) -> list[Configuration]:
+def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int,
+               notes: list[str]) -> list[Configuration]:
     """PyTorch eager and the monolithic onnxruntime graphs (fp32, int8), answering like the package."""
     from .baselines import MonolithicModel, export_monolithic, quantize_int8
 
@@ -118,8 +118,8 @@ def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int) ->
         size = sum(p.numel() * p.element_size() for p in eager.parameters())
         configurations.append(Configuration("PyTorch eager (fp32)", "baseline", torch_answer,
                                             torch_spec(Path(model_dir), task, max_length, threads), size))
-    except ImportError:
-        pass
+    except ImportError as err:
+        notes.append(f"no PyTorch eager baseline: {err}")
     for name, path in (("onnxruntime fp32 (monolithic)", fp32), ("onnxruntime int8 dynamic (monolithic)", int8)):
         model = MonolithicModel(path, threads)
 
@@ -137,30 +137,43 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
     probe = load(package, target=options.target, policy=Policy.off(), threads=threads, profile=None)
     a = options.agreement
     keep = options.keep_schedule if options.keep_schedule is not None else default_keep_schedule(probe.manifest.model.num_blocks)
-    points = {"edgeinfer off": (Policy.off(), Budget()),
-              f"edgeinfer exits@{a}": (Policy(agreement=a), Budget())}
+    levels = ", ".join(f"{t.agreement:g}" for t in probe.manifest.exit_thresholds) or "none"
+    exits = any(abs(t.agreement - a) < 1e-9 for t in probe.manifest.exit_thresholds)
+    if not exits:
+        notes.append(f"no exits@{a:g} configurations: not a level this package calibrated (it has {levels})")
+    points = {"edgeinfer off": (Policy.off(), Budget())}
+    if exits:
+        points[f"edgeinfer exits@{a}"] = (Policy(agreement=a), Budget())
     if keep:
         schedule = ",".join(f"{b}:{k}" for b, k in keep)
         points[f"edgeinfer prune {schedule}"] = (Policy(agreement=None, keep_schedule=keep), Budget())
-        points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep), Budget())
+        if exits:
+            points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep), Budget())
         points[f"edgeinfer merge {schedule}"] = (Policy(agreement=None, keep_schedule=keep, reduction="merge"), Budget())
-    if probe.manifest.model.task == "text-classification":
+    if probe.manifest.model.task == "text-classification" and exits:
         embed = next(s for s in probe.manifest.segments if s.kind == "embed")
         for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):
-            points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
+            policy = Policy(agreement=a, precision=variant.name)
+            try:
+                load(package, target=options.target, policy=policy, threads=threads, profile=None)
+            except InputError as err:
+                notes.append(f"no cascade {variant.name}@{a:g}: {err}")
+                continue
+            points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (policy, Budget())
     if probe.manifest.operating_points:  # what `edgeinfer calibrate` stored: the planner's choice for this level
         try:
             point = choose_point(probe.manifest, a)
             points[f"edgeinfer auto:{a} ({point.name})"] = (policy_of(point), Budget())
         except InputError as err:
             notes.append(f"no auto point: {err}")
-    if options.budget_ms is not None:
+    if options.budget_ms is not None and exits:
         points[f"edgeinfer exits@{a}, deadline {options.budget_ms:g} ms"] = (Policy(agreement=a), Budget(latency_ms=options.budget_ms))
     return points
 
 
 def _row(c: Configuration, answers: list[Answer], times: list[float], reference: list[Answer],
-         labels: np.ndarray | None, classification: bool, options: BenchOptions, num_blocks: int) -> dict:
+         labels: np.ndarray | None, classification: bool, options: BenchOptions, num_blocks: int,
+         embedding_cosine: float) -> dict:
     row: dict = {"configuration": c.name, "kind": c.kind, **latency_summary(times),
                  "latencies_ms": [round(t, 3) for t in times],
                  "throughput_per_s": round(1000.0 / float(np.mean(times)), 2), "model_mb": round(c.model_bytes / 2**20, 2)}
@@ -172,7 +185,7 @@ def _row(c: Configuration, answers: list[Answer], times: list[float], reference:
     else:
         cosines = np.array([cosine(a.output, r.output) for a, r in zip(answers, reference)])
         row["mean_cosine_to_full"] = round(float(cosines.mean()), 5)
-        row["agreement_with_full"] = round(float((cosines >= EMBEDDING_AGREES_AT).mean()), 4)
+        row["agreement_with_full"] = round(float((cosines >= embedding_cosine).mean()), 4)
     depths = np.array([a.depth for a in answers])
     row["exit_share"] = {str(d): round(float((depths == d).mean()), 4) for d in range(1, num_blocks + 1)}
     row["mean_depth"] = round(float(depths.mean()), 3)
@@ -218,7 +231,12 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
         if options.baselines:
             model_dir = options.model_dir or _source_dir(manifest.model.source)
             if model_dir is not None:
-                configurations += _baselines(off, model_dir, Path(tmp), threads)
+                configurations += _baselines(off, model_dir, Path(tmp), threads, notes)
+            else:
+                notes.append(f"no baselines: the model the package came from ({manifest.model.source}) is not on "
+                             f"this machine, or the export extra is not installed; pass --model HF_DIR")
+        else:
+            notes.append("no baselines: turned off for this run")
         for name, session in sessions.items():
             policy, budget = points[name]
             spec = edgeinfer_spec(package, _policy_dict(policy), asdict(budget), options.profile, options.target)
@@ -233,8 +251,9 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
             answers.update(alone_answers)
             times.update(alone_times)
         reference = answers["edgeinfer off"]
+        embedding_cosine = embedding_agreement_cosine(manifest)
         rows = [_row(c, answers[c.name], times[c.name], reference, labels, classification,
-                     options, manifest.model.num_blocks) for c in configurations]
+                     options, manifest.model.num_blocks, embedding_cosine) for c in configurations]
         with progress_bar(len(configurations), "cold starts") as bar:
             for c, row in zip(configurations, rows):
                 row["cold_start"] = cold_start(c.cold_start_spec, texts[:50], options.cold_start_runs)
@@ -254,6 +273,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
         "profile": profile.key if profile is not None else None, "baseline": base["configuration"],
         "options": {"agreement": options.agreement,
                     "budget_ms": options.budget_ms},
+        "embedding_agreement_cosine": None if classification else embedding_agreement_cosine(manifest),
         "configurations": rows,
         "notes": notes,
     }

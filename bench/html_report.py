@@ -173,7 +173,8 @@ def markdown_report(report: dict) -> str:
              f"(latency percentiles over {report['inputs'] * report['repeats']} requests each). Cold start and peak RSS: "
              f"median of fresh processes (import + load + first result; then 50 inputs). "
              f"Baseline for ratios: {report['baseline']}. Device profile: {report['profile'] or 'none'}. "
-             f"Agreement: the full model's label (classifiers) or cosine >= 0.99 to its embedding; "
+             f"Agreement: the full model's label (classifiers) or cosine >= "
+             f"{report.get('embedding_agreement_cosine') or 0.99:g} to its embedding; "
              f"predicted err: median absolute error of the profile's per-request prediction.", "",
              markdown_table(report), "", *(f"Note: {note}." for note in report.get("notes", [])), ""]
     return "\n".join(lines)

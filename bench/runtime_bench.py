@@ -188,7 +188,8 @@ def _deadline(package: Path, texts: list[str], budget_ms: float, agreement: floa
         cut += result.trace.deadline_cut
     totals_arr = np.array(totals)
     return {"budget_ms": round(budget_ms, 4), "inputs": len(texts), **latency_summary(totals),
-            "within_budget_plus_1ms": round(float((totals_arr <= budget_ms + 1.0).mean()), 4),
+            "within_budget": round(float((totals_arr <= budget_ms).mean()), 4),
+            "overrun_p99_ms": round(float(np.percentile(np.maximum(totals_arr - budget_ms, 0.0), 99)), 4),
             "cut_short": int(cut)}
 
 
@@ -208,7 +209,8 @@ def markdown_report(report: dict) -> str:
                      f"median ratio {o['median_ratio']:.3f}")
     d = report["deadline"]
     lines += ["", f"Deadline {d['budget_ms']:.2f} ms (half the monolithic median): "
-                  f"{d['within_budget_plus_1ms']:.1%} within budget + 1 ms, {d['cut_short']} of {d['inputs']} cut short.", ""]
+                  f"{d['within_budget']:.1%} within the budget (p99 overrun {d['overrun_p99_ms']:.2f} ms), "
+                  f"{d['cut_short']} of {d['inputs']} cut short.", ""]
     m = report["memory"]
     lines += [f"Peak RSS of `edgeinfer run` over 200 inputs: {m['edgeinfer_run_peak_rss_mb']:.0f} MB "
               f"(predicted model memory {m['predicted_model_mb']:.0f} MB, of which weights {m['predicted_weights_mb']:.0f} MB).", ""]

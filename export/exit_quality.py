@@ -7,11 +7,10 @@ import numpy as np
 import torch
 
 from ..manifest import ExitThresholds
-from ..runtime.policy import softmax
+from ..runtime.policy import EMBEDDING_AGREES_AT, softmax
 from .thresholds import simulate_level
 
 # An embedding exit "agrees" with the full model when their cosine similarity reaches this.
-EMBEDDING_AGREEMENT_COSINE = 0.95
 
 
 @torch.no_grad()
@@ -31,7 +30,7 @@ def judge(task: str, outputs: dict[int, np.ndarray], final: np.ndarray) -> tuple
 
     Classification: max probability; agreement = same label. Embeddings: cosine to the previous
     exit's embedding (NaN at the first exit, which therefore never answers); agreement = cosine to
-    the full model's embedding >= EMBEDDING_AGREEMENT_COSINE.
+    the full model's embedding >= EMBEDDING_AGREES_AT (the one definition: runtime/policy.py).
     """
     depths = sorted(outputs)
     confidence = np.empty((len(final), len(depths)))
@@ -43,7 +42,7 @@ def judge(task: str, outputs: dict[int, np.ndarray], final: np.ndarray) -> tuple
             agrees[:, e] = out.argmax(-1) == final.argmax(-1)
         else:
             confidence[:, e] = cosine_rows(out, outputs[depths[e - 1]]) if e > 0 else np.nan
-            agrees[:, e] = cosine_rows(out, final) >= EMBEDDING_AGREEMENT_COSINE
+            agrees[:, e] = cosine_rows(out, final) >= EMBEDDING_AGREES_AT
     return confidence, agrees
 
 

@@ -6,9 +6,11 @@ dynamo exporter on a tiny BERT with outputs equally close, and export time matte
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 import torch
@@ -47,6 +49,19 @@ class GraphJob:
     ranks_by: str | None = None  # a graph that prunes inside: the token score it ranks by
 
 
+@contextlib.contextmanager
+def tracer_warnings_ignored() -> Iterator[None]:
+    """The TorchScript tracer warns about every data-dependent Python branch it records as a
+    constant (shape checks inside Hugging Face modules): expected here, since the graphs are checked
+    against PyTorch afterwards. Every other warning still reaches the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")  # shapes traced as tensors
+        yield
+
+
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
                  output_names: list[str], path: Path,
                  axes: dict[str, dict[int, str]] | None = None) -> tuple[list[str], list[str]]:
@@ -55,8 +70,7 @@ def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_
     axes: the dynamic axes of each name (DYNAMIC_AXES, the encoder's, by default)."""
     axes = axes or DYNAMIC_AXES
     module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with tracer_warnings_ignored(), torch.no_grad():
         torch.onnx.export(
             module, args, str(path), input_names=input_names, output_names=output_names,
             dynamic_axes={n: axes[n] for n in input_names + output_names},

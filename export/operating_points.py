@@ -5,7 +5,7 @@ The grid: precision (fp32 and each variant) x exits (none, each calibrated level
 reduction (none, pruning, merging at the default keep schedule) x skipped blocks (none, and each
 block whose skipping alone keeps the target agreement: drop a block, measure, keep the sets that
 hold). Agreement is with the fp32 full model on the same texts (same
-label for classifiers, cosine >= 0.99 for embeddings). Cost is latency relative to the full
+label for classifiers, cosine to the full embedding >= the package's one definition, runtime/policy.py). Cost is latency relative to the full
 model on this device: the device profile's prediction per request when the probe stored one
 (96% of SST-2 points within 10% of measured, and free of the machine's drift), measured wall time
 otherwise.
@@ -23,12 +23,11 @@ from ..errors import InputError
 from ..manifest import Manifest, OperatingPoint
 from ..progress import progress_bar
 from ..runtime.package import open_package
-from ..runtime.policy import Policy, cosine, default_keep_schedule
+from ..runtime.policy import Policy, cosine, default_keep_schedule, embedding_agreement_cosine
 from ..runtime.session import EdgeSession, load
 from .package_writer import rewrite_manifest
 from .thresholds import BOUND_CONFIDENCE, clopper_pearson_upper
 
-EMBEDDING_AGREES_AT = 0.99
 MIN_TEXTS = 50
 
 
@@ -61,10 +60,11 @@ def agreement_bound(agreeing: int, n: int, tests: int = 1) -> float:
     return 1.0 - clopper_pearson_upper(n - agreeing, n, 1.0 - (1.0 - BOUND_CONFIDENCE) / max(tests, 1))
 
 
-def _agreeing(outputs: list, reference: list, classification: bool) -> int:
-    if classification:
+def _agreeing(outputs: list, reference: list, manifest: Manifest) -> int:
+    if manifest.model.task == "text-classification":
         return int(sum(o.argmax() == r.argmax() for o, r in zip(outputs, reference)))
-    return int(sum(cosine(o, r) >= EMBEDDING_AGREES_AT for o, r in zip(outputs, reference)))
+    at = embedding_agreement_cosine(manifest)
+    return int(sum(cosine(o, r) >= at for o, r in zip(outputs, reference)))
 
 
 def candidate_policies(manifest: Manifest, skip_sets: list[tuple[int, ...]]) -> dict[str, Policy]:
@@ -111,7 +111,7 @@ def calibrate_package(package_path: Path, texts: list[str], labels: list[int] | 
     blocks = manifest.model.num_blocks
     for block in range(1, blocks + 1):
         outputs, _, _ = _answers(load(package_path, policy=Policy(agreement=None, skip_blocks=(block,))), texts)
-        if agreement_bound(_agreeing(outputs, reference, classification), n, blocks) >= target:
+        if agreement_bound(_agreeing(outputs, reference, manifest), n, blocks) >= target:
             skip_sets.append((block,))
     policies = candidate_policies(manifest, skip_sets)
     tests = blocks + len(candidate_policies(manifest, [()] + [(b,) for b in range(1, blocks + 1)]))
@@ -122,7 +122,7 @@ def calibrate_package(package_path: Path, texts: list[str], labels: list[int] | 
             accuracy = None
             if labels is not None and classification:
                 accuracy = round(float(np.mean([o.argmax() == y for o, y in zip(outputs, labels)])), 6)
-            agreeing = _agreeing(outputs, reference, classification)
+            agreeing = _agreeing(outputs, reference, manifest)
             points.append(OperatingPoint(name=name, policy=_policy_json(policy), agreement=round(agreeing / n, 6),
                                          agreement_bound=round(agreement_bound(agreeing, n, tests), 6),
                                          relative_latency=round(relative, 6), mean_depth=round(float(np.mean(depths)), 4),

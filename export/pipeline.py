@@ -21,11 +21,12 @@ from ..errors import ExportError
 from ..manifest import (KEEP_TOKENS, PRUNED_FULL, SCHEMA_VERSION, ExitHead, Manifest, ModelFacts, Segment,
                         TokenizerSpec, Variant)
 from ..progress import progress_bar
+from ..runtime.policy import EMBEDDING_AGREES_AT
 from ..runtime.tokenize import TextEncoder
 from .calibration_data import Examples, read_examples
 from .exit_heads import (EXIT_HEADS, ClassifierExit, EmbeddingExit, LinearClassifierExit, TrainingSettings, cosine_loss, distillation_loss,
                          train_head)
-from .exit_quality import EMBEDDING_AGREEMENT_COSINE, evaluate, exit_outputs, judge
+from .exit_quality import evaluate, exit_outputs, judge
 from .features import TorchSegments, attention_bias, collect_features
 from .joint_training import JointSettings, final_probabilities, fine_tune_jointly
 from .model_source import LoadedModel, load_model
@@ -281,7 +282,7 @@ def _train_and_calibrate(options, loaded, segments, encoder, exit_modules, featu
         "thresholds": {
             **threshold_record(threshold_data.source, len(threshold_data), "max_prob" if classification
                                else "consecutive_cosine", lengths),
-            **({} if classification else {"embedding_agreement_cosine": EMBEDDING_AGREEMENT_COSINE}),
+            **({} if classification else {"embedding_agreement_cosine": EMBEDDING_AGREES_AT}),
         },
     }
     evaluation = {}

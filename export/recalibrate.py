@@ -18,6 +18,7 @@ from ..manifest import Manifest
 from ..quant.output_error import encode_batches
 from ..quant.variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from ..runtime.package import open_package
+from ..runtime.policy import EMBEDDING_AGREES_AT
 from .exit_quality import judge
 from .package_writer import rewrite_manifest
 from .thresholds import AGREEMENT_LEVELS, calibrate_level, threshold_record
@@ -55,8 +56,8 @@ def recalibrate_thresholds(package_path: Path, texts: list[str], source: str, ou
         variants.append(variant)
     earlier = manifest.calibration.get("thresholds", {})
     record = threshold_record(source, len(texts), earlier.get("confidence", "max_prob"), lengths)
-    if "embedding_agreement_cosine" in earlier:
-        record["embedding_agreement_cosine"] = earlier["embedding_agreement_cosine"]
+    if manifest.model.task != "text-classification":  # what judge() just counted as agreeing
+        record["embedding_agreement_cosine"] = EMBEDDING_AGREES_AT
     new_manifest = replace(manifest, exit_thresholds=levels, precision_variants=tuple(variants),
                            calibration={**manifest.calibration, "thresholds": record})
     return rewrite_manifest(package.root, output or package_path, new_manifest, force)

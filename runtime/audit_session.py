@@ -3,6 +3,7 @@ level comes next when the one in force is not held (runtime/audit.py has the tes
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,27 +12,28 @@ import numpy as np
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import package_id
 from .audit import AuditState, Auditor, read_state, state_path
-from .policy import cosine
+from .policy import cosine, embedding_agreement_cosine
 from .result import Result
-from .sessions import default_threads
 from .user_cache import cache_root
 
 if TYPE_CHECKING:
     from .session import EdgeSession
 
-EMBEDDING_AGREES_AT = 0.95  # when the calibration record does not say
 
 
 def start_audit(session: "EdgeSession", seed: int | None = None) -> Auditor:
     levels = _stored_levels(session)
     requested = float(session.policy.agreement)
-    device = fingerprint_key(device_fingerprint(session.runner.threads or default_threads(), session.runner.providers[0]))
+    device = fingerprint_key(device_fingerprint(session.runner.intra_op_threads, session.runner.providers[0]))
     path = state_path(package_id(session.package.root), device)
     state = read_state(path, requested, levels)
     if state is None:
         state = AuditState(requested=requested, in_force=session.level.agreement if session.level else None)
     elif state.in_force != (session.level.agreement if session.level else None):
         session.use_level(state.in_force)  # a level tightened by an earlier process stays tightened
+        warnings.warn(f"an earlier audit found level {requested:g} not held on this device: the session runs at "
+                      f"{f'{state.in_force:g}' if state.in_force is not None else 'full depth (exits off)'} "
+                      f"(trace.level_used; `edgeinfer audit` shows why)", UserWarning, stacklevel=3)
     return Auditor(session.policy.audit, state, path, session.full_output, _agreement_test(session),
                    lambda current: _tighten(session, levels, current), seed)
 
@@ -54,14 +56,16 @@ def _tighten(session: "EdgeSession", levels: tuple[float, ...], current: float |
     stricter = sorted(level for level in levels if current is not None and level > current)
     chosen = stricter[0] if stricter else None
     session.use_level(chosen)
+    warnings.warn(f"the audit found level {current:g} is not held on this traffic: the session now runs at "
+                  f"{f'{chosen:g}' if chosen is not None else 'full depth (exits off)'} (trace.level_used)",
+                  UserWarning, stacklevel=2)
     return chosen
 
 
 def _agreement_test(session: "EdgeSession"):
     if session.manifest.model.task == "text-classification":
         return lambda result, reference: int(np.argmax(result.probabilities)) == int(np.argmax(reference))
-    record = session.manifest.calibration.get("thresholds", {})
-    at = float(record.get("embedding_agreement_cosine", EMBEDDING_AGREES_AT))
+    at = embedding_agreement_cosine(session.manifest)
 
     def agrees(result: Result, reference: np.ndarray) -> bool:
         return cosine(result.embedding, reference) >= at

@@ -328,11 +328,11 @@ class DecoderSession:
             return (float(threshold),) * len(self.exits)
         if agreement is None:
             raise InputError("early-exit needs an agreement level (or an exit_threshold)")
-        level = self.manifest.thresholds_for(agreement)
+        level = next((t for t in self.manifest.exit_thresholds if abs(t.agreement - agreement) < 1e-9), None)
         if level is None:
-            known = ", ".join(str(t.agreement) for t in self.manifest.exit_thresholds) or "none"
-            raise InputError(f"this package has no exit thresholds for agreement {agreement} (it has {known}); "
-                             f"pass exit_threshold or re-export with calibration prompts")
+            known = ", ".join(f"{t.agreement:g}" for t in self.manifest.exit_thresholds) or "none"
+            raise InputError(f"this package has no exit thresholds for agreement {agreement:g} (it has {known}); "
+                             f"ask for one of those, pass exit_threshold, or re-export with calibration prompts")
         return level.thresholds
 
     def _default_draft_blocks(self) -> int:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
-from ..manifest import TOKEN_SCORES
+from ..manifest import TOKEN_SCORES, ExitThresholds, Manifest, strictest_level
 
 REDUCTIONS = ("prune", "merge")
+FALLBACKS = ("refuse", "nearest")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class Policy:
         "int8"). A variant uses its own calibrated exit thresholds and restarts at fp32 when its
         final confidence is below its calibrated restart threshold: the cascade cheap point first,
         fp32 on restart.
+    fallback: what happens when the package cannot do exactly what the policy asks (a level it has
+        not calibrated, a variant without thresholds for it). "refuse" (the default): one line
+        saying what is missing. "nearest": run the nearest stricter thing instead, with a
+        UserWarning, and record it in every trace (level_used, precision). docs/runtime.md lists
+        the rules.
     """
 
     agreement: float | None = 0.99
@@ -46,8 +53,11 @@ class Policy:
     reduction: str = "prune"
     skip_blocks: tuple[int, ...] = ()
     audit: float | None = None
+    fallback: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.fallback not in FALLBACKS:
+            raise InputError(f"fallback {self.fallback!r} must be one of {', '.join(FALLBACKS)}")
         if self.audit is not None and not (isinstance(self.audit, (int, float)) and not isinstance(self.audit, bool)
                                            and 0.0 < self.audit <= 1.0):
             raise InputError(f"audit {self.audit!r} must be a share of requests in (0, 1] (or None)")
@@ -80,6 +90,41 @@ class Policy:
     def off() -> "Policy":
         """Every adaptive feature off: the full model, every token."""
         return Policy(agreement=None)
+
+
+EMBEDDING_AGREES_AT = 0.99  # cosine to the full model's embedding that counts as the same answer
+
+
+def embedding_agreement_cosine(manifest: Manifest) -> float:
+    """What "agrees with the full model" means for this package's embeddings: the cosine its
+    thresholds were calibrated for (the package records it), so that calibration, the bench, the
+    operating points and the audit all judge by one definition."""
+    record = manifest.calibration.get("thresholds", {})
+    value = record.get("embedding_agreement_cosine") if isinstance(record, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else EMBEDDING_AGREES_AT
+
+
+def substitute(fallback: str, missing: str, instead: str) -> None:
+    """A policy asks for something the package cannot do exactly: refuse in one line, or (fallback
+    "nearest") say in a UserWarning what runs instead."""
+    if fallback == "refuse":
+        raise InputError(f"{missing}; ask for what the package has, or pass Policy(..., fallback='nearest') "
+                         f"to run {instead} instead")
+    warnings.warn(f"{missing}: running {instead} (fallback='nearest')", UserWarning, stacklevel=4)
+
+
+def stored_level(levels: tuple[ExitThresholds, ...], agreement: float, fallback: str,
+                 owner: str = "this package") -> ExitThresholds | None:
+    """The calibrated set for exactly this agreement level, or the substitution the fallback allows:
+    the strictest stored level above it, else none (exits off: the full model)."""
+    for level in levels:
+        if abs(level.agreement - agreement) < 1e-9:
+            return level
+    known = ", ".join(f"{level.agreement:g}" for level in levels) or "none"
+    nearest = strictest_level(levels, agreement)
+    substitute(fallback, f"agreement {agreement:g} is not a level {owner} calibrated (it has {known})",
+               f"level {nearest.agreement:g}" if nearest is not None else "the full model (exits off)")
+    return nearest
 
 
 def default_keep_schedule(num_blocks: int) -> tuple[tuple[int, float], ...]:

@@ -15,10 +15,14 @@ class Trace:
     milliseconds: dict[str, float] = field(default_factory=dict)
     total_ms: float = 0.0
     truncated: bool = False
-    thresholds_level: float | None = None
+    level_used: float | None = None  # the agreement level whose thresholds ran (None: exits off)
+    level_requested: float | None = None  # the level the policy asked for
     deadline_cut: bool = False  # the deadline guard answered from the best exit reached
     restarts: int = 0  # low confidence made the run start again at a stronger operating point
     precision: str = "fp32"  # the precision variant that produced the answer
+    precision_requested: str = "fp32"  # the one the policy asked to run first
+    threads: int = 0  # intra-op threads the graphs ran on
+    over_budget: bool = False  # took longer than the latency budget
     predicted_ms: float | None = None  # what the device profile predicted for the calls made
     profile: str | None = None  # which device profile predicted it (target-fingerprint)
     audited: bool = False  # this request is also being run at full depth by the audit
@@ -43,7 +47,9 @@ class Result:
         out["trace"] = {
             "segments": list(self.trace.segments), "tokens_per_block": list(self.trace.tokens_per_block),
             "milliseconds": self.trace.milliseconds, "total_ms": self.trace.total_ms,
-            "truncated": self.trace.truncated, "thresholds_level": self.trace.thresholds_level,
+            "truncated": self.trace.truncated, "level_used": self.trace.level_used,
+            "level_requested": self.trace.level_requested, "precision_requested": self.trace.precision_requested,
+            "threads": self.trace.threads, "over_budget": self.trace.over_budget,
             "deadline_cut": self.trace.deadline_cut, "restarts": self.trace.restarts,
             "precision": self.trace.precision, "predicted_ms": self.trace.predicted_ms,
             "profile": self.trace.profile, "audited": self.trace.audited,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from functools import partial
@@ -19,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import InputError, PackageError
-from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, Segment
+from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, LengthThresholds, Segment
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
@@ -30,11 +31,12 @@ from .memory import check_memory_budget
 from .planner import choose_point, parse_auto, policy_of
 from .optimized_graphs import cache_folder, enabled
 from .package import Package, open_package
-from .policy import Budget, Policy, classification_confidence, cosine, should_exit, softmax
+from .policy import (Budget, Policy, classification_confidence, cosine, should_exit, softmax, stored_level,
+                     substitute)
 from .merging import merge_tokens
 from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
-from .sessions import default_threads, open_session
+from .sessions import default_threads, effective_threads, global_thread_pool_threads, open_session
 from .tokenize import TextEncoder, check_texts
 
 if TYPE_CHECKING:
@@ -56,9 +58,10 @@ class GraphRunner:
         self.package = package
         self.shared_arena = shared_arena
         self.threads = threads
+        self.intra_op_threads = effective_threads(threads)  # what onnxruntime really runs on
         self.providers = providers
         self.backend = backend
-        self._device_key = fingerprint_key(device_fingerprint(threads or default_threads(), providers[0])) \
+        self._device_key = fingerprint_key(device_fingerprint(self.intra_op_threads, providers[0])) \
             if optimized_cache and backend == "onnxruntime" else None
         self._graphs: dict[str, Graph] = {}
         self._litert_files: dict[str, LiteRTFile] = {}
@@ -195,35 +198,44 @@ class EdgeSession:
         self.outside_calibration = 0  # requests whose length the thresholds' calibration never saw
         if budget.latency_ms is not None:
             self._open_graphs()
-            if profile is None or profile.cost(self._blocks[0].name, self.precision) is None:
-                self._measure_costs()
+            if profile is None or any(profile.cost(s.name, p) is None for s, p in self._graphs_needed()):
+                self._measure_costs()  # a deadline guard without costs would never trip
+            self._warn_if_budget_below_first_step()
 
     def _levels(self, policy: Policy) -> tuple[str, ExitThresholds | None, float | None]:
         """(precision to start at, its calibrated thresholds, its restart threshold).
 
-        A variant's last threshold guards its final answer; where calibration found none that holds
-        the level (every answer would restart), starting at the variant only adds its cost, so the
-        session starts at fp32 and says so in every trace.
+        A variant's last threshold guards its final answer. Where calibration found none that holds
+        the level, every variant answer would restart: the policy's fallback refuses that, or runs
+        fp32 and says so (docs/runtime.md, "What runs when the package cannot do what was asked").
         """
-        if policy.precision == "fp32":
-            level = self.manifest.thresholds_for(policy.agreement) if policy.agreement is not None else None
-            return "fp32", level, None
-        variant = self.manifest.precision_variant(policy.precision)
         if policy.agreement is None:
-            return variant.name, None, None
+            return policy.precision, None, None
+        if policy.precision == "fp32":
+            return "fp32", stored_level(self.manifest.exit_thresholds, policy.agreement, policy.fallback), None
+        variant = self.manifest.precision_variant(policy.precision)
         if self.manifest.model.task != "text-classification":
             raise InputError(f"a precision cascade (precision={variant.name!r} with an agreement level) needs a "
                              f"classifier, whose final answer has a confidence; for embeddings run the variant "
                              f"alone with agreement=None")
-        level = variant.thresholds_for(policy.agreement)
+        level = stored_level(variant.thresholds, policy.agreement, policy.fallback, f"precision {variant.name!r}")
         if level is None or all(r.thresholds[-1] is None for r in (level.by_length or (level,))):
-            return "fp32", self.manifest.thresholds_for(policy.agreement), None
-        restart = max(r.thresholds[-1] for r in (level.by_length or (level,)) if r.thresholds[-1] is not None)
+            substitute(policy.fallback, f"precision {variant.name!r} certifies no answer at agreement "
+                                        f"{policy.agreement:g} (calibration found no restart threshold that holds it)",
+                       "fp32")
+            return "fp32", stored_level(self.manifest.exit_thresholds, policy.agreement, policy.fallback), None
+        ranges = level.by_length or (level,)
+        unanswered = [r for r in ranges if r.thresholds[-1] is None]
+        if unanswered:
+            warnings.warn(f"precision {variant.name!r} certifies no answer at agreement {level.agreement:g} for inputs "
+                          f"of {_length_ranges(ranges, unanswered)} tokens: those start at fp32 "
+                          f"(trace.precision says so)", UserWarning, stacklevel=3)
+        restart = max(r.thresholds[-1] for r in ranges if r.thresholds[-1] is not None)
         return variant.name, level, restart
 
     def use_level(self, agreement: float | None) -> None:
         """Run at another stored agreement level from the next request on (None: exits off, fp32)."""
-        policy = replace(self.policy, agreement=agreement, audit=None,
+        policy = replace(self.policy, agreement=agreement, audit=None, fallback="nearest",
                          precision=self.policy.precision if agreement is not None else "fp32")
         self.precision, self.level, self.restart_threshold = self._levels(policy)
         self._exits, self._exits_by_length = self._exits_at_level()
@@ -349,6 +361,16 @@ class EdgeSession:
         self.block_cost = measure_linear_cost(runner(self._blocks[0]))
         if self.manifest.exits:
             self.exit_cost = measure_linear_cost(runner(self.manifest.segment(self.manifest.exits[0].segment)))
+
+    def _warn_if_budget_below_first_step(self) -> None:
+        """The guard never cuts before the first block (an answer needs one): a budget below that
+        step's predicted cost will be overrun by every request, so say so now."""
+        tokens = 16
+        first = self._step_cost(1, tokens, 1 in self._exits, self.precision)
+        if first is not None and first > self.budget.latency_ms:
+            warnings.warn(f"latency budget {self.budget.latency_ms:g} ms is below the cheapest answer this policy "
+                          f"gives (~{first:.2f} ms predicted for the first block at {tokens} tokens); requests will "
+                          f"overrun it (trace.over_budget says which)", UserWarning, stacklevel=4)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -530,7 +552,7 @@ class EdgeSession:
             costs = [self.profile.predict_ms(s.name, precision, tokens, tail=True) for s in calls]
             if all(c is not None for c in costs):
                 return sum(costs) + self.profile.overhead_per_call_ms * len(costs)
-        if self.block_cost is None:
+        if self.block_cost is None:  # only without a latency budget, which measures costs at load
             return None
         cost = self.block_cost.predict(tokens)
         if exit_next and self.exit_cost is not None:
@@ -599,8 +621,8 @@ class EdgeSession:
             predicted = self.profile.predict_ms(self._full_span.name, "fp32", tokens, tail=True)
         if predicted is None and self.block_cost is not None:
             predicted = self.block_cost.predict(tokens) * len(self._blocks)
-        if predicted is None:
-            return True
+        if predicted is None:  # cannot happen under a latency budget (costs are measured at load)
+            return False
         return (time.perf_counter() - state.started) * 1000 + predicted <= self.budget.latency_ms
 
     def _full_pass(self, state: _Run, batch) -> _Answer:
@@ -708,11 +730,14 @@ class EdgeSession:
         tokens = next((t for t in state.tokens if t), 0)
         outside = self.level is not None and not self._calibrated_lengths[0] <= tokens <= self._calibrated_lengths[1]
         self.outside_calibration += outside
+        total_ms = (time.perf_counter() - state.started) * 1000
         trace = Trace(segments=tuple(state.segments), tokens_per_block=tuple(state.tokens),
                       exit_after_block=answer.depth, restarts=state.restarts,
-                      milliseconds=state.milliseconds,
-                      total_ms=round((time.perf_counter() - state.started) * 1000, 4),
-                      truncated=truncated, thresholds_level=self.level.agreement if self.level else None,
+                      milliseconds=state.milliseconds, total_ms=round(total_ms, 4),
+                      truncated=truncated, level_used=self.level.agreement if self.level else None,
+                      level_requested=self.policy.agreement, precision_requested=self.policy.precision,
+                      threads=self.runner.intra_op_threads,
+                      over_budget=self.budget.latency_ms is not None and total_ms > self.budget.latency_ms,
                       deadline_cut=answer.cut_short, precision=state.precision,
                       predicted_ms=round(state.predicted_ms + self.profile.overhead_ms(len(state.segments)), 4)
                       if self.profile is not None and np.isfinite(state.predicted_ms) else None,
@@ -722,6 +747,16 @@ class EdgeSession:
             labels = self.manifest.model.labels or tuple(str(i) for i in range(len(output)))
             return Result(labels[int(probabilities.argmax())], probabilities, None, confidence, trace)
         return Result(None, None, output.astype(np.float32), confidence, trace)
+
+
+def _length_ranges(ranges: tuple[LengthThresholds, ...], chosen: list[LengthThresholds]) -> str:
+    """'1-16, 65-128' for the chosen ranges (each range runs from its predecessor's limit + 1)."""
+    spans, low = [], 1
+    for r in ranges:
+        if r in chosen:
+            spans.append(f"{low}-{r.max_tokens}" if r.max_tokens is not None else f"{low} or more")
+        low = (r.max_tokens or 0) + 1
+    return ", ".join(spans)
 
 
 def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
@@ -752,7 +787,7 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
         from .generation import DecoderSession
 
         return DecoderSession(opened, threads, chosen.providers, memory_mb=budget.memory_mb)
-    found = find_profile(opened.root, chosen.name, threads or default_threads(),
+    found = find_profile(opened.root, chosen.name, global_thread_pool_threads() or threads or default_threads(),
                          None if profile == "auto" else profile) if profile is not None else None
     point = None
     if isinstance(policy, str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import warnings
 from pathlib import Path
 
 import onnxruntime as ort
@@ -60,6 +61,18 @@ def use_global_thread_pool(threads: int | None = None) -> None:
 def global_thread_pool_threads() -> int | None:
     """The global pool's size when use_global_thread_pool() installed one, else None."""
     return _global_pool_threads
+
+
+def effective_threads(threads: int | None) -> int:
+    """The intra-op threads a session asking for `threads` really gets: with the global pool
+    installed, the pool's size whatever was asked (with a warning when that differs)."""
+    if _global_pool_threads is not None:
+        if threads is not None and threads != _global_pool_threads:
+            warnings.warn(f"threads={threads} is ignored: this process runs on onnxruntime's global pool of "
+                          f"{_global_pool_threads} threads (use_global_thread_pool); trace.threads says so",
+                          UserWarning, stacklevel=3)
+        return _global_pool_threads
+    return threads or default_threads()
 
 
 _shared_arena: bool | None = None

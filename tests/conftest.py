@@ -92,6 +92,23 @@ def write_calibration(path: Path, n: int = 120, labels: bool = True, seed: int =
     return path
 
 
+def transformers_reference(model_dir: Path, task: str, input_ids, attention_mask, normalize: bool):
+    """What the Hugging Face model itself answers (class probabilities, or the mean-pooled embedding):
+    the independent reference the exported graphs are checked against."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+    model = loader.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask))
+    if task == "text-classification":
+        return torch.softmax(out.logits, -1)[0].numpy()
+    mask = torch.from_numpy(attention_mask)[..., None].float()
+    pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+    return (torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled)[0].numpy()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("tiny-models")
@@ -120,6 +137,18 @@ def tiny_packages(tiny_models, tiny_calibration, tmp_path_factory) -> dict[tuple
 
 
 @pytest.fixture(scope="session")
+def quantized(tiny_packages, tiny_calibration, tmp_path_factory) -> Path:
+    """The tiny BERT classifier with an int8 variant (its own thresholds, calibrated on 400 texts)."""
+    from edgeinfer.quant.quantize import quantize_package
+
+    os.environ["EDGEINFER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    out = tmp_path_factory.mktemp("quant") / "int8.edge"
+    texts = [line.split("\t")[0] for line in tiny_calibration.read_text().splitlines()[1:]]
+    quantize_package(tiny_packages[("bert", "text-classification")], texts, "int8", output=out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def minilm_package(tmp_path_factory) -> Path:
     from edgeinfer.export.pipeline import ExportOptions, export_model
 
@@ -131,7 +160,8 @@ def minilm_package(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sst2_package(tmp_path_factory) -> Path:
     if not MINILM_SST2.is_dir():
-        pytest.skip("shared/models/minilm-sst2 is not on this machine")
+        pytest.fail(f"{MINILM_SST2} is not on this machine: the SST-2 tests need ../shared beside the checkout "
+                    f"(or EDGEINFER_SHARED pointing at it)")
     from edgeinfer.export.pipeline import ExportOptions, export_model
 
     out = tmp_path_factory.mktemp("sst2") / "s.edge"

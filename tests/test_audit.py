@@ -67,7 +67,7 @@ def test_a_broken_level_is_tightened_and_stays_tightened(tiny_packages, tmp_path
     assert wrong > 0
     moved = session.auditor.state.adjustments[0]
     assert moved["from"] == 0.95 and moved["to"] == 0.98 and session.level.agreement == 0.98
-    assert session.run(texts[0]).trace.thresholds_level == 0.98
+    assert session.run(texts[0]).trace.level_used == 0.98
     again = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, audit=0.05))
     assert again.level.agreement == 0.98  # the saved state carries over to a new session
     assert main(["audit", str(package)]) == 0

@@ -27,6 +27,24 @@ def test_export_records_identical_greedy_generation(tiny_llama_package, session)
     assert session.manifest.calibration["positions"] > 0
     validation = session.manifest.validation
     assert [p["identical_tokens"] for p in validation["prompts"]] == [24, 24, 24]
+
+
+def test_greedy_generation_matches_transformers_generate(tiny_llama_package, session):
+    """Against an independent reference: the Hugging Face model's own greedy `generate`."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(str(tiny_llama_package.parent / "model")).eval()
+    ids = session.encode("the city", chat=False)
+    with torch.no_grad():
+        reference = model.generate(torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                                   pad_token_id=0)
+    got = session.generate(ids, max_new_tokens=16, min_new_tokens=16).token_ids
+    assert list(got) == [int(t) for t in reference[0, len(ids):]]
+
+
+def test_validation_records_keys_and_values(session):
+    validation = session.manifest.validation
     assert validation["kv_max_abs_diff"] < 1e-4
     assert session.manifest.decoder.prompt_prefix == "<user> "
     assert session.manifest.decoder.eos_ids == (1,)

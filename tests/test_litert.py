@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import venv
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def litert_packages(tiny_models, tiny_packages, tiny_calibration, tmp_path_facto
     return {"classifier": exported, "embedding": converted}
 
 
-POLICIES = [edgeinfer.Policy.off(), edgeinfer.Policy(agreement=0.9),
+POLICIES = [edgeinfer.Policy.off(), edgeinfer.Policy(agreement=0.95),
             edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.5),)),
             edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.6),), reduction="merge"),
             edgeinfer.Policy(agreement=None, skip_blocks=(2,))]
@@ -115,7 +116,7 @@ def test_convert_refuses_bad_requests(litert_packages, tiny_packages, tmp_path, 
 
 
 def test_threads_share_a_litert_session(litert_packages):
-    session = edgeinfer.load(litert_packages["classifier"], target="litert-cpu", policy=edgeinfer.Policy(agreement=0.9))
+    session = edgeinfer.load(litert_packages["classifier"], target="litert-cpu", policy=edgeinfer.Policy(agreement=0.95))
     expected = [r.label for r in (session.run(t) for t in TEXTS)]
     barrier = threading.Barrier(4)
 
@@ -149,12 +150,12 @@ def test_a_fresh_environment_without_torch_runs_a_converted_package(litert_packa
     subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[litert]"], check=True, timeout=900)
     script = ("import importlib.util, json, sys, edgeinfer\n"
               "assert importlib.util.find_spec('torch') is None, 'torch is installed'\n"
-              "s = edgeinfer.load(sys.argv[1], target='litert-cpu', policy=edgeinfer.Policy(agreement=0.9))\n"
+              "s = edgeinfer.load(sys.argv[1], target='litert-cpu', policy=edgeinfer.Policy(agreement=0.95))\n"
               "print(json.dumps([r.label for r in s.run(sys.argv[2:])]))\n")
     done = subprocess.run([str(python), "-c", script, str(litert_packages["classifier"]), *TEXTS[:8]],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    expected = [r.label for r in edgeinfer.load(litert_packages["classifier"], policy=edgeinfer.Policy(agreement=0.9)).run(TEXTS[:8])]
+    expected = [r.label for r in edgeinfer.load(litert_packages["classifier"], policy=edgeinfer.Policy(agreement=0.95)).run(TEXTS[:8])]
     assert done.stdout.strip().splitlines()[-1] == str(expected).replace("'", '"')
 
 
@@ -175,13 +176,19 @@ def test_litert_int8_variant_runs_its_cascade_on_litert_only(litert_packages, ti
     for low, high in zip(alone.run(TEXTS), fp32.run(TEXTS)):
         assert low.trace.precision == "litert-int8"
         np.testing.assert_allclose(low.probabilities, high.probabilities, atol=0.05)  # int8, not another model
-    cascade = edgeinfer.load(out, target="litert-cpu", policy=edgeinfer.Policy(agreement=0.9, precision="litert-int8"))
-    level = variant.thresholds_for(0.9)
-    # where calibration found no final threshold holding the level, the cascade starts at fp32 (and says so)
-    assert (cascade.precision == "litert-int8") == (level is not None and level.thresholds[-1] is not None)
-    assert all(r.trace.precision == ("fp32" if r.trace.restarts else cascade.precision) for r in cascade.run(TEXTS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cascade = edgeinfer.load(out, target="litert-cpu",
+                                 policy=edgeinfer.Policy(agreement=0.95, precision="litert-int8", fallback="nearest"))
+    said = " ".join(str(w.message) for w in caught)
+    # whatever ran instead of the variant was said at load, and every trace tells what ran
+    assert (cascade.precision == "fp32") == ("certifies no answer at agreement 0.95 (" in said)
+    for result in cascade.run(TEXTS):
+        assert result.trace.precision_requested == "litert-int8"
+        if result.trace.precision == "fp32":
+            assert result.trace.restarts or "certifies no answer" in said
     with pytest.raises(InputError, match="no onnxruntime graphs at precision 'litert-int8'"):
-        edgeinfer.load(out, policy=edgeinfer.Policy(agreement=0.9, precision="litert-int8"))
+        edgeinfer.load(out, policy=edgeinfer.Policy(agreement=0.95, precision="litert-int8"))
 
 
 def test_a_litert_memory_budget_counts_the_litert_file(litert_packages):
