@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -698,13 +699,47 @@ def _quant_options(parser: argparse.ArgumentParser, default: str) -> None:
                         help="mixed: latency budget in ms for a 64-token input on this device")
 
 
+EXPORT_MODULES = ("torch", "transformers", "safetensors", "onnx", "scipy", "tqdm", "matplotlib")
+NEEDS = {  # command -> (extra, modules it imports): checked before any work starts
+    "export": ("export", EXPORT_MODULES), "demo": ("export", EXPORT_MODULES),
+    "quantize": ("export", EXPORT_MODULES), "calibrate": ("export", EXPORT_MODULES),
+    "thresholds": ("export", EXPORT_MODULES), "bench": ("export", EXPORT_MODULES),
+    "convert": ("export-litert", ("torch", "onnx", "litert_torch")),
+    "keygen": ("signing", ("cryptography",)), "sign": ("signing", ("cryptography",)),
+}
+EXTRA_OF_MODULE = {**{m: "export" for m in EXPORT_MODULES}, "litert_torch": "export-litert",
+                   "ai_edge_litert": "litert", "cryptography": "signing", "gguf": "llm", "accelerate": "llm"}
+
+
+def missing_extra(command: str) -> str | None:
+    """One line naming the extra to install, when a module the command needs is not installed."""
+    extra, modules = NEEDS.get(command, (None, ()))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (f"`edgeinfer {command}` needs the {extra} extra (missing: {', '.join(missing)}); "
+            f"pip install 'edgeinfer[{extra}]'")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    command = args.command
+    needed = missing_extra(command)
+    if needed is not None:
+        print(f"edgeinfer: error: {needed}", file=sys.stderr)
+        return 2
     try:
         return handler(args)
     except EdgeInferError as err:
         print(f"edgeinfer: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional module the check above does not list
+        root = (err.name or "").split(".")[0]
+        if root not in EXTRA_OF_MODULE:
+            raise
+        print(f"edgeinfer: error: `edgeinfer {command}` needs the {EXTRA_OF_MODULE[root]} extra (missing: {root}); "
+              f"pip install 'edgeinfer[{EXTRA_OF_MODULE[root]}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeinfer: interrupted", file=sys.stderr)

@@ -91,3 +91,21 @@ def test_embedding_export_ignores_class_names_in_a_label_column(tiny_models, tmp
                             ExportOptions(calib=str(calib), eval_data=str(calib)))
     assert manifest.calibration["exit_training"]["labels_used"] is False
     assert manifest.evaluation["examples"] == 40
+
+
+@pytest.mark.parametrize("command", ["export", "bench", "calibrate", "quantize", "demo"])
+def test_a_missing_extra_is_one_line_before_any_work(command, monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from edgeinfer.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    out = tmp_path / "out"
+    argv = {"export": ["export", "minilm", "-o", str(out)], "bench": ["bench", "p.edge", "--data", "d.tsv", "--report", str(out)],
+            "calibrate": ["calibrate", "p.edge", "--calib", "d.tsv"], "quantize": ["quantize", "p.edge", "--calib", "d.tsv"],
+            "demo": ["demo", "--out", str(out)]}[command]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "pip install 'edgeinfer[export]'" in error and "scipy" in error
+    assert not out.exists()
