@@ -267,7 +267,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     examples = read_examples(Path(args.calib), None)
     texts = list(examples.texts)[: args.limit]
     labels = list(examples.labels)[: args.limit] if examples.labels is not None else None
-    manifest = calibrate_package(Path(args.package), texts, labels, target=args.target,
+    manifest = calibrate_package(Path(args.package), texts, labels, target=args.agreement,
                                  output=Path(args.output) if args.output else None, force=args.force)
     record = manifest.calibration["operating_points"]
     print(f"{record['candidates']} operating points measured on {record['texts']} texts ({record['cost']}); "
@@ -290,6 +290,22 @@ def _thresholds(args: argparse.Namespace) -> int:
     for level in manifest.exit_thresholds:
         print(f"  {manifest.calibration['thresholds']['guarantee'][str(level.agreement)]}: expected mean depth "
               f"{level.expected_mean_depth:.2f}, {level.calibration_agreement:.4f} on these texts")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .runtime.optimized_graphs import cap_bytes
+    from .runtime.user_cache import cache_root, cache_usage, clear_cache
+
+    if args.clear is not None:
+        freed = clear_cache(args.clear or None)
+        print(f"removed {freed / 2**20:.1f} MB from {cache_root()}" + (f" ({', '.join(args.clear)})" if args.clear else ""))
+        return 0
+    usage = cache_usage()
+    print(f"{cache_root()}: {sum(usage.values()) / 2**20:.1f} MB")
+    for name, size in usage.items():
+        note = f"  (capped at {cap_bytes() / 2**20:.0f} MB, least recently used first)" if name == "optimized" else ""
+        print(f"  {name:14s} {size / 2**20:8.1f} MB{note}")
     return 0
 
 
@@ -338,9 +354,12 @@ def _probe(args: argparse.Namespace) -> int:
     from .bench.report_files import write_json
 
     profile = probe(Path(args.package), target=args.target, quick=args.quick, threads=args.threads)
-    out = Path(args.output) if args.output else default_profile_path(Path(args.package).resolve(), profile.target,
-                                                                       args.threads or default_threads())
-    write_json(out, profile.to_json())
+    # stored where load() and `run` look for it, and also at -o when asked
+    stored = default_profile_path(Path(args.package).resolve(), profile.target, args.threads or default_threads())
+    write_json(stored, profile.to_json())
+    out = Path(args.output) if args.output else stored
+    if out != stored:
+        write_json(out, profile.to_json())
     batch1 = [c for c in profile.costs if c.batch == 1 and c.precision == "fp32"]
     for cost in batch1:
         cells = ", ".join(f"{t}: {m:.3f}" for t, m in zip(cost.tokens, cost.median_ms))
@@ -479,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or 'smollm2' (SmolLM2-135M-Instruct, with --task text-generation)")
     export.add_argument("-o", "--output", required=True, help="package directory to write (e.g. model.edge)")
     export.add_argument("--task", choices=["feature-extraction", "text-classification", "text-generation"],
-                        default="feature-extraction")
+                        default="feature-extraction", help="what the package answers: sentence embeddings (the "
+                        "default), class labels, or generated text")
     export.add_argument("--exits", default=None, help="exit after these blocks: 1,2,3 | all | none "
                                                       "(default: every block but the last)")
     export.add_argument("--calib", default=None, help="calibration data: TSV (text/sentence[, label]) or one "
@@ -507,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "head; default) or linear (cheaper per exit; for --train-exits joint)")
     export.add_argument("--head-examples", type=int, default=4000, help="examples that train exit heads")
     export.add_argument("--threshold-examples", type=int, default=3000, help="examples that calibrate thresholds")
-    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--seed", type=int, default=0, help="seed of exit-head training and sampling (default 0)")
     export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     export.add_argument("--formats", default="onnx",
                         help="onnx (default) or onnx,litert: also convert the segments to LiteRT (needs "
@@ -518,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     convert = sub.add_parser("convert", help="add LiteRT graphs to an exported package (--to litert)")
-    convert.add_argument("package")
+    convert.add_argument("package", help="the edge package to add graphs to")
     convert.add_argument("--to", required=True, help="litert")
     convert.add_argument("--buckets", default=None,
                          help="token counts to convert at (default 8,16,32,64,128,256 up to the package's max length)")
@@ -531,15 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=_convert)
 
     generate = sub.add_parser("generate", help="generate text with a text-generation package")
-    generate.add_argument("package")
+    generate.add_argument("package", help="a text-generation edge package")
     generate.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--max-new-tokens", type=int, default=128, help="stop after this many new tokens (default 128)")
     generate.add_argument("--no-chat", action="store_true", help="use the prompt as it is, without the chat template")
     generate.add_argument("--stop", action="append", help="stop when the text contains this string (repeatable)")
     generate.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    generate.add_argument("--top-k", type=int, default=0)
-    generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    generate.add_argument("--top-p", type=float, default=1.0, help="sample within this probability mass (1.0: all)")
+    generate.add_argument("--seed", type=int, default=None, help="seed for sampling (default: fresh each run)")
     generate.add_argument("--mode", choices=["full", "speculative", "early-exit"], default="full",
                           help="speculative: draft with the first blocks, verify with all (greedy, exact)")
     generate.add_argument("--draft-blocks", type=int, default=None,
@@ -567,13 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--tokens-per-second", type=float, default=None,
                           help="decoding-speed budget, planned like --first-token-ms")
     generate.add_argument("--memory-mb", type=float, default=None, help="cap on the KV cache")
-    generate.add_argument("--target", default="cpu")
-    generate.add_argument("--threads", type=int, default=None)
+    generate.add_argument("--target", default="cpu", help="where to run (see `edgeinfer targets`)")
+    generate.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     generate.add_argument("--json", action="store_true", help="print the result and its trace as JSON")
     generate.set_defaults(handler=_generate)
 
     quantize = sub.add_parser("quantize", help="add a precision variant (int8, int4, fp16, mixed) to a package")
-    quantize.add_argument("package")
+    quantize.add_argument("package", help="the edge package to add a variant to")
     quantize.add_argument("--calib", default=None, help="calibration texts (TSV or one per line; a few "
                                                        "thousand give useful thresholds; default: a bundled sample)")
     quantize.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
@@ -592,17 +612,17 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(handler=_keygen)
 
     sign = sub.add_parser("sign", help="sign a package (manifest.sig) so apps can verify who published it")
-    sign.add_argument("package")
+    sign.add_argument("package", help="the edge package to sign")
     sign.add_argument("--key", required=True, help="private key from `edgeinfer keygen`")
     sign.set_defaults(handler=_sign)
 
     inspect = sub.add_parser("inspect", help="describe an edge package")
-    inspect.add_argument("package")
+    inspect.add_argument("package", help="an edge package folder")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(handler=_inspect)
 
     run = sub.add_parser("run", help="run an edge package on texts (--text, --file, or stdin lines)")
-    run.add_argument("package")
+    run.add_argument("package", help="an edge package folder")
     run.add_argument("--text", action="append", help="an input text (repeatable)")
     run.add_argument("--file", help="a file with one input text per line")
     run.add_argument("--agreement", type=float, default=0.99,
@@ -628,23 +648,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = sub.add_parser("calibrate", help="measure operating points (exits x pruning x skipping x precision) "
                                                  "and store the Pareto set in the package")
-    calibrate.add_argument("package")
+    calibrate.add_argument("package", help="the edge package to measure")
     calibrate.add_argument("--calib", required=True, help="calibration texts: TSV (text[, label]) or one per line")
-    calibrate.add_argument("--target", type=float, default=0.99,
+    calibrate.add_argument("--agreement", type=float, default=0.99,
                            help="agreement a skipped block must keep to enter the grid (default 0.99)")
     calibrate.add_argument("--limit", type=int, default=500, help="texts to use (default 500)")
     calibrate.add_argument("-o", "--output", default=None, help="write a new package here (default: in place)")
-    calibrate.add_argument("--force", action="store_true")
+    calibrate.add_argument("--force", action="store_true", help="replace an existing package at --output")
     calibrate.set_defaults(handler=_calibrate)
 
     audit = sub.add_parser("audit", help="what the online audit (Policy(audit=...)) has seen of a package on "
                            "this machine: realised agreement, its bounds, the level changes made")
-    audit.add_argument("package")
+    audit.add_argument("package", help="an edge package folder")
     audit.set_defaults(handler=_audit)
+
+    cache = sub.add_parser("cache", help="what the user cache holds (optimized graphs, verification stamps, "
+                           "profiles, audits), or clear it")
+    cache.add_argument("--info", action="store_true", help="list each part and its size (the default)")
+    cache.add_argument("--clear", nargs="*", metavar="PART", default=None,
+                       help="remove these parts (e.g. optimized), or everything when none is named")
+    cache.set_defaults(handler=_cache)
 
     thresholds = sub.add_parser("thresholds", help="calibrate the exit thresholds again on texts like the "
                                 "traffic the package will serve (no labels needed)")
-    thresholds.add_argument("package")
+    thresholds.add_argument("package", help="the edge package to calibrate again")
     thresholds.add_argument("--calib", required=True,
                             help="texts: one per line, or a TSV with a text or sentence column (labels are ignored)")
     thresholds.add_argument("--limit", type=int, default=3000, help="texts to use (default 3000)")
@@ -656,20 +683,20 @@ def build_parser() -> argparse.ArgumentParser:
     targets.set_defaults(handler=_targets)
 
     probe = sub.add_parser("probe", help="measure every graph of a package on this device (a latency profile)")
-    probe.add_argument("package")
+    probe.add_argument("package", help="the edge package to measure")
     probe.add_argument("--target", default="cpu", help="target to measure (see `edgeinfer targets`)")
     probe.add_argument("-o", "--output", default=None,
                        help="profile file (default: the cache where `edgeinfer run` finds it for this device)")
     probe.add_argument("--quick", action="store_true", help="fewer token counts and rounds (under a minute)")
-    probe.add_argument("--threads", type=int, default=None)
+    probe.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     probe.set_defaults(handler=_probe)
 
     bench = sub.add_parser("bench", help="baselines and operating points on this device, in one report (HTML, MD, JSON)")
     bench.add_argument("package", nargs="?")
     bench.add_argument("--data", help="inputs: TSV (text[, label]) or one text per line")
-    bench.add_argument("--target", default="cpu")
+    bench.add_argument("--target", default="cpu", help="where to run (see `edgeinfer targets`)")
     bench.add_argument("--budget-ms", type=float, default=None, help="also run with this latency budget (deadline)")
-    bench.add_argument("--agreement", type=float, default=0.99)
+    bench.add_argument("--agreement", type=float, default=0.99, help="the stored agreement level the exit configurations run at (default 0.99)")
     bench.add_argument("--keep", default=None, help="pruning schedule of the pruned points, e.g. 2:0.7,4:0.5 "
                                                    "(default: 70%% after a third of the blocks, 50%% after two thirds)")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved passes over the data")
@@ -684,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="export all-MiniLM-L6-v2, probe it, bench it on a bundled sample, write an HTML report")
     demo.add_argument("--out", default="edgeinfer-demo", help="folder for the package and report")
-    demo.add_argument("--agreement", type=float, default=0.99)
+    demo.add_argument("--agreement", type=float, default=0.99, help="the agreement level the demo benches (default 0.99)")
     demo.add_argument("--force", action="store_true", help="re-export even if the package exists")
     demo.set_defaults(handler=_demo)
     return parser

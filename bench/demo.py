@@ -16,7 +16,9 @@ DEMO_SENTENCES = Path(__file__).resolve().parent.parent / "data" / "demo_sentenc
 def run_demo(out_dir: Path, agreement: float = 0.99, force: bool = False, repeats: int = 3,
              cold_starts: int = 3) -> dict:
     """Writes out_dir/minilm.edge, out_dir/profile.json and out_dir/report/report.{html,md,json}."""
+    from ..runtime.sessions import default_threads
     from ..targets.probe import probe
+    from ..targets.profile import default_profile_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     package = out_dir / "minilm.edge"
@@ -25,7 +27,10 @@ def run_demo(out_dir: Path, agreement: float = 0.99, force: bool = False, repeat
 
         export_model("minilm", package, ExportOptions(task="feature-extraction", force=True))
     profile = out_dir / "profile.json"
-    write_json(profile, probe(package, quick=True).to_json())
+    measured = probe(package, quick=True).to_json()
+    write_json(profile, measured)
+    # also where load() and `edgeinfer run` find it for this device (profile="auto")
+    write_json(default_profile_path(package.resolve(), "cpu", default_threads()), measured)
     session = load(package, policy=Policy(agreement=agreement), profile=profile)
     session.run("edge inference in a few milliseconds")  # the first call opens the graphs
     sample = session.run("edge inference in a few milliseconds")

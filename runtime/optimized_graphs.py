@@ -22,10 +22,18 @@ from pathlib import Path
 import onnxruntime as ort
 
 from ..manifest import Manifest
-from .user_cache import cache_root
+from .user_cache import cache_root, folder_bytes
 from .verified import identity
 
 GRAPH, WEIGHTS, STAMP = "graph.onnx", "weights.bin", "stamp.json"
+DEFAULT_CAP_MB = 1024  # EDGEINFER_OPTIMIZED_CACHE_MB overrides; the least recently used entries go first
+
+
+def cap_bytes() -> int:
+    try:
+        return max(0, int(float(os.environ.get("EDGEINFER_OPTIMIZED_CACHE_MB", DEFAULT_CAP_MB)) * 2**20))
+    except ValueError:
+        return DEFAULT_CAP_MB * 2**20
 
 
 def enabled(requested: bool) -> bool:
@@ -44,6 +52,7 @@ def cached_graph(folder: Path) -> Path | None:
     try:
         stamp = json.loads((folder / STAMP).read_text(encoding="utf-8"))
         if all(stamp.get(name) == identity(folder / name) for name in (GRAPH, WEIGHTS)):
+            os.utime(folder)  # recently used: trimmed last
             return folder / GRAPH
     except (OSError, ValueError):
         pass
@@ -72,3 +81,23 @@ def publish(staging: Path, folder: Path) -> None:
         # a rename keeps inode, size, mtime and ctime of the files inside, so the stamp still holds
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
+        return
+    trim(folder.parent, cap_bytes(), keep=folder)
+
+
+def trim(cache: Path, cap: int, keep: Path | None = None) -> None:
+    """Drop the least recently used entries until the cache holds at most `cap` bytes (the entry
+    just written stays, even alone over the cap: the next load would only rebuild it)."""
+    try:
+        entries = [(e.stat().st_mtime, e) for e in cache.iterdir() if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return
+    sizes = {e: folder_bytes(e) for _, e in entries}
+    total = sum(sizes.values())
+    for _, entry in sorted(entries, key=lambda pair: pair[0]):
+        if total <= cap:
+            break
+        if keep is not None and entry == keep:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= sizes[entry]

@@ -193,7 +193,7 @@ def test_calibrate_stores_a_pareto_set_and_auto_picks_from_it(tiny_packages, tin
 
     out = tmp_path / "calibrated.edge"
     assert main(["calibrate", str(tiny_packages[("bert", "text-classification")]), "--calib", str(tiny_calibration),
-                 "--limit", "120", "--target", "0.9", "-o", str(out)]) == 0
+                 "--limit", "120", "--agreement", "0.9", "-o", str(out)]) == 0
     points = open_package(out).manifest.operating_points
     assert points and [p.relative_latency for p in points] == sorted(p.relative_latency for p in points)
     assert [p.agreement_bound for p in points] == sorted(p.agreement_bound for p in points)  # a Pareto front

@@ -42,3 +42,35 @@ def test_a_changed_cache_file_is_rebuilt(tiny_packages, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEINFER_CACHE", str(other))
     edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
     assert not (other / "optimized").exists()
+
+
+def test_the_cache_is_trimmed_least_recently_used_first(tmp_path):
+    import os
+
+    from edgeinfer.runtime.optimized_graphs import trim
+
+    cache = tmp_path / "optimized"
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        entry = cache / name
+        entry.mkdir(parents=True)
+        (entry / "weights.bin").write_bytes(b"x" * 1000)
+        os.utime(entry, (1e9 - age * 100, 1e9 - age * 100))
+    trim(cache, cap=2500, keep=None)
+    assert sorted(p.name for p in cache.iterdir()) == ["middle", "newest"]
+    trim(cache, cap=500, keep=cache / "middle")
+    assert sorted(p.name for p in cache.iterdir()) == ["middle"]  # the entry just written stays
+
+
+def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
+    from edgeinfer.cli import main
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    (tmp_path / "optimized" / "a").mkdir(parents=True)
+    (tmp_path / "optimized" / "a" / "graph.onnx").write_bytes(b"x" * 2**20)
+    (tmp_path / "verified").mkdir()
+    assert main(["cache", "--info"]) == 0
+    assert "optimized" in capsys.readouterr().out
+    assert main(["cache", "--clear", "optimized"]) == 0
+    assert not (tmp_path / "optimized").exists() and (tmp_path / "verified").exists()
+    assert main(["cache", "--clear"]) == 0
+    assert list(tmp_path.iterdir()) == []
