@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -107,7 +108,7 @@ def _generate(args: argparse.Namespace) -> int:
     session = load(args.package, target=args.target, budget=Budget(memory_mb=args.memory_mb), threads=args.threads)
     if not hasattr(session, "generate"):
         raise EdgeInferError(f"{args.package} is not a text-generation package; use `edgeinfer run`")
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = args.prompt if args.prompt is not None else _stdin_text()
     stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     result = session.generate(
         prompt, max_new_tokens=args.max_new_tokens, chat=not args.no_chat, stop=tuple(args.stop or ()),
@@ -169,6 +170,18 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdin_text() -> str:
+    """Standard input, or one line saying how else to give texts when there is none (closed)."""
+    from .errors import InputError
+
+    if sys.stdin is None or sys.stdin.closed:
+        raise InputError("standard input is closed; pass --text or --file, or pipe the texts in")
+    try:
+        return sys.stdin.read()
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read standard input ({err}); pass --text or --file") from None
+
+
 def _keygen(args: argparse.Namespace) -> int:
     from .runtime.signing import generate_key
 
@@ -222,7 +235,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
             raise InputError(f"{path} does not exist; pass a text file with one input per line")
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     else:
-        lines = sys.stdin.read().splitlines()
+        lines = _stdin_text().splitlines()
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise InputError("no input texts; pass --text, --file, or lines on stdin")
@@ -771,6 +784,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeinfer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`edgeinfer run ... | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..manifest import TOKEN_SCORES, ExitThresholds, Manifest, strictest_level
+from .arguments import real, whole
 
 REDUCTIONS = ("prune", "merge")
 FALLBACKS = ("refuse", "nearest")
@@ -56,35 +57,35 @@ class Policy:
     fallback: str = "refuse"
 
     def __post_init__(self) -> None:
-        if self.fallback not in FALLBACKS:
-            raise InputError(f"fallback {self.fallback!r} must be one of {', '.join(FALLBACKS)}")
-        if self.audit is not None and not (isinstance(self.audit, (int, float)) and not isinstance(self.audit, bool)
-                                           and 0.0 < self.audit <= 1.0):
-            raise InputError(f"audit {self.audit!r} must be a share of requests in (0, 1] (or None)")
-        if self.audit is not None and self.agreement is None:
-            raise InputError("audit checks an agreement level; set agreement (e.g. Policy(agreement=0.99, audit=0.05))")
+        for name, allowed in (("fallback", FALLBACKS), ("reduction", REDUCTIONS), ("importance", TOKEN_SCORES)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} {getattr(self, name)!r} must be one of {', '.join(allowed)}")
+        if self.audit is not None:
+            real("audit (a share of requests)", self.audit, 0.0, 1.0, low_open=True)
+            if self.agreement is None:
+                raise InputError("audit checks an agreement level; set agreement (e.g. Policy(agreement=0.99, audit=0.05))")
         if not isinstance(self.precision, str) or not self.precision:
             raise InputError(f"precision {self.precision!r} must be a variant name such as 'fp32' or 'int8'")
-        if list(self.skip_blocks) != sorted(set(self.skip_blocks)) or any(
-                not isinstance(b, int) or b < 1 for b in self.skip_blocks):
+        if self.restart_below is not None:
+            real("restart_below (a confidence)", self.restart_below, 0.0, 1.0, low_open=True)
+        if self.agreement is not None:
+            real("policy agreement", self.agreement, 0.5, 1.0)
+        if not isinstance(self.skip_blocks, (tuple, list)):
+            raise InputError(f"skip_blocks takes a tuple of block numbers, e.g. (3,), not {self.skip_blocks!r}")
+        for block in self.skip_blocks:
+            whole("a skip_blocks entry", block, 1, 1 << 16)
+        if list(self.skip_blocks) != sorted(set(self.skip_blocks)):
             raise InputError(f"skip_blocks {self.skip_blocks} must be distinct block numbers >= 1, in order")
-        if self.reduction not in REDUCTIONS:
-            raise InputError(f"reduction {self.reduction!r} must be one of {', '.join(REDUCTIONS)}")
-        if self.importance not in TOKEN_SCORES:
-            raise InputError(f"importance {self.importance!r} must be one of {', '.join(TOKEN_SCORES)}")
-        if self.restart_below is not None and not (isinstance(self.restart_below, (int, float))
-                                                   and 0.0 < self.restart_below <= 1.0):
-            raise InputError(f"restart_below {self.restart_below!r} must be a confidence in (0, 1] (or None)")
-        if self.agreement is not None and not (isinstance(self.agreement, (int, float))
-                                               and 0.5 <= self.agreement <= 1.0):
-            raise InputError(f"policy agreement {self.agreement!r} must be between 0.5 and 1.0 (or None)")
+        if not isinstance(self.keep_schedule, (tuple, list)) or not all(
+                isinstance(entry, (tuple, list)) and len(entry) == 2 for entry in self.keep_schedule):
+            raise InputError(f"keep_schedule takes (after_block, fraction) pairs, e.g. ((2, 0.7), (4, 0.5)), "
+                             f"not {self.keep_schedule!r}")
+        for block, fraction in self.keep_schedule:
+            whole("a keep_schedule block", block, 1, 1 << 16)
+            real(f"the keep_schedule fraction after block {block}", fraction, 0.0, 1.0, low_open=True)
         blocks = [b for b, _ in self.keep_schedule]
         if blocks != sorted(set(blocks)):
             raise InputError(f"keep_schedule {self.keep_schedule} must name each block once, in order")
-        for block, fraction in self.keep_schedule:
-            if not (isinstance(block, int) and block >= 1 and 0.0 < fraction <= 1.0):
-                raise InputError(f"keep_schedule entry ({block}, {fraction}) needs a block >= 1 and "
-                                 f"a fraction in (0, 1]")
 
     @staticmethod
     def off() -> "Policy":
@@ -144,8 +145,8 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("latency_ms", "memory_mb"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise InputError(f"budget {name}={value!r} must be a positive number (or None)")
+            if value is not None:
+                real(f"budget {name}", value, 0.0, 1e12, low_open=True)
 
 
 def _shifted_exps(logits: np.ndarray) -> list[float]:

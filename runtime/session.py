@@ -25,6 +25,7 @@ from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
 from .litert_graphs import LiteRTFile, LiteRTGraph, shared_file
+from . import arguments
 from .audit_session import start_audit
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
@@ -776,10 +777,19 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
     optimized_cache: keep each graph as onnxruntime optimized it on this device in the user cache
     (runtime/optimized_graphs.py), so later processes start faster at the cost of disk.
     """
+    package = arguments.path("package", package)
+    if threads is not None:
+        arguments.whole("threads", threads, 1, arguments.max_threads())
+    if not isinstance(policy, (Policy, str)):
+        raise InputError(f"policy takes an edgeinfer.Policy or 'auto[:AGREEMENT]', not {type(policy).__name__}")
+    if not isinstance(budget, Budget):
+        raise InputError(f"budget takes an edgeinfer.Budget (e.g. Budget(latency_ms=5)), not {type(budget).__name__}")
+    if profile is not None and profile != "auto":
+        profile = arguments.path("profile", profile)
+    if not isinstance(target, str):
+        raise InputError(f"target takes a target name such as 'cpu' (see `edgeinfer targets`), not {target!r}")
     chosen = usable_target(target)
-    if threads is not None and threads < 1:
-        raise InputError(f"threads must be at least 1, got {threads}")
-    opened = open_package(Path(package), verify_key=verify_key)
+    opened = open_package(package, verify_key=verify_key)
     if chosen.backend == "litert" and opened.manifest.litert is None:
         raise InputError(f"{Path(package).name} has no LiteRT graphs; add them with "
                          f"`edgeinfer convert {package} --to litert` (or export with --formats onnx,litert)")

@@ -40,10 +40,16 @@ def generate_key(path: Path) -> tuple[Path, Path]:
     public_path = path.with_name(path.name + ".pub")
     if path.exists() or public_path.exists():
         raise InputError(f"{path} or {public_path} already exists; choose another name")
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(private)
-    public_path.write_bytes(public)
+    if not path.parent.is_dir():
+        raise InputError(f"the folder {path.parent} does not exist; create it first")
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(private)
+        public_path.write_bytes(public)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise InputError(f"cannot write the key pair at {path} ({err.strerror}); choose a writable folder") from None
     return path, public_path
 
 

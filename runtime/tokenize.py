@@ -62,6 +62,9 @@ class TextEncoder:
         return EncodedBatch(ids, mask, types, special, truncated)
 
 
+MAX_TEXT_CHARACTERS = 1_000_000  # tokenizing 16 MB took 30 s; no model reads past its max_length
+
+
 def check_texts(texts: list[str]) -> None:
     if not texts:
         raise InputError("no texts given; pass at least one non-empty string")
@@ -70,3 +73,11 @@ def check_texts(texts: list[str]) -> None:
             raise InputError(f"input {i} is a {type(text).__name__}, not a string")
         if not text.strip():
             raise InputError(f"input {i} is empty; pass text with at least one visible character")
+        if len(text) > MAX_TEXT_CHARACTERS:
+            raise InputError(f"input {i} has {len(text):,} characters, over the {MAX_TEXT_CHARACTERS:,} limit "
+                             f"(a model reads at most a few hundred tokens); split or shorten it")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError(f"input {i} is not valid Unicode (a lone surrogate at character {err.start}); "
+                             f"decode it with errors='replace' first") from None

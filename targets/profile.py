@@ -129,7 +129,7 @@ def _first_provider(target: str) -> str:
 def read_profile(path: Path) -> Profile:
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise PackageError(f"profile {path} cannot be read ({type(err).__name__}); run `edgeinfer probe` again") from None
     if not isinstance(document, dict) or document.get("format") != PROFILE_FORMAT:
         raise PackageError(f"{path} is not an edgeinfer profile; make one with `edgeinfer probe PKG -o {path}`")

@@ -109,3 +109,35 @@ def test_a_missing_extra_is_one_line_before_any_work(command, monkeypatch, tmp_p
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "pip install 'edgeinfer[export]'" in error and "scipy" in error
     assert not out.exists()
+
+
+def test_two_writes_to_one_path_without_force_cannot_both_land(tiny_packages, tmp_path):
+    import shutil
+
+    from edgeinfer.errors import ExportError
+    from edgeinfer.export.package_writer import finalize, prepare_staging
+    from edgeinfer.runtime.package import open_package
+
+    source = tiny_packages[("bert", "text-classification")]
+    manifest = open_package(source).manifest
+    output = tmp_path / "p.edge"
+    first, second = prepare_staging(output, force=False), prepare_staging(output, force=False)  # both start
+    for staging in (first, second):
+        shutil.copytree(source, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.*"))
+    finalize(first, output, manifest)
+    with pytest.raises(ExportError, match="was created by another export while this one ran; pass --force"):
+        finalize(second, output, manifest)
+    assert open_package(output).manifest.model == manifest.model
+
+
+def test_what_killed_writes_left_is_swept(tmp_path):
+    from edgeinfer.export.package_writer import prepare_staging
+
+    output = tmp_path / "p.edge"
+    dead = tmp_path / ".p.edge.tmp-999999999-deadbeef"
+    (dead / "graphs").mkdir(parents=True)
+    (dead / "graphs" / "weights.bin").write_bytes(b"x" * 1000)
+    live = prepare_staging(output, force=False)
+    assert not dead.exists() and live.exists()
+    prepare_staging(output, force=False)
+    assert live.exists()  # this process is alive: its staging stays

@@ -131,3 +131,50 @@ def test_batched_full_depth_matches_one_by_one(tiny_packages):
         assert result.label == single.label and result.trace.truncated == single.trace.truncated
     with pytest.raises(InputError, match="not a string"):
         session.run(["good", 7])
+
+
+WRONG_ARGUMENTS = {
+    "a number for the package": (lambda p: edgeinfer.load(123), "package takes a path"),
+    "a NUL byte in the package path": (lambda p: edgeinfer.load("pkg\x00x"), "NUL byte"),
+    "threads as text": (lambda p: edgeinfer.load(p, threads="2"), "threads takes a whole number"),
+    "threads as a bool": (lambda p: edgeinfer.load(p, threads=True), "threads takes a whole number, not bool"),
+    "threads past any use": (lambda p: edgeinfer.load(p, threads=10**6), "threads 1000000 must be between 1"),
+    "a policy as a dict": (lambda p: edgeinfer.load(p, policy={"agreement": 0.99}), "policy takes an edgeinfer.Policy"),
+    "a budget as a number": (lambda p: edgeinfer.load(p, budget=5.0), "budget takes an edgeinfer.Budget"),
+    "a profile as a number": (lambda p: edgeinfer.load(p, profile=3), "profile takes a path"),
+    "a deadline of True": (lambda p: edgeinfer.Budget(latency_ms=True), "latency_ms takes a number, not bool"),
+    "a deadline too big for a float": (lambda p: edgeinfer.Budget(latency_ms=10**400), "must be in (0, 1e+12]"),
+    "an agreement of True": (lambda p: edgeinfer.Policy(agreement=True), "agreement takes a number, not bool"),
+    "a keep schedule as text": (lambda p: edgeinfer.Policy(keep_schedule="2:0.5"), "keep_schedule takes (after_block"),
+    "block True in a keep schedule": (lambda p: edgeinfer.Policy(keep_schedule=((True, 0.5),)), "keep_schedule block"),
+    "block True to skip": (lambda p: edgeinfer.Policy(skip_blocks=(True,)), "skip_blocks entry takes a whole number"),
+    "a lone surrogate in a text": (lambda p: edgeinfer.load(p).run("bad \udcff text"), "not valid Unicode"),
+    "a text past the size cap": (lambda p: edgeinfer.load(p).run("a " * 600_000), "over the 1,000,000 limit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_ARGUMENTS))
+def test_a_wrong_argument_is_one_line_naming_it(tiny_packages, case):
+    call, message = WRONG_ARGUMENTS[case]
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace("]", r"\]").replace("+", r"\+")) as caught:
+        call(tiny_packages[("bert", "text-classification")])
+    assert "\n" not in str(caught.value)
+
+
+def test_the_cli_says_one_line_for_a_closed_stdin_a_missing_key_folder_and_a_nested_profile(tiny_packages, tmp_path):
+    package = str(tiny_packages[("bert", "text-classification")])
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    for argv, stdin, message in ((["run", package], subprocess.DEVNULL, "no input texts"),
+                                 (["run", package, "--text", "good", "--profile", str(nested)], None,
+                                  "cannot be read (RecursionError)"),
+                                 (["keygen", "--out", str(tmp_path / "missing" / "key")], None, "does not exist")):
+        done = subprocess.run([sys.executable, "-m", "edgeinfer.cli", *argv], stdin=stdin, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, done.stderr[-500:]
+    closed = subprocess.run(f"{sys.executable} -m edgeinfer.cli run {package} <&-", shell=True, capture_output=True,
+                            text=True, timeout=120)
+    assert closed.returncode == 2 and "standard input is closed" in closed.stderr
+    piped = subprocess.run(f"yes good movie | head -2000 | {sys.executable} -m edgeinfer.cli run {package} --json | head -1",
+                           shell=True, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in piped.stderr and piped.stdout.count("\n") == 1
