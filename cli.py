@@ -322,6 +322,22 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    from .targets.conformance import write_vectors
+
+    texts = None
+    if args.texts:
+        path = Path(args.texts)
+        if not path.is_file():
+            from .errors import InputError
+
+            raise InputError(f"{path} does not exist; pass a text file with one input per line")
+        texts = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    written = write_vectors(Path(args.package), Path(args.output), texts, args.limit)
+    print(f"conformance vectors: {written}")
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from .runtime.audit import read_state
     from .runtime.audit_session import audit_files
@@ -674,6 +690,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "this machine: realised agreement, its bounds, the level changes made")
     audit.add_argument("package", help="an edge package folder")
     audit.set_defaults(handler=_audit)
+
+    conformance = sub.add_parser("conformance", help="write test vectors another runtime (js/, or a binding of "
+                                 "your own) must reproduce on this package")
+    conformance.add_argument("package", help="the edge package")
+    conformance.add_argument("-o", "--output", required=True, help="folder for vectors.json")
+    conformance.add_argument("--texts", default=None, help="inputs, one per line (default: the bundled sample)")
+    conformance.add_argument("--limit", type=int, default=64, help="inputs to use (default 64)")
+    conformance.set_defaults(handler=_conformance)
 
     cache = sub.add_parser("cache", help="what the user cache holds (optimized graphs, verification stamps, "
                            "profiles, audits), or clear it")

@@ -25,6 +25,14 @@ setup() {
   fi
 }
 
+node_runtime() {
+  # the TypeScript runtime's tests run in Node (js/); its packages come from npm
+  if command -v npm >/dev/null && { [ ! -d js/node_modules ] || [ js/package-lock.json -nt js/node_modules ]; }; then
+    echo "installing js/ dependencies (npm ci)" >&2
+    (cd js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
 browser() {
   # the HTML report test renders report.html in headless Chromium (Debian's package)
   if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -38,7 +46,7 @@ command="${1:-}"
 shift || true
 case "$command" in
   demo) setup export; exec .venv/bin/edgeinfer demo "$@" ;;
-  test) setup export,export-litert,llm,test; browser; exec .venv/bin/python -m pytest -q tests "$@" ;;
+  test) setup export,export-litert,llm,test; node_runtime; browser; exec .venv/bin/python -m pytest -q tests "$@" ;;
   setup) setup export,export-litert,llm,test ;;
   *) echo "usage: ./run.sh demo|test|setup [options]" >&2; exit 2 ;;
 esac

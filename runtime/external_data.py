@@ -5,7 +5,7 @@ tensor may name any file as its data. The runtime must check those names before 
 the graph, and it depends on neither onnx nor protobuf's generated classes, so this module walks the
 protobuf wire format itself, descending only into the fields that can hold tensors (onnx.proto3):
 
-    ModelProto.graph = 7
+    ModelProto.graph = 7, functions = 25 (model-local functions: FunctionProto.node = 7)
     GraphProto.node = 1, initializer = 5, sparse_initializer = 15
     NodeProto.attribute = 5
     AttributeProto.t = 5, g = 6, tensors = 10, graphs = 11, sparse_tensor = 22, sparse_tensors = 23
@@ -18,6 +18,8 @@ from __future__ import annotations
 from ..errors import PackageError
 
 _MODEL_GRAPH = 7
+_MODEL_FUNCTIONS = 25
+_FUNCTION_NODE = 7
 _GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
 _NODE_ATTRIBUTE = 5
 _ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
@@ -69,6 +71,10 @@ def external_entries(model_bytes: bytes) -> list[dict[str, str]]:
     for number, wire, value in _fields(memoryview(model_bytes)):
         if number == _MODEL_GRAPH and wire == 2:
             _graph(value, found, 0)
+        elif number == _MODEL_FUNCTIONS and wire == 2:  # a Constant inside a function may name a file too
+            for function_number, function_wire, node in _fields(value):
+                if function_number == _FUNCTION_NODE and function_wire == 2:
+                    _node(node, found, 0)
     return found
 
 
@@ -94,11 +100,15 @@ def _graph(data: memoryview, found: list[dict[str, str]], depth: int) -> None:
             continue
         kind = _GRAPH[number]
         if kind == "node":
-            for attribute_number, attribute_wire, attribute in _fields(value):
-                if attribute_number == _NODE_ATTRIBUTE and attribute_wire == 2:
-                    _attribute(attribute, found, depth)
+            _node(value, found, depth)
         else:
             _tensor_or_sparse(kind, value, found)
+
+
+def _node(data: memoryview, found: list[dict[str, str]], depth: int) -> None:
+    for number, wire, attribute in _fields(data):
+        if number == _NODE_ATTRIBUTE and wire == 2:
+            _attribute(attribute, found, depth)
 
 
 def _attribute(data: memoryview, found: list[dict[str, str]], depth: int) -> None:

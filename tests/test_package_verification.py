@@ -164,3 +164,22 @@ def test_verified_files_are_not_hashed_again_until_they_change(package_copy, mon
     with pytest.raises(PackageError, match="weights.bin fails its sha256 check"):
         open_package(package_copy)
     assert hashed == ["graphs/weights.bin"]
+
+
+def test_external_data_named_inside_a_model_local_function_is_found():
+    from onnx import TensorProto, helper
+
+    from edgeinfer.runtime.external_data import external_locations
+
+    tensor = helper.make_tensor("c", TensorProto.FLOAT, [1], [0.0])
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("float_data")
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../../etc/passwd"
+    function = helper.make_function("local", "F", [], ["y"], [helper.make_node("Constant", [], ["y"], value=tensor)],
+                                    [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("F", [], ["out"], domain="local")], "g", [],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, functions=[function],
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    assert external_locations(model.SerializeToString()) == {"../../etc/passwd"}
