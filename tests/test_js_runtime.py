@@ -54,3 +54,15 @@ def test_node_refuses_what_python_refuses(js_runtime, tiny_packages, tmp_path, c
         "EDGEINFER_KEY": str(tmp_path / "key.pub"), "EDGEINFER_OTHER_KEY": str(tmp_path / "other.pub")})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "# fail 0" in done.stdout
+
+
+def test_chromium_reproduces_the_fp32_vectors_and_the_demo_answers(js_runtime, tiny_packages, quantized, tmp_path):
+    """onnxruntime-web (WASM) in Debian's headless Chromium, driven by puppeteer-core."""
+    if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
+        pytest.fail("Chromium is not installed: `./run.sh test` installs Debian's package when run as root")
+    files = [write_vectors(package, tmp_path / name, limit=24)
+             for name, package in (("classifier", tiny_packages[CLASSIFIER]), ("int8", quantized),
+                                   ("embedder", tiny_packages[EMBEDDER]))]
+    done = _node_test(js_runtime, "browser.test.mjs", {"EDGEINFER_VECTORS": os.pathsep.join(map(str, files))})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "# fail 0" in done.stdout and "in Chromium (WASM" in done.stdout

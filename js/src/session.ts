@@ -51,6 +51,7 @@ export class EdgeSession {
   private readonly stages = new Map<number, Segment>();
   private readonly exits = new Map<number, ActiveExit>();
   private blockCostMs: number | null = null;
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(readonly manifest: Manifest, readonly policy: ResolvedPolicy, private readonly encoder: TextEncoder,
               private readonly ort: OrtModule, private readonly open: GraphOpener,
@@ -106,7 +107,15 @@ export class EdgeSession {
     this.blockCostMs = times.sort((a, b) => a - b)[Math.floor(times.length * 0.8)];
   }
 
-  async run(text: string): Promise<Result> {
+  /** Answers one text. Calls made while another is running wait their turn: onnxruntime-web runs one
+   * request per session at a time, and timings stay per request. */
+  run(text: string): Promise<Result> {
+    const turn = this.queue.then(() => this.runNow(text));
+    this.queue = turn.catch(() => undefined);
+    return turn;
+  }
+
+  private async runNow(text: string): Promise<Result> {
     const started = performance.now();
     const encoded = this.encoder.encode(text);
     const state: Run = { started, precision: this.precision, segments: [], tokens: [], restarts: 0 };
