@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import math
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -396,10 +397,9 @@ def _check_version(document: Any) -> str:
     if document.get("format") != FORMAT_NAME:
         raise PackageError(f"manifest: format must be {FORMAT_NAME!r}; this is not an edge package")
     version = _str(document, "schema_version", "manifest")
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        raise PackageError(f"manifest: schema_version {version!r} is not MAJOR.MINOR") from None
+    if re.fullmatch(r"\d{1,4}\.\d{1,4}", version) is None:
+        raise PackageError(f"manifest: schema_version {version!r} is not MAJOR.MINOR; re-export the package")
+    major = int(version.split(".")[0])
     supported = int(SCHEMA_VERSION.split(".")[0])
     if major > supported:
         raise PackageError(f"package schema {version} is newer than this edgeinfer reads "
@@ -522,11 +522,11 @@ def _optional_float(value: Any, where: str) -> float | None:
 def _parse_thresholds(obj: Any, where: str) -> ExitThresholds:
     raw = _need(obj, "thresholds", list, where)
     return ExitThresholds(
-        agreement=float(_need(obj, "agreement", (int, float), where)),
+        agreement=_float(obj, "agreement", where, 0.0, 1.0),
         thresholds=tuple(_optional_float(v, f"{where}.thresholds[{i}]") for i, v in enumerate(raw)),
-        exit_shares=_list(obj, "exit_shares", where, lambda x, w: float(_need({"v": x}, "v", (int, float), w))),
-        expected_mean_depth=float(_need(obj, "expected_mean_depth", (int, float), where)),
-        calibration_agreement=float(_need(obj, "calibration_agreement", (int, float), where)),
+        exit_shares=_list(obj, "exit_shares", where, lambda x, w: _float({"share": x}, "share", w, 0.0, 1.0)),
+        expected_mean_depth=_float(obj, "expected_mean_depth", where, 0.0, 1e6),
+        calibration_agreement=_float(obj, "calibration_agreement", where, 0.0, 1.0),
         by_length=tuple(_list(obj, "by_length", where, _parse_length_thresholds)) if "by_length" in obj else (),
     )
 

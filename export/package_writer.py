@@ -72,12 +72,12 @@ def list_files(staging: Path) -> list[str]:
 
 def finalize(staging: Path, output: Path, manifest: Manifest) -> Manifest:
     """Hash every file into the manifest, write it, and move the package into place."""
+    may_replace = (staging / MAY_REPLACE).exists()
+    (staging / MAY_REPLACE).unlink(missing_ok=True)  # before the listing: it is not part of the package
     manifest = replace(manifest, segments=tuple(replace(s, variants=tuple(_with_resident_bytes(staging, v) for v in s.variants))
                                                 for s in manifest.segments))
     manifest = replace(manifest, files=tuple(file_entry(staging, f) for f in list_files(staging)))
     (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-    may_replace = (staging / MAY_REPLACE).exists()
-    (staging / MAY_REPLACE).unlink(missing_ok=True)
     if output.exists() and not may_replace:  # another write created it while this one ran
         raise ExportError(f"{output} was created by another export while this one ran; pass --force to replace it")
     if output.exists():

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import InputError, PackageError
-from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, LengthThresholds, Segment
+from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, LengthThresholds, Manifest, Segment
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
@@ -93,7 +93,10 @@ class GraphRunner:
         # a block or stage graph optimizes in a few ms and would add its weights to the disk again
         worth_caching = self._device_key is not None and len(segment.covers) > 3
         cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
-        return open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena)
+        session = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena)
+        check_interface(segment, path, [i.name for i in session.get_inputs()],
+                        [(o.name, o.shape) for o in session.get_outputs()], self.package.manifest)
+        return session
 
     def _litert(self, segment: Segment, precision: str) -> LiteRTGraph:
         litert = self.package.manifest.litert
@@ -104,6 +107,26 @@ class GraphRunner:
         if path not in self._litert_files:
             self._litert_files[path] = shared_file(self.package.path(path), self.threads or default_threads())
         return LiteRTGraph(self._litert_files[path], litert, segment, self.package.manifest.tokenizer.pad_id)
+
+
+def check_interface(segment: Segment, path: str, inputs: list[str], outputs: list[tuple[str, list]],
+                    manifest: Manifest) -> None:
+    """The graph takes and gives what the manifest says it does, and a classifier's answers have one
+    value per label: a manifest that lies is refused when the graph opens, not deep inside a run."""
+    if set(inputs) != set(segment.inputs):
+        raise PackageError(f"{path} takes inputs {sorted(inputs)}, but the manifest says {sorted(segment.inputs)}; "
+                           f"re-export the package")
+    if [name for name, _ in outputs] != list(segment.outputs):
+        raise PackageError(f"{path} gives outputs {[name for name, _ in outputs]}, but the manifest says "
+                           f"{list(segment.outputs)}; re-export the package")
+    labels = manifest.model.labels
+    answers = segment.kind in ("head", "exit") or (segment.kind == "span" and segment.covers
+                                                  and manifest.segment(segment.covers[-1]).kind in ("head", "exit"))
+    if manifest.model.task == "text-classification" and labels and answers:
+        width = outputs[-1][1][-1] if outputs[-1][1] else None
+        if isinstance(width, int) and width != len(labels):
+            raise PackageError(f"{path} answers {width} classes, but the manifest names {len(labels)} labels; "
+                               f"re-export the package")
 
 
 @dataclass

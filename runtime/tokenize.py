@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..errors import InputError
+from ..errors import InputError, PackageError
 from ..manifest import TokenizerSpec
 
 
@@ -33,9 +33,19 @@ class EncodedBatch:
 class TextEncoder:
     def __init__(self, tokenizer_file: Path, spec: TokenizerSpec):
         self.spec = spec
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=spec.max_length)
+        try:
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            self._tokenizer.no_padding()
+            self._tokenizer.enable_truncation(max_length=spec.max_length)
+        except Exception as err:  # the tokenizers library raises its own untyped errors
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise PackageError(f"{tokenizer_file.name} is not a tokenizer the tokenizers library can read "
+                               f"({first}); re-export the package") from None
+        vocabulary = self._tokenizer.get_vocab_size()
+        outside = [i for i in (spec.pad_id, *spec.special_ids) if not 0 <= i < vocabulary]
+        if outside:
+            raise PackageError(f"the manifest's tokenizer ids {outside} (pad_id, special_ids) are outside the "
+                               f"tokenizer's vocabulary of {vocabulary}; re-export the package")
         # a lookup table, not np.isin: isin cost ~0.1-0.2 ms per request, a fifth of the runtime's own overhead
         self._is_special = np.zeros(max(self._tokenizer.get_vocab_size(), *spec.special_ids, spec.pad_id) + 1, dtype=bool)
         self._is_special[list(spec.special_ids)] = True

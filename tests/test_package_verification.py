@@ -183,3 +183,32 @@ def test_external_data_named_inside_a_model_local_function_is_found():
     model = helper.make_model(graph, functions=[function],
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
     assert external_locations(model.SerializeToString()) == {"../../etc/passwd"}
+
+
+MANIFEST_LIES = {
+    "a schema version that is not MAJOR.MINOR": (lambda m: m.__setitem__("schema_version", "1"), "not MAJOR.MINOR"),
+    "an agreement of 7.5": (lambda m: m["exit_thresholds"][0].__setitem__("agreement", 7.5), "outside"),
+    "a negative exit share": (lambda m: m["exit_thresholds"][0]["exit_shares"].__setitem__(0, -0.5), "outside"),
+    "graph inputs the graph does not take": (
+        lambda m: [s.__setitem__("inputs", ["hidden"]) for s in m["segments"] if s["kind"] == "span"], "takes inputs"),
+    "more labels than the head answers": (lambda m: m["model"].__setitem__("labels", ["a", "b", "c"]), "classes"),
+    "a pad id outside the vocabulary": (lambda m: m["tokenizer"].__setitem__("pad_id", 10**9), "outside the tokenizer"),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(MANIFEST_LIES))
+def test_a_manifest_that_lies_is_refused_before_it_runs(tiny_packages, tmp_path, lie):
+    import json
+    import shutil
+
+    import edgeinfer
+    from edgeinfer.errors import PackageError
+
+    edit, message = MANIFEST_LIES[lie]
+    package = tmp_path / "lie.edge"
+    shutil.copytree(tiny_packages[("bert", "text-classification")], package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    edit(manifest)
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=message):
+        edgeinfer.load(package, policy=edgeinfer.Policy.off(), optimized_cache=False).run("a good movie")
