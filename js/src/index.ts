@@ -75,7 +75,7 @@ export async function load(location: string | URL, options: LoadOptions = {}): P
   return session;
 }
 
-const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+const MAX_MANIFEST_BYTES = 8 * 1024 * 1024;  // as the Python runtime
 
 async function verifySignature(manifest: Uint8Array, signature: Uint8Array, pem: string): Promise<void> {
   if (typeof pem !== "string" || !pem.includes("BEGIN PUBLIC KEY")) throw new InputError("verifyKey takes an Ed25519 public key as PEM text");
