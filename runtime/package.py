@@ -57,9 +57,10 @@ def open_package(path: str | os.PathLike[str], verify: bool = True, verify_key: 
         verify_signature(root, manifest_bytes, verify_key)
     manifest = Manifest.from_json(manifest_bytes)
     if verify:
-        stamp = read_stamp(manifest_bytes)
+        # a stamp in the user cache is not signed: with a key, every file is hashed again
+        stamp = read_stamp(manifest_bytes) if verify_key is None else {}
         checked = verify_files(root, manifest, stamp)
-        if checked != stamp:
+        if checked != stamp and verify_key is None:
             write_stamp(manifest_bytes, checked)
     return Package(root, manifest)
 
@@ -79,6 +80,7 @@ def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | N
         if relative not in listed:
             raise PackageError(f"{relative} is used by the manifest but not listed in its files; "
                                f"the package is incomplete or tampered with")
+    digests: dict[tuple, str] = {}  # hard links to one file are hashed once
     for relative, entry in listed.items():
         target = _inside(root, relative)
         if entry.bytes > MAX_FILE_BYTES:
@@ -94,7 +96,11 @@ def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | N
             continue
         # a graph is read once: the bytes that pass the digest are the bytes whose references are checked
         data = target.read_bytes() if relative in graphs else None
-        digest = hashlib.sha256(data).hexdigest() if data is not None else file_entry(root, relative).sha256
+        if data is not None:
+            digest = hashlib.sha256(data).hexdigest()
+        else:
+            digest = digests.get(tuple(before)) or file_entry(root, relative).sha256
+            digests[tuple(before)] = digest
         if digest != entry.sha256:
             raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")
         if data is not None:

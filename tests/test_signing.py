@@ -53,3 +53,19 @@ def test_cli_refuses_a_bad_key_with_one_line(signed, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgeinfer: error:") and "\n" not in err
     assert main(["keygen", "--out", str(tmp_path / "publisher")]) == 2  # never overwrites a key
+
+
+def test_a_forged_verification_stamp_does_not_skip_the_hash_when_a_key_is_given(signed, tmp_path, monkeypatch):
+    from edgeinfer.runtime.verified import identity, write_stamp
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    package, public = signed
+    head = package / "graphs" / "head.onnx"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    head.write_bytes(bytes(data))
+    manifest_bytes = (package / "manifest.json").read_bytes()
+    forged = {entry["path"]: identity(package / entry["path"]) for entry in json.loads(manifest_bytes)["files"]}
+    write_stamp(manifest_bytes, forged)
+    with pytest.raises(PackageError, match="sha256"):
+        edgeinfer.load(package, verify_key=public)
