@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import PackageError
@@ -24,9 +24,24 @@ MAX_FILE_BYTES = 4 * 1024**3
 class Package:
     root: Path
     manifest: Manifest
+    verified: dict[str, list[int]] = field(default_factory=dict)  # identity of each file when it passed
 
     def path(self, relative: str) -> Path:
         return self.root / relative
+
+    def unchanged(self, relative: str) -> Path:
+        """The file, refused when it changed on disk since load() verified it: graphs open lazily, and
+        a file swapped in between would otherwise run unchecked."""
+        target = self.root / relative
+        expected = self.verified.get(relative)
+        if expected is not None:
+            try:
+                now = identity(target)
+            except OSError:
+                now = None
+            if now != expected:
+                raise PackageError(f"{relative} changed on disk after the package was verified; load it again")
+        return target
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -62,6 +77,7 @@ def open_package(path: str | os.PathLike[str], verify: bool = True, verify_key: 
         checked = verify_files(root, manifest, stamp)
         if checked != stamp and verify_key is None:
             write_stamp(manifest_bytes, checked)
+        return Package(root, manifest, checked)
     return Package(root, manifest)
 
 

@@ -93,10 +93,19 @@ class GraphRunner:
         # a block or stage graph optimizes in a few ms and would add its weights to the disk again
         worth_caching = self._device_key is not None and len(segment.covers) > 3
         cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
-        session = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena)
+        graph_file = self.package.unchanged(path)
+        for location in self._external_files(path):
+            self.package.unchanged(location)
+        session = open_session(graph_file, self.threads, self.providers, cache, self.shared_arena)
         check_interface(segment, path, [i.name for i in session.get_inputs()],
                         [(o.name, o.shape) for o in session.get_outputs()], self.package.manifest)
         return session
+
+    def _external_files(self, graph: str) -> list[str]:
+        """The package files a graph reads its weights from (verified at load with the graph)."""
+        folder = graph.rsplit("/", 1)[0] + "/" if "/" in graph else ""
+        listed = {f.path for f in self.package.manifest.files}
+        return [p for p in listed if p.startswith(folder) and p.endswith(".bin")]
 
     def _litert(self, segment: Segment, precision: str) -> LiteRTGraph:
         litert = self.package.manifest.litert

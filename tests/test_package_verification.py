@@ -212,3 +212,20 @@ def test_a_manifest_that_lies_is_refused_before_it_runs(tiny_packages, tmp_path,
     (package / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=message):
         edgeinfer.load(package, policy=edgeinfer.Policy.off(), optimized_cache=False).run("a good movie")
+
+
+def test_a_graph_swapped_after_load_is_refused_when_it_opens(tiny_packages, tmp_path):
+    import shutil
+
+    import edgeinfer
+    from edgeinfer.errors import PackageError
+
+    package = tmp_path / "swap.edge"
+    shutil.copytree(tiny_packages[("bert", "text-classification")], package)
+    session = edgeinfer.load(package, policy=edgeinfer.Policy.off(), optimized_cache=False)  # graphs open lazily
+    full = package / "graphs" / "full.onnx"
+    data = bytearray(full.read_bytes())
+    data[-1] ^= 0xFF
+    full.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="changed on disk after the package was verified"):
+        session.run("a good movie")
