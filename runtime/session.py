@@ -93,10 +93,21 @@ class GraphRunner:
         # a block or stage graph optimizes in a few ms and would add its weights to the disk again
         worth_caching = self._device_key is not None and len(segment.covers) > 3
         cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
-        graph_file = self.package.unchanged(path)
-        for location in self._external_files(path):
-            self.package.unchanged(location)
-        session = open_session(graph_file, self.threads, self.providers, cache, self.shared_arena)
+        read = [path, *self._external_files(path)]
+        for relative in read:
+            self.package.unchanged(relative)  # refuses a file swapped since load(), naming it
+
+        def still_verified() -> bool:
+            try:
+                for relative in read:
+                    self.package.unchanged(relative)
+            except PackageError:
+                return False
+            return True
+        session = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena,
+                               still_verified)
+        if not still_verified():  # swapped while onnxruntime read it: the session holds unchecked bytes
+            raise PackageError(f"{path} or its weights changed on disk while the graph was opened; load it again")
         check_interface(segment, path, [i.name for i in session.get_inputs()],
                         [(o.name, o.shape) for o in session.get_outputs()], self.package.manifest)
         return session

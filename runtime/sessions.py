@@ -19,6 +19,7 @@ import shutil
 import threading
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import onnxruntime as ort
 
@@ -117,11 +118,14 @@ def session_options(threads: int | None = None, shared_arena: bool = False) -> o
 
 def open_session(graph: Path | bytes, threads: int | None = None,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 optimized_cache: Path | None = None, shared_arena: bool = False) -> ort.InferenceSession:
+                 optimized_cache: Path | None = None, shared_arena: bool = False,
+                 still_verified: Callable[[], bool] = lambda: True) -> ort.InferenceSession:
     """A session on a graph file, or on a serialized graph held in memory (the quantization search).
 
     optimized_cache: a folder (optimized_graphs.py) holding this graph as onnxruntime optimized it
-    on this device; used when valid, written when missing.
+    on this device; used when valid, written when missing, and only when `still_verified()` says the
+    files onnxruntime just read are still the ones that passed their checks (a file swapped while
+    the session was built must not poison the cache for later processes).
     """
     if optimized_cache is not None:
         cached = cached_graph(optimized_cache)
@@ -144,5 +148,8 @@ def open_session(graph: Path | bytes, threads: int | None = None,
         raise PackageError(f"graph {name} cannot be loaded by onnxruntime "
                            f"({str(err).splitlines()[0][:160]})") from None
     if staging is not None:
-        publish(staging, optimized_cache)
+        if still_verified():
+            publish(staging, optimized_cache)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
     return session
