@@ -47,6 +47,8 @@ def _fields(data: memoryview):
     while position < len(data):
         key, position = _varint(data, position)
         number, wire = key >> 3, key & 7
+        if number == 0:  # invalid in protobuf; also what a file of zeros parses as, byte pair by byte pair
+            raise PackageError("graph file is not valid ONNX protobuf (field number 0)")
         if wire == 0:
             value, position = _varint(data, position)
         elif wire == 1:

@@ -229,3 +229,15 @@ def test_a_graph_swapped_after_load_is_refused_when_it_opens(tiny_packages, tmp_
     full.write_bytes(bytes(data))
     with pytest.raises(PackageError, match="changed on disk after the package was verified"):
         session.run("a good movie")
+
+
+def test_a_graph_of_zeros_is_refused_at_once():
+    import time
+
+    from edgeinfer.errors import PackageError
+    from edgeinfer.runtime.external_data import external_locations
+
+    started = time.perf_counter()
+    with pytest.raises(PackageError, match="field number 0"):
+        external_locations(bytes(64 * 2**20))
+    assert time.perf_counter() - started < 1.0

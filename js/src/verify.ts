@@ -87,6 +87,7 @@ function* fields(data: Uint8Array): Generator<Field> {
   while (position < data.length) {
     const key = varint();
     const number = Math.floor(key / 8), wire = key % 8;
+    if (number === 0) throw new PackageError("graph file is not valid ONNX protobuf (field number 0)");
     let value: Uint8Array | null = null;
     if (wire === 0) varint();
     else if (wire === 1) position += 8;
