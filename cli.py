@@ -219,8 +219,16 @@ def _inspect(args: argparse.Namespace) -> int:
     summary = describe_package(package)
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(summary_text(summary))
+        return 0
+    try:
+        text = summary_text(summary)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+        # the records (validation, evaluation, calibration) are free-form JSON a package may fill oddly
+        from .errors import PackageError
+
+        raise PackageError(f"{args.package}: a record in its manifest has values of unexpected types ({err}); "
+                           f"`edgeinfer inspect --json` shows them as they are") from None
+    print(text)
     return 0
 
 

@@ -241,3 +241,22 @@ def test_a_graph_of_zeros_is_refused_at_once():
     with pytest.raises(PackageError, match="field number 0"):
         external_locations(bytes(64 * 2**20))
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("record", [{"validation": {"passed": "maybe", "max_abs_diff": "big"}},
+                                    {"evaluation": {"accuracy": [1], "levels": "x"}},
+                                    {"calibration": {"thresholds": {"guarantee": 5, "lengths": "x"}}}])
+def test_inspect_of_odd_records_is_one_line(tiny_packages, tmp_path, capsys, record):
+    import json
+    import shutil
+
+    from edgeinfer.cli import main
+
+    package = tmp_path / "odd.edge"
+    shutil.copytree(tiny_packages[("bert", "text-classification")], package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest.update(record)
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    code = main(["inspect", str(package)])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and err.count("\n") <= 1 and "Traceback" not in err
