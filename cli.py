@@ -806,13 +806,6 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeInferError as err:
         print(f"edgeinfer: error: {err}", file=sys.stderr)
         return 2
-    except ModuleNotFoundError as err:  # an optional module the check above does not list
-        root = (err.name or "").split(".")[0]
-        if root not in EXTRA_OF_MODULE:
-            raise
-        print(f"edgeinfer: error: `edgeinfer {command}` needs the {EXTRA_OF_MODULE[root]} extra (missing: {root}); "
-              f"pip install 'edgeinfer[{EXTRA_OF_MODULE[root]}]'", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("edgeinfer: interrupted", file=sys.stderr)
         return 130
@@ -820,7 +813,20 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-
+    except ModuleNotFoundError as err:  # an optional module the check above does not list
+        root = (err.name or "").split(".")[0]
+        if root not in EXTRA_OF_MODULE:
+            raise
+        print(f"edgeinfer: error: `edgeinfer {command}` needs the {EXTRA_OF_MODULE[root]} extra (missing: {root}); "
+              f"pip install 'edgeinfer[{EXTRA_OF_MODULE[root]}]'", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, UnicodeError, OverflowError, RecursionError, MemoryError) as err:
+        # what the arguments or the filesystem made impossible (a path that is not one, a full disk,
+        # a number too large): one line naming the command, never a traceback
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
+        print(f"edgeinfer: error: {command}: {type(err).__name__}{': ' + detail if detail else ''}; "
+              f"check the arguments (`edgeinfer {command} --help`)", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())
