@@ -771,6 +771,21 @@ def _quant_options(parser: argparse.ArgumentParser, default: str) -> None:
                         help="mixed: latency budget in ms for a 64-token input on this device")
 
 
+def _show_progress_lines() -> None:
+    """Off a terminal, long stages log a line now and then (progress.py); the CLI shows them on stderr."""
+    import logging
+
+    class CurrentStderr(logging.Handler):  # whatever sys.stderr is when a line is written
+        def emit(self, record: logging.LogRecord) -> None:
+            sys.stderr.write(f"edgeinfer: {record.getMessage()}\n")
+
+    logger = logging.getLogger("edgeinfer")
+    if not any(type(h).__name__ == "CurrentStderr" for h in logger.handlers):
+        logger.addHandler(CurrentStderr())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 EXPORT_MODULES = ("torch", "transformers", "safetensors", "onnx", "scipy", "tqdm", "matplotlib")
 NEEDS = {  # command -> (extra, modules it imports): checked before any work starts
     "export": ("export", EXPORT_MODULES), "demo": ("export", EXPORT_MODULES),
@@ -795,6 +810,7 @@ def missing_extra(command: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_progress_lines()
     handler: Callable[[argparse.Namespace], int] = args.handler
     command = args.command
     needed = missing_extra(command)

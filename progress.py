@@ -1,10 +1,20 @@
-"""Progress bars for long work (export, calibration, benchmarks), silent when stderr is not a TTY."""
+"""Progress on long work (export, calibration, benchmarks): a bar on a terminal; elsewhere (a log
+file, CI) one log line when a stage starts, about every 10 s while it runs, and when it ends.
+
+The lines go to the "edgeinfer" logger at INFO: a host application decides whether they show; the
+CLI shows them on stderr.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterator, Protocol
+
+LOG = logging.getLogger("edgeinfer")
+EVERY_S = 10.0
 
 
 class Progress(Protocol):
@@ -12,23 +22,41 @@ class Progress(Protocol):
     def set_description(self, desc: str) -> None: ...
 
 
-class _Silent:
+class _LogLines:
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.done = total, desc, 0
+        self.started = self.last = time.monotonic()
+        LOG.info("%s: started (%d steps)", desc, total)
+
     def update(self, n: int = 1) -> None:
-        pass
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= EVERY_S:
+            self.last = now
+            share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+            LOG.info("%s: %d/%d%s after %.0f s", self.desc, self.done, self.total, share, now - self.started)
 
     def set_description(self, desc: str) -> None:
-        pass
+        self.desc = desc
+
+    def finish(self) -> None:
+        LOG.info("%s: done, %d steps in %.1f s", self.desc, self.done, time.monotonic() - self.started)
 
 
 @contextmanager
 def progress_bar(total: int, desc: str) -> Iterator[Progress]:
-    if not sys.stderr.isatty():
-        yield _Silent()
+    bar = None
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+        except ImportError:
+            bar = None
+    if bar is not None:
+        with bar:
+            yield bar
         return
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        yield _Silent()
-        return
-    with tqdm(total=total, desc=desc, leave=False, file=sys.stderr) as bar:
-        yield bar
+    lines = _LogLines(total, desc)
+    yield lines
+    lines.finish()

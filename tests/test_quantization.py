@@ -152,6 +152,7 @@ def test_overrides_force_a_node_and_unknown_nodes_are_refused(tiny_packages, tin
                  "--override", f"{node}=fp32"]) == 0
     plan = open_package(out).manifest.precision_variant("int8").plan
     assert node not in plan and plan  # fp32 nodes are left out of the stored plan
+    capsys.readouterr()  # what that run printed
     for bad, message in (("/no/such/MatMul=fp32", "which this model does not have"),
                          (f"{node}=int3", "unknown precision"), ("justtext", "must look like NODE=PRECISION")):
         assert main(["quantize", str(package.root), "--calib", str(tiny_calibration), "--quant", "int8",
