@@ -40,6 +40,7 @@ def places(tiny_packages, tiny_calibration, tmp_path_factory):
 @CLI_FUZZ
 def test_no_argument_list_gives_a_traceback(data, places, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # relative paths the fuzzer draws (keygen --out cpu, -o nan) land here
     commands = _subcommands()
     command = data.draw(st.sampled_from(sorted(commands)))
     paths = [places["missing"], places["folder"], places["text"], places["out"]]
