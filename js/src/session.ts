@@ -3,13 +3,14 @@
  * over onnxruntime's JavaScript API, so the same package gives the same answers in Node and browsers. */
 
 import type * as Ort from "onnxruntime-common";
-import { InputError, PackageError } from "./errors.js";
+import { PackageError } from "./errors.js";
 import type { ExitHead, ExitThresholds, Manifest, Segment } from "./manifest.js";
-import { cosine, keepCount, keepTokens, maxProbability, softmax, storedLevel, thresholdsFor,
-         type ResolvedPolicy } from "./policy.js";
+import { gatherTokens, inputFeeds, leanestSpan, pick, segmentNamed, spansCovering, type OrtModule } from "./graphs.js";
+import { restartThreshold, startingLevels } from "./levels.js";
+import { cosine, keepCount, keepTokens, maxProbability, softmax, thresholdsFor, type ResolvedPolicy } from "./policy.js";
 import type { Encoded, TextEncoder } from "./tokenize.js";
 
-export type OrtModule = typeof Ort;
+export type { OrtModule } from "./graphs.js";
 
 export interface Trace {
   segments: string[];
@@ -63,27 +64,27 @@ export class EdgeSession {
     if (!this.embed || !this.head || this.blocks.length !== manifest.numBlocks) {
       throw new PackageError("the manifest lacks its embed, block or head segments; re-export the package");
     }
-    [this.precision, this.level, this.restartLevel] = this.levels();
+    ({ precision: this.precision, level: this.level, restartLevel: this.restartLevel } = startingLevels(manifest, policy));
     if (this.level) {
       const thresholds = this.level.byLength.length ? this.level.byLength.flatMap((r) => r.thresholds) : this.level.thresholds;
       manifest.exits.forEach((head, i) => {
         const used = this.level!.byLength.length ? this.level!.byLength.some((r) => r.thresholds[i] != null) : thresholds[i] != null;
-        if (used) this.exits.set(head.afterBlock, { head, segment: this.segment(head.segment) });
+        if (used) this.exits.set(head.afterBlock, { head, segment: segmentNamed(this.manifest, head.segment) });
         if (used && head.confidence === "consecutive_cosine" && i > 0 && !this.exits.has(manifest.exits[i - 1].afterBlock)) {
           const before = manifest.exits[i - 1];
-          this.exits.set(before.afterBlock, { head: before, segment: this.segment(before.segment) });
+          this.exits.set(before.afterBlock, { head: before, segment: segmentNamed(this.manifest, before.segment) });
         }
       });
     }
     const names = ["embed", ...this.blocks.map((b) => b.name), "head"];
-    const fullSpan = this.span(names);
+    const fullSpan = leanestSpan(this.manifest, names, this.precision);
     const decides = this.exits.size > 0 || policy.keepSchedule.size > 0 || latencyMs !== null || this.restartLevel !== null;
     this.full = decides ? null : fullSpan;
-    this.lastStage = this.span([this.blocks[this.blocks.length - 1].name, this.head.name]);
+    this.lastStage = leanestSpan(this.manifest, [this.blocks[this.blocks.length - 1].name, this.head.name], this.precision);
     for (const { head } of this.exits.values()) {
       const d = head.afterBlock;
       const covers = [...(d === 1 ? ["embed"] : []), this.blocks[d - 1].name, head.segment];
-      const spans = this.spansCovering(covers).filter((s) => !policy.keepSchedule.has(d) || s.outputs.includes("token_importance"));
+      const spans = spansCovering(this.manifest, covers, this.precision).filter((s) => !policy.keepSchedule.has(d) || s.outputs.includes("token_importance"));
       if (spans.length) this.stages.set(d, spans.reduce((a, b) => (b.outputs.length < a.outputs.length ? b : a)));
     }
   }
@@ -121,7 +122,7 @@ export class EdgeSession {
     const state: Run = { started, precision: this.precision, segments: [], tokens: [], restarts: 0 };
     const n = encoded.ids.length;
     let answer: Answer;
-    if (this.precision !== "fp32" && this.restartFor(n) === null) {
+    if (this.precision !== "fp32" && restartThreshold(this.restartLevel, n) === null) {
       state.precision = "fp32";  // the variant certifies no answer for inputs of this length
       answer = await this.fullPass(state, encoded);
     } else if (this.full) {
@@ -144,7 +145,7 @@ export class EdgeSession {
     const span = this.manifest.segments.find((s) => s.name !== "full_pruned" && s.kind === "span"
       && s.covers.join() === covers.join() && s.variants.some((v) => v.precision === state.precision));
     if (!span) throw new PackageError("the package has no fused full graph; re-export it with schema 1.1 or later");
-    const out = await this.call(state, span, this.inputFeeds(encoded));
+    const out = await this.call(state, span, inputFeeds(this.ort, encoded));
     state.tokens.push(...this.blocks.map(() => encoded.ids.length));
     const output = out[0].data as Float32Array;
     return { output, confidence: this.finalConfidence(output), depth: this.blocks.length };
@@ -154,7 +155,7 @@ export class EdgeSession {
     const n = encoded.ids.length;
     const thresholds = this.level ? thresholdsFor(this.level, n) : [];
     let bias = new Float32Array(n);
-    let feeds: Record<string, Ort.Tensor> = this.inputFeeds(encoded, bias);
+    let feeds: Record<string, Ort.Tensor> = inputFeeds(this.ort, encoded, bias);
     let hidden: Ort.Tensor | null = null;
     let isProtected = encoded.special.slice();
     if (!(this.exits.has(1) && this.stages.has(1))) {
@@ -167,7 +168,7 @@ export class EdgeSession {
       const tokens = hidden ? hidden.dims[1] : n;
       if (this.latencyMs !== null && depth > 1 && this.wouldOverrun(state)) return this.anytime(state, hidden!, bias, depth - 1, best);
       state.tokens.push(tokens);
-      if (hidden) feeds = { hidden, attention_bias: this.tensor(bias, [1, tokens]) };
+      if (hidden) feeds = { hidden, attention_bias: floatTensor(this.ort, bias, [1, tokens]) };
       if (depth === last && this.lastStage) {
         const output = (await this.call(state, this.lastStage, feeds))[0].data as Float32Array;
         return { output, confidence: this.finalConfidence(output), depth: last };
@@ -184,7 +185,7 @@ export class EdgeSession {
       }
       hidden = outputs[0];
       if (active && !exitOutput) {
-        exitOutput = (await this.call(state, active.segment, { hidden, attention_bias: this.tensor(bias, [1, hidden.dims[1]]) }))[0].data as Float32Array;
+        exitOutput = (await this.call(state, active.segment, { hidden, attention_bias: floatTensor(this.ort, bias, [1, hidden.dims[1]]) }))[0].data as Float32Array;
       }
       if (active && exitOutput) {
         const index = this.manifest.exits.indexOf(active.head);
@@ -201,20 +202,20 @@ export class EdgeSession {
         const keep = keepCount(n, current, fraction, isProtected.filter(Boolean).length);
         const scores = outputs[this.blocks[0].outputs.indexOf("token_importance")].data as Float32Array;
         const index = keepTokens(scores, isProtected, keep);
-        hidden = this.gather(hidden, index);
+        hidden = gatherTokens(this.ort, hidden, index);
         bias = Float32Array.from(index, (i) => bias[i]);
         isProtected = index.map((i) => isProtected[i]);
       }
     }
-    const output = (await this.call(state, this.head, { hidden: hidden!, attention_bias: this.tensor(bias, [1, hidden!.dims[1]]) }))[0].data as Float32Array;
+    const output = (await this.call(state, this.head, { hidden: hidden!, attention_bias: floatTensor(this.ort, bias, [1, hidden!.dims[1]]) }))[0].data as Float32Array;
     return { output, confidence: this.finalConfidence(output), depth: last };
   }
 
   private async anytime(state: Run, hidden: Ort.Tensor, bias: Float32Array, depth: number, best: Answer | null): Promise<Answer> {
     if (!best || best.depth < depth) {
       const here = this.manifest.exits.find((e) => e.afterBlock === depth);
-      const segment = here ? this.segment(here.segment) : this.head;
-      const output = (await this.call(state, segment, { hidden, attention_bias: this.tensor(bias, [1, hidden.dims[1]]) }))[0].data as Float32Array;
+      const segment = here ? segmentNamed(this.manifest, here.segment) : this.head;
+      const output = (await this.call(state, segment, { hidden, attention_bias: floatTensor(this.ort, bias, [1, hidden.dims[1]]) }))[0].data as Float32Array;
       best = { output, confidence: here && here.confidence === "max_prob" ? maxProbability(output) : this.finalConfidence(output), depth };
     }
     return { ...best, cutShort: true };
@@ -222,36 +223,9 @@ export class EdgeSession {
 
   // --- decisions ------------------------------------------------------------------------------
 
-  private levels(): [string, ExitThresholds | null, ExitThresholds | null] {
-    const { agreement, precision } = this.policy;
-    if (precision !== "fp32" && !this.manifest.variants.some((v) => v.name === precision)) {
-      const known = ["fp32", ...this.manifest.variants.map((v) => v.name)];
-      throw new InputError(`this package has no precision variant '${precision}'; it has ${known.join(", ")}`);
-    }
-    if (agreement === null) return [precision, null, null];
-    if (precision === "fp32") return ["fp32", storedLevel(this.manifest.exitThresholds, agreement, "this package"), null];
-    if (this.manifest.task !== "text-classification") {
-      throw new InputError(`a precision cascade needs a classifier, whose final answer has a confidence; run '${precision}' with agreement null`);
-    }
-    const variant = this.manifest.variants.find((v) => v.name === precision)!;
-    const level = storedLevel(variant.thresholds, agreement, `precision '${precision}'`);
-    const ranges = level.byLength.length ? level.byLength : [level];
-    if (ranges.every((r) => r.thresholds[r.thresholds.length - 1] == null)) {
-      throw new InputError(`precision '${precision}' certifies no answer at agreement ${agreement} (no restart threshold holds it); run fp32`);
-    }
-    return [precision, level, level];
-  }
-
-  /** The variant's restart threshold for an input of this many tokens (null: it certifies none there). */
-  private restartFor(tokens: number): number | null {
-    if (!this.restartLevel) return 0;
-    const thresholds = thresholdsFor(this.restartLevel, tokens);
-    return thresholds[thresholds.length - 1] ?? null;
-  }
-
   private shouldRestart(state: Run, answer: Answer, tokens: number): boolean {
     if (answer.cutShort || state.precision === "fp32" || answer.depth !== this.blocks.length || !this.restartLevel) return false;
-    const threshold = this.restartFor(tokens);
+    const threshold = restartThreshold(this.restartLevel, tokens);
     if (threshold === null) return true;
     if (answer.confidence === null || answer.confidence >= threshold) return false;
     if (this.latencyMs === null || this.blockCostMs === null) return this.latencyMs === null;
@@ -276,43 +250,6 @@ export class EdgeSession {
     return graph.outputNames.map((name) => out[name]);
   }
 
-  private inputFeeds(encoded: Encoded, bias?: Float32Array): Record<string, Ort.Tensor> {
-    const n = encoded.ids.length;
-    return {
-      input_ids: new this.ort.Tensor("int64", BigInt64Array.from(encoded.ids, BigInt), [1, n]),
-      token_type_ids: new this.ort.Tensor("int64", BigInt64Array.from(encoded.typeIds, BigInt), [1, n]),
-      attention_bias: this.tensor(bias ?? new Float32Array(n), [1, n]),
-    };
-  }
-
-  private tensor(data: Float32Array, dims: number[]): Ort.Tensor {
-    return new this.ort.Tensor("float32", data, dims);
-  }
-
-  private gather(hidden: Ort.Tensor, index: number[]): Ort.Tensor {
-    const width = hidden.dims[2];
-    const source = hidden.data as Float32Array;
-    const kept = new Float32Array(index.length * width);
-    index.forEach((row, i) => kept.set(source.subarray(row * width, (row + 1) * width), i * width));
-    return new this.ort.Tensor("float32", kept, [1, index.length, width]);
-  }
-
-  private segment(name: string): Segment {
-    const found = this.manifest.segments.find((s) => s.name === name);
-    if (!found) throw new PackageError(`the manifest names segment ${name} but does not describe it; re-export the package`);
-    return found;
-  }
-
-  private spansCovering(covers: string[]): Segment[] {
-    return this.manifest.segments.filter((s) => s.kind === "span" && s.covers.length === covers.length
-      && s.covers.every((c, i) => c === covers[i]) && s.variants.some((v) => v.precision === this.precision));
-  }
-
-  private span(covers: string[]): Segment | null {
-    const spans = this.spansCovering(covers).filter((s) => s.name !== "full_pruned");
-    return spans.length ? spans.reduce((a, b) => (b.outputs.length < a.outputs.length ? b : a)) : null;
-  }
-
   private result(state: Run, encoded: Encoded, answer: Answer): Result {
     const trace: Trace = {
       segments: state.segments, tokensPerBlock: state.tokens, exitAfterBlock: answer.depth, restarts: state.restarts,
@@ -329,11 +266,6 @@ export class EdgeSession {
   }
 }
 
-function pick(feeds: Record<string, Ort.Tensor>, names: string[]): Record<string, Ort.Tensor> {
-  const picked: Record<string, Ort.Tensor> = {};
-  for (const name of names) {
-    if (!(name in feeds)) throw new PackageError(`a graph asks for input ${name}, which this runtime does not make; re-export the package`);
-    picked[name] = feeds[name];
-  }
-  return picked;
+function floatTensor(ort: OrtModule, data: Float32Array, dims: number[]): Ort.Tensor {
+  return new ort.Tensor("float32", data, dims);
 }
