@@ -84,3 +84,11 @@ test("a signature is checked when a key is given", async (t) => {
   editManifest(tampered, (m) => { m.model.labels = m.model.labels.slice().reverse(); });
   await assert.rejects(load(tampered, { verifyKey: key }), PackageError);
 });
+
+test("a deadline shorter than one block answers from the first exit, cut short", async () => {
+  const session = await load(packageDir, { policy: { agreement: 0.95 }, budget: { latencyMs: 0.001 } });
+  const result = await session.run("a long sentence about a good movie with a kind and happy actor");
+  assert.equal(result.trace.exitAfterBlock, 1);
+  assert.ok(result.trace.deadlineCut || result.trace.segments.length === 1);  // cut short, or the first exit answered
+  await assert.rejects(load(packageDir, { budget: { latencyMs: -1 } }), InputError);
+});
