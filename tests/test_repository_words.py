@@ -21,7 +21,7 @@ FORBIDDEN = {
     "who measured rather than what": re.compile(r"\bwork session|\bthis session's machine|\bsession \d+\b",
                                                 re.IGNORECASE),
 }
-TEXT_SUFFIXES = {".py", ".md", ".toml", ".ini", ".sh", ".txt", ".cfg", ".ts", ".js", ".json", ""}
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".ini", ".sh", ".txt", ".cfg", ".ts", ".js", ".mjs", ".html", ".json", ""}
 
 
 def _tracked_text_files() -> list[Path]:
