@@ -132,6 +132,11 @@ class ExitThresholds:
     calibration_agreement: float
     by_length: tuple[LengthThresholds, ...] = ()
 
+    @property
+    def ranges(self) -> tuple["LengthThresholds | ExitThresholds", ...]:
+        """The per-length sets, or this one set for every length."""
+        return self.by_length or (self,)
+
     def for_tokens(self, tokens: int) -> tuple[float | None, ...]:
         """The thresholds that apply to an input of this many tokens."""
         for bucket in self.by_length:
@@ -159,6 +164,11 @@ class PrecisionVariant:
 
     def thresholds_for(self, agreement: float) -> ExitThresholds | None:
         return strictest_level(self.thresholds, agreement)
+
+
+def exact_level(levels: tuple[ExitThresholds, ...], agreement: float) -> ExitThresholds | None:
+    """The calibrated set for exactly this agreement level, if the package stores it."""
+    return next((t for t in levels if abs(t.agreement - agreement) < 1e-9), None)
 
 
 def strictest_level(levels: tuple[ExitThresholds, ...], agreement: float) -> ExitThresholds | None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import EdgeInferError, InputError
 from ..export.calibration_data import read_examples
+from ..manifest import exact_level
 from ..progress import progress_bar
 from ..runtime.planner import choose_point, policy_of
 from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, embedding_agreement_cosine, softmax
@@ -138,7 +139,7 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
     a = options.agreement
     keep = options.keep_schedule if options.keep_schedule is not None else default_keep_schedule(probe.manifest.model.num_blocks)
     levels = ", ".join(f"{t.agreement:g}" for t in probe.manifest.exit_thresholds) or "none"
-    exits = any(abs(t.agreement - a) < 1e-9 for t in probe.manifest.exit_thresholds)
+    exits = exact_level(probe.manifest.exit_thresholds, a) is not None
     if not exits:
         notes.append(f"no exits@{a:g} configurations: not a level this package calibrated (it has {levels})")
     points = {"edgeinfer off": (Policy.off(), Budget())}
@@ -153,13 +154,11 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
     if probe.manifest.model.task == "text-classification" and exits:
         embed = next(s for s in probe.manifest.segments if s.kind == "embed")
         for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):
-            policy = Policy(agreement=a, precision=variant.name)
-            try:
-                load(package, target=options.target, policy=policy, threads=threads, profile=None)
-            except InputError as err:
-                notes.append(f"no cascade {variant.name}@{a:g}: {err}")
+            level = exact_level(variant.thresholds, a)
+            if level is None or all(r.thresholds[-1] is None for r in level.ranges):
+                notes.append(f"no cascade {variant.name}@{a:g}: the variant certifies no answer at that level")
                 continue
-            points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (policy, Budget())
+            points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
     if probe.manifest.operating_points:  # what `edgeinfer calibrate` stored: the planner's choice for this level
         try:
             point = choose_point(probe.manifest, a)

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..errors import BudgetError, InputError, PackageError
-from ..manifest import Segment
+from ..manifest import Segment, exact_level
 from .decoding import Decoding
 from .drafts import Draft
 from .generation_budget import check_budget_values, device_costs, plan_generation
@@ -328,7 +328,7 @@ class DecoderSession:
             return (float(threshold),) * len(self.exits)
         if agreement is None:
             raise InputError("early-exit needs an agreement level (or an exit_threshold)")
-        level = next((t for t in self.manifest.exit_thresholds if abs(t.agreement - agreement) < 1e-9), None)
+        level = exact_level(self.manifest.exit_thresholds, agreement)
         if level is None:
             known = ", ".join(f"{t.agreement:g}" for t in self.manifest.exit_thresholds) or "none"
             raise InputError(f"this package has no exit thresholds for agreement {agreement:g} (it has {known}); "

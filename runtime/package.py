@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import PackageError
-from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, file_entry
+from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, Segment, file_entry
 from .external_data import external_locations
 from .verified import identity, read_stamp, write_stamp
 
@@ -42,6 +42,17 @@ class Package:
             if now != expected:
                 raise PackageError(f"{relative} changed on disk after the package was verified; load it again")
         return target
+
+    def check_unchanged(self, relatives: list[str]) -> None:
+        for relative in relatives:
+            self.unchanged(relative)
+
+    def all_unchanged(self, relatives: list[str]) -> bool:
+        try:
+            self.check_unchanged(relatives)
+        except PackageError:
+            return False
+        return True
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -138,3 +149,23 @@ def _check_external_data(root: Path, graph: str, data: bytes, listed: dict) -> N
         if relative not in listed:
             raise PackageError(f"{graph} reads external data from {location!r}, which the manifest does not "
                                f"list; the package is tampered with")
+
+
+def check_interface(segment: Segment, path: str, inputs: list[str], outputs: list[tuple[str, list]],
+                    manifest: Manifest) -> None:
+    """The graph takes and gives what the manifest says it does, and a classifier's answers have one
+    value per label: a manifest that lies is refused when the graph opens, not deep inside a run."""
+    if set(inputs) != set(segment.inputs):
+        raise PackageError(f"{path} takes inputs {sorted(inputs)}, but the manifest says {sorted(segment.inputs)}; "
+                           f"re-export the package")
+    if [name for name, _ in outputs] != list(segment.outputs):
+        raise PackageError(f"{path} gives outputs {[name for name, _ in outputs]}, but the manifest says "
+                           f"{list(segment.outputs)}; re-export the package")
+    labels = manifest.model.labels
+    answers = segment.kind in ("head", "exit") or (segment.kind == "span" and segment.covers
+                                                  and manifest.segment(segment.covers[-1]).kind in ("head", "exit"))
+    if manifest.model.task == "text-classification" and labels and answers:
+        width = outputs[-1][1][-1] if outputs[-1][1] else None
+        if isinstance(width, int) and width != len(labels):
+            raise PackageError(f"{path} answers {width} classes, but the manifest names {len(labels)} labels; "
+                               f"re-export the package")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..manifest import TOKEN_SCORES, ExitThresholds, Manifest, strictest_level
+from ..manifest import TOKEN_SCORES, ExitThresholds, Manifest, exact_level, strictest_level
 from .arguments import real, whole
 
 REDUCTIONS = ("prune", "merge")
@@ -118,9 +118,9 @@ def stored_level(levels: tuple[ExitThresholds, ...], agreement: float, fallback:
                  owner: str = "this package") -> ExitThresholds | None:
     """The calibrated set for exactly this agreement level, or the substitution the fallback allows:
     the strictest stored level above it, else none (exits off: the full model)."""
-    for level in levels:
-        if abs(level.agreement - agreement) < 1e-9:
-            return level
+    level = exact_level(levels, agreement)
+    if level is not None:
+        return level
     known = ", ".join(f"{level.agreement:g}" for level in levels) or "none"
     nearest = strictest_level(levels, agreement)
     substitute(fallback, f"agreement {agreement:g} is not a level {owner} calibrated (it has {known})",

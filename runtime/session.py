@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import InputError, PackageError
-from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, LengthThresholds, Manifest, Segment
+from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, LengthThresholds, Segment
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
@@ -31,13 +31,13 @@ from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .planner import choose_point, parse_auto, policy_of
 from .optimized_graphs import cache_folder, enabled
-from .package import Package, open_package
+from .package import Package, check_interface, open_package
 from .policy import (Budget, Policy, classification_confidence, cosine, should_exit, softmax, stored_level,
                      substitute)
 from .merging import merge_tokens
 from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
-from .sessions import default_threads, effective_threads, global_thread_pool_threads, open_session
+from .sessions import default_threads, effective_threads, open_session, threads_in_use
 from .tokenize import TextEncoder, check_texts
 
 if TYPE_CHECKING:
@@ -94,20 +94,10 @@ class GraphRunner:
         worth_caching = self._device_key is not None and len(segment.covers) > 3
         cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
         read = [path, *self._external_files(path)]
-        for relative in read:
-            self.package.unchanged(relative)  # refuses a file swapped since load(), naming it
-
-        def still_verified() -> bool:
-            try:
-                for relative in read:
-                    self.package.unchanged(relative)
-            except PackageError:
-                return False
-            return True
+        self.package.check_unchanged(read)  # a file swapped since load() is refused, by name
         session = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena,
-                               still_verified)
-        if not still_verified():  # swapped while onnxruntime read it: the session holds unchecked bytes
-            raise PackageError(f"{path} or its weights changed on disk while the graph was opened; load it again")
+                               lambda: self.package.all_unchanged(read))
+        self.package.check_unchanged(read)  # ... and one swapped while onnxruntime read it
         check_interface(segment, path, [i.name for i in session.get_inputs()],
                         [(o.name, o.shape) for o in session.get_outputs()], self.package.manifest)
         return session
@@ -127,26 +117,6 @@ class GraphRunner:
         if path not in self._litert_files:
             self._litert_files[path] = shared_file(self.package.path(path), self.threads or default_threads())
         return LiteRTGraph(self._litert_files[path], litert, segment, self.package.manifest.tokenizer.pad_id)
-
-
-def check_interface(segment: Segment, path: str, inputs: list[str], outputs: list[tuple[str, list]],
-                    manifest: Manifest) -> None:
-    """The graph takes and gives what the manifest says it does, and a classifier's answers have one
-    value per label: a manifest that lies is refused when the graph opens, not deep inside a run."""
-    if set(inputs) != set(segment.inputs):
-        raise PackageError(f"{path} takes inputs {sorted(inputs)}, but the manifest says {sorted(segment.inputs)}; "
-                           f"re-export the package")
-    if [name for name, _ in outputs] != list(segment.outputs):
-        raise PackageError(f"{path} gives outputs {[name for name, _ in outputs]}, but the manifest says "
-                           f"{list(segment.outputs)}; re-export the package")
-    labels = manifest.model.labels
-    answers = segment.kind in ("head", "exit") or (segment.kind == "span" and segment.covers
-                                                  and manifest.segment(segment.covers[-1]).kind in ("head", "exit"))
-    if manifest.model.task == "text-classification" and labels and answers:
-        width = outputs[-1][1][-1] if outputs[-1][1] else None
-        if isinstance(width, int) and width != len(labels):
-            raise PackageError(f"{path} answers {width} classes, but the manifest names {len(labels)} labels; "
-                               f"re-export the package")
 
 
 @dataclass
@@ -263,12 +233,12 @@ class EdgeSession:
                              f"classifier, whose final answer has a confidence; for embeddings run the variant "
                              f"alone with agreement=None")
         level = stored_level(variant.thresholds, policy.agreement, policy.fallback, f"precision {variant.name!r}")
-        if level is None or all(r.thresholds[-1] is None for r in (level.by_length or (level,))):
+        if level is None or all(r.thresholds[-1] is None for r in level.ranges):
             substitute(policy.fallback, f"precision {variant.name!r} certifies no answer at agreement "
                                         f"{policy.agreement:g} (calibration found no restart threshold that holds it)",
                        "fp32")
             return "fp32", stored_level(self.manifest.exit_thresholds, policy.agreement, policy.fallback), None
-        ranges = level.by_length or (level,)
+        ranges = level.ranges
         unanswered = [r for r in ranges if r.thresholds[-1] is None]
         if unanswered:
             warnings.warn(f"precision {variant.name!r} certifies no answer at agreement {level.agreement:g} for inputs "
@@ -840,7 +810,7 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
         from .generation import DecoderSession
 
         return DecoderSession(opened, threads, chosen.providers, memory_mb=budget.memory_mb)
-    found = find_profile(opened.root, chosen.name, global_thread_pool_threads() or threads or default_threads(),
+    found = find_profile(opened.root, chosen.name, threads_in_use(threads),
                          None if profile == "auto" else profile) if profile is not None else None
     point = None
     if isinstance(policy, str):

@@ -64,16 +64,19 @@ def global_thread_pool_threads() -> int | None:
     return _global_pool_threads
 
 
-def effective_threads(threads: int | None) -> int:
+def threads_in_use(threads: int | None) -> int:
     """The intra-op threads a session asking for `threads` really gets: with the global pool
-    installed, the pool's size whatever was asked (with a warning when that differs)."""
-    if _global_pool_threads is not None:
-        if threads is not None and threads != _global_pool_threads:
-            warnings.warn(f"threads={threads} is ignored: this process runs on onnxruntime's global pool of "
-                          f"{_global_pool_threads} threads (use_global_thread_pool); trace.threads says so",
-                          UserWarning, stacklevel=3)
-        return _global_pool_threads
-    return threads or default_threads()
+    installed, the pool's size whatever was asked."""
+    return _global_pool_threads or threads or default_threads()
+
+
+def effective_threads(threads: int | None) -> int:
+    """threads_in_use, with a warning when the global pool overrides what was asked."""
+    if _global_pool_threads is not None and threads is not None and threads != _global_pool_threads:
+        warnings.warn(f"threads={threads} is ignored: this process runs on onnxruntime's global pool of "
+                      f"{_global_pool_threads} threads (use_global_thread_pool); trace.threads says so",
+                      UserWarning, stacklevel=3)
+    return threads_in_use(threads)
 
 
 _shared_arena: bool | None = None

@@ -47,7 +47,7 @@ class TextEncoder:
             raise PackageError(f"the manifest's tokenizer ids {outside} (pad_id, special_ids) are outside the "
                                f"tokenizer's vocabulary of {vocabulary}; re-export the package")
         # a lookup table, not np.isin: isin cost ~0.1-0.2 ms per request, a fifth of the runtime's own overhead
-        self._is_special = np.zeros(max(self._tokenizer.get_vocab_size(), *spec.special_ids, spec.pad_id) + 1, dtype=bool)
+        self._is_special = np.zeros(vocabulary, dtype=bool)  # every special id is inside it (checked above)
         self._is_special[list(spec.special_ids)] = True
 
     def encode(self, texts: list[str]) -> EncodedBatch:
