@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan
 from .output_error import CalibrationBatches, output_error
-from .variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
+from .variant_thresholds import calibrate_variant, feed_lengths, logit_noise_scale, onnx_graphs, variant_outputs
 from .weight_nodes import weight_nodes
 
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -106,6 +106,8 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
                "output_error": round(output_error(manifest.model.task, batches.reference, final), 8),
                "output_error_kind": "KL" if manifest.model.task == "text-classification" else "1 - cosine",
                "speedup_predicted": round(speedup, 4)}
+    if manifest.model.task == "text-classification":  # the scale its restart threshold was set on
+        quality["final_logit_noise"] = round(logit_noise_scale(final, batches.reference) or 0.0, 6)
     variant = PrecisionVariant(name=name, plan={k: v for k, v in plan.items() if v != "fp32"},
                                bytes=variant_bytes, quality=quality, thresholds=thresholds)
     manifest = replace(manifest, precision_variants=(*manifest.precision_variants, variant))

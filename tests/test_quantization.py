@@ -177,3 +177,38 @@ def test_memory_need_counts_the_graphs_a_policy_opens(quantized):
     with pytest.raises(BudgetError, match=r"Policy\(precision='int8', agreement=None\)"):
         edgeinfer.load(package, policy=edgeinfer.Policy.off(),
                        budget=edgeinfer.Budget(memory_mb=int8.total_mb + 0.5 * (fp32.total_mb - int8.total_mb)))
+
+
+def test_restart_threshold_is_set_on_the_agreement_scale():
+    """A faithful variant's final answer restarts only when its margin is within the noise: the
+    calibration on the agreement scale and the runtime's comparison of max probabilities agree."""
+    from types import SimpleNamespace
+
+    from edgeinfer.export.exit_quality import judge
+    from edgeinfer.export.thresholds import allowed_disagreements, calibrate_level
+    from edgeinfer.quant.variant_thresholds import (agreement_scale, calibrate_variant, confidence_scale,
+                                                    logit_noise_scale)
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    fp32 = rng.normal(0, 2.5, (n, 2))
+    final = fp32 + rng.normal(0, 0.05, (n, 2))
+    exits = {1: fp32 * 0.4 + rng.normal(0, 1.0, (n, 2)), 2: fp32 * 0.7 + rng.normal(0, 0.6, (n, 2))}
+    noise = logit_noise_scale(final, fp32)
+    assert 0.05 < noise < 0.05 * np.sqrt(2) * 1.5  # the gap between two logits moves by sqrt(2) sigma
+    assert logit_noise_scale(fp32, fp32) is None
+    assert abs(confidence_scale(float(agreement_scale(np.array([0.505]), noise)[0]), noise) - 0.505) < 1e-9
+
+    manifest = SimpleNamespace(model=SimpleNamespace(num_blocks=3, task="text-classification"))
+    levels = calibrate_variant(manifest, exits, final, fp32, speedup=1.5)
+    level = next(t for t in levels if t.agreement == 0.99)
+    confidence, agrees = judge("text-classification", {**exits, 3: final}, fp32)
+    plain = calibrate_level(confidence, agrees, [1, 2, 3], 3 + 3 * 1.5, 0.99)
+    assert level.exit_shares[-1] < plain.exit_shares[-1] / 3  # far fewer restarts
+
+    leaves = np.full(n, 3)  # the runtime's rule: each stage compares its max probability with its threshold
+    for stage in range(2, -1, -1):
+        leaves = np.where(confidence[:, stage] >= level.thresholds[stage], stage, leaves)
+    wrong = sum(not agrees[i, leaves[i]] for i in range(n) if leaves[i] < 3)
+    assert wrong <= allowed_disagreements(n, 0.99)
+    assert abs(np.mean(leaves == 3) - level.exit_shares[-1]) < 1e-6  # shares are stored to 6 places
