@@ -95,7 +95,7 @@ def _export_decoder(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, exits after {[e.after_block for e in manifest.exits]}, "
           f"{total / 1e6:.1f} MB; greedy generation identical to PyTorch's for {manifest.validation['new_tokens']} "
           f"tokens on {len(checked)} prompts; {manifest.export['seconds']:.0f} s")
-    if args.quant != "none":
+    if args.quant not in ("none", "auto"):  # auto adds no variant to a decoder
         _add_decoder_variant(args.output, args.quant)
     return 0
 
@@ -492,6 +492,11 @@ def summary_text(summary: dict) -> str:
         if "next_token_agreement_with_fp32" in variant["quality"]:
             lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB resident, next-token agreement "
                          f"with fp32 {variant['quality']['next_token_agreement_with_fp32']:.3f}")
+    default = summary.get("default_policy")
+    if default is not None and len(default["expected_cost"]) > 1:
+        costs = ", ".join(f"{name} {cost:.3f}x" for name, cost in default["expected_cost"].items())
+        lines.append(f"default    load(package) runs exits at {default['agreement']:g} at precision {default['precision']} "
+                     f"(expected cost vs the fp32 full model, from calibration: {costs})")
     for point in summary.get("operating_points", []):
         accuracy = f", accuracy {point['accuracy']:.4f}" if point["accuracy"] is not None else ""
         lines.append(f"point      {point['name']}: agreement {point['agreement']:.4f}, {point['relative_latency']:.3f}x "
@@ -545,9 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="separate data, closer to deployment, for calibrating exit thresholds")
     export.add_argument("--eval", default=None, help="held-out data to measure exits on (recorded in the manifest)")
     export.add_argument("--max-length", type=int, default=128, help="longest input in tokens (default 128)")
-    export.add_argument("--train-exits", choices=["heads", "joint"], default="heads",
-                        help="heads: train exit heads on a frozen backbone (default); "
-                             "joint: fine-tune backbone and exits together (needs labels)")
+    export.add_argument("--train-exits", choices=["auto", "heads", "joint"], default="auto",
+                        help="heads: train exit heads on a frozen backbone; joint: fine-tune backbone and exits "
+                             "together (labels and self-distillation, or self-distillation alone without labels); "
+                             "auto (default): joint for classifiers, heads for embeddings")
     export.add_argument("--joint-steps", type=int, default=1200, help="optimizer steps of --train-exits joint")
     export.add_argument("--train-pruning", choices=["token_importance", "cls_attention"], default=None,
                         help="with --train-exits joint: most steps prune tokens by this score as the runtime "
@@ -559,9 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "narrow it to where the runtime will prune, e.g. 0.5,0.75)")
     export.add_argument("--train-pruning-share", type=float, default=None,
                         help="share of the joint steps that prune (default 0.75)")
-    export.add_argument("--exit-head", choices=["pooler", "linear"], default="pooler",
+    export.add_argument("--exit-head", choices=["auto", "pooler", "linear"], default="auto",
                         help="classification exits: pooler (dense + activation + classes, from the model's own "
-                             "head; default) or linear (cheaper per exit; for --train-exits joint)")
+                             "head) or linear (cheaper per exit); auto (default): linear for classifiers")
     export.add_argument("--head-examples", type=int, default=4000, help="examples that train exit heads")
     export.add_argument("--threshold-examples", type=int, default=3000, help="examples that calibrate thresholds")
     export.add_argument("--seed", type=int, default=0, help="seed of exit-head training and sampling (default 0)")
@@ -571,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "edgeinfer[export-litert])")
     export.add_argument("--buckets", default=None,
                         help="LiteRT token counts to convert at (default 8,16,32,64,128,256 up to --max-length)")
-    _quant_options(export, default="none")
+    _quant_options(export, default="auto")
+    export.add_argument("--no-quant", dest="quant", action="store_const", const="none",
+                        help="add no precision variant (the same as --quant none)")
     export.set_defaults(handler=_export)
 
     convert = sub.add_parser("convert", help="add LiteRT graphs to an exported package (--to litert)")
@@ -665,8 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--agreement", type=float, default=0.99,
                      help="agreement with the full model to hold when exiting early (default 0.99)")
     run.add_argument("--full-depth", action="store_true", help="never exit early")
-    run.add_argument("--precision", default="fp32",
-                     help="precision variant to start at (e.g. int8); low confidence restarts at fp32")
+    run.add_argument("--precision", default="auto",
+                     help="precision variant to start at (e.g. int8; low confidence restarts at fp32); "
+                          "auto (default): the cheapest the package calibrated at --agreement")
     run.add_argument("--keep", default=None, help="token pruning: after block : share of tokens kept, e.g. 2:0.7,4:0.5")
     run.add_argument("--budget-ms", type=float, default=None,
                      help="latency budget per input; past it, answer from the best exit reached")
@@ -763,9 +772,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quant_options(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--quant", choices=["none", "int8", "int4", "fp16", "mixed", "q8", "q4"], default=default,
-                        help=f"precision variant to add (default {default}); mixed searches per node for the budget; "
-                             f"text-generation packages take q8 (weight-only 8-bit), q4 or int8")
+    choices = ["none", "int8", "int4", "fp16", "mixed", "q8", "q4"] + (["auto"] if default == "auto" else [])
+    parser.add_argument("--quant", choices=choices, default=default,
+                        help=f"precision variant to add (default {default}"
+                             f"{': int8 for classifiers, none for embeddings' if default == 'auto' else ''}); mixed "
+                             f"searches per node for the budget; text-generation packages take q8 (weight-only "
+                             f"8-bit), q4 or int8")
     parser.add_argument("--size-budget", type=float, default=None, help="mixed: model size budget in MB")
     parser.add_argument("--latency-budget-ms", type=float, default=None,
                         help="mixed: latency budget in ms for a 64-token input on this device")

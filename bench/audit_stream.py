@@ -36,8 +36,8 @@ def run_stream(package: Path, data: Path, model_dir: str | None, agreement: floa
     examples = read_examples(data, off.manifest.model.labels)
     texts, labels = list(examples.texts), np.array(examples.labels) if examples.labels is not None else None
     reference = np.array([r.probabilities.argmax() for r in off.run(texts)])
-    sessions = {f"exits@{agreement}": load(package, policy=Policy(agreement=agreement)),
-                f"exits@{agreement}, audit {audit:g}": load(package, policy=Policy(agreement=agreement, audit=audit))}
+    sessions = {f"exits@{agreement}": load(package, policy=Policy(agreement=agreement, precision="fp32")),
+                f"exits@{agreement}, audit {audit:g}": load(package, policy=Policy(agreement=agreement, audit=audit, precision="fp32"))}
     audited = sessions[f"exits@{agreement}, audit {audit:g}"]
     with tempfile.TemporaryDirectory() as tmp:
         monolithic = MonolithicModel(export_monolithic(model_dir or off.manifest.model.source,

@@ -31,7 +31,7 @@ def run_demo(out_dir: Path, agreement: float = 0.99, force: bool = False, repeat
     write_json(profile, measured)
     # also where load() and `edgeinfer run` find it for this device (profile="auto")
     write_json(default_profile_path(package.resolve(), "cpu", default_threads()), measured)
-    session = load(package, policy=Policy(agreement=agreement), profile=profile)
+    session = load(package, policy=Policy(agreement=agreement, precision="fp32"), profile=profile)
     session.run("edge inference in a few milliseconds")  # the first call opens the graphs
     sample = session.run("edge inference in a few milliseconds")
     print(f"one adaptive run: exit after block {sample.trace.exit_after_block}, {sample.trace.total_ms:.2f} ms "

@@ -22,7 +22,7 @@ from ..errors import EdgeInferError, InputError
 from ..export.calibration_data import read_examples
 from ..manifest import exact_level
 from ..progress import progress_bar
-from ..runtime.planner import choose_point, policy_of
+from ..runtime.planner import choose_point, choose_precision, policy_of
 from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, embedding_agreement_cosine, softmax
 from ..runtime.session import EdgeSession, load
 from ..runtime.sessions import default_threads
@@ -31,6 +31,9 @@ from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from .interleaved import measure_interleaved, regime
 from .cold_start import cold_start, edgeinfer_spec, onnxruntime_spec, torch_spec
 from .timing import latency_summary
+
+DEFAULT_CONFIGURATION = "edgeinfer default"  # what load(package) runs
+STATIC_INT8 = "onnxruntime int8 dynamic (monolithic)"
 
 WARMUP = 10
 
@@ -121,7 +124,7 @@ def _baselines(session: EdgeSession, model_dir: str, tmp: Path, threads: int,
                                             torch_spec(Path(model_dir), task, max_length, threads), size))
     except ImportError as err:
         notes.append(f"no PyTorch eager baseline: {err}")
-    for name, path in (("onnxruntime fp32 (monolithic)", fp32), ("onnxruntime int8 dynamic (monolithic)", int8)):
+    for name, path in (("onnxruntime fp32 (monolithic)", fp32), (STATIC_INT8, int8)):
         model = MonolithicModel(path, threads)
 
         def graph_answer(text: str, model: MonolithicModel = model) -> Answer:
@@ -143,13 +146,18 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
     if not exits:
         notes.append(f"no exits@{a:g} configurations: not a level this package calibrated (it has {levels})")
     points = {"edgeinfer off": (Policy.off(), Budget())}
+    default = Policy()
+    if exact_level(probe.manifest.exit_thresholds, default.agreement) is not None:
+        embed = next(s for s in probe.manifest.segments if s.kind == "embed")
+        chosen = choose_precision(probe.manifest, default.agreement, lambda name: probe.runner.has(embed, name))
+        points[f"{DEFAULT_CONFIGURATION} (exits@{default.agreement:g}, {chosen.precision})"] = (default, Budget())
     if exits:
-        points[f"edgeinfer exits@{a}"] = (Policy(agreement=a), Budget())
+        points[f"edgeinfer exits@{a}"] = (Policy(agreement=a, precision="fp32"), Budget())
     if keep:
         schedule = ",".join(f"{b}:{k}" for b, k in keep)
         points[f"edgeinfer prune {schedule}"] = (Policy(agreement=None, keep_schedule=keep), Budget())
         if exits:
-            points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep), Budget())
+            points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep, precision="fp32"), Budget())
         points[f"edgeinfer merge {schedule}"] = (Policy(agreement=None, keep_schedule=keep, reduction="merge"), Budget())
     if probe.manifest.model.task == "text-classification" and exits:
         embed = next(s for s in probe.manifest.segments if s.kind == "embed")
@@ -166,7 +174,7 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
         except InputError as err:
             notes.append(f"no auto point: {err}")
     if options.budget_ms is not None and exits:
-        points[f"edgeinfer exits@{a}, deadline {options.budget_ms:g} ms"] = (Policy(agreement=a), Budget(latency_ms=options.budget_ms))
+        points[f"edgeinfer exits@{a}, deadline {options.budget_ms:g} ms"] = (Policy(agreement=a, precision="fp32"), Budget(latency_ms=options.budget_ms))
     return points
 
 
@@ -261,6 +269,9 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
     base = next((r for r in rows if r["configuration"] == "onnxruntime fp32 (monolithic)"), rows[0])
     for row in rows:
         row["latency_vs_baseline"] = round(row["mean_ms"] / base["mean_ms"], 4)
+    summary = _default_against_static_int8(rows)
+    if summary:
+        notes.insert(0, summary)
     fingerprint = device_fingerprint(threads, usable_target(options.target).providers[0])
     profile = off.profile
     report = {
@@ -278,6 +289,19 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
     }
     write_reports(report, report_dir)
     return report
+
+
+def _default_against_static_int8(rows: list[dict]) -> str | None:
+    """The report's first line: does what load(package) runs beat the static int8 session here?"""
+    default = next((r for r in rows if r["configuration"].startswith(DEFAULT_CONFIGURATION)), None)
+    static = next((r for r in rows if r["configuration"] == STATIC_INT8), None)
+    if default is None or static is None:
+        return None
+    ratio = default["mean_ms"] / static["mean_ms"]
+    verdict = "beats" if ratio < 1.0 else "does not beat"
+    return (f"the default policy ({default['configuration']}) {verdict} static int8 on this device: mean "
+            f"{default['mean_ms']:.2f} ms, {ratio:.3f}x the monolithic onnxruntime int8 dynamic session's "
+            f"{static['mean_ms']:.2f} ms, agreement with the full model {default['agreement_with_full']:.4f}")
 
 
 def _stated_against_realised(manifest, rows: list[dict], agreement: float) -> list[str]:

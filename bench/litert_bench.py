@@ -71,8 +71,8 @@ def adaptive_agreement(package: Path, texts: list[str], labels: np.ndarray | Non
     full = np.array([r.probabilities.argmax() for r in reference.run(texts)])
     manifest = reference.manifest
     blocks = manifest.model.num_blocks
-    points = {f"exits@{LEVEL}": Policy(agreement=LEVEL),
-              f"exits@{LEVEL} + prune": Policy(agreement=LEVEL, keep_schedule=default_keep_schedule(blocks))}
+    points = {f"exits@{LEVEL}": Policy(agreement=LEVEL, precision="fp32"),
+              f"exits@{LEVEL} + prune": Policy(agreement=LEVEL, keep_schedule=default_keep_schedule(blocks), precision="fp32")}
     runs = [(name, policy, target) for name, policy in points.items() for target in ("cpu", "litert-cpu")]
     for variant in manifest.precision_variants:  # each runs where its graphs are
         target = "litert-cpu" if manifest.litert is not None and variant.name in manifest.litert.files else "cpu"

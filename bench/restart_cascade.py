@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     threshold = choose_restart_threshold(package, list(calibration.texts), CHEAP_LEVEL, (), target=0.99)
     print(f"restart threshold (500 train sentences, cheap point exits@{CHEAP_LEVEL}, target 0.99): {threshold}")
     configurations = [_edgeinfer("full depth", load(package, policy=Policy.off())),
-                      _edgeinfer(f"exits@{CHEAP_LEVEL}", load(package, policy=Policy(agreement=CHEAP_LEVEL))),
+                      _edgeinfer(f"exits@{CHEAP_LEVEL}", load(package, policy=Policy(agreement=CHEAP_LEVEL, precision="fp32"))),
                       _edgeinfer(f"exits@{CHEAP_LEVEL}, restart below {threshold:.3f}",
                                  load(package, policy=Policy(agreement=CHEAP_LEVEL, restart_below=threshold))),
-                      _edgeinfer("exits@0.99", load(package, policy=Policy(agreement=0.99)))]
+                      _edgeinfer("exits@0.99", load(package, policy=Policy(agreement=0.99, precision="fp32")))]
     measured = _measure(configurations, texts, 3, "restart cascade")
     reference = np.array([a[0] for a in measured["answers"]["full depth"]])
     base = np.mean(measured["times"]["full depth"])

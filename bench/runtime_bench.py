@@ -97,7 +97,7 @@ def run_bench(package: Path, data: Path, model_dir: str | None, report_dir: Path
         fp32, int8 = MonolithicModel(fp32_path), MonolithicModel(int8_path)
         sessions = {
             "edgeinfer off": off,
-            f"edgeinfer exits@{agreement}": load(package, policy=Policy(agreement=agreement)),
+            f"edgeinfer exits@{agreement}": load(package, policy=Policy(agreement=agreement, precision="fp32")),
             f"edgeinfer {reduction} " + ",".join(f"{b}:{k}" for b, k in keep_schedule):
                 load(package, policy=Policy(agreement=None, keep_schedule=keep_schedule, importance=importance,
                                             reduction=reduction)),
@@ -177,7 +177,7 @@ def choose_restart_threshold(package: Path, texts: list[str], agreement: float,
 
 
 def _deadline(package: Path, texts: list[str], budget_ms: float, agreement: float) -> dict:
-    session = load(package, policy=Policy(agreement=agreement), budget=Budget(latency_ms=budget_ms))
+    session = load(package, policy=Policy(agreement=agreement, precision="fp32"), budget=Budget(latency_ms=budget_ms))
     for text in texts[:WARMUP]:
         session.run(text)
     totals, cut = [], 0

@@ -52,6 +52,18 @@ def read_examples(path: str | Path, label_names: tuple[str, ...] | None, use_lab
     return Examples(tuple(line.strip() for line in lines), None, str(path))
 
 
+def has_label_column(path: str | Path) -> bool:
+    """Whether a calibration file is a TSV whose header names a label column (read no further)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8", errors="replace") as file:
+        first = file.readline()
+    if "\t" not in first and path.suffix.lower() != ".tsv":
+        return False
+    return any(h.strip().lower() in LABEL_COLUMNS for h in first.split("\t"))
+
+
 def _read_tsv(path: Path, lines: list[str], label_names: tuple[str, ...] | None, use_labels: bool) -> Examples:
     header = [h.strip().lower() for h in lines[0].split("\t")]
     text_col = next((header.index(c) for c in TEXT_COLUMNS if c in header), None)

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExportError
 from ..manifest import TOKEN_SCORES
 from ..progress import progress_bar
 from ..runtime.tokenize import TextEncoder
@@ -75,10 +74,9 @@ def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tu
 
 def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module], encoder: TextEncoder,
                       examples: Examples, settings: JointSettings = JointSettings()) -> dict:
-    if examples.labels is None:
-        raise ExportError("--train-exits joint needs labels; give --calib a TSV with a label column")
     teacher = torch.from_numpy(final_probabilities(segments, encoder, examples.texts))
-    labels = torch.tensor(examples.labels)
+    # without labels, every exit (and the final layer) learns from the original model alone
+    labels = torch.tensor(examples.labels) if examples.labels is not None else None
     depth_weights = {depth: float(depth) for depth in exit_modules}
     num_blocks = len(segments.blocks)
     depth_weights[num_blocks] = float(num_blocks) * settings.final_weight_boost
@@ -126,13 +124,13 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
                 if depth in exit_modules:
                     logits = exit_modules[depth](hidden, bias)
                     loss = loss + depth_weights[depth] * distillation_loss(
-                        logits, teacher[index], labels[index], settings.label_weight)
+                        logits, teacher[index], None if labels is None else labels[index], settings.label_weight)
                 if depth in keep_schedule:  # after the exit, as the runtime does
                     hidden, bias, protected = prune_padded(hidden, bias, protected, outputs[score_output],
                                                            original_tokens, keep_schedule[depth])
             logits = segments.head(hidden, bias)
             loss = loss + depth_weights[num_blocks] * distillation_loss(
-                logits, teacher[index], labels[index], settings.label_weight)
+                logits, teacher[index], None if labels is None else labels[index], settings.label_weight)
             loss = loss / total_weight
             optimizer.zero_grad()
             loss.backward()
@@ -147,8 +145,9 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
         "steps": settings.steps, "batch_size": settings.batch_size,
         "backbone_learning_rate": settings.backbone_learning_rate,
         "head_learning_rate": settings.head_learning_rate,
-        "loss": "depth-weighted mean over exits and the final head of "
-                f"{1 - settings.label_weight:.2f} KL to the original model + {settings.label_weight:.2f} cross-entropy",
+        "loss": "depth-weighted mean over exits and the final head of " + (
+            f"{1 - settings.label_weight:.2f} KL to the original model + {settings.label_weight:.2f} cross-entropy"
+            if labels is not None else "KL to the original model (no labels: self-distillation)"),
         **({"pruning": {"share_of_steps": settings.pruning.share, "importance": settings.importance,
                         "schedules": settings.pruning.describe()}} if settings.pruning is not None else {}),
         "first_loss": round(float(np.mean(losses[:20])), 6),

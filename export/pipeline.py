@@ -23,7 +23,7 @@ from ..manifest import (KEEP_TOKENS, PRUNED_FULL, SCHEMA_VERSION, ExitHead, Mani
 from ..progress import progress_bar
 from ..runtime.policy import EMBEDDING_AGREES_AT
 from ..runtime.tokenize import TextEncoder
-from .calibration_data import Examples, read_examples
+from .calibration_data import Examples, has_label_column, read_examples
 from .exit_heads import (EXIT_HEADS, ClassifierExit, EmbeddingExit, LinearClassifierExit, TrainingSettings, cosine_loss, distillation_loss,
                          train_head)
 from .exit_quality import evaluate, exit_outputs, judge
@@ -33,6 +33,7 @@ from .model_source import LoadedModel, load_model
 from .onnx_graphs import GraphJob, export_graph
 from .package_writer import discard, finalize, prepare_staging
 from .pruning_training import PruningFamily
+from .recipe import AUTO, resolve_recipe
 from .segments import ClassifierHead, EmbedSegment, EncoderBlock, FullDepth, MeanPoolHead, PrunedFullDepth, Stage
 from .shared_weights import WEIGHTS_FILE, share_weights
 from .thresholds import AGREEMENT_LEVELS, calibrate_level, threshold_record
@@ -50,8 +51,8 @@ class ExportOptions:
     calib_thresholds: str | None = None
     eval_data: str | None = None
     max_length: int = 128
-    train_exits: str = "heads"
-    exit_head: str = "pooler"  # classification exits: "pooler" (dense + activation + classes) or "linear"
+    train_exits: str = AUTO  # heads | joint | auto (export/recipe.py chooses)
+    exit_head: str = AUTO  # classification exits: "pooler" (dense + activation + classes), "linear" or auto
     head_examples: int = 4000
     joint_examples: int = 20000
     joint_steps: int = 1200
@@ -60,7 +61,7 @@ class ExportOptions:
     threshold_examples: int = 3000
     force: bool = False
     seed: int = 0
-    quant: str = "none"  # none | int8 | int4 | fp16 | mixed: a precision variant added after export
+    quant: str = AUTO  # none | int8 | int4 | fp16 | mixed | auto: a precision variant added after export
     size_budget_mb: float | None = None
     latency_budget_ms: float | None = None
     formats: tuple[str, ...] = ("onnx",)  # "litert" adds LiteRT graphs (export/litert.py)
@@ -109,6 +110,11 @@ def _tokenizer_spec(loaded: LoadedModel, max_length: int, uses_token_type_ids: b
                          special_ids=loaded.special_ids)
 
 
+def _labelled(options: ExportOptions) -> bool:
+    """Does --calib carry labels (a TSV with a label column)? Decides joint training's loss."""
+    return options.task == "text-classification" and has_label_column(options.calib or BUNDLED_SAMPLE)
+
+
 def _calibration_sets(options: ExportOptions, labels: tuple[str, ...] | None) -> tuple[Examples, Examples]:
     use_labels = options.task == "text-classification"
     main = read_examples(options.calib or BUNDLED_SAMPLE, labels, use_labels)
@@ -142,6 +148,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     if "onnx" not in options.formats or set(options.formats) - set(FORMATS):
         raise ExportError(f"--formats {','.join(options.formats)!r}: give onnx, optionally with litert "
                           f"(the ONNX graphs are the reference the LiteRT ones are validated against)")
+    options, recipe = resolve_recipe(options, _labelled(options))
     if options.train_exits not in TRAIN_EXIT_MODES:
         raise ExportError(f"--train-exits {options.train_exits!r}: choose one of {', '.join(TRAIN_EXIT_MODES)}")
     if options.exit_head not in EXIT_HEADS or (options.exit_head != "pooler" and options.task != "text-classification"):
@@ -156,8 +163,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     heads_data, threshold_data = _calibration_sets(options, loaded.labels)
     eval_data = read_examples(options.eval_data, loaded.labels, options.task == "text-classification") \
         if options.eval_data else None
-    if options.train_exits == "joint" and (heads_data.labels is None or options.task != "text-classification"):
-        raise ExportError("--train-exits joint needs a text-classification model and a --calib TSV with labels")
+    if options.train_exits == "joint" and options.task != "text-classification":
+        raise ExportError("--train-exits joint needs a text-classification model; embeddings train heads")
     if options.train_pruning is not None and options.train_exits != "joint":
         raise ExportError("--train-pruning trains inside joint fine-tuning; add --train-exits joint")
     if options.train_pruning is not None:
@@ -198,7 +205,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
                 "edgeinfer": __version__, "torch": torch.__version__,
                 "transformers": __import__("transformers").__version__,
                 "onnx": __import__("onnx").__version__, "python": platform.python_version(),
-                "seconds": round(time.perf_counter() - started, 1),
+                "seconds": round(time.perf_counter() - started, 1), "recipe": recipe,
             },
         )
         if "litert" in options.formats:

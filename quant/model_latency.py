@@ -48,3 +48,14 @@ def median_run_ms(graph, feeds: dict[str, np.ndarray], repeats: int, warmup: int
         graph.run(None, feeds)
         samples.append((time.perf_counter() - start) * 1000)
     return float(np.median(samples))
+
+
+def paired_latency_ms(first: Path | bytes, second: Path | bytes, manifest: Manifest, tokens: int = PLAN_TOKENS,
+                      rounds: int = 3, repeats: int = 40) -> tuple[float, float]:
+    """Median latencies of two graphs measured in alternating rounds, so that the machine's drift
+    (tens of percent within minutes here) falls on both alike; their ratio is what a plan predicts."""
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for index, graph in enumerate((first, second)):
+            samples[index].append(full_graph_latency_ms(graph, manifest, tokens, repeats))
+    return float(np.median(samples[0])), float(np.median(samples[1]))

@@ -102,10 +102,10 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
                                        feed_lengths(batches.feeds))
         bar.update()
     variant_bytes = len(apply_plan(full, by_digest).SerializeToString())
-    quality = {**record, "calibration_examples": int(len(final)), **_closeness(manifest.model.task, batches.reference, final),
+    quality = {"calibration_examples": int(len(final)), **_closeness(manifest.model.task, batches.reference, final),
                "output_error": round(output_error(manifest.model.task, batches.reference, final), 8),
                "output_error_kind": "KL" if manifest.model.task == "text-classification" else "1 - cosine",
-               "speedup_predicted": round(speedup, 4)}
+               "speedup_predicted": round(speedup, 4), **record}
     if manifest.model.task == "text-classification":  # the scale its restart threshold was set on
         quality["final_logit_noise"] = round(logit_noise_scale(final, batches.reference) or 0.0, 6)
     variant = PrecisionVariant(name=name, plan={k: v for k, v in plan.items() if v != "fp32"},

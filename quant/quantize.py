@@ -6,12 +6,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from ..errors import InputError
 from ..manifest import Manifest
-from ..runtime.package import open_package
+from ..runtime.package import Package, open_package
 from .mixed_precision import QUANT_MODES, PLAN_TOKENS, Analysis, analyse, choose_plan, full_model
 from .candidates import candidate
-from .model_latency import fp32_latency_ms
+from .apply_plan import apply_plan
+from .model_latency import fp32_latency_ms, paired_latency_ms
 from .output_error import CalibrationBatches, calibration_batches
 from .package_variants import add_precision_variant
 from .weight_nodes import WeightNode, weight_nodes
@@ -56,10 +59,23 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
     record = {"mode": mode, "sensitivity": sensitivity,
               "size_budget_mb": size_budget_mb, "latency_budget_ms": latency_budget_ms,
               "predicted_bytes": int(predicted[0]), "predicted_latency_ms": round(predicted[1], 4),
-              "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2]}
+              "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2],
+              **measured_speed(package, model, plan, fp32[1] / max(predicted[1], 1e-9))}
     manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
-                                     plan, batches, fp32[1] / max(predicted[1], 1e-9), record, force)
+                                     plan, batches, record["speedup_measured"], record, force)
     return QuantizeResult(manifest, result, plan, predicted, batches)
+
+
+def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str], predicted_speedup: float) -> dict:
+    """The written variant's full-depth latency beside fp32's, measured in alternating rounds: what
+    the runtime's choice of precision relies on, and the check on the plan's prediction."""
+    by_digest = {n.digest: plan.get(n.name, "fp32") for n in weight_nodes(model)}
+    fp32_ms, variant_ms = paired_latency_ms(model.SerializeToString(), apply_plan(model, by_digest).SerializeToString(),
+                                            package.manifest)
+    speedup = fp32_ms / max(variant_ms, 1e-9)
+    return {"fp32_latency_ms": round(fp32_ms, 4), "measured_latency_ms": round(variant_ms, 4),
+            "speedup_measured": round(speedup, 4), "speedup_predicted": round(predicted_speedup, 4),
+            "speedup_prediction_error": round(predicted_speedup / speedup - 1.0, 4)}
 
 
 def check_overrides(weight_nodes_of_model: list[WeightNode], overrides: dict[str, str]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .package import Package
+from .planner import choose_precision
+from .policy import Policy
 
 
 def describe_package(package: Package) -> dict:
@@ -44,6 +46,7 @@ def describe_package(package: Package) -> dict:
              "restart_share": {str(t.agreement): t.exit_shares[-1] for t in v.thresholds}}
             for v in manifest.precision_variants
         ],
+        "default_policy": _default_policy(manifest),
         "operating_points": [{"name": p.name, "agreement": p.agreement, "relative_latency": p.relative_latency,
                               "mean_depth": p.mean_depth, "accuracy": p.accuracy} for p in manifest.operating_points],
         "litert": None if manifest.litert is None else {
@@ -66,3 +69,15 @@ def _guarantee(record: dict, levels: list[str]) -> str:
                 "to calibrate them with a guarantee")
     example = stated.get(levels[-1]) or next(iter(stated.values()))
     return f"for each level L, {str(example).replace(levels[-1], 'L', 1)} ({record.get('data', 'unknown data')})"
+
+
+def _default_policy(manifest) -> dict | None:
+    """What load(package) runs with no policy given: the default level, at the precision whose
+    calibrated cascade is expected to cost least (runtime/planner.py)."""
+    if manifest.model.task == "text-generation" or not manifest.exit_thresholds:
+        return None
+    agreement = Policy().agreement
+    embed = next(s for s in manifest.segments if s.kind == "embed")
+    onnx_precisions = {v.precision for v in embed.variants}
+    choice = choose_precision(manifest, agreement, lambda name: name in onnx_precisions)
+    return {"agreement": agreement, "precision": choice.precision, "expected_cost": choice.expected_cost}

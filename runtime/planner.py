@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 from ..errors import InputError, PackageError
-from ..manifest import Manifest, OperatingPoint
+from ..manifest import Manifest, OperatingPoint, exact_level
 from .policy import Policy
 
 DEFAULT_AGREEMENT = 0.99
@@ -56,3 +59,39 @@ def choose_point(manifest: Manifest, agreement: float, latency_ms: float | None 
         raise InputError(f"no operating point is predicted to fit {latency_ms:g} ms; the fastest ({fastest.name}) "
                          f"needs about {fastest.relative_latency * full_ms:.2f} ms")
     return max(fitting, key=lambda p: (p.agreement_bound, -p.relative_latency))
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """Which precision a policy asking for "auto" runs at, and the expected costs it compared
+    (relative to the fp32 full model, from calibration: blocks run, restarts included)."""
+
+    precision: str
+    expected_cost: dict[str, float]
+
+
+def choose_precision(manifest: Manifest, agreement: float | None, usable: Callable[[str], bool]) -> PrecisionChoice:
+    """The precision whose calibrated cascade at this agreement level is expected to cost least.
+
+    A variant's expected depth counts its own blocks and, for inputs it restarts, a pass of every
+    variant block plus the fp32 full model; dividing by its speed-up over fp32 (measured when the
+    variant was written, predicted for older packages) puts every candidate in fp32 full-model
+    units. Only levels the package calibrated exactly take part: "auto" never substitutes a level.
+    usable: whether the backend in use has a precision's graphs.
+    """
+    blocks = manifest.model.num_blocks
+    costs: dict[str, float] = {}
+    if agreement is None:
+        return PrecisionChoice("fp32", costs)
+    level = exact_level(manifest.exit_thresholds, agreement)
+    costs["fp32"] = level.expected_mean_depth / blocks if level is not None else 1.0
+    if manifest.model.task == "text-classification":
+        for variant in manifest.precision_variants:
+            level = exact_level(variant.thresholds, agreement)
+            speedup = variant.quality.get("speedup_measured", variant.quality.get("speedup_predicted"))
+            if level is None or not usable(variant.name) or not isinstance(speedup, (int, float)) or speedup <= 0 \
+                    or any(r.thresholds[-1] is None for r in level.ranges):
+                continue
+            costs[variant.name] = round(level.expected_mean_depth / blocks / float(speedup), 4)
+    costs["fp32"] = round(costs["fp32"], 4)
+    return PrecisionChoice(min(costs, key=lambda name: (costs[name], name != "fp32")), costs)

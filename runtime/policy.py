@@ -16,6 +16,9 @@ REDUCTIONS = ("prune", "merge")
 FALLBACKS = ("refuse", "nearest")
 
 
+AUTO_PRECISION = "auto"  # Policy.precision: the cheapest calibrated precision at the level
+
+
 @dataclass(frozen=True)
 class Policy:
     """How an input may be answered with less work than the full model.
@@ -38,7 +41,9 @@ class Policy:
     precision: the precision variant to run first ("fp32" or a variant the package lists, e.g.
         "int8"). A variant uses its own calibrated exit thresholds and restarts at fp32 when its
         final confidence is below its calibrated restart threshold: the cascade cheap point first,
-        fp32 on restart.
+        fp32 on restart. "auto" (the default) takes whichever of fp32 and the package's variants
+        calibration expects to cost least at the agreement level (runtime/planner.py,
+        choose_precision); with pruning, skipping or restart_below set, or exits off, it is fp32.
     fallback: what happens when the package cannot do exactly what the policy asks (a level it has
         not calibrated, a variant without thresholds for it). "refuse" (the default): one line
         saying what is missing. "nearest": run the nearest stricter thing instead, with a
@@ -50,7 +55,7 @@ class Policy:
     keep_schedule: tuple[tuple[int, float], ...] = ()
     restart_below: float | None = None
     importance: str = "token_importance"
-    precision: str = "fp32"
+    precision: str = AUTO_PRECISION
     reduction: str = "prune"
     skip_blocks: tuple[int, ...] = ()
     audit: float | None = None

@@ -29,10 +29,10 @@ from . import arguments
 from .audit_session import start_audit
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
-from .planner import choose_point, parse_auto, policy_of
+from .planner import choose_point, choose_precision, parse_auto, policy_of
 from .optimized_graphs import cache_folder, enabled
 from .package import Package, check_interface, open_package
-from .policy import (Budget, Policy, classification_confidence, cosine, should_exit, softmax, stored_level,
+from .policy import (AUTO_PRECISION, Budget, Policy, classification_confidence, cosine, should_exit, softmax, stored_level,
                      substitute)
 from .merging import merge_tokens
 from .pruning import keep_count, keep_tokens
@@ -160,13 +160,20 @@ class EdgeSession:
         self.profile = profile
         self.operating_point = None  # set by load(policy="auto")
         self.manifest = package.manifest
-        self.policy = policy
         self.budget = budget
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
         self.runner = GraphRunner(package, threads, providers, optimized_cache, backend=backend)
         self._blocks = self.manifest.blocks()
         self._embed = next(s for s in self.manifest.segments if s.kind == "embed")
         self._head = next(s for s in self.manifest.segments if s.kind == "head")
+        self.requested_precision = policy.precision
+        self.precision_choice = None  # with precision "auto": what was compared, and what won
+        if policy.precision == AUTO_PRECISION:
+            plain = not policy.keep_schedule and not policy.skip_blocks and policy.restart_below is None
+            self.precision_choice = choose_precision(self.manifest, policy.agreement if plain else None,
+                                                     lambda name: self.runner.has(self._embed, name))
+            policy = replace(policy, precision=self.precision_choice.precision)
+        self.policy = policy
         if policy.precision != "fp32":
             self.manifest.precision_variant(policy.precision)  # an unknown name: one line listing the known ones
         if not self.runner.has(self._embed, policy.precision):
@@ -749,7 +756,7 @@ class EdgeSession:
                       exit_after_block=answer.depth, restarts=state.restarts,
                       milliseconds=state.milliseconds, total_ms=round(total_ms, 4),
                       truncated=truncated, level_used=self.level.agreement if self.level else None,
-                      level_requested=self.policy.agreement, precision_requested=self.policy.precision,
+                      level_requested=self.policy.agreement, precision_requested=self.requested_precision,
                       threads=self.runner.intra_op_threads,
                       over_budget=self.budget.latency_ms is not None and total_ms > self.budget.latency_ms,
                       deadline_cut=answer.cut_short, precision=state.precision,

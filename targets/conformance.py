@@ -30,11 +30,13 @@ class NamedPolicy:
 
 
 def policies_to_check(package: Path) -> list[NamedPolicy]:
-    """Full depth; early exit at every stored level; each precision variant alone and as a cascade
-    at every level it certifies; token pruning at the default schedule."""
+    """Full depth; the default policy (its precision chosen by the runtime); fp32 early exit at every
+    stored level; each precision variant alone and as a cascade at every level it certifies; token
+    pruning at the default schedule."""
     manifest = open_package(package).manifest
-    chosen = [NamedPolicy("full depth", Policy.off())]
-    chosen += [NamedPolicy(f"exits@{t.agreement:g}", Policy(agreement=t.agreement)) for t in manifest.exit_thresholds]
+    chosen = [NamedPolicy("full depth", Policy.off()), NamedPolicy("default", Policy())]
+    chosen += [NamedPolicy(f"exits@{t.agreement:g}", Policy(agreement=t.agreement, precision="fp32"))
+               for t in manifest.exit_thresholds]
     for variant in manifest.precision_variants:
         chosen.append(NamedPolicy(f"{variant.name} alone", Policy(agreement=None, precision=variant.name)))
         if manifest.model.task != "text-classification":

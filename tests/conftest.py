@@ -117,6 +117,17 @@ def tiny_models(tmp_path_factory) -> dict[tuple[str, str], Path]:
             for task in ("feature-extraction", "text-classification")}
 
 
+PLAIN_RECIPE = {"train_exits": "heads", "exit_head": "pooler", "quant": "none"}
+
+
+def plain_options(**fields):
+    """Export options without the default recipe's joint training and int8 variant: heads on a frozen
+    backbone, the fast path the many small tests share (the default recipe has tests of its own)."""
+    from edgeinfer.export.pipeline import ExportOptions
+
+    return ExportOptions(**{**PLAIN_RECIPE, **fields})
+
+
 @pytest.fixture(scope="session")
 def tiny_calibration(tmp_path_factory) -> Path:
     # 200 threshold texts: enough for the 0.95 level to let a few exits answer
@@ -125,13 +136,13 @@ def tiny_calibration(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_packages(tiny_models, tiny_calibration, tmp_path_factory) -> dict[tuple[str, str], Path]:
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
 
     root = tmp_path_factory.mktemp("tiny-packages")
     packages = {}
     for (family, task), directory in tiny_models.items():
         out = root / f"{family}-{task}.edge"
-        export_model(str(directory), out, ExportOptions(task=task, calib=str(tiny_calibration), max_length=64))
+        export_model(str(directory), out, plain_options(task=task, calib=str(tiny_calibration), max_length=64))
         packages[(family, task)] = out
     return packages
 
@@ -150,10 +161,10 @@ def quantized(tiny_packages, tiny_calibration, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_package(tmp_path_factory) -> Path:
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
 
     out = tmp_path_factory.mktemp("minilm") / "m.edge"
-    export_model("minilm", out, ExportOptions(task="feature-extraction"))
+    export_model("minilm", out, plain_options(task="feature-extraction"))
     return out
 
 
@@ -162,10 +173,10 @@ def sst2_package(tmp_path_factory) -> Path:
     if not MINILM_SST2.is_dir():
         pytest.fail(f"{MINILM_SST2} is not on this machine: the SST-2 tests need ../shared beside the checkout "
                     f"(or EDGEINFER_SHARED pointing at it)")
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
 
     out = tmp_path_factory.mktemp("sst2") / "s.edge"
-    export_model(str(MINILM_SST2), out, ExportOptions(
+    export_model(str(MINILM_SST2), out, plain_options(
         task="text-classification", calib=str(SST2 / "train.tsv"), eval_data=str(SST2 / "dev.tsv"),
         head_examples=2000, threshold_examples=1500))
     return out

@@ -10,6 +10,7 @@ import pytest
 
 from edgeinfer.manifest import Manifest
 from edgeinfer.runtime.package import open_package
+from conftest import plain_options
 
 FAMILIES = ("bert", "roberta", "distilbert")
 TASKS = ("feature-extraction", "text-classification")
@@ -86,19 +87,19 @@ def test_every_file_listed_with_size_and_sha256(tiny_packages):
 
 
 def test_chosen_exits_only(tiny_models, tiny_calibration, tmp_path):
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
 
     manifest = export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "p.edge",
-                            ExportOptions(task="text-classification", exits="2", calib=str(tiny_calibration)))
+                            plain_options(task="text-classification", exits="2", calib=str(tiny_calibration)))
     assert [e.after_block for e in manifest.exits] == [2]
     assert not (tmp_path / "p.edge" / "graphs" / "exit_01.onnx").exists()
 
 
 def test_evaluation_recorded_when_eval_data_given(tiny_models, tiny_calibration, tmp_path):
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
 
     manifest = export_model(str(tiny_models[("distilbert", "text-classification")]), tmp_path / "p.edge",
-                            ExportOptions(task="text-classification", calib=str(tiny_calibration),
+                            plain_options(task="text-classification", calib=str(tiny_calibration),
                                           eval_data=str(tiny_calibration)))
     evaluation = manifest.evaluation
     assert evaluation["examples"] == 400
@@ -128,10 +129,10 @@ def test_runtime_full_depth_matches_pytorch(tiny_models, tiny_packages):
 
 
 def test_joint_fine_tuning_records_how_far_the_final_layer_moved(tiny_models, tiny_calibration, tmp_path):
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
 
     manifest = export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "j.edge",
-                            ExportOptions(task="text-classification", calib=str(tiny_calibration),
+                            plain_options(task="text-classification", calib=str(tiny_calibration),
                                           eval_data=str(tiny_calibration), train_exits="joint", joint_steps=15))
     joint = manifest.calibration["exit_training"]["joint"]
     assert joint["steps"] == 15 and joint["measured_on"] == str(tiny_calibration)
@@ -207,12 +208,12 @@ def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibratio
 
     import edgeinfer
     from edgeinfer.errors import ExportError
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
     from edgeinfer.export.pruning_training import PruningFamily
 
     model = str(tiny_models[("bert", "text-classification")])
     family = PruningFamily(first_blocks=(1,), ratio_range=(0.5, 0.75), share=0.9)
-    manifest = export_model(model, tmp_path / "p.edge", ExportOptions(
+    manifest = export_model(model, tmp_path / "p.edge", plain_options(
         task="text-classification", calib=str(tiny_calibration), train_exits="joint", joint_steps=12,
         train_pruning="cls_attention", pruning_family=family))
     pruning = manifest.calibration["exit_training"]["joint"]["pruning"]
@@ -229,13 +230,13 @@ def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibratio
     chain._pruned_full = None  # the block-by-block path the graph replaces
     np.testing.assert_allclose(inside.probabilities, chain.run(text).probabilities, atol=1e-5)
     with pytest.raises(ExportError, match="add --train-exits joint"):
-        export_model(model, tmp_path / "q.edge", ExportOptions(task="text-classification", calib=str(tiny_calibration),
+        export_model(model, tmp_path / "q.edge", plain_options(task="text-classification", calib=str(tiny_calibration),
                                                                train_pruning="token_importance"))
     for bad, message in ((PruningFamily(ratio_range=(0.8, 0.5)), "LOW <= HIGH"),
                          (PruningFamily(first_blocks=(0, 1)), "pruning starts after blocks 1.."),
                          (PruningFamily(share=0.0), "share of the steps")):
         with pytest.raises(ExportError, match=message):
-            export_model(model, tmp_path / "q.edge", ExportOptions(
+            export_model(model, tmp_path / "q.edge", plain_options(
                 task="text-classification", calib=str(tiny_calibration), train_exits="joint",
                 train_pruning="token_importance", pruning_family=bad))
     assert not (tmp_path / "q.edge").exists()
@@ -244,11 +245,11 @@ def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibratio
 def test_linear_exit_heads(tiny_models, tiny_calibration, tmp_path):
     import edgeinfer
     from edgeinfer.errors import ExportError
-    from edgeinfer.export.pipeline import ExportOptions, export_model
+    from edgeinfer.export.pipeline import export_model
 
     package = tmp_path / "linear.edge"
     manifest = export_model(str(tiny_models[("bert", "text-classification")]), package,
-                            ExportOptions(task="text-classification", calib=str(tiny_calibration), exit_head="linear"))
+                            plain_options(task="text-classification", calib=str(tiny_calibration), exit_head="linear"))
     assert manifest.calibration["exit_training"]["head"] == "linear"
     exit_graph = onnx.load(str(package / manifest.segment(manifest.exits[0].segment).graph()))
     assert sorted(i.name for i in exit_graph.graph.initializer if i.name.endswith(("weight", "bias"))) == ["out.bias", "out.weight"]
@@ -278,19 +279,36 @@ def test_linear_exit_heads(tiny_models, tiny_calibration, tmp_path):
     np.testing.assert_allclose(result.probabilities, np.exp(logits) / np.exp(logits).sum(), atol=1e-5)
     with pytest.raises(ExportError, match="linear is for text-classification"):
         export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "e.edge",
-                     ExportOptions(calib=str(tiny_calibration), exit_head="linear"))
+                     plain_options(calib=str(tiny_calibration), exit_head="linear"))
 
 
-def test_joint_fine_tuning_needs_labels(tiny_models, tmp_path):
-    from edgeinfer.errors import ExportError
+def test_the_default_recipe_for_a_classifier_is_joint_linear_and_int8(tiny_models, tiny_calibration, tmp_path):
+    """A plain export of a classifier trains exits with the backbone, linear, and adds an int8 variant;
+    without labels the joint training distils the original model alone. The manifest says why."""
     from edgeinfer.export.pipeline import ExportOptions, export_model
 
     from conftest import write_calibration
 
-    calib = write_calibration(tmp_path / "plain.txt", labels=False)
-    with pytest.raises(ExportError, match="needs a text-classification model and a --calib TSV with labels"):
-        export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "j.edge",
-                     ExportOptions(task="text-classification", calib=str(calib), train_exits="joint"))
+    model = str(tiny_models[("bert", "text-classification")])
+    manifest = export_model(model, tmp_path / "d.edge",
+                            ExportOptions(task="text-classification", calib=str(tiny_calibration), joint_steps=20))
+    recipe = manifest.export["recipe"]
+    assert recipe["train_exits"].startswith("joint: ") and "labels and" in recipe["train_exits"]
+    assert recipe["exit_head"].startswith("linear: ") and recipe["quant"].startswith("int8: ")
+    assert manifest.calibration["exit_training"]["head"] == "linear"
+    assert [v.name for v in manifest.precision_variants] == ["int8"]
+    assert "cross-entropy" in manifest.calibration["exit_training"]["joint"]["loss"]
+
+    unlabelled = write_calibration(tmp_path / "plain.txt", labels=False)
+    manifest = export_model(model, tmp_path / "u.edge", ExportOptions(
+        task="text-classification", calib=str(unlabelled), joint_steps=20, quant="none", exit_head="pooler"))
+    assert "self-distillation" in manifest.calibration["exit_training"]["joint"]["loss"]
+    assert manifest.export["recipe"]["quant"] == "none: asked for" and not manifest.precision_variants
+    assert manifest.export["recipe"]["exit_head"] == "pooler: asked for"
+
+    embeddings = export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "e.edge",
+                              ExportOptions(calib=str(tiny_calibration)))
+    assert embeddings.export["recipe"]["train_exits"].startswith("heads: ") and not embeddings.precision_variants
 
 
 def test_weights_stored_once_and_full_span_matches_the_chain(tiny_packages):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from edgeinfer.errors import ExportError
-from edgeinfer.export.pipeline import ExportOptions, export_model
+from edgeinfer.export.pipeline import export_model
+from conftest import plain_options
 
 
 def _no_leftovers(folder):
@@ -29,9 +30,9 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
 
 def test_exits_out_of_range(tiny_models, tmp_path):
     with pytest.raises(ExportError, match=r"out of range: this model has 3 blocks"):
-        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge", ExportOptions(exits="1,3"))
+        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge", plain_options(exits="1,3"))
     with pytest.raises(ExportError, match="must be block numbers"):
-        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge", ExportOptions(exits="x"))
+        export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge", plain_options(exits="x"))
     assert _no_leftovers(tmp_path) == []
 
 
@@ -48,7 +49,7 @@ def test_bad_calibration_file(tiny_models, tmp_path, content, message):
     calib.write_text(content)
     with pytest.raises(ExportError, match=message):
         export_model(str(tiny_models[("bert", "text-classification")]), tmp_path / "o.edge",
-                     ExportOptions(task="text-classification", calib=str(calib)))
+                     plain_options(task="text-classification", calib=str(calib)))
     assert not (tmp_path / "o.edge").exists()
 
 
@@ -57,10 +58,10 @@ def test_existing_output_untouched_without_force(tiny_models, tiny_calibration, 
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="already exists; pass --force"):
-        export_model(str(tiny_models[("bert", "feature-extraction")]), out, ExportOptions(calib=str(tiny_calibration)))
+        export_model(str(tiny_models[("bert", "feature-extraction")]), out, plain_options(calib=str(tiny_calibration)))
     assert (out / "keep.txt").read_text() == "mine"
     export_model(str(tiny_models[("bert", "feature-extraction")]), out,
-                 ExportOptions(calib=str(tiny_calibration), force=True))
+                 plain_options(calib=str(tiny_calibration), force=True))
     assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
     assert _no_leftovers(tmp_path) == []
 
@@ -74,21 +75,21 @@ def test_failure_midway_leaves_nothing(tiny_models, tiny_calibration, tmp_path, 
     monkeypatch.setattr(pipeline, "validate_graphs", broken)
     with pytest.raises(ExportError, match="simulated"):
         export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge",
-                     ExportOptions(calib=str(tiny_calibration)))
+                     plain_options(calib=str(tiny_calibration)))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_classification_needs_a_trained_head(tiny_models, tmp_path):
     with pytest.raises(ExportError, match="no trained classification head"):
         export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge",
-                     ExportOptions(task="text-classification"))
+                     plain_options(task="text-classification"))
 
 
 def test_embedding_export_ignores_class_names_in_a_label_column(tiny_models, tmp_path):
     calib = tmp_path / "named.tsv"
     calib.write_text("text\tlabel\n" + "".join(f"good movie {i}\tWorld\n" for i in range(40)))
     manifest = export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "o.edge",
-                            ExportOptions(calib=str(calib), eval_data=str(calib)))
+                            plain_options(calib=str(calib), eval_data=str(calib)))
     assert manifest.calibration["exit_training"]["labels_used"] is False
     assert manifest.evaluation["examples"] == 40
 

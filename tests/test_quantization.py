@@ -111,6 +111,35 @@ def test_runtime_runs_the_variant_and_restarts_at_fp32(quantized):
             assert result.trace.precision == "fp32" and result.trace.segments[-1] == "full"
 
 
+def test_auto_precision_takes_the_cheaper_calibrated_cascade(quantized):
+    """The default precision weighs fp32's exits against each variant's cascade by their calibrated
+    expected cost; the variant's measured speed-up decides, and the trace says what was asked."""
+    from dataclasses import replace
+
+    from edgeinfer.runtime.planner import choose_precision
+
+    manifest = open_package(quantized).manifest
+    variant = manifest.precision_variant("int8")
+    assert variant.quality["speedup_measured"] > 0 and "speedup_prediction_error" in variant.quality
+
+    def with_speedup(speedup: float):
+        quality = {**variant.quality, "speedup_measured": speedup}
+        return replace(manifest, precision_variants=(replace(variant, quality=quality),))
+    level = next(t.agreement for t in variant.thresholds if all(r.thresholds[-1] is not None for r in t.ranges))
+    assert choose_precision(with_speedup(1000.0), level, lambda name: True).precision == "int8"
+    assert choose_precision(with_speedup(0.001), level, lambda name: True).precision == "fp32"
+    assert choose_precision(with_speedup(1000.0), level, lambda name: False).precision == "fp32"
+    assert choose_precision(with_speedup(1000.0), None, lambda name: True).precision == "fp32"
+
+    session = edgeinfer.load(quantized, policy=edgeinfer.Policy(agreement=level))
+    chosen = session.precision_choice
+    assert chosen.precision == min(chosen.expected_cost, key=chosen.expected_cost.get)
+    trace = session.run("good movie with a kind happy actor").trace
+    assert trace.precision_requested == "auto" and trace.precision in ("fp32", "int8")
+    pruned = edgeinfer.load(quantized, policy=edgeinfer.Policy(agreement=level, keep_schedule=((1, 0.7),)))
+    assert pruned.policy.precision == "fp32"
+
+
 def test_unknown_variant_is_refused_at_load(quantized):
     with pytest.raises(PackageError, match="no precision variant 'int2'"):
         edgeinfer.load(quantized, policy=edgeinfer.Policy(precision="int2"))

@@ -48,7 +48,7 @@ def measure(package: str, mode: str, runs: int) -> dict:
 
         sessions.session_options = no_spin
     off = load(package, policy=Policy.off())
-    exits = load(package, policy=Policy(agreement=0.99))
+    exits = load(package, policy=Policy(agreement=0.99, precision="fp32"))
     full_graph = str(off.package.path(off.manifest.span_covering(
         ("embed", *(b.name for b in off.manifest.blocks()), "head")).graph("fp32")))
     default_options = ort.SessionOptions()

@@ -14,6 +14,28 @@ export interface Levels {
   restartLevel: ExitThresholds | null;
 }
 
+/** The precision "auto" runs at: the least expected cost, in fp32 full-model passes, among fp32's
+ * exits and each variant's cascade calibrated exactly at this level (the Python runtime's
+ * runtime/planner.py choose_precision, with the same rule and tie order). */
+export function choosePrecision(manifest: Manifest, agreement: number | null, usable: (precision: string) => boolean): string {
+  if (agreement === null) return "fp32";
+  const exact = (levels: ExitThresholds[]) => levels.find((l) => Math.abs(l.agreement - agreement) < 1e-9);
+  const round = (value: number) => Math.round(value * 1e4) / 1e4;
+  const fp32 = exact(manifest.exitThresholds);
+  let best = "fp32";
+  let bestCost = round(fp32?.expectedMeanDepth != null ? fp32.expectedMeanDepth / manifest.numBlocks : 1);
+  if (manifest.task !== "text-classification") return best;
+  for (const variant of manifest.variants) {
+    const level = exact(variant.thresholds);
+    if (!level || level.expectedMeanDepth == null || !variant.speedup || !usable(variant.name)) continue;
+    const ranges = level.byLength.length ? level.byLength : [level];
+    if (ranges.some((r) => r.thresholds[r.thresholds.length - 1] == null)) continue;
+    const cost = round(level.expectedMeanDepth / manifest.numBlocks / variant.speedup);
+    if (cost < bestCost) { best = variant.name; bestCost = cost; }
+  }
+  return best;
+}
+
 export function startingLevels(manifest: Manifest, policy: ResolvedPolicy): Levels {
   const { agreement, precision } = policy;
   if (precision !== "fp32" && !manifest.variants.some((v) => v.name === precision)) {

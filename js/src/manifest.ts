@@ -15,8 +15,9 @@ export interface Segment {
 }
 export interface ExitHead { afterBlock: number; segment: string; confidence: "max_prob" | "consecutive_cosine" }
 export interface LengthThresholds { maxTokens: number | null; thresholds: (number | null)[] }
-export interface ExitThresholds { agreement: number; thresholds: (number | null)[]; byLength: LengthThresholds[] }
-export interface PrecisionVariant { name: string; thresholds: ExitThresholds[] }
+export interface ExitThresholds { agreement: number; thresholds: (number | null)[]; byLength: LengthThresholds[]; expectedMeanDepth: number | null }
+/** speedup: fp32 latency over the variant's, measured when it was written (predicted in older packages). */
+export interface PrecisionVariant { name: string; thresholds: ExitThresholds[]; speedup: number | null }
 export interface FileEntry { path: string; bytes: number; sha256: string }
 export interface Manifest {
   schemaVersion: string;
@@ -68,8 +69,11 @@ export function parseManifest(text: string): Manifest {
     exitThresholds: array(root.exit_thresholds ?? [], "exit_thresholds").map((t, i) => levels(t, `exit_thresholds[${i}]`)),
     variants: array(root.precision_variants ?? [], "precision_variants").map((v, i) => {
       const o = object(v, `precision_variants[${i}]`);
+      const quality = o.quality != null && typeof o.quality === "object" ? (o.quality as Record<string, unknown>) : {};
+      const speedup = quality.speedup_measured ?? quality.speedup_predicted;
       return { name: string(o.name, `precision_variants[${i}].name`),
-               thresholds: array(o.thresholds ?? [], `precision_variants[${i}].thresholds`).map((t, j) => levels(t, `precision_variants[${i}].thresholds[${j}]`)) };
+               thresholds: array(o.thresholds ?? [], `precision_variants[${i}].thresholds`).map((t, j) => levels(t, `precision_variants[${i}].thresholds[${j}]`)),
+               speedup: speedup == null ? null : number(speedup, `precision_variants[${i}].quality.speedup_measured`, 0, 1e6) };
     }),
     files: array(root.files, "files").map((f, i) => {
       const o = object(f, `files[${i}]`);
@@ -110,6 +114,7 @@ function levels(value: unknown, where: string): ExitThresholds {
   return {
     agreement: number(o.agreement, `${where}.agreement`, 0, 1),
     thresholds: thresholdList(o.thresholds, `${where}.thresholds`),
+    expectedMeanDepth: o.expected_mean_depth == null ? null : number(o.expected_mean_depth, `${where}.expected_mean_depth`, 0, 1e9),
     byLength: array(o.by_length ?? [], `${where}.by_length`).map((r, i) => {
       const range = object(r, `${where}.by_length[${i}]`);
       return { maxTokens: range.max_tokens == null ? null : integer(range.max_tokens, `${where}.by_length[${i}].max_tokens`, 1, 1 << 20),

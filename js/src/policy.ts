@@ -7,7 +7,9 @@ import type { ExitThresholds } from "./manifest.js";
 export interface Policy {
   /** A calibrated agreement level with the full model (one the package stores), or null: exits off. */
   agreement?: number | null;
-  /** The precision variant to run first ("fp32", or e.g. "int8": the cascade, fp32 on restart). */
+  /** The precision variant to run first ("fp32", or e.g. "int8": the cascade, fp32 on restart).
+   * "auto" (the default): whichever of fp32 and the variants calibration expects to cost least at
+   * the agreement level; fp32 with pruning or exits off. */
   precision?: string;
   /** Token pruning: [afterBlock, fraction of the original tokens kept] pairs, in block order. */
   keepSchedule?: [number, number][];
@@ -25,7 +27,7 @@ export function resolvePolicy(policy: Policy = {}): ResolvedPolicy {
   if (agreement !== null && !(typeof agreement === "number" && agreement >= 0.5 && agreement <= 1)) {
     throw new InputError(`policy agreement ${JSON.stringify(agreement)} must be a number in [0.5, 1] (or null)`);
   }
-  const precision = policy.precision ?? "fp32";
+  const precision = policy.precision ?? "auto";
   if (typeof precision !== "string" || !precision) throw new InputError(`precision ${JSON.stringify(precision)} must be a variant name such as 'fp32' or 'int8'`);
   const keep = new Map<number, number>();
   let previous = 0;

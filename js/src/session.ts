@@ -6,7 +6,7 @@ import type * as Ort from "onnxruntime-common";
 import { PackageError } from "./errors.js";
 import type { ExitHead, ExitThresholds, Manifest, Segment } from "./manifest.js";
 import { gatherTokens, inputFeeds, leanestSpan, pick, segmentNamed, spansCovering, type OrtModule } from "./graphs.js";
-import { restartThreshold, startingLevels } from "./levels.js";
+import { choosePrecision, restartThreshold, startingLevels } from "./levels.js";
 import { cosine, keepCount, keepTokens, maxProbability, softmax, thresholdsFor, type ResolvedPolicy } from "./policy.js";
 import type { Encoded, TextEncoder } from "./tokenize.js";
 
@@ -64,7 +64,10 @@ export class EdgeSession {
     if (!this.embed || !this.head || this.blocks.length !== manifest.numBlocks) {
       throw new PackageError("the manifest lacks its embed, block or head segments; re-export the package");
     }
-    ({ precision: this.precision, level: this.level, restartLevel: this.restartLevel } = startingLevels(manifest, policy));
+    const precision = policy.precision !== "auto" ? policy.precision
+      : choosePrecision(manifest, policy.keepSchedule.size ? null : policy.agreement,
+                        (p) => this.embed.variants.some((v) => v.precision === p));
+    ({ precision: this.precision, level: this.level, restartLevel: this.restartLevel } = startingLevels(manifest, { ...policy, precision }));
     if (this.level) {
       const thresholds = this.level.byLength.length ? this.level.byLength.flatMap((r) => r.thresholds) : this.level.thresholds;
       manifest.exits.forEach((head, i) => {
