@@ -14,6 +14,7 @@ from ..runtime.package import Package, open_package
 from .mixed_precision import QUANT_MODES, PLAN_TOKENS, Analysis, analyse, choose_plan, full_model
 from .candidates import candidate
 from .apply_plan import apply_plan
+from .measured_front import MeasuredPlan, measured_front
 from .model_latency import fp32_latency_ms, paired_latency_ms
 from .output_error import CalibrationBatches, calibration_batches
 from .package_variants import add_precision_variant
@@ -31,6 +32,7 @@ class QuantizeResult:
     plan: dict[str, str]
     predicted: tuple[int, float, float]  # bytes, latency ms at PLAN_TOKENS, additive error
     batches: CalibrationBatches
+    measured: tuple[MeasuredPlan, ...] = ()  # mixed: plans measured as they run (measured_front.py)
 
 
 def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", output: Path | None = None,
@@ -56,14 +58,17 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
     plan = {**choose_plan(result, mode, size_budget_mb, latency_budget_ms), **(overrides or {})}
     predicted = result.predicted(plan)
     fp32 = result.predicted({})
+    measured = tuple(measured_front(result, model, package.manifest, batches, plan)) if mode == "mixed" else ()
+    chosen = next((m for m in measured if m.name == "chosen"), None)
     record = {"mode": mode, "sensitivity": sensitivity,
               "size_budget_mb": size_budget_mb, "latency_budget_ms": latency_budget_ms,
               "predicted_bytes": int(predicted[0]), "predicted_latency_ms": round(predicted[1], 4),
               "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2],
-              **measured_speed(package, model, plan, fp32[1] / max(predicted[1], 1e-9))}
+              **(measured_speed(package, model, plan, fp32[1] / max(predicted[1], 1e-9)) if chosen is None
+                 else speed_record(chosen.fp32_ms, chosen.measured_ms, fp32[1] / max(predicted[1], 1e-9)))}
     manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
                                      plan, batches, record["speedup_measured"], record, force)
-    return QuantizeResult(manifest, result, plan, predicted, batches)
+    return QuantizeResult(manifest, result, plan, predicted, batches, measured)
 
 
 def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str], predicted_speedup: float) -> dict:
@@ -72,6 +77,10 @@ def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str
     by_digest = {n.digest: plan.get(n.name, "fp32") for n in weight_nodes(model)}
     fp32_ms, variant_ms = paired_latency_ms(model.SerializeToString(), apply_plan(model, by_digest).SerializeToString(),
                                             package.manifest)
+    return speed_record(fp32_ms, variant_ms, predicted_speedup)
+
+
+def speed_record(fp32_ms: float, variant_ms: float, predicted_speedup: float) -> dict:
     speedup = fp32_ms / max(variant_ms, 1e-9)
     return {"fp32_latency_ms": round(fp32_ms, 4), "measured_latency_ms": round(variant_ms, 4),
             "speedup_measured": round(speedup, 4), "speedup_predicted": round(predicted_speedup, 4),

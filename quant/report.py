@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from pathlib import Path
 
 
 from ..bench.report_files import write_atomically, write_json
-from .mixed_precision import PLAN_TOKENS, Analysis, fronts
+from .mixed_precision import PLAN_TOKENS, Analysis, fronts, uniform_plan
 from .quantize import QuantizeResult
 
 
@@ -35,6 +36,8 @@ def quant_document(result: QuantizeResult) -> dict:
         "predicted": {"bytes": result.predicted[0], "latency_ms": result.predicted[1], "error": result.predicted[2],
                       "at_tokens": PLAN_TOKENS},
         "fp32_predicted": dict(zip(("bytes", "latency_ms", "error"), analysis.predicted({}))),
+        "uniform_int8_predicted": dict(zip(("bytes", "latency_ms", "error"),
+                                           analysis.predicted(uniform_plan(analysis, "int8")))),
         "seconds": analysis.seconds, "proxy_vs_measured_spearman": proxy_agreement(analysis),
         "block_gains": list(analysis.gains),
         "nodes": [{"node": n.name, "op": n.op_type, "shape": list(n.shape), "precision": result.plan.get(n.name, "fp32"),
@@ -42,6 +45,12 @@ def quant_document(result: QuantizeResult) -> dict:
                        "entropy_bits": round(s.entropy_bits, 3)} if (s := analysis.stats.get(n.name)) else {})}
                   for n in analysis.nodes],
         "fronts": {},
+        "measured": [{"name": m.name, "predicted_ms": round(m.predicted_ms, 4), "measured_ms": round(m.measured_ms, 4),
+                      "fp32_ms": round(m.fp32_ms, 4), "speedup": round(m.speedup, 4),
+                      "prediction_error": round(m.prediction_error, 4), "output_error": m.output_error,
+                      "agreement_with_fp32": m.agreement_with_fp32, "mean_cosine_to_fp32": m.mean_cosine_to_fp32,
+                      "lowered": dict(sorted(Counter(p for p in m.plan.values() if p != "fp32").items()))}
+                     for m in result.measured],
     }
     for cost in ("bytes", "latency"):
         for search, plans in fronts(analysis, cost).items():
@@ -70,6 +79,16 @@ def quant_markdown(document: dict) -> str:
     if document["proxy_vs_measured_spearman"]:
         lines.append("- proxy vs measured sensitivity (Spearman): " + ", ".join(
             f"{k} {v:.3f}" for k, v in document["proxy_vs_measured_spearman"].items()))
+    if document["measured"]:
+        lines += ["", f"## Measured as they run (at {document['predicted']['at_tokens']} tokens, each beside fp32 in "
+                      "alternating rounds)", "",
+                  "| plan | lowered nodes | predicted ms | measured ms | speed-up vs fp32 | prediction error | "
+                  "agreement / cosine with fp32 | output error |", "|---|---|---|---|---|---|---|---|"]
+        for m in document["measured"]:
+            close = m["agreement_with_fp32"] if m["agreement_with_fp32"] is not None else m["mean_cosine_to_fp32"]
+            lowered = ", ".join(f"{n} {p}" for p, n in m["lowered"].items()) or "none"
+            lines.append(f"| {m['name']} | {lowered} | {m['predicted_ms']:.2f} | {m['measured_ms']:.2f} | "
+                         f"{m['speedup']:.3f}x | {m['prediction_error']:+.1%} | {close:.4f} | {m['output_error']:.3g} |")
     for key, plans in document["fronts"].items():
         unit = "MB" if key.startswith("bytes") else "ms"
         lines += ["", f"## Pareto front, {key} (predicted error vs {unit})", "", f"| {unit} | error |", "|---|---|"]
