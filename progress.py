@@ -34,7 +34,10 @@ class _LogLines:
         if now - self.last >= EVERY_S:
             self.last = now
             share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-            LOG.info("%s: %d/%d%s after %.0f s", self.desc, self.done, self.total, share, now - self.started)
+            elapsed = now - self.started
+            left = f", about {elapsed * (self.total - self.done) / self.done:.0f} s left" \
+                if self.total and 0 < self.done < self.total else ""
+            LOG.info("%s: %d/%d%s after %.0f s%s", self.desc, self.done, self.total, share, elapsed, left)
 
     def set_description(self, desc: str) -> None:
         self.desc = desc

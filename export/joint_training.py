@@ -29,7 +29,7 @@ from .pruning_training import PruningFamily, prune_padded, sample_keep_schedule
 
 @dataclass(frozen=True)
 class JointSettings:
-    steps: int = 1200
+    steps: int = 600
     batch_size: int = 32
     backbone_learning_rate: float = 3e-5
     head_learning_rate: float = 5e-4

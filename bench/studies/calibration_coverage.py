@@ -31,7 +31,7 @@ from ...export.thresholds import (AGREEMENT_LEVELS, CascadeOutcome, calibrate_le
                                   simulate_level)
 from ...manifest import ExitThresholds
 from ...quant.output_error import encode_batches
-from ...quant.variant_thresholds import feed_lengths, onnx_graphs, variant_outputs
+from ...quant.variant_thresholds import agreement_scale, feed_lengths, logit_noise_scale, onnx_graphs, variant_outputs
 from ...runtime.package import open_package
 
 
@@ -45,23 +45,43 @@ class Stages:
     full_cost: float  # blocks run by an input that no stage answers
     lengths: np.ndarray  # each input's token count
     blocks: int  # the model's depth: what the runtime runs when no stage may answer
+    variant_final: np.ndarray | None = None  # a classifier variant's final logits, and fp32's: the scale
+    fp32_final: np.ndarray | None = None  # its restart threshold is calibrated on (variant_thresholds.py)
+
+    def confidence_for(self, calibration_rows: np.ndarray) -> np.ndarray:
+        """The stage confidences as the procedure in force calibrates them: a variant's final stage
+        on the agreement scale, its noise measured on the calibration rows alone."""
+        if self.variant_final is None or self.fp32_final is None:
+            return self.confidence
+        noise = logit_noise_scale(self.variant_final[calibration_rows], self.fp32_final[calibration_rows])
+        if noise is None:
+            return self.confidence
+        confidence = self.confidence.copy()
+        confidence[:, -1] = agreement_scale(confidence[:, -1], noise)
+        return confidence
+
+
+CACHE_FORMAT = b"stages-2"  # 2: a classifier variant's final logits and fp32's are kept
 
 
 def cached_stage_outputs(spec: str, texts: list[str], folder: Path) -> Stages:
     """stage_outputs, kept in `folder` under the package's manifest digest and the texts' digest."""
     path, _, precision = spec.partition("@")
-    key = hashlib.sha256((Path(path) / "manifest.json").read_bytes() + precision.encode()
+    key = hashlib.sha256(CACHE_FORMAT + (Path(path) / "manifest.json").read_bytes() + precision.encode()
                          + "\n".join(texts).encode()).hexdigest()[:24]
     file = folder / f"stages-{key}.npz"
     if file.is_file():
         saved = np.load(file)
         return Stages(saved["confidence"], saved["agrees"], saved["depths"].tolist(), float(saved["full_cost"]),
-                      saved["lengths"], int(saved["blocks"]) if "blocks" in saved
-                      else int(saved["full_cost"] // (2 if precision else 1)))
+                      saved["lengths"], int(saved["blocks"]),
+                      saved["variant_final"] if "variant_final" in saved else None,
+                      saved["fp32_final"] if "fp32_final" in saved else None)
     stages = stage_outputs(spec, texts)
     folder.mkdir(parents=True, exist_ok=True)
+    finals = {"variant_final": stages.variant_final, "fp32_final": stages.fp32_final} \
+        if stages.variant_final is not None else {}
     np.savez(file, confidence=stages.confidence, agrees=stages.agrees, depths=np.array(stages.depths),
-             full_cost=stages.full_cost, lengths=stages.lengths, blocks=stages.blocks)
+             full_cost=stages.full_cost, lengths=stages.lengths, blocks=stages.blocks, **finals)
     return stages
 
 
@@ -80,7 +100,9 @@ def stage_outputs(spec: str, texts: list[str]) -> Stages:
     lowered_exits, lowered_final = variant_outputs(onnx_graphs(package.root, precision), manifest, feeds)
     stages = {**lowered_exits, blocks: lowered_final}
     confidence, agrees = judge(manifest.model.task, stages, final)
-    return Stages(confidence, agrees, sorted(stages), 2 * blocks, feed_lengths(feeds), blocks)
+    classifier = manifest.model.task == "text-classification"
+    return Stages(confidence, agrees, sorted(stages), 2 * blocks, feed_lengths(feeds), blocks,
+                  lowered_final if classifier else None, final if classifier else None)
 
 
 def replaced_procedure(confidence: np.ndarray, agrees: np.ndarray, depths: list[int], full_cost: float,
@@ -133,22 +155,24 @@ def coverage(stages: Stages, splits: int, size: int | None = None, seed: int = 0
     size = min(size or n // 2, n // 2)
     rng = np.random.default_rng(seed)
     depth_of = np.array([*stages.depths, stages.full_cost], dtype=float)
-    procedures = {
-        "in force": lambda rows, level: calibrate_level(stages.confidence[rows], stages.agrees[rows], stages.depths,
-                                                        stages.full_cost, level, stages.lengths[rows]),
-        "one range": lambda rows, level: calibrate_level(stages.confidence[rows], stages.agrees[rows], stages.depths,
-                                                         stages.full_cost, level),
-        "replaced": lambda rows, level: ExitThresholds(level, tuple(replaced_procedure(
-            stages.confidence[rows], stages.agrees[rows], stages.depths, stages.full_cost, level)), (), 0.0, 0.0),
+    procedures = {  # (confidence, calibration rows, level) -> thresholds
+        "in force": lambda conf, rows, level: calibrate_level(conf[rows], stages.agrees[rows], stages.depths,
+                                                              stages.full_cost, level, stages.lengths[rows]),
+        "one range": lambda conf, rows, level: calibrate_level(conf[rows], stages.agrees[rows], stages.depths,
+                                                               stages.full_cost, level),
+        "replaced": lambda conf, rows, level: ExitThresholds(level, tuple(replaced_procedure(
+            conf[rows], stages.agrees[rows], stages.depths, stages.full_cost, level)), (), 0.0, 0.0),
     }
     rows: dict = {name: {str(level): [] for level in AGREEMENT_LEVELS} for name in procedures}
     for _ in range(splits):
         order = rng.permutation(n)
         calib, test = order[:size], order[size: 2 * size]
+        in_force = stages.confidence_for(calib)
         for name, procedure in procedures.items():
+            confidence = stages.confidence if name == "replaced" else in_force
             for level in AGREEMENT_LEVELS:
-                calibrated = procedure(calib, level)
-                outcome: CascadeOutcome = simulate_level(stages.confidence[test], stages.agrees[test], calibrated,
+                calibrated = procedure(confidence, calib, level)
+                outcome: CascadeOutcome = simulate_level(confidence[test], stages.agrees[test], calibrated,
                                                          stages.lengths[test])
                 realised = 1.0 - outcome.disagreements / len(test)
                 # with no threshold at all, the runtime skips a precision cascade and runs fp32 alone
