@@ -554,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="heads: train exit heads on a frozen backbone; joint: fine-tune backbone and exits "
                              "together (labels and self-distillation, or self-distillation alone without labels); "
                              "auto (default): joint for classifiers, heads for embeddings")
-    export.add_argument("--joint-steps", type=int, default=600,
-                        help="optimizer steps of joint training (default 600: batches of 32 from 12,000 rows)")
+    export.add_argument("--joint-steps", type=int, default=1000,
+                        help="optimizer steps of joint training (default 1000: batches of 32 from 16,000 rows)")
     export.add_argument("--train-pruning", choices=["token_importance", "cls_attention"], default=None,
                         help="with --train-exits joint: most steps prune tokens by this score as the runtime "
                              "would, so the model keeps its accuracy under a keep schedule")

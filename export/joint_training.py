@@ -29,7 +29,7 @@ from .pruning_training import PruningFamily, prune_padded, sample_keep_schedule
 
 @dataclass(frozen=True)
 class JointSettings:
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 32
     backbone_learning_rate: float = 3e-5
     head_learning_rate: float = 5e-4
@@ -59,22 +59,25 @@ def _length_bucketed_batches(encoder: TextEncoder, texts: tuple[str, ...], batch
 
 @torch.no_grad()
 def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tuple[str, ...],
-                        batch_size: int = 64) -> np.ndarray:
-    out = np.empty((len(texts), 0), dtype=np.float32)
-    for index in length_batches(texts, batch_size):
-        hidden, bias = embed_batch(segments, encoder.encode([texts[i] for i in index]))
-        for block in segments.blocks:
-            hidden = block(hidden, bias)[0]
-        probabilities = torch.softmax(segments.head(hidden, bias), -1).numpy()
-        if out.shape[1] == 0:
-            out = np.empty((len(texts), probabilities.shape[1]), dtype=np.float32)
-        out[index] = probabilities
-    return out
+                        batch_size: int = 64, stage: str = "final layer's outputs") -> np.ndarray:
+    out: np.ndarray | None = None
+    batches = length_batches(texts, batch_size)
+    with progress_bar(len(batches), stage) as bar:
+        for index in batches:
+            hidden, bias = embed_batch(segments, encoder.encode([texts[i] for i in index]))
+            for block in segments.blocks:
+                hidden = block(hidden, bias)[0]
+            probabilities = torch.softmax(segments.head(hidden, bias), -1).numpy()
+            if out is None:
+                out = np.empty((len(texts), probabilities.shape[1]), dtype=np.float32)
+            out[index] = probabilities
+            bar.update()
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
 def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module], encoder: TextEncoder,
                       examples: Examples, settings: JointSettings = JointSettings()) -> dict:
-    teacher = torch.from_numpy(final_probabilities(segments, encoder, examples.texts))
+    teacher = torch.from_numpy(final_probabilities(segments, encoder, examples.texts, stage="teacher outputs"))
     # without labels, every exit (and the final layer) learns from the original model alone
     labels = torch.tensor(examples.labels) if examples.labels is not None else None
     depth_weights = {depth: float(depth) for depth in exit_modules}

@@ -40,7 +40,7 @@ def litert_packages(tiny_models, tiny_packages, tiny_calibration, tmp_path_facto
     return {"classifier": exported, "embedding": converted}
 
 
-POLICIES = [edgeinfer.Policy.off(), edgeinfer.Policy(agreement=0.95),
+POLICIES = [edgeinfer.Policy.off(), edgeinfer.Policy(agreement=0.95, precision="fp32"),
             edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.5),)),
             edgeinfer.Policy(agreement=None, keep_schedule=((1, 0.6),), reduction="merge"),
             edgeinfer.Policy(agreement=None, skip_blocks=(2,))]
@@ -150,12 +150,12 @@ def test_a_fresh_environment_without_torch_runs_a_converted_package(litert_packa
     subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[litert]"], check=True, timeout=900)
     script = ("import importlib.util, json, sys, edgeinfer\n"
               "assert importlib.util.find_spec('torch') is None, 'torch is installed'\n"
-              "s = edgeinfer.load(sys.argv[1], target='litert-cpu', policy=edgeinfer.Policy(agreement=0.95))\n"
+              "s = edgeinfer.load(sys.argv[1], target='litert-cpu', policy=edgeinfer.Policy(agreement=0.95, precision='fp32'))\n"
               "print(json.dumps([r.label for r in s.run(sys.argv[2:])]))\n")
     done = subprocess.run([str(python), "-c", script, str(litert_packages["classifier"]), *TEXTS[:8]],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    expected = [r.label for r in edgeinfer.load(litert_packages["classifier"], policy=edgeinfer.Policy(agreement=0.95)).run(TEXTS[:8])]
+    expected = [r.label for r in edgeinfer.load(litert_packages["classifier"], policy=edgeinfer.Policy(agreement=0.95, precision="fp32")).run(TEXTS[:8])]
     assert done.stdout.strip().splitlines()[-1] == str(expected).replace("'", '"')
 
 
