@@ -72,6 +72,7 @@ class ExportOptions:
 
 
 FORMATS = ("onnx", "litert")
+DRIFT_ROWS = 1000  # rows that measure how far joint training moved the final layer
 
 
 def parse_exits(spec: str | None, num_blocks: int) -> tuple[int, ...]:
@@ -245,7 +246,9 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
 
 def _fine_tune(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module], encoder: TextEncoder,
                train: Examples, measure: Examples, settings: JointSettings) -> dict:
-    """Joint fine-tuning, and how far it moved the final layer from the original model."""
+    """Joint fine-tuning, and how far it moved the final layer from the original model (measured on
+    1,000 rows: a share of changed answers to within about a point, in seconds)."""
+    measure = measure.split(DRIFT_ROWS, 0, settings.seed)[0]
     before = final_probabilities(segments, encoder, measure.texts, stage="final layer before joint training").argmax(-1)
     record = fine_tune_jointly(segments, exit_modules, encoder, train, settings)
     after = final_probabilities(segments, encoder, measure.texts, stage="final layer after joint training").argmax(-1)
