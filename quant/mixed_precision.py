@@ -29,6 +29,8 @@ from .weight_nodes import WeightNode, weight_nodes
 QUANT_MODES = ("none", "int8", "int4", "fp16", "mixed")
 UNIFORM = {"int8": "int8-channel", "int4": "int4-b32", "fp16": "fp16"}
 MIN_CALIBRATION_TEXTS = 32
+SPEED_CANDIDATES = ("fp32", "int8-channel", "int8-tensor")  # what a plan for speed starts from
+CLEARLY_FASTER = 0.95  # another candidate joins a plan for speed where it times this far under int8
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class Analysis:
             return 0.0
         return (self.measured or self.proxy)[key]
 
-    def options(self, cost: str) -> dict[str, list[Option]]:
+    def options(self, cost: str, for_speed: bool = False) -> dict[str, list[Option]]:
+        """for_speed: a candidate that saves bytes but not time (fp16 storage, int4 here) takes part
+        only where this device timed it clearly faster than int8 on that node."""
         table = self.bytes if cost == "bytes" else self.latency_ms
         scale = 1e-6 if cost == "bytes" else 1.0  # searched in MB and ms
         allowed = {}
@@ -58,8 +62,14 @@ class Analysis:
             allowed[node.name] = [Option(c.name, scale * table[(node.name, c.name)], self.error((node.name, c.name)))
                                   for c in CANDIDATES if (node.name, c.name) in table
                                   and not (c.bits < 8 and self.stats.get(node.name) is not None
-                                           and self.stats[node.name].has_outliers)]
+                                           and self.stats[node.name].has_outliers)
+                                  and not (for_speed and not self._pays_for_speed(node.name, c.name))]
         return allowed
+
+    def _pays_for_speed(self, node: str, candidate: str) -> bool:
+        if candidate in SPEED_CANDIDATES or (node, "int8-channel") not in self.latency_ms:
+            return True
+        return self.latency_ms[(node, candidate)] < CLEARLY_FASTER * self.latency_ms[(node, "int8-channel")]
 
     def by_digest(self, plan: Plan) -> dict[str, str]:
         names = {n.name: n.digest for n in self.nodes}
@@ -155,9 +165,9 @@ def uniform_plan(analysis: Analysis, mode: str) -> dict[str, str]:
     return {n.name: for_op(UNIFORM[mode], n.op_type) for n in analysis.nodes}
 
 
-def fronts(analysis: Analysis, cost: str) -> dict[str, list[Plan]]:
+def fronts(analysis: Analysis, cost: str, for_speed: bool = False) -> dict[str, list[Plan]]:
     fixed = analysis.other_bytes * 1e-6 if cost == "bytes" else analysis.other_latency_ms
-    options = analysis.options(cost)
+    options = analysis.options(cost, for_speed)
     return {"greedy": pareto(greedy_front(options, fixed)), "dp": dp_front(options, fixed)}
 
 
@@ -189,7 +199,7 @@ def fastest_within_int8_error(analysis: Analysis) -> dict[str, str]:
     reference = uniform_plan(analysis, "int8")
     limit = analysis.predicted(reference)[2]
     candidates = [(analysis.predicted(reference)[1], limit, reference)]
-    for plans in fronts(analysis, "latency").values():
+    for plans in fronts(analysis, "latency", for_speed=True).values():
         candidates += [(p.cost, p.error, p.as_dict()) for p in plans if p.error <= limit * (1 + 1e-9)]
     return min(candidates, key=lambda c: (c[0], c[1]))[2]
 

@@ -14,7 +14,7 @@ from ..runtime.package import Package, open_package
 from .mixed_precision import QUANT_MODES, PLAN_TOKENS, Analysis, analyse, choose_plan, full_model
 from .candidates import candidate
 from .apply_plan import apply_plan
-from .measured_front import MeasuredPlan, measured_front
+from .measured_front import MeasuredPlan, fastest_measured, measured_front
 from .model_latency import fp32_latency_ms, paired_latency_ms
 from .output_error import CalibrationBatches, calibration_batches
 from .package_variants import add_precision_variant
@@ -56,14 +56,18 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
     if len(texts) > len(batches.reference):
         batches = calibration_batches(package, model, texts)
     plan = {**choose_plan(result, mode, size_budget_mb, latency_budget_ms), **(overrides or {})}
+    measured = tuple(measured_front(result, model, package.manifest, batches, plan)) if mode == "mixed" else ()
+    chosen = next((m for m in measured if m.name == "predicted best"), None)
+    if measured and size_budget_mb is None and latency_budget_ms is None and not overrides:
+        chosen = fastest_measured(list(measured))  # mixed for speed: what ran fastest, not what was predicted to
+        plan = chosen.plan
     predicted = result.predicted(plan)
     fp32 = result.predicted({})
-    measured = tuple(measured_front(result, model, package.manifest, batches, plan)) if mode == "mixed" else ()
-    chosen = next((m for m in measured if m.name == "chosen"), None)
     record = {"mode": mode, "sensitivity": sensitivity,
               "size_budget_mb": size_budget_mb, "latency_budget_ms": latency_budget_ms,
               "predicted_bytes": int(predicted[0]), "predicted_latency_ms": round(predicted[1], 4),
               "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2],
+              **({"measured_choice": chosen.name} if chosen is not None else {}),
               **(measured_speed(package, model, plan, fp32[1] / max(predicted[1], 1e-9)) if chosen is None
                  else speed_record(chosen.fp32_ms, chosen.measured_ms, fp32[1] / max(predicted[1], 1e-9)))}
     manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
