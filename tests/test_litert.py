@@ -33,7 +33,8 @@ def litert_packages(tiny_models, tiny_packages, tiny_calibration, tmp_path_facto
     exported = root / "classifier.edge"
     assert main(["export", str(tiny_models[("bert", "text-classification")]), "-o", str(exported),
                  "--task", "text-classification", "--calib", str(tiny_calibration), "--max-length", "24",
-                 "--formats", "onnx,litert", "--buckets", "8"]) == 0
+                 "--formats", "onnx,litert", "--buckets", "8", "--train-exits", "heads", "--exit-head", "pooler",
+                 "--no-quant"]) == 0
     converted = root / "embedding.edge"
     assert main(["convert", str(tiny_packages[("roberta", "feature-extraction")]), "--to", "litert",
                  "--buckets", "16", "-o", str(converted)]) == 0
