@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..manifest import Manifest
 from .package import Package
 from .planner import choose_precision
 from .policy import Policy
@@ -71,7 +72,7 @@ def _guarantee(record: dict, levels: list[str]) -> str:
     return f"for each level L, {str(example).replace(levels[-1], 'L', 1)} ({record.get('data', 'unknown data')})"
 
 
-def _default_policy(manifest) -> dict | None:
+def _default_policy(manifest: Manifest) -> dict | None:
     """What load(package) runs with no policy given: the default level, at the precision whose
     calibrated cascade is expected to cost least (runtime/planner.py)."""
     if manifest.model.task == "text-generation" or not manifest.exit_thresholds:
