@@ -162,6 +162,13 @@ class PrecisionVariant:
     quality: dict[str, Any]
     thresholds: tuple[ExitThresholds, ...]
 
+    @property
+    def speedup(self) -> float | None:
+        """fp32 latency over this variant's: measured when it was written, predicted in packages
+        written before variants were timed; None when neither is recorded."""
+        value = self.quality.get("speedup_measured", self.quality.get("speedup_predicted"))
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
     def thresholds_for(self, agreement: float) -> ExitThresholds | None:
         return strictest_level(self.thresholds, agreement)
 

@@ -61,11 +61,15 @@ def has_label_column(path: str | Path) -> bool:
         first = file.readline()
     if "\t" not in first and path.suffix.lower() != ".tsv":
         return False
-    return any(h.strip().lower() in LABEL_COLUMNS for h in first.split("\t"))
+    return any(c in _header(first) for c in LABEL_COLUMNS)
+
+
+def _header(line: str) -> list[str]:
+    return [h.strip().lower() for h in line.split("\t")]
 
 
 def _read_tsv(path: Path, lines: list[str], label_names: tuple[str, ...] | None, use_labels: bool) -> Examples:
-    header = [h.strip().lower() for h in lines[0].split("\t")]
+    header = _header(lines[0])
     text_col = next((header.index(c) for c in TEXT_COLUMNS if c in header), None)
     if text_col is None:
         raise ExportError(f"{path}: the header {header} has no text column; name one of {list(TEXT_COLUMNS)}")

@@ -2,9 +2,10 @@
 
 A frozen fine-tuned backbone leaves its middle layers unready: heads on it after blocks 1-3
 stayed near chance. Here the loss is a depth-weighted mean of per-exit losses, weight proportional
-to the number of blocks before the exit as in PABEE (`sum_j j * L_j / sum_j j`, arXiv 2006.04152) and CALM; each L_j mixes
-cross-entropy to the labels with KL to the *original* model's final probabilities (LayerSkip /
-FastBERT self-distillation), which keeps the final layer close to the model the user gave us.
+to the number of blocks before the exit as in PABEE (`sum_j j * L_j / sum_j j`, arXiv 2006.04152) and CALM; each exit's
+L_j mixes cross-entropy to the labels (when there are any) with KL to the *original* model's final
+probabilities (LayerSkip / FastBERT self-distillation); the final head's is the KL alone, which keeps
+the final layer close to the model the user gave us.
 With `pruned_share` > 0 that share of the steps also prunes tokens as the runtime would
 (export/pruning_training.py), against the same unpruned teacher.
 """

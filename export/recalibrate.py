@@ -50,9 +50,9 @@ def recalibrate_thresholds(package_path: Path, texts: list[str], source: str, ou
     for variant in manifest.precision_variants:
         if variant.thresholds and variant.name in onnx_variants:
             lowered_exits, lowered_final = variant_outputs(onnx_graphs(package.root, variant.name), manifest, feeds)
-            speedup = float(variant.quality.get("speedup_predicted", 1.0))
-            variant = replace(variant, thresholds=calibrate_variant(manifest, lowered_exits, lowered_final, final,
-                                                                             speedup, lengths))
+            calibrated = calibrate_variant(manifest, lowered_exits, lowered_final, final, variant.speedup or 1.0, lengths)
+            variant = replace(variant, thresholds=calibrated.thresholds,
+                              quality={**variant.quality, **calibrated.quality(manifest.model.task)})
         variants.append(variant)
     earlier = manifest.calibration.get("thresholds", {})
     record = threshold_record(source, len(texts), earlier.get("confidence", "max_prob"), lengths)

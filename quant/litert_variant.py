@@ -77,16 +77,17 @@ def add_litert_int8(staging: Path, manifest: Manifest, texts: list[str]) -> Mani
         per_exit, final = variant_outputs(graph_of(LITERT_INT8), manifest, batches.feeds)
         bar.update()
         speedup = _speedup(graph_of, manifest)
-        thresholds = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
+        calibrated = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
                                        feed_lengths(batches.feeds))
         bar.update()
     agreement = float(np.mean(batches.reference.argmax(-1) == final.argmax(-1)))
     quality = {"recipe": RECIPE, "calibration_examples": int(len(final)), "agreement_with_fp32": round(agreement, 6),
                "output_error": round(output_error(manifest.model.task, batches.reference, final), 8),
                "output_error_kind": "KL", "speedup_measured": round(speedup, 4),
-               "mean_logit_cosine_to_fp32": round(float(np.mean(cosine_rows(batches.reference, final))), 6)}
+               "mean_logit_cosine_to_fp32": round(float(np.mean(cosine_rows(batches.reference, final))), 6),
+               **calibrated.quality(manifest.model.task)}
     variant = PrecisionVariant(name=LITERT_INT8, plan={}, bytes=(staging / INT8_FILE).stat().st_size,
-                               quality=quality, thresholds=thresholds)
+                               quality=quality, thresholds=calibrated.thresholds)
     return replace(manifest, precision_variants=(*manifest.precision_variants, variant))
 
 

@@ -66,19 +66,18 @@ def measured_front(analysis: Analysis, model: onnx.ModelProto, manifest: Manifes
     fp32_bytes = model.SerializeToString()
     fp32_predicted = analysis.predicted({})[1]
     digests = {n.name: n.digest for n in weight_nodes(model)}
+    classifier = manifest.model.task == "text-classification"
     measured = []
     for name, plan in plans.items():
         lowered = apply_plan(model, {digests[node]: p for node, p in plan.items()}).SerializeToString() if plan else fp32_bytes
         fp32_ms, plan_ms = paired_latency_ms(fp32_bytes, lowered, manifest)
         outputs = model_outputs(lowered, tuple(feeds))
-        classifier = manifest.model.task == "text-classification"
         measured.append(MeasuredPlan(
             name, plan, analysis.predicted(plan)[1], fp32_predicted, plan_ms, fp32_ms,
             output_error(manifest.model.task, reference, outputs),
             float(np.mean(outputs.argmax(-1) == reference.argmax(-1))) if classifier else None,
             None if classifier else float(np.mean(cosine_rows(outputs, reference)))))
     return measured
-
 
 
 def fastest_measured(measured: list[MeasuredPlan]) -> MeasuredPlan:

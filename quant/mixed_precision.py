@@ -197,8 +197,8 @@ def fastest_within_int8_error(analysis: Analysis) -> dict[str, str]:
     on SST-2. Pricing by measured latency keeps them out unless a node is measured faster with them.
     """
     reference = uniform_plan(analysis, "int8")
-    limit = analysis.predicted(reference)[2]
-    candidates = [(analysis.predicted(reference)[1], limit, reference)]
+    _, reference_ms, limit = analysis.predicted(reference)
+    candidates = [(reference_ms, limit, reference)]
     for plans in fronts(analysis, "latency", for_speed=True).values():
         candidates += [(p.cost, p.error, p.as_dict()) for p in plans if p.error <= limit * (1 + 1e-9)]
     return min(candidates, key=lambda c: (c[0], c[1]))[2]

@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan
 from .output_error import CalibrationBatches, output_error
-from .variant_thresholds import calibrate_variant, feed_lengths, logit_noise_scale, onnx_graphs, variant_outputs
+from .variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from .weight_nodes import weight_nodes
 
 VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -98,18 +98,16 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
         bar.update()
         manifest = replace(manifest, segments=tuple(segments))
         per_exit, final = variant_outputs(onnx_graphs(staging, name), manifest, batches.feeds)
-        thresholds = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
+        calibrated = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
                                        feed_lengths(batches.feeds))
         bar.update()
     variant_bytes = len(apply_plan(full, by_digest).SerializeToString())
     quality = {"calibration_examples": int(len(final)), **_closeness(manifest.model.task, batches.reference, final),
                "output_error": round(output_error(manifest.model.task, batches.reference, final), 8),
                "output_error_kind": "KL" if manifest.model.task == "text-classification" else "1 - cosine",
-               "speedup_predicted": round(speedup, 4), **record}
-    if manifest.model.task == "text-classification":  # the scale its restart threshold was set on
-        quality["final_logit_noise"] = round(logit_noise_scale(final, batches.reference) or 0.0, 6)
+               **record, **calibrated.quality(manifest.model.task)}
     variant = PrecisionVariant(name=name, plan={k: v for k, v in plan.items() if v != "fp32"},
-                               bytes=variant_bytes, quality=quality, thresholds=thresholds)
+                               bytes=variant_bytes, quality=quality, thresholds=calibrated.thresholds)
     manifest = replace(manifest, precision_variants=(*manifest.precision_variants, variant))
     return finalize(staging, output, manifest)
 

@@ -88,10 +88,9 @@ def choose_precision(manifest: Manifest, agreement: float | None, usable: Callab
     if manifest.model.task == "text-classification":
         for variant in manifest.precision_variants:
             level = exact_level(variant.thresholds, agreement)
-            speedup = variant.quality.get("speedup_measured", variant.quality.get("speedup_predicted"))
-            if level is None or not usable(variant.name) or not isinstance(speedup, (int, float)) or speedup <= 0 \
+            if level is None or not usable(variant.name) or variant.speedup is None \
                     or any(r.thresholds[-1] is None for r in level.ranges):
                 continue
-            costs[variant.name] = round(level.expected_mean_depth / blocks / float(speedup), 4)
+            costs[variant.name] = round(level.expected_mean_depth / blocks / variant.speedup, 4)
     costs["fp32"] = round(costs["fp32"], 4)
     return PrecisionChoice(min(costs, key=lambda name: (costs[name], name != "fp32")), costs)

@@ -240,7 +240,7 @@ def test_restart_threshold_is_set_on_the_agreement_scale():
     assert abs(confidence_scale(float(agreement_scale(np.array([0.505]), noise)[0]), noise) - 0.505) < 1e-9
 
     manifest = SimpleNamespace(model=SimpleNamespace(num_blocks=3, task="text-classification"))
-    levels = calibrate_variant(manifest, exits, final, fp32, speedup=1.5)
+    levels = calibrate_variant(manifest, exits, final, fp32, speedup=1.5).thresholds
     level = next(t for t in levels if t.agreement == 0.99)
     confidence, agrees = judge("text-classification", {**exits, 3: final}, fp32)
     plain = calibrate_level(confidence, agrees, [1, 2, 3], 3 + 3 * 1.5, 0.99)
