@@ -31,8 +31,9 @@ def _export(args: argparse.Namespace) -> int:
     )
     manifest = export_model(args.model, args.output, options)
     total = sum(f.bytes for f in manifest.files)
-    print(f"wrote {args.output}: {manifest.model.num_blocks} blocks, {len(manifest.exits)} exits, "
-          f"{total / 1e6:.1f} MB, validated to {manifest.validation['max_abs_diff']:.1e} "
+    shape = "the whole model in one graph (no exits: `edgeinfer inspect` says why)" if manifest.is_whole \
+        else f"{manifest.model.num_blocks} blocks, {len(manifest.exits)} exits"
+    print(f"wrote {args.output}: {shape}, {total / 1e6:.1f} MB, validated to {manifest.validation['max_abs_diff']:.1e} "
           f"in {manifest.export['seconds']:.0f} s")
     if manifest.litert is not None:
         _print_litert(args.output, manifest)
@@ -480,6 +481,8 @@ def summary_text(summary: dict) -> str:
         if span:
             lines.append(f"  calibrated on inputs of {span['min']}-{span['max']} tokens (median {span['p50']}); "
                          f"longer or shorter inputs are counted as outside (trace.outside_calibration)")
+    elif summary.get("why_no_exits"):
+        lines.append(f"exits      none: {summary['why_no_exits']}; it runs the whole model on every input")
     else:
         lines.append("exits      none")
     for variant in (v for v in summary.get("precision_variants", []) if "restart_share" in v and v["restart_share"]):
@@ -495,7 +498,8 @@ def summary_text(summary: dict) -> str:
     default = summary.get("default_policy")
     if default is not None and len(default["expected_cost"]) > 1:
         costs = ", ".join(f"{name} {cost:.3f}x" for name, cost in default["expected_cost"].items())
-        lines.append(f"default    load(package) runs exits at {default['agreement']:g} at precision {default['precision']} "
+        runs = "the whole model" if summary.get("kind") == "whole model in one graph" else f"exits at {default['agreement']:g}"
+        lines.append(f"default    load(package) runs {runs} at precision {default['precision']} "
                      f"(expected cost vs the fp32 full model, from calibration: {costs})")
     for point in summary.get("operating_points", []):
         accuracy = f", accuracy {point['accuracy']:.4f}" if point["accuracy"] is not None else ""
@@ -507,8 +511,8 @@ def summary_text(summary: dict) -> str:
         lines.append(f"validation greedy generation identical to PyTorch's for {validation.get('new_tokens', 0)} tokens "
                      f"on {len(checked)} prompts; key/value graphs within {validation.get('kv_max_abs_diff', 0):.1e}")
         return "\n".join(lines)
-    lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} "
-                 f"(exits {validation.get('exit_max_abs_diff', float('nan')):.2e}) vs "
+    exits = f"(exits {validation['exit_max_abs_diff']:.2e}) " if "exit_max_abs_diff" in validation else ""
+    lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} {exits}vs "
                  f"{validation.get('reference', '?')}: {'passed' if validation.get('passed') else 'FAILED'}")
     litert = summary.get("litert")
     if litert:

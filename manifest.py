@@ -21,8 +21,11 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.8"
-SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv")
+SCHEMA_VERSION = "1.9"
+SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv", "whole")
+# (1.9) A package of one graph, the whole model (exported through Optimum for a family edgeinfer has
+# no adapter for): no blocks to exit after, prune or skip; its inputs and output are a full span's.
+WHOLE = "whole"
 TASKS = ("feature-extraction", "text-classification", "text-generation")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine", "top2_margin")
 MANIFEST_NAME = "manifest.json"
@@ -323,6 +326,17 @@ class Manifest:
         """The full depth that prunes inside ranking by this score, if the package has one (1.7)."""
         return next((s for s in self.segments if s.prunes_inside and s.ranks_by == ranks_by), None)
 
+    def full_depth(self) -> Segment | None:
+        """The one graph that computes the whole model: the fused full span, or a whole-model package's
+        only graph (schema 1.9); None for packages from before fused spans."""
+        whole = next((s for s in self.segments if s.kind == WHOLE), None)
+        return whole or self.span_covering(("embed", *(b.name for b in self.blocks()), "head"))
+
+    @property
+    def is_whole(self) -> bool:
+        """One graph and nothing to decide inside it (schema 1.9)."""
+        return any(s.kind == WHOLE for s in self.segments)
+
     def blocks(self) -> tuple[Segment, ...]:
         return tuple(sorted((s for s in self.segments if s.kind == "block"), key=lambda s: s.index))
 
@@ -613,6 +627,11 @@ def _check_consistency(manifest: Manifest) -> None:
     names = [s.name for s in manifest.segments]
     if len(set(names)) != len(names):
         raise PackageError("manifest: segment names repeat")
+    if manifest.is_whole:
+        if len(manifest.segments) != 1 or manifest.exits or manifest.exit_thresholds or manifest.decoder:
+            raise PackageError("manifest: a whole-model package holds its one graph and nothing else "
+                               "(no other segments, exits or thresholds); re-export it")
+        return
     kinds = [s.kind for s in manifest.segments]
     if kinds.count("embed") != 1 or kinds.count("head") != 1:
         raise PackageError("manifest: a package needs exactly one embed and one head segment")

@@ -27,6 +27,21 @@ setup() {
   fi
 }
 
+optimum_env() {
+  # the whole-model fallback exports through Optimum, whose optimum-onnx pins transformers below 4.58:
+  # its test runs that export in an environment of its own, .venv-optimum
+  local marker=".venv-optimum/.edgeinfer-installed"
+  if [ ! -x .venv-optimum/bin/python ]; then
+    python3 -m venv .venv-optimum
+  fi
+  if [ ! -f "$marker" ] || [ pyproject.toml -nt "$marker" ]; then
+    echo "setting up .venv-optimum (edgeinfer[export,optimum])" >&2
+    .venv-optimum/bin/pip install -q --disable-pip-version-check --upgrade pip
+    PYTHONWARNINGS="ignore:Editable installation" .venv-optimum/bin/pip install -q --disable-pip-version-check -e ".[export,optimum]"
+    touch "$marker"
+  fi
+}
+
 node_runtime() {
   # the TypeScript runtime's tests run in Node (js/); its packages come from npm
   if command -v npm >/dev/null && { [ ! -d js/node_modules ] || [ js/package-lock.json -nt js/node_modules ]; }; then
@@ -48,7 +63,7 @@ command="${1:-}"
 shift || true
 case "$command" in
   demo) setup export; exec .venv/bin/edgeinfer demo "$@" ;;
-  test) setup export,export-litert,llm,test; node_runtime; browser; exec .venv/bin/python -m pytest -q tests "$@" ;;
+  test) setup export,export-litert,llm,test; optimum_env; node_runtime; browser; exec .venv/bin/python -m pytest -q tests "$@" ;;
   setup) setup export,export-litert,llm,test ;;
   *) echo "usage: ./run.sh demo|test|setup [options]" >&2; exit 2 ;;
 esac

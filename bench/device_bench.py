@@ -140,6 +140,8 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
                       notes: list[str]) -> dict[str, tuple[Policy, Budget]]:
     probe = load(package, target=options.target, policy=Policy.off(), threads=threads, profile=None)
     a = options.agreement
+    if probe.manifest.is_whole:
+        return _whole_model_points(probe.manifest, a, notes)
     keep = options.keep_schedule if options.keep_schedule is not None else default_keep_schedule(probe.manifest.model.num_blocks)
     levels = ", ".join(f"{t.agreement:g}" for t in probe.manifest.exit_thresholds) or "none"
     exits = exact_level(probe.manifest.exit_thresholds, a) is not None
@@ -175,6 +177,21 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
             notes.append(f"no auto point: {err}")
     if options.budget_ms is not None and exits:
         points[f"edgeinfer exits@{a}, deadline {options.budget_ms:g} ms"] = (Policy(agreement=a, precision="fp32"), Budget(latency_ms=options.budget_ms))
+    return points
+
+
+def _whole_model_points(manifest, a: float, notes: list[str]) -> dict[str, tuple[Policy, Budget]]:
+    """A whole-model package: no exits, pruning or skipping to bench; its precisions, alone and (a
+    classifier's variants with restart thresholds) as a cascade."""
+    notes.append(f"{manifest.export.get('why', 'a whole-model package')}: the whole model runs on every input")
+    chosen = choose_precision(manifest, Policy().agreement, lambda name: True)
+    points = {"edgeinfer off": (Policy.off(), Budget()),
+              f"{DEFAULT_CONFIGURATION} (whole model, {chosen.precision})": (Policy(), Budget())}
+    for variant in manifest.precision_variants:
+        points[f"edgeinfer {variant.name} (whole model)"] = (Policy(agreement=None, precision=variant.name), Budget())
+        level = exact_level(variant.thresholds, a) if manifest.model.task == "text-classification" else None
+        if level is not None and any(r.thresholds[-1] is not None for r in level.ranges):
+            points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
     return points
 
 

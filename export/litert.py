@@ -34,6 +34,7 @@ from ..manifest import MANIFEST_NAME, PAD_BIAS, SCHEMA_VERSION, LiteRTGraphs, Ma
 from ..progress import progress_bar
 from ..runtime.litert_graphs import LiteRTFile, LiteRTGraph, quiet_native_logs
 from ..runtime.package import open_package
+from ..runtime.whole_model import refuse_whole
 from ..runtime.sessions import default_threads, open_session
 from ..runtime.tokenize import TextEncoder
 from .onnx_graphs import GraphJob
@@ -224,6 +225,7 @@ def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
     manifest = opened.manifest
     if manifest.model.task == "text-generation":
         raise InputError("LiteRT conversion covers encoder packages; decoder packages run on onnxruntime")
+    refuse_whole(manifest, "LiteRT conversion rebuilds the model's segments through its adapter")
     if quant not in ("none", "int8"):
         raise InputError(f"--quant {quant!r}: LiteRT conversion adds none or int8 (ai-edge-quantizer's dynamic int8)")
     target = Path(output) if output is not None else source

@@ -22,7 +22,7 @@ BUILT_IN = {
 @dataclass
 class LoadedModel:
     model: "object"  # a transformers PreTrainedModel in eval mode
-    adapter: ModuleType
+    adapter: ModuleType | None  # None: no adapter for this family (export/whole_model.py exports it)
     directory: Path
     source: str
     tokenizer_json: str
@@ -72,15 +72,40 @@ def quiet_transformers() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def load_model(name_or_path: str, task: str) -> LoadedModel:
+def model_type_of(name_or_path: str) -> str:
+    directory, _ = resolve_model_dir(name_or_path)
+    try:
+        return str(json.loads((directory / "config.json").read_text()).get("model_type"))
+    except (OSError, ValueError, AttributeError) as err:
+        raise ExportError(f"{directory}/config.json cannot be read as a model config ({err})") from None
+
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _fast_tokenizer(directory: Path, auto_tokenizer):
+    """The model's fast tokenizer. A folder saved by another transformers major version may name a
+    tokenizer class this one lacks (5.x writes "TokenizersBackend"); its tokenizer.json and the special
+    tokens in tokenizer_config.json are all the runtime needs, so they are read directly then."""
+    try:
+        return auto_tokenizer.from_pretrained(str(directory), use_fast=True)
+    except ValueError:
+        if not (directory / "tokenizer.json").is_file():
+            raise
+    from transformers import PreTrainedTokenizerFast
+
+    config = json.loads((directory / "tokenizer_config.json").read_text()) \
+        if (directory / "tokenizer_config.json").is_file() else {}
+    special = {k: v for k, v in config.items() if k in SPECIAL_TOKENS and isinstance(v, str)}
+    return PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **special)
+
+
+def load_model(name_or_path: str, task: str, with_adapter: bool = True) -> LoadedModel:
+    """with_adapter=False: any family transformers can load (the whole-model path needs no adapter)."""
     if task not in TASKS:
         raise ExportError(f"task {task!r} is not supported; choose one of {', '.join(TASKS)}")
     directory, source = resolve_model_dir(name_or_path)
-    try:
-        config_doc = json.loads((directory / "config.json").read_text())
-    except ValueError as err:
-        raise ExportError(f"{directory}/config.json is not valid JSON ({err})") from None
-    adapter = adapter_for(str(config_doc.get("model_type")))
+    adapter = adapter_for(model_type_of(name_or_path)) if with_adapter else None
 
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -88,7 +113,7 @@ def load_model(name_or_path: str, task: str) -> LoadedModel:
     loader = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     try:
         model, info = loader.from_pretrained(str(directory), output_loading_info=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+        tokenizer = _fast_tokenizer(directory, AutoTokenizer)
     except (OSError, ValueError, KeyError) as err:
         raise ExportError(f"cannot load {directory}: {str(err).splitlines()[0]}") from None
     if task == "text-classification" and any("classifier" in k for k in info.get("missing_keys", [])):

@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..manifest import Manifest, OperatingPoint
 from ..progress import progress_bar
 from ..runtime.package import open_package
+from ..runtime.whole_model import refuse_whole
 from ..runtime.policy import Policy, cosine, default_keep_schedule, embedding_agreement_cosine
 from ..runtime.session import EdgeSession, load
 from .package_writer import rewrite_manifest
@@ -103,6 +104,7 @@ def calibrate_package(package_path: Path, texts: list[str], labels: list[int] | 
         raise InputError(f"calibration needs at least {MIN_TEXTS} texts to measure agreement; got {len(texts)}")
     package = open_package(package_path)
     manifest = package.manifest
+    refuse_whole(manifest, "operating points choose among exits, pruning and skipping")
     classification = manifest.model.task == "text-classification"
     full = load(package_path, policy=Policy.off())
     reference, _, _ = _answers(full, texts)

@@ -29,7 +29,8 @@ from .exit_heads import (EXIT_HEADS, ClassifierExit, EmbeddingExit, LinearClassi
 from .exit_quality import evaluate, exit_outputs, judge
 from .features import TorchSegments, attention_bias, collect_features
 from .joint_training import JointSettings, final_probabilities, fine_tune_jointly
-from .model_source import LoadedModel, load_model
+from .adapters import supported_model_types
+from .model_source import LoadedModel, load_model, model_type_of
 from .onnx_graphs import GraphJob, export_graph
 from .package_writer import discard, finalize, prepare_staging
 from .pruning_training import PruningFamily
@@ -165,6 +166,9 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     if "onnx" not in options.formats or set(options.formats) - set(FORMATS):
         raise ExportError(f"--formats {','.join(options.formats)!r}: give onnx, optionally with litert "
                           f"(the ONNX graphs are the reference the LiteRT ones are validated against)")
+    model_type = model_type_of(model)
+    if model_type not in supported_model_types():
+        return _export_whole(model, output, options, model_type)
     options, recipe = resolve_recipe(options, _labelled(options))
     if options.train_exits not in TRAIN_EXIT_MODES:
         raise ExportError(f"--train-exits {options.train_exits!r}: choose one of {', '.join(TRAIN_EXIT_MODES)}")
@@ -240,6 +244,30 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
 
         manifest = quantize_package(output, list(threshold_data.texts), options.quant, output=output,
                                     size_budget_mb=options.size_budget_mb,
+                                    latency_budget_ms=options.latency_budget_ms, force=True).manifest
+    return manifest
+
+
+def _export_whole(model: str, output: Path, options: ExportOptions, model_type: str) -> Manifest:
+    """A family with no adapter: the whole model as one graph through Optimum (export/whole_model.py).
+    What needs segments is refused in one line; a precision variant is added when asked for."""
+    why = (f"edgeinfer has no adapter for model_type {model_type!r} (adapters: {', '.join(supported_model_types())}), "
+           f"so it cannot split the model into blocks for exits")
+    needs_blocks = [flag for flag, value in (("--train-exits", options.train_exits), ("--exit-head", options.exit_head))
+                    if value != AUTO] + [flag for flag, value in (("--exits", options.exits),
+                    ("--train-pruning", options.train_pruning), ("--calib-thresholds", options.calib_thresholds))
+                    if value is not None] + (["--formats litert"] if "litert" in options.formats else [])
+    if needs_blocks:
+        raise ExportError(f"{', '.join(needs_blocks)}: {why}; drop {'it' if len(needs_blocks) == 1 else 'them'} "
+                          f"to export the whole model as one graph")
+    from .whole_model import export_whole_model
+
+    manifest = export_whole_model(model, output, options.task, options.max_length, options.force, why)
+    if options.quant not in ("none", AUTO):
+        from ..quant.quantize import quantize_package
+
+        texts = list(read_examples(options.calib or BUNDLED_SAMPLE, None, False).texts)
+        manifest = quantize_package(output, texts, options.quant, output=output, size_budget_mb=options.size_budget_mb,
                                     latency_budget_ms=options.latency_budget_ms, force=True).manifest
     return manifest
 

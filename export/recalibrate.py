@@ -18,6 +18,7 @@ from ..manifest import Manifest
 from ..quant.output_error import encode_batches
 from ..quant.variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from ..runtime.package import open_package
+from ..runtime.whole_model import refuse_whole
 from ..runtime.policy import EMBEDDING_AGREES_AT
 from .exit_quality import judge
 from .package_writer import rewrite_manifest
@@ -36,6 +37,7 @@ def recalibrate_thresholds(package_path: Path, texts: list[str], source: str, ou
     if manifest.model.task == "text-generation":
         raise InputError("`edgeinfer thresholds` calibrates encoder exits; a decoder's exits are "
                          "calibrated at export from --calib prompts")
+    refuse_whole(manifest, "there are no exit thresholds to calibrate")
     if not manifest.exits:
         raise InputError(f"{package_path} has no exits to calibrate; export it with --exits")
     feeds = encode_batches(package, texts)

@@ -84,7 +84,7 @@ class Analysis:
 
 def full_model(package: Package) -> onnx.ModelProto:
     manifest = package.manifest
-    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    span = manifest.full_depth()
     if span is None:
         raise InputError("this package has no full-depth graph (schema 1.0); re-export it to quantize it")
     return onnx.load(str(package.path(span.graph("fp32"))))

@@ -17,7 +17,7 @@ WARMUP_SECONDS = 1.0
 
 def fp32_latency_ms(package_root: Path, manifest: Manifest, tokens: int = PLAN_TOKENS) -> float:
     """Median latency of the package's fp32 full-depth graph at `tokens` tokens, batch 1."""
-    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    span = manifest.full_depth()
     return full_graph_latency_ms(package_root / span.graph("fp32"), manifest, tokens)
 
 

@@ -66,7 +66,7 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
     for litert_file in (manifest.litert.files.values() if manifest.litert is not None else ()):
         (staging / litert_file).parent.mkdir(parents=True, exist_ok=True)  # LiteRT graphs move over unchanged
         shutil.copy2(package.path(litert_file), staging / litert_file)
-    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    span = manifest.full_depth()
     full = onnx.load(str(package.path(span.graph("fp32"))))
     by_digest = {n.digest: plan.get(n.name, "fp32") for n in weight_nodes(full)}
     unknown = sorted(set(plan) - {n.name for n in weight_nodes(full)})

@@ -23,6 +23,8 @@ def block_gains(package: Package, feeds: tuple[dict[str, np.ndarray], ...], refe
                 seed: int = 0) -> list[float]:
     """gains[k]: output error per unit relative noise variance entering block k (k = blocks: the head)."""
     manifest = package.manifest
+    if manifest.is_whole:  # one graph: no block boundary to inject noise at, each node's own noise counts
+        return [1.0]
     graphs = {s.name: open_session(package.path(s.graph("fp32"))) for s in manifest.segments
               if s.kind in ("embed", "block", "head")}
     embed = next(s for s in manifest.segments if s.kind == "embed")

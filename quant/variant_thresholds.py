@@ -43,17 +43,17 @@ def variant_outputs(open_graph: Callable[[Segment], Any], manifest: Manifest,
     """Every exit's and the full-depth graph's outputs for the calibration batches, at one precision.
 
     open_graph: a segment's graph at that precision (an onnxruntime session or a LiteRT graph)."""
-    span = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    span = manifest.full_depth()
     needed = [s for s in manifest.segments if s.kind in ("embed", "block", "exit") or s is span]
     graph = {s.name: open_graph(s) for s in needed}
-    embed = next(s for s in manifest.segments if s.kind == "embed")
+    embed = next((s for s in manifest.segments if s.kind == "embed"), None)  # None: a whole-model package
     exits = {e.after_block: manifest.segment(e.segment) for e in manifest.exits}
     per_exit: dict[int, list[np.ndarray]] = {depth: [] for depth in exits}
     final = []
     for feed in feeds:
         bias = feed["attention_bias"]
-        hidden = graph[embed.name].run(None, {k: feed[k] for k in embed.inputs})[0]
-        for depth, block in enumerate(manifest.blocks(), start=1):
+        hidden = graph[embed.name].run(None, {k: feed[k] for k in embed.inputs})[0] if exits else None
+        for depth, block in enumerate(manifest.blocks() if exits else (), start=1):
             hidden = graph[block.name].run(None, {"hidden": hidden, "attention_bias": bias})[0]
             if depth in exits:
                 per_exit[depth].append(graph[exits[depth].name].run(None, {"hidden": hidden, "attention_bias": bias})[0])

@@ -23,6 +23,8 @@ def describe_package(package: Package) -> dict:
         })
     return {
         "path": str(package.root),
+        "kind": "whole model in one graph" if manifest.is_whole else "segmented",
+        "why_no_exits": manifest.export.get("why") if manifest.is_whole else None,
         "guarantee": _guarantee(manifest.calibration.get("thresholds", {}), levels),
         "schema_version": manifest.schema_version,
         "total_bytes": sum(sizes.values()),
@@ -75,10 +77,10 @@ def _guarantee(record: dict, levels: list[str]) -> str:
 def _default_policy(manifest: Manifest) -> dict | None:
     """What load(package) runs with no policy given: the default level, at the precision whose
     calibrated cascade is expected to cost least (runtime/planner.py)."""
-    if manifest.model.task == "text-generation" or not manifest.exit_thresholds:
+    if manifest.model.task == "text-generation" or not (manifest.exit_thresholds or manifest.is_whole):
         return None
     agreement = Policy().agreement
-    embed = next(s for s in manifest.segments if s.kind == "embed")
-    onnx_precisions = {v.precision for v in embed.variants}
+    first = next(s for s in manifest.segments if s.kind in ("embed", "whole"))
+    onnx_precisions = {v.precision for v in first.variants}
     choice = choose_precision(manifest, agreement, lambda name: name in onnx_precisions)
     return {"agreement": agreement, "precision": choice.precision, "expected_cost": choice.expected_cost}

@@ -60,7 +60,7 @@ def _activations_mb(manifest: Manifest) -> float:
 
 def smallest_need(manifest: Manifest, litert: bool = False) -> tuple[str, MemoryNeed]:
     """The cheapest way to run this package at all: one precision's fused full graph, nothing else."""
-    full = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+    full = manifest.full_depth()
     if full is None:
         return "fp32", memory_need(manifest)
     precisions = list(manifest.litert.files) if litert and manifest.litert is not None else [v.precision for v in full.variants]

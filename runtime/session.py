@@ -42,6 +42,7 @@ from .tokenize import TextEncoder, check_texts
 
 if TYPE_CHECKING:
     from .generation import DecoderSession
+    from .whole_model import WholeModelSession
 
 
 class Graph(Protocol):
@@ -782,11 +783,13 @@ def _length_ranges(ranges: tuple[LengthThresholds, ...], chosen: list[LengthThre
 
 def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = Budget(),
          policy: Policy | str = Policy(), threads: int | None = None, verify_key: object = None,
-         profile: str | os.PathLike[str] | None = "auto", optimized_cache: bool = True) -> "EdgeSession | DecoderSession":
+         profile: str | os.PathLike[str] | None = "auto", optimized_cache: bool = True
+         ) -> "EdgeSession | DecoderSession | WholeModelSession":
     """Open and verify a package, ready to run on a target (`edgeinfer targets` lists them).
 
     A text-generation package opens as a DecoderSession (runtime/generation.py: `generate()`), with
-    budget.memory_mb as the cap on its KV cache.
+    budget.memory_mb as the cap on its KV cache; a whole-model package (one graph, exported through
+    Optimum) as a WholeModelSession (runtime/whole_model.py).
 
     verify_key (an Ed25519 public key: PEM path or bytes) refuses packages not signed by it.
     profile: "auto" uses the profile `edgeinfer probe` stored for this package on this device, if
@@ -819,6 +822,12 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
         return DecoderSession(opened, threads, chosen.providers, memory_mb=budget.memory_mb)
     found = find_profile(opened.root, chosen.name, threads_in_use(threads),
                          None if profile == "auto" else profile) if profile is not None else None
+    if opened.manifest.is_whole:
+        from .whole_model import WholeModelSession
+
+        if isinstance(policy, str):
+            policy = Policy()  # no operating points to choose between: the whole model, every time
+        return WholeModelSession(opened, policy, budget, threads, chosen.providers, found, enabled(optimized_cache))
     point = None
     if isinstance(policy, str):
         point = _auto_point(opened.manifest, policy, budget, found)
@@ -835,7 +844,7 @@ def _auto_point(manifest, spec: str, budget: Budget, profile: Profile | None):
     full_ms = None
     if budget.latency_ms is not None:
         record = manifest.calibration.get("operating_points", {})
-        full = manifest.span_covering(("embed", *(b.name for b in manifest.blocks()), "head"))
+        full = manifest.full_depth()
         if profile is not None and full is not None:
             full_ms = profile.predict_ms(full.name, "fp32", int(record.get("mean_tokens", 32)))
         full_ms = full_ms or record.get("full_model_ms")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..runtime.package import open_package
+from ..runtime.whole_model import refuse_whole
 from ..runtime.policy import Policy, default_keep_schedule
 from ..runtime.session import load
 from ..runtime.user_cache import write_text_atomically
@@ -34,6 +35,7 @@ def policies_to_check(package: Path) -> list[NamedPolicy]:
     stored level; each precision variant alone and as a cascade at every level it certifies; token
     pruning at the default schedule."""
     manifest = open_package(package).manifest
+    refuse_whole(manifest, "conformance vectors check the adaptive path another runtime must reproduce")
     chosen = [NamedPolicy("full depth", Policy.off()), NamedPolicy("default", Policy())]
     chosen += [NamedPolicy(f"exits@{t.agreement:g}", Policy(agreement=t.agreement, precision="fp32"))
                for t in manifest.exit_thresholds]

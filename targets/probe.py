@@ -55,7 +55,9 @@ def paths(manifest: Manifest) -> list[list[Segment]]:
     """The call sequences the runtime makes: the segment chain with every exit, the stage spans
     (with the token scores, as pruning runs them, and lean, as other runs do), and the fused full
     graph. A run calls one form of a stage, never both, so a path holding both would time each
-    with twice the weights passing through the caches."""
+    with twice the weights passing through the caches. A whole-model package has one graph."""
+    if manifest.is_whole:
+        return [[manifest.full_depth()]]
     blocks = manifest.blocks()
     exits = {e.after_block: manifest.segment(e.segment) for e in manifest.exits}
     embed = next(s for s in manifest.segments if s.kind == "embed")
@@ -94,8 +96,8 @@ def probe(package_path: Path, target: str = "cpu", quick: bool = False, threads:
     manifest = package.manifest
     tokens = tuple(t for t in plan.tokens if t <= manifest.tokenizer.max_length) or (manifest.tokenizer.max_length,)
     runner = GraphRunner(package, threads, chosen.providers, backend=chosen.backend)
-    embed = next(s for s in manifest.segments if s.kind == "embed")
-    precisions = tuple(p for p in ("fp32", *(v.name for v in manifest.precision_variants)) if runner.has(embed, p))
+    first = paths(manifest)[0][0]  # the embed segment, or a whole-model package's graph
+    precisions = tuple(p for p in ("fp32", *(v.name for v in manifest.precision_variants)) if runner.has(first, p))
     # a LiteRT file holds a subset of the graphs (no stage spans): probe the paths it can run
     call_paths = [path for path in paths(manifest) if all(runner.has(s, p) for s in path for p in precisions)]
     sessions, opened = _open_all(runner, call_paths, precisions)
@@ -149,7 +151,7 @@ def _overhead(package_path: Path, target: str, threads: int, plan: ProbePlan) ->
     from ..runtime.session import load
 
     manifest = open_package(package_path, verify=False).manifest
-    policies = [Policy.off(), Policy(agreement=None, keep_schedule=((1, 1.0),))]
+    policies = [Policy.off()] + ([] if manifest.is_whole else [Policy(agreement=None, keep_schedule=((1, 1.0),))])
     texts = [" ".join(["word"] * n) for n in (4, 12, 30, 60)]
     calls, extra = [], []
     for policy in policies:

@@ -35,9 +35,9 @@ def _tokenizer(directory: Path, family: str) -> None:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    if family == "roberta":
+    if family in ("roberta", "mpnet"):
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-        cls, sep, pad, unk, mask = specials
+        cls, sep, pad, unk, mask = specials if family == "roberta" else ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
     else:
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         pad, unk, cls, sep, mask = specials
@@ -56,7 +56,7 @@ def _tokenizer(directory: Path, family: str) -> None:
 def build_tiny_model(directory: Path, family: str, task: str, layers: int = 3, seed: int = 0) -> Path:
     import torch
     from transformers import (AutoModel, AutoModelForSequenceClassification, BertConfig, DistilBertConfig,
-                              RobertaConfig)
+                              MPNetConfig, RobertaConfig)
 
     torch.manual_seed(seed)
     vocab_size = 5 + len(WORDS)
@@ -68,6 +68,9 @@ def build_tiny_model(directory: Path, family: str, task: str, layers: int = 3, s
         config = RobertaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                                intermediate_size=64, max_position_embeddings=130, pad_token_id=1,
                                bos_token_id=0, eos_token_id=2, **common)
+    elif family == "mpnet":  # no adapter: exported whole, through Optimum (export/whole_model.py)
+        config = MPNetConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+                             max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
     elif family == "distilbert":
         config = DistilBertConfig(dim=32, n_layers=layers, n_heads=4, hidden_dim=64, max_position_embeddings=128,
                                   pad_token_id=0, **common)

@@ -61,6 +61,10 @@ export class EdgeSession {
     this.blocks = kind("block").sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
     this.embed = kind("embed")[0];
     this.head = kind("head")[0];
+    if (kind("whole").length) {
+      throw new PackageError("this package is the whole model in one graph (schema 1.9, exported through Optimum): " +
+                             "this runtime runs segmented packages; open graphs/whole.onnx with onnxruntime directly");
+    }
     if (!this.embed || !this.head || this.blocks.length !== manifest.numBlocks) {
       throw new PackageError("the manifest lacks its embed, block or head segments; re-export the package");
     }
