@@ -751,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(handler=_probe)
 
     bench = sub.add_parser("bench", help="baselines and operating points on this device, in one report (HTML, MD, JSON)")
-    bench.add_argument("package", nargs="?")
+    bench.add_argument("package", nargs="?", help="the edge package to bench (omit it with --merge)")
     bench.add_argument("--data", help="inputs: TSV (text[, label]) or one text per line")
     bench.add_argument("--target", default="cpu", help="where to run (see `edgeinfer targets`)")
     bench.add_argument("--budget-ms", type=float, default=None, help="also run with this latency budget (deadline)")

@@ -65,3 +65,11 @@ def test_no_argument_list_gives_a_traceback(data, places, tmp_path, monkeypatch)
     assert code in (0, 2), (argv, code, err.getvalue()[-500:])
     if code == 2:
         assert "Traceback" not in err.getvalue() and err.getvalue().strip(), argv
+
+
+def test_every_argument_of_every_subcommand_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    silent = [f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
+              for name, p in sub.choices.items() for a in p._actions if a.dest != "help" and not a.help]
+    assert silent == []
