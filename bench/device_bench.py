@@ -29,6 +29,7 @@ from ..runtime.sessions import default_threads
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from .interleaved import measure_interleaved, regime
+from .retrieval import retrieval_agreement, search_example
 from .cold_start import cold_start, edgeinfer_spec, onnxruntime_spec, torch_spec
 from .timing import latency_summary
 
@@ -195,6 +196,13 @@ def _whole_model_points(manifest, a: float, notes: list[str]) -> dict[str, tuple
     return points
 
 
+def _level_claimed(name: str, agreement: float) -> float | None:
+    """The agreement level an edgeinfer configuration runs at: the report marks those that miss it."""
+    if name.startswith(DEFAULT_CONFIGURATION):
+        return Policy().agreement
+    return agreement if name.startswith("edgeinfer") and f"@{agreement}" in name else None
+
+
 def _row(c: Configuration, answers: list[Answer], times: list[float], reference: list[Answer],
          labels: np.ndarray | None, classification: bool, options: BenchOptions, num_blocks: int,
          embedding_cosine: float) -> dict:
@@ -210,6 +218,11 @@ def _row(c: Configuration, answers: list[Answer], times: list[float], reference:
         cosines = np.array([cosine(a.output, r.output) for a, r in zip(answers, reference)])
         row["mean_cosine_to_full"] = round(float(cosines.mean()), 5)
         row["agreement_with_full"] = round(float((cosines >= embedding_cosine).mean()), 4)
+        row.update(retrieval_agreement(np.stack([a.output for a in answers]), np.stack([r.output for r in reference])))
+    level = _level_claimed(c.name, options.agreement)
+    if level is not None:
+        row["level"] = level
+        row["meets_level"] = row["agreement_with_full"] >= level
     depths = np.array([a.depth for a in answers])
     row["exit_share"] = {str(d): round(float((depths == d).mean()), 4) for d in range(1, num_blocks + 1)}
     row["mean_depth"] = round(float(depths.mean()), 3)
@@ -278,6 +291,7 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
         embedding_cosine = embedding_agreement_cosine(manifest)
         rows = [_row(c, answers[c.name], times[c.name], reference, labels, classification,
                      options, manifest.model.num_blocks, embedding_cosine) for c in configurations]
+        example = None if classification else _search_example(texts, answers, reference)
         with progress_bar(len(configurations), "cold starts") as bar:
             for c, row in zip(configurations, rows):
                 row["cold_start"] = cold_start(c.cold_start_spec, texts[:50], options.cold_start_runs)
@@ -303,9 +317,20 @@ def run_device_bench(package: Path, data: Path, report_dir: Path, options: Bench
         "embedding_agreement_cosine": None if classification else embedding_agreement_cosine(manifest),
         "configurations": rows,
         "notes": notes,
+        **({"search_example": example} if example else {}),
     }
     write_reports(report, report_dir)
     return report
+
+
+def _search_example(texts: list[str], answers: dict, reference: list) -> dict | None:
+    """One query's top 3 by the full model and by what load(package) runs (the bundled demo's
+    first line is the query)."""
+    default = next((name for name in answers if name.startswith(DEFAULT_CONFIGURATION)), None)
+    if default is None or len(texts) < 4:
+        return None
+    found = search_example(texts, np.stack([a.output for a in answers[default]]), np.stack([r.output for r in reference]))
+    return {"query": found["query"][0], "full model": found["full model"], default: found["candidate"]}
 
 
 def _default_against_static_int8(rows: list[dict]) -> str | None:

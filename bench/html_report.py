@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import io
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _figure_png(draw) -> bytes:
         draw(axes)
         figure.tight_layout()
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
+        figure.savefig(buffer, format="png", bbox_inches="tight")
         return buffer.getvalue()
     finally:
         plt.close(figure)
@@ -37,7 +38,16 @@ def _figure_png(draw) -> bytes:
 def _quality_key(report: dict) -> tuple[str, str]:
     if any("accuracy" in r for r in report["configurations"]):
         return "accuracy", "accuracy"
+    if any("retrieval_top1_agreement" in r for r in report["configurations"]):
+        return "retrieval_top1_agreement", "queries whose nearest neighbour is the full model's"
     return "mean_cosine_to_full", "mean cosine to the full model's embedding"
+
+
+def _log_if_wide(ax, values: list[float], axis: str = "x") -> None:
+    """A log latency axis where values span more than 10x (PyTorch eager beside int8 does)."""
+    finite = [v for v in values if np.isfinite(v) and v > 0]
+    if finite and max(finite) / min(finite) > 10:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
 def _pareto(report: dict):
@@ -46,20 +56,24 @@ def _pareto(report: dict):
 
     def draw(ax):
         points = sorted((r["mean_ms"], r.get(key, np.nan), r["configuration"], r["kind"]) for r in rows)
-        for ms, quality, name, kind in points:
-            ax.scatter(ms, quality, marker="s" if kind == "baseline" else "o", s=40)
-            ax.annotate(name, (ms, quality), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        shown = [p for p in points if np.isfinite(p[1])]
+        for number, (ms, quality, name, kind) in enumerate(shown, start=1):
+            ax.scatter(ms, quality, marker="s" if kind == "baseline" else "o", s=40, label=f"{number}. {name}")
+            ax.annotate(str(number), (ms, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front, best = [], -np.inf
-        for ms, quality, _, _ in points:
+        for ms, quality, _, _ in shown:
             if quality > best:
                 front.append((ms, quality))
                 best = quality
         if front:
             ax.step(*zip(*front), where="post", color="grey", linewidth=1, label="Pareto front")
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        _log_if_wide(ax, [p[0] for p in shown])
         ax.set_xlabel("mean latency (ms)")
         ax.set_ylabel(label)
-        ax.set_title("Quality vs latency (squares: baselines)")
+        missing = len(points) - len(shown)
+        ax.set_title("Quality vs latency (squares: baselines)" +
+                     (f"; {missing} without a quality figure not shown" if missing else ""))
     return draw
 
 
@@ -70,6 +84,7 @@ def _latency_distribution(report: dict):
         data = [r["latencies_ms"] for r in rows]
         ax.boxplot(data, orientation="horizontal", showfliers=False)
         ax.set_yticks(range(1, len(rows) + 1), [r["configuration"] for r in rows], fontsize=7)
+        _log_if_wide(ax, [v for d in data for v in d])
         ax.set_xlabel("latency per request (ms), whiskers 1.5 IQR")
         ax.set_title("Latency distribution")
     return draw
@@ -146,17 +161,32 @@ PLOTS = (("pareto", "Quality vs latency", _pareto), ("latency", "Latency distrib
          ("memory", "Peak memory", _peak_memory))
 
 
+def _retrieval_keys(report: dict) -> list[str]:
+    first = report["configurations"][0] if report["configurations"] else {}
+    return [k for k in first if k.startswith("retrieval_top") and k != "retrieval_corpus"]
+
+
+def _name(row: dict) -> str:
+    """A configuration that misses the level it runs at says so where it is named."""
+    missed = row.get("meets_level") is False
+    return f"{row['configuration']} **(misses {row['level']:g})**" if missed else row["configuration"]
+
+
 def markdown_table(report: dict) -> str:
     """The configurations side by side: the table the README quotes."""
-    quality_key, _ = _quality_key(report)
-    lines = [f"| configuration | {quality_key.replace('_', ' ')} | agreement | mean ms | p50 | p90 | p99 | vs baseline "
+    quality_key = "accuracy" if any("accuracy" in r for r in report["configurations"]) else "mean_cosine_to_full"
+    retrieval = _retrieval_keys(report)
+    titles = {"retrieval_top1_agreement": "same top-1 neighbour"}
+    extra = "".join(f" {titles.get(k, k.replace('retrieval_', '').replace('_', ' '))} |" for k in retrieval)
+    lines = [f"| configuration | {quality_key.replace('_', ' ')} | agreement |{extra} mean ms | p50 | p90 | p99 | vs baseline "
              "| req/s | cold start ms | peak RSS MB | mean depth | restarts | predicted err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|" + "---|" * len(retrieval) + "---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["configurations"]:
         cold = r.get("cold_start", {})
         prediction = r.get("prediction", {}).get("median_abs_error")
+        cells = "".join(f" {r.get(k, float('nan')):.4f} |" for k in retrieval)
         lines.append(
-            f"| {r['configuration']} | {r.get(quality_key, float('nan')):.4f} | {r['agreement_with_full']:.4f} | "
+            f"| {_name(r)} | {r.get(quality_key, float('nan')):.4f} | {r['agreement_with_full']:.4f} |{cells} "
             f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['latency_vs_baseline']:.3f} | {r['throughput_per_s']:.0f} | "
             f"{cold.get('cold_start_ms_median', float('nan')):.0f} | {cold.get('peak_rss_mb_median', float('nan')):.0f} | "
@@ -176,8 +206,27 @@ def markdown_report(report: dict) -> str:
              f"Agreement: the full model's label (classifiers) or cosine >= "
              f"{report.get('embedding_agreement_cosine') or 0.99:g} to its embedding; "
              f"predicted err: median absolute error of the profile's per-request prediction.", "",
-             markdown_table(report), "", *(f"Note: {note}." for note in report.get("notes", [])), ""]
+             markdown_table(report), "", *(f"Note: {note}." for note in report.get("notes", [])), "",
+             *_search_lines(report)]
     return "\n".join(lines)
+
+
+def _search_lines(report: dict) -> list[str]:
+    example = report.get("search_example")
+    if not example:
+        return []
+    corpus = report["configurations"][0].get("retrieval_corpus", "the other")
+    lines = ["## A search", "", f"Query: \"{example['query']}\" among the {corpus} other inputs, embedded by the full "
+             f"model. Top 3:", ""]
+    for name, found in example.items():
+        if name != "query":
+            lines += [f"- {name}: " + " · ".join(f"\"{text}\"" for text in found)]
+    return lines + [""]
+
+
+def _inline(text: str) -> str:
+    """Escaped text with our Markdown's one inline mark, **bold**."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
 
 def _markdown_to_html(markdown: str) -> str:
@@ -187,8 +236,8 @@ def _markdown_to_html(markdown: str) -> str:
     def flush_table() -> None:
         if table:
             cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[2:])
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells[2:])
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             table.clear()
 
@@ -198,9 +247,13 @@ def _markdown_to_html(markdown: str) -> str:
             continue
         flush_table()
         if line.startswith("# "):
-            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+            parts.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("## "):
+            parts.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("- "):
+            parts.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
         elif line.strip():
-            parts.append(f"<p>{html.escape(line)}</p>")
+            parts.append(f"<p>{_inline(line)}</p>")
     flush_table()
     return "\n".join(parts)
 

@@ -140,3 +140,41 @@ def test_turns_open_with_untimed_answers_and_time_every_input():
     one_by_one = Recorder("c")  # input by input: no untimed answers between them
     _, cold = measure_interleaved([one_by_one], texts, repeats=1, desc="test", warmup=0, turn=1)
     assert one_by_one.calls == texts and len(cold["c"]) == len(texts)
+
+
+def test_retrieval_agreement_counts_what_a_search_would_return():
+    import numpy as np
+
+    from edgeinfer.bench.retrieval import retrieval_agreement
+
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((40, 16))
+    candidate = reference + 0.4 * rng.standard_normal((40, 16))
+    unit = lambda x: x / np.linalg.norm(x)  # noqa: E731
+    same_top1, overlap = 0, 0.0
+    for i in range(40):  # by hand: query i against every other text, the corpus embedded by the reference
+        others = [j for j in range(40) if j != i]
+        ranked = lambda q: sorted(others, key=lambda j: -float(unit(q) @ unit(reference[j])))  # noqa: E731
+        want, got = ranked(reference[i]), ranked(candidate[i])
+        same_top1 += want[0] == got[0]
+        overlap += len(set(want[:10]) & set(got[:10])) / 10
+    found = retrieval_agreement(candidate, reference)
+    assert found["retrieval_top1_agreement"] == round(same_top1 / 40, 4) < 1.0
+    assert found["retrieval_top10_overlap"] == round(overlap / 40, 4)
+    assert retrieval_agreement(reference, reference)["retrieval_top1_agreement"] == 1.0
+
+
+def test_embedding_report_shows_retrieval_a_search_and_marks_a_missed_level(tiny_packages, tmp_path):
+    from edgeinfer.bench.html_report import markdown_table
+
+    data = write_calibration(tmp_path / "data.txt", n=16, seed=7, labels=False)
+    report = run_device_bench(tiny_packages[("bert", "feature-extraction")], data, tmp_path / "report",
+                              BenchOptions(repeats=1, cold_start_runs=1, profile=None, baselines=False))
+    off = next(r for r in report["configurations"] if r["configuration"] == "edgeinfer off")
+    assert off["retrieval_top1_agreement"] == 1.0 and off["retrieval_corpus"] == 15
+    example = report["search_example"]
+    assert len(example["full model"]) == 3 and example["query"] not in example["full model"]
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "## A search" in page and "same top-1 neighbour" in page
+    missed = dict(off, configuration="edgeinfer exits@0.99", level=0.99, meets_level=False)
+    assert "edgeinfer exits@0.99 **(misses 0.99)**" in markdown_table({"configurations": [missed]})
