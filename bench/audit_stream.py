@@ -31,14 +31,16 @@ from .timing import latency_summary
 
 
 def run_stream(package: Path, data: Path, model_dir: str | None, agreement: float, audit: float, passes: int,
-               seed: int = 0) -> dict:
+               seed: int = 0, precision: str = "auto") -> dict:
+    """precision: "auto" (what load(package) runs: the cheapest calibrated cascade), or a name."""
     off = load(package, policy=Policy.off())
     examples = read_examples(data, off.manifest.model.labels)
     texts, labels = list(examples.texts), np.array(examples.labels) if examples.labels is not None else None
     reference = np.array([r.probabilities.argmax() for r in off.run(texts)])
-    sessions = {f"exits@{agreement}": load(package, policy=Policy(agreement=agreement, precision="fp32")),
-                f"exits@{agreement}, audit {audit:g}": load(package, policy=Policy(agreement=agreement, audit=audit, precision="fp32"))}
-    audited = sessions[f"exits@{agreement}, audit {audit:g}"]
+    plain = load(package, policy=Policy(agreement=agreement, precision=precision))
+    audited = load(package, policy=Policy(agreement=agreement, audit=audit, precision=precision))
+    sessions = {f"exits@{agreement} ({plain.precision})": plain,
+                f"exits@{agreement} ({audited.precision}), audit {audit:g}": audited}
     with tempfile.TemporaryDirectory() as tmp:
         monolithic = MonolithicModel(export_monolithic(model_dir or off.manifest.model.source,
                                                        off.manifest.model.task, Path(tmp) / "model.onnx"))
@@ -96,11 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agreement", type=float, default=0.99, help="the stated level (default 0.99)")
     parser.add_argument("--audit", type=float, default=0.05, help="share of requests audited (default 0.05)")
     parser.add_argument("--passes", type=int, default=3, help="passes through the data (default 3)")
+    parser.add_argument("--precision", default="auto", help="precision to run first (default auto, as load() does)")
     parser.add_argument("--out", type=Path, default=Path("reports/audit"), help="folder for audit_stream.json")
     args = parser.parse_args(argv)
     # a fresh audit state: the stream starts with no history (this process only)
     os.environ["EDGEINFER_CACHE"] = tempfile.mkdtemp(prefix="edgeinfer-audit-")
-    report = run_stream(args.package, args.data, args.model, args.agreement, args.audit, args.passes)
+    report = run_stream(args.package, args.data, args.model, args.agreement, args.audit, args.passes,
+                        precision=args.precision)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "audit_stream.json").write_text(json.dumps(report, indent=2))
     print(f"stated: {report['stated']}; stream agreement: {report['stream_agreement']}")

@@ -4,8 +4,8 @@ and the package holds that graph alone (schema 1.9, segment kind "whole").
 An adapter splits a model into embed, blocks and head, which exits, pruning and skipping need.
 Optimum knows many more architectures (optimum-onnx 0.1.0 lists about 160) but gives one graph per
 model. Such a package runs the whole model on every input; it still gets precision variants, probe,
-bench, and the memory and latency budgets. optimum-onnx 0.1.0 pins transformers below 4.58
-(../shared/FACTS.md), so it lives in an extra of its own (`edgeinfer[optimum]`).
+bench, and the memory and latency budgets. optimum-onnx 0.1.0 pins transformers below 4.58, so it
+lives in an extra of its own (`edgeinfer[optimum]`).
 
 The graph is given the interface of a package's fused full span: `attention_bias` (0 for a token,
 PAD_BIAS for padding) instead of `attention_mask`, and `logits` or a pooled `embedding` as its one

@@ -12,6 +12,7 @@ from edgeinfer.bench.kill_export import kill_runs
 def test_killed_exports_leave_old_package_or_none(tiny_models, tiny_calibration):
     model = tiny_models[("bert", "text-classification")]
     report = kill_runs(str(model), runs=4, seed=1,
-                       extra=("--task", "text-classification", "--calib", str(tiny_calibration), "--max-length", "64"))
+                       extra=("--task", "text-classification", "--calib", str(tiny_calibration), "--max-length", "64",
+                              "--train-exits", "heads", "--exit-head", "pooler", "--no-quant"))
     assert report["broken"] == 0, report["outcomes"]
     assert report["killed"] >= 1

@@ -24,7 +24,7 @@ def test_missing_directory(tmp_path):
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ExportError, match=r"not supported; supported: bert, distilbert, electra, roberta"):
+    with pytest.raises(ExportError, match=r"no adapter for model_type 'gpt2' \(adapters: bert, distilbert, electra, roberta"):
         export_model(str(tmp_path / "gpt"), tmp_path / "out.edge")
 
 

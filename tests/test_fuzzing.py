@@ -20,7 +20,7 @@ import edgeinfer
 from edgeinfer.errors import EdgeInferError, InputError, PackageError
 from edgeinfer.manifest import Manifest
 
-FUZZ = settings(max_examples=10_000, deadline=timedelta(seconds=2), database=None,
+FUZZ = settings(max_examples=5_000, deadline=timedelta(seconds=2), database=None,
                 suppress_health_check=list(HealthCheck))
 
 json_values = st.recursive(
