@@ -118,7 +118,8 @@ def _generate(args: argparse.Namespace) -> int:
         draft_precision=args.draft_precision, draft_ngram=args.draft_ngram, precision=args.precision,
         exit_threshold=args.exit_threshold, agreement=args.agreement, restart_below=args.restart_below,
         prune_prompt=_keep_schedule(args.prune_prompt, "--prune-prompt"), prune_to_fit=args.prune_to_fit, budget_ms=args.budget_ms,
-        first_token_ms=args.first_token_ms, tokens_per_second=args.tokens_per_second)
+        first_token_ms=args.first_token_ms, tokens_per_second=args.tokens_per_second, audit=args.audit)
+    session.wait_for_audit()  # a process that ends now would end its audit with it
     trace = result.trace
     if args.json:
         print(json.dumps({"text": result.text, "token_ids": list(result.token_ids),
@@ -630,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="during the prefill, keep this fraction of the prompt after these blocks (e.g. 8:0.5)")
     generate.add_argument("--prune-to-fit", action="store_true",
                           help="with --memory-mb: prune a prompt the KV cap cannot hold instead of refusing")
+    generate.add_argument("--audit", type=float, default=None, metavar="SHARE",
+                          help="early-exit: score this share of generations again at full depth and tighten the "
+                               "level when it is not held (`edgeinfer audit` shows what it found)")
     generate.add_argument("--budget-ms", type=float, default=None, help="stop generating after this long")
     generate.add_argument("--first-token-ms", type=float, default=None,
                           help="time-to-first-token budget: chooses precision and prompt pruning from costs "

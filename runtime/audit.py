@@ -130,10 +130,12 @@ class Auditor:
     session's level through `tighten` when the evidence says the level is not held."""
 
     def __init__(self, share: float, state: AuditState, path: Path, full_answer: Callable[[str], object],
-                 agrees: Callable[[object, object], bool], tighten: Callable[[float | None], float | None],
+                 tally: Callable[[object, object], tuple[int, int]], tighten: Callable[[float | None], float | None],
                  seed: int | None = None):
+        """tally(answer, full answer) -> (samples, disagreements): one for an encoder's answer, one per
+        generated token for a decoder's."""
         self.share, self.state, self.path = share, state, path
-        self._full_answer, self._agrees, self._tighten = full_answer, agrees, tighten
+        self._full_answer, self._tally, self._tighten = full_answer, tally, tighten
         self._random = random.Random(seed)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE)
         self._lock = threading.Lock()
@@ -176,8 +178,9 @@ class Auditor:
                 reference = self._full_answer(text)
                 with self._lock:
                     if level == self.state.in_force:  # answers given under an older level do not count
-                        self.state.samples += 1
-                        self.state.disagreements += int(not self._agrees(answer, reference))
+                        samples, disagreements = self._tally(answer, reference)
+                        self.state.samples += samples
+                        self.state.disagreements += disagreements
                         if self.state.level_broken():
                             self.state.move_to(self._tighten(self.state.in_force))
                     write_state(self.path, self.state)

@@ -63,11 +63,12 @@ def _tighten(session: "EdgeSession", levels: tuple[float, ...], current: float |
 
 
 def _agreement_test(session: "EdgeSession"):
+    """One sample per request: (1, 1) when the answer disagrees with the full model's, else (1, 0)."""
     if session.manifest.model.task == "text-classification":
-        return lambda result, reference: int(np.argmax(result.probabilities)) == int(np.argmax(reference))
+        return lambda result, reference: (1, int(int(np.argmax(result.probabilities)) != int(np.argmax(reference))))
     at = embedding_agreement_cosine(session.manifest)
 
-    def agrees(result: Result, reference: np.ndarray) -> bool:
-        return cosine(result.embedding, reference) >= at
+    def tally(result: Result, reference: np.ndarray) -> tuple[int, int]:
+        return 1, int(cosine(result.embedding, reference) < at)
 
-    return agrees
+    return tally

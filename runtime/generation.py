@@ -10,13 +10,15 @@ at fp32 when a lowered variant's answer is unsure.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from ..errors import BudgetError, InputError, PackageError
 from ..manifest import Segment, exact_level
+from .arguments import real
+from .decoder_audit import audited_sequence, start_decoder_audit
 from .decoding import Decoding
 from .drafts import Draft
 from .generation_budget import check_budget_values, device_costs, plan_generation
@@ -25,6 +27,9 @@ from .package import Package
 from .result import Generation
 from .sampling import Sampling
 from .session import GraphRunner
+
+if TYPE_CHECKING:
+    from .audit import Auditor
 
 DECODE_MODES = ("full", "speculative", "early-exit")
 
@@ -83,6 +88,7 @@ class DecoderSession:
         self._blocks = {b.index: b for b in manifest.blocks()}
         self._kv = {s.index: s for s in manifest.segments if s.kind == "kv"}
         self.exits = tuple(e.after_block for e in manifest.exits)
+        self._auditors: dict[float, "Auditor"] = {}  # per requested level (runtime/decoder_audit.py)
 
     def _block_spans(self) -> list[Segment]:
         """The spans the runtime uses: the stretches between exits when the package has them, each
@@ -220,7 +226,7 @@ class DecoderSession:
                  prune_to_fit: bool = False,
                  exit_threshold: float | None = None, agreement: float | None = None, budget_ms: float | None = None,
                  min_new_tokens: int = 0, first_token_ms: float | None = None,
-                 tokens_per_second: float | None = None) -> Generation:
+                 tokens_per_second: float | None = None, audit: float | None = None) -> Generation:
         """prompt: text (wrapped in the chat template unless chat=False) or token ids as they are.
 
         mode "speculative" drafts `draft_tokens` tokens with the first `draft_blocks` blocks (an exit
@@ -244,6 +250,9 @@ class DecoderSession:
         answer's lowest token log-probability is below this, answer again at fp32 (greedy: by
         speculative decoding with this precision as the draft) if `budget_ms` leaves at least the
         first attempt's time. Only the final attempt is streamed to `on_text`.
+        audit: with mode "early-exit", greedy decoding and an `agreement` level, this share of
+        generations is scored again at full depth after it is returned (runtime/decoder_audit.py); when
+        the level is not held on this traffic, later generations run at the next stricter level.
         prune_prompt: ((after_block, fraction), ...): during the prefill, after that block keep only that
         fraction of the prompt's tokens (by the attention they received; the first 4 and last 16 always)
         for the deeper blocks, whose cache then holds fewer entries. Exit positions are the cheap
@@ -277,9 +286,15 @@ class DecoderSession:
             if not lowest <= draft.blocks <= top or draft_tokens < 1 or draft_ngram < 0:
                 raise InputError(f"draft_blocks must be in {lowest}..{top} (0 only with draft_ngram), "
                                  f"draft_tokens >= 1 and draft_ngram >= 0")
-        thresholds = None
+        thresholds, auditor, level_used = None, None, None
+        if audit is not None:
+            auditor = self._auditor(mode, agreement, exit_threshold, sampling, audit)
+            agreement = auditor.state.in_force  # the level, as an earlier audit may have tightened it
+            if agreement is None:
+                mode = "full"  # no stricter level left: exits off
         if mode == "early-exit":
             thresholds = self._exit_thresholds(exit_threshold, agreement)
+            level_used = agreement if exit_threshold is None else None
         prune_prompt = tuple(sorted(prune_prompt))
         for point, fraction in prune_prompt:
             if not (1 <= point < self.num_blocks and 0 < fraction <= 1):
@@ -305,6 +320,10 @@ class DecoderSession:
             first = replace(first, trace=replace(first.trace, plan=plan.describe(),
                                                  predicted_first_token_ms=plan.predicted_first_token_ms,
                                                  predicted_tokens_per_second=plan.predicted_tokens_per_second))
+        if level_used is not None or auditor is not None:
+            offered = bool(auditor is not None and first.token_ids
+                           and auditor.offer(audited_sequence(ids, first.token_ids), (len(ids), first.token_ids)))
+            first = replace(first, trace=replace(first.trace, level_used=level_used, audited=offered))
         spent = first.trace.total_ms
         if not restarting or first.min_log_prob >= restart_below or (
                 budget_ms is not None and budget_ms - spent < spent):
@@ -320,6 +339,22 @@ class DecoderSession:
                         restarts=1, restart_changed=again.token_ids != first.token_ids,
                         first_min_log_prob=first.min_log_prob)
         return replace(again, trace=trace)
+
+    def wait_for_audit(self, timeout: float | None = None) -> None:
+        """Block until the audit has scored every generation it took (before a process ends)."""
+        for auditor in self._auditors.values():
+            auditor.wait(timeout)
+
+    def _auditor(self, mode: str, agreement: float | None, exit_threshold: float | None, sampling: Sampling,
+                 share: float) -> "Auditor":
+        real("audit (a share of generations)", share, 0.0, 1.0, low_open=True)
+        if mode != "early-exit" or agreement is None or exit_threshold is not None or not sampling.greedy:
+            raise InputError("audit checks a calibrated early-exit level: use it with mode='early-exit', an agreement "
+                             "level (not exit_threshold) and greedy decoding (temperature 0)")
+        if agreement not in self._auditors:
+            self._auditors[agreement] = start_decoder_audit(self, agreement, share)
+        self._auditors[agreement].share = share
+        return self._auditors[agreement]
 
     def _exit_thresholds(self, threshold: float | None, agreement: float | None) -> tuple[float | None, ...]:
         if not self.exits or not self._kv:

@@ -77,6 +77,8 @@ class GenerationTrace:
     plan: str = ""  # what first_token_ms / tokens_per_second budgets chose (precision, pruning)
     predicted_first_token_ms: float | None = None  # ... and what the device's costs predicted for it
     predicted_tokens_per_second: float | None = None
+    level_used: float | None = None  # early-exit: the token-agreement level whose thresholds ran
+    audited: bool = False  # this generation is also being scored at full depth by the audit
 
     @property
     def tokens_per_second(self) -> float:

@@ -401,3 +401,47 @@ def test_generate_plans_on_costs_measured_once(tiny_llama_package, monkeypatch, 
         session.generate(PROMPTS[2], max_new_tokens=6, tokens_per_second=-3)
     assert main(["generate", str(tiny_llama_package), "--prompt", PROMPTS[0], "--max-new-tokens", "4",
                  "--first-token-ms", "60000", "--json"]) == 0
+
+
+def test_decoder_audit_scores_each_new_token_against_the_full_model(tiny_llama_package, monkeypatch, tmp_path):
+    """The audit's count against an independent reference: the Hugging Face model reading the same tokens."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    session = edgeinfer.load(tiny_llama_package)
+    level = min(t.agreement for t in session.manifest.exit_thresholds)
+    ids = session.encode(PROMPTS[2], chat=False)
+    answer = session.generate(ids, max_new_tokens=12, min_new_tokens=12, mode="early-exit", agreement=level, audit=1.0)
+    assert answer.trace.audited and answer.trace.level_used == level
+    auditor = session._auditors[level]
+    auditor.wait()
+    model = LlamaForCausalLM.from_pretrained(str(tiny_llama_package.parent / "model")).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + list(answer.token_ids[:-1])])).logits[0]
+    full = logits[len(ids) - 1:].argmax(-1).numpy()
+    assert auditor.state.samples == 12
+    assert auditor.state.disagreements == int((full != np.array(answer.token_ids)).sum())
+
+
+def test_decoder_audit_tightens_a_level_the_traffic_does_not_hold(tiny_llama_package, monkeypatch, tmp_path):
+    from edgeinfer.runtime import decoder_audit
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(decoder_audit, "_tally", lambda answer, full: (len(answer[1]), len(answer[1])))
+    session = edgeinfer.load(tiny_llama_package)
+    levels = sorted(t.agreement for t in session.manifest.exit_thresholds)
+    with pytest.warns(UserWarning, match="not held on this traffic"):
+        session.generate(PROMPTS[0], max_new_tokens=12, min_new_tokens=12, mode="early-exit", agreement=levels[0],
+                         audit=1.0)
+        session._auditors[levels[0]].wait()
+    after = session.generate(PROMPTS[0], max_new_tokens=6, mode="early-exit", agreement=levels[0], audit=1.0)
+    stricter = levels[1] if len(levels) > 1 else None
+    assert after.trace.level_used == stricter
+    if stricter is None:
+        assert after.trace.mode == "full"
+    with pytest.raises(InputError, match="audit checks a calibrated early-exit level"):
+        session.generate(PROMPTS[0], max_new_tokens=4, audit=0.1)
+    with pytest.warns(UserWarning, match="earlier audit found token agreement"):  # the state outlives the process
+        edgeinfer.load(tiny_llama_package).generate(PROMPTS[0], max_new_tokens=2, mode="early-exit",
+                                                    agreement=levels[0], audit=0.5)
