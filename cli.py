@@ -153,7 +153,7 @@ def _quantize(args: argparse.Namespace) -> int:
         _add_decoder_variant(args.package, args.quant, args.output, args.force)
         return 0
     from .export.calibration_data import read_examples
-    from .export.pipeline import BUNDLED_SAMPLE
+    from .export.calibration_data import BUNDLED_SAMPLE
     from .quant.quantize import quantize_package
     from .quant.report import write_quant_report
 

@@ -113,7 +113,7 @@ def bucketing_overhead(package: Path, tmp: Path, rounds: int) -> dict:
     """Full graph at 40 real tokens: padded to the 64 bucket, converted at exactly 40, onnxruntime."""
     from ..export.litert import convert_jobs
     from ..export.model_source import load_model
-    from ..export.pipeline import build_segments, graph_jobs
+    from ..export.graph_jobs import build_segments, graph_jobs
 
     opened = load(package, target="litert-cpu", policy=Policy.off(), profile=None)
     manifest = opened.manifest

@@ -34,6 +34,9 @@ class Examples:
         return self.take(order[:first]), self.take(order[first:first + second])
 
 
+BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "calibration_sentences.txt"  # the default --calib
+
+
 def read_examples(path: str | Path, label_names: tuple[str, ...] | None, use_labels: bool = True) -> Examples:
     """Examples from a file; labels are parsed (as integers or as `label_names`) unless
     `use_labels` is False, as for embedding models, which have no classes to check them against."""

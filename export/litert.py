@@ -37,6 +37,7 @@ from ..runtime.package import open_package
 from ..runtime.whole_model import refuse_whole
 from ..runtime.sessions import default_threads, open_session
 from ..runtime.tokenize import TextEncoder
+from .calibration_data import BUNDLED_SAMPLE
 from .onnx_graphs import GraphJob
 from .package_writer import discard, finalize
 from .validate import chain_output
@@ -45,7 +46,6 @@ DEFAULT_BUCKETS = (8, 16, 32, 64, 128, 256)
 LITERT_KINDS = ("embed", "block", "exit", "head")
 FULL_SPAN = "full"
 TOLERANCE = 1e-4
-BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "calibration_sentences.txt"
 
 
 def parse_buckets(spec: str | None, max_length: int) -> tuple[int, ...]:
@@ -255,7 +255,7 @@ def convert_package(package: str | os.PathLike[str], buckets: str | None = None,
 def _rebuilt_jobs(opened) -> list[GraphJob]:
     """The package's graph jobs, rebuilt from its source model and its exit graphs' weights."""
     from .model_source import load_model
-    from .pipeline import build_segments, graph_jobs, make_exit
+    from .graph_jobs import build_segments, graph_jobs, make_exit
 
     manifest = opened.manifest
     try:

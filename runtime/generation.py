@@ -26,7 +26,7 @@ from .kv_cache import MIN_PRUNED_FRACTION, KVCache, kv_need_mb
 from .package import Package
 from .result import Generation
 from .sampling import Sampling
-from .session import GraphRunner
+from .graph_runner import GraphRunner
 
 if TYPE_CHECKING:
     from .audit import Auditor

@@ -8,116 +8,38 @@ of policy.py and pruning.py; this module only sequences them and records what ra
 from __future__ import annotations
 
 import os
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from functools import partial
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import onnxruntime as ort
 
-from ..errors import InputError, PackageError
+from ..errors import InputError
 from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, LengthThresholds, Segment
 from ..targets.catalog import usable_target
-from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from ..targets.profile import Profile, find_profile
-from .litert_graphs import LiteRTFile, LiteRTGraph, shared_file
 from . import arguments
 from .audit_session import start_audit
 from .cost_model import LinearCost, measure_linear_cost
 from .memory import check_memory_budget
 from .planner import choose_point, choose_precision, parse_auto, policy_of
-from .optimized_graphs import cache_folder, enabled
-from .package import Package, check_interface, open_package
+from .optimized_graphs import enabled
+from .graph_runner import GraphRunner
+from .package import Package, open_package
 from .policy import (AUTO_PRECISION, Budget, Policy, classification_confidence, cosine, should_exit, softmax, stored_level,
                      substitute)
 from .merging import merge_tokens
 from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
-from .sessions import default_threads, effective_threads, open_session, threads_in_use
+from .sessions import threads_in_use
 from .tokenize import TextEncoder, check_texts
 
 if TYPE_CHECKING:
     from .generation import DecoderSession
     from .whole_model import WholeModelSession
-
-
-class Graph(Protocol):
-    """What the executor calls: an onnxruntime session and a LiteRTGraph both answer it."""
-
-    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
-
-
-class GraphRunner:
-    """One graph per (segment, precision), created on first use and shared by all threads: an
-    onnxruntime session, or on the LiteRT backend a LiteRTGraph (same `run` call)."""
-
-    def __init__(self, package: Package, threads: int | None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 optimized_cache: bool = False, shared_arena: bool = False, backend: str = "onnxruntime"):
-        self.package = package
-        self.shared_arena = shared_arena
-        self.threads = threads
-        self.intra_op_threads = effective_threads(threads)  # what onnxruntime really runs on
-        self.providers = providers
-        self.backend = backend
-        self._device_key = fingerprint_key(device_fingerprint(self.intra_op_threads, providers[0])) \
-            if optimized_cache and backend == "onnxruntime" else None
-        self._graphs: dict[str, Graph] = {}
-        self._litert_files: dict[str, LiteRTFile] = {}
-        self._lock = threading.Lock()
-
-    def has(self, segment: Segment, precision: str = "fp32") -> bool:
-        """Can this backend run the segment at this precision? (LiteRT files hold a subset.)"""
-        if self.backend != "litert":
-            return any(v.precision == precision for v in segment.variants)
-        litert = self.package.manifest.litert
-        return litert is not None and precision in litert.files and segment.name in litert.segments
-
-    def graph(self, segment: Segment, precision: str = "fp32") -> Graph:
-        key = f"{segment.name}/{precision}"
-        graph = self._graphs.get(key)
-        if graph is None:
-            with self._lock:
-                graph = self._graphs.get(key)
-                if graph is None:
-                    graph = self._litert(segment, precision) if self.backend == "litert" \
-                        else self._onnxruntime(segment, precision)
-                    self._graphs[key] = graph
-        return graph
-
-    def _onnxruntime(self, segment: Segment, precision: str) -> ort.InferenceSession:
-        path = segment.graph(precision)
-        # only the fused full graph: its optimization is what costs (28 ms of 95 for MiniLM);
-        # a block or stage graph optimizes in a few ms and would add its weights to the disk again
-        worth_caching = self._device_key is not None and len(segment.covers) > 3
-        cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
-        read = [path, *self._external_files(path)]
-        self.package.check_unchanged(read)  # a file swapped since load() is refused, by name
-        session = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena,
-                               lambda: self.package.all_unchanged(read))
-        self.package.check_unchanged(read)  # ... and one swapped while onnxruntime read it
-        check_interface(segment, path, [i.name for i in session.get_inputs()],
-                        [(o.name, o.shape) for o in session.get_outputs()], self.package.manifest)
-        return session
-
-    def _external_files(self, graph: str) -> list[str]:
-        """The package files a graph reads its weights from (verified at load with the graph)."""
-        folder = graph.rsplit("/", 1)[0] + "/" if "/" in graph else ""
-        listed = {f.path for f in self.package.manifest.files}
-        return [p for p in listed if p.startswith(folder) and p.endswith(".bin")]
-
-    def _litert(self, segment: Segment, precision: str) -> LiteRTGraph:
-        litert = self.package.manifest.litert
-        if not self.has(segment, precision):
-            raise PackageError(f"segment {segment.name!r} has no LiteRT graph at {precision}; "
-                               f"convert the package with `edgeinfer convert PKG --to litert`")
-        path = litert.files[precision]
-        if path not in self._litert_files:
-            self._litert_files[path] = shared_file(self.package.path(path), self.threads or default_threads())
-        return LiteRTGraph(self._litert_files[path], litert, segment, self.package.manifest.tokenizer.pad_id)
 
 
 @dataclass

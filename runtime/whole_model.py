@@ -23,7 +23,7 @@ from .package import Package
 from .planner import choose_precision
 from .policy import AUTO_PRECISION, Budget, Policy, classification_confidence, softmax, stored_level, substitute
 from .result import Result, Trace
-from .session import GraphRunner
+from .graph_runner import GraphRunner
 from .tokenize import TextEncoder
 
 WHY_NO_EXITS = ("this package is the whole model in one graph (exported through Optimum: edgeinfer has no "

@@ -24,7 +24,7 @@ import numpy as np
 from ..manifest import Manifest, Segment
 from ..progress import progress_bar
 from ..runtime.package import open_package
-from ..runtime.session import GraphRunner
+from ..runtime.graph_runner import GraphRunner
 from ..runtime.sessions import default_threads
 from .catalog import usable_target
 from .fingerprint import device_fingerprint

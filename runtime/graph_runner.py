@@ -1,0 +1,94 @@
+"""The graphs a session calls, opened on first use: an onnxruntime session per (segment, precision),
+or on the LiteRT backend a LiteRTGraph behind the same `run` call. Every runtime shares it: the
+encoder session, the whole-model session, the decoder, and probe."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import PackageError
+from ..manifest import Segment
+from ..targets.fingerprint import device_fingerprint, fingerprint_key
+from .litert_graphs import LiteRTFile, LiteRTGraph, shared_file
+from .optimized_graphs import cache_folder
+from .package import Package, check_interface
+from .sessions import default_threads, effective_threads, open_session
+
+
+class Graph(Protocol):
+    """What the executor calls: an onnxruntime session and a LiteRTGraph both answer it."""
+
+    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class GraphRunner:
+    """One graph per (segment, precision), created on first use and shared by all threads: an
+    onnxruntime session, or on the LiteRT backend a LiteRTGraph (same `run` call)."""
+
+    def __init__(self, package: Package, threads: int | None, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 optimized_cache: bool = False, shared_arena: bool = False, backend: str = "onnxruntime"):
+        self.package = package
+        self.shared_arena = shared_arena
+        self.threads = threads
+        self.intra_op_threads = effective_threads(threads)  # what onnxruntime really runs on
+        self.providers = providers
+        self.backend = backend
+        self._device_key = fingerprint_key(device_fingerprint(self.intra_op_threads, providers[0])) \
+            if optimized_cache and backend == "onnxruntime" else None
+        self._graphs: dict[str, Graph] = {}
+        self._litert_files: dict[str, LiteRTFile] = {}
+        self._lock = threading.Lock()
+
+    def has(self, segment: Segment, precision: str = "fp32") -> bool:
+        """Can this backend run the segment at this precision? (LiteRT files hold a subset.)"""
+        if self.backend != "litert":
+            return any(v.precision == precision for v in segment.variants)
+        litert = self.package.manifest.litert
+        return litert is not None and precision in litert.files and segment.name in litert.segments
+
+    def graph(self, segment: Segment, precision: str = "fp32") -> Graph:
+        key = f"{segment.name}/{precision}"
+        graph = self._graphs.get(key)
+        if graph is None:
+            with self._lock:
+                graph = self._graphs.get(key)
+                if graph is None:
+                    graph = self._litert(segment, precision) if self.backend == "litert" \
+                        else self._onnxruntime(segment, precision)
+                    self._graphs[key] = graph
+        return graph
+
+    def _onnxruntime(self, segment: Segment, precision: str) -> ort.InferenceSession:
+        path = segment.graph(precision)
+        # only the fused full graph: its optimization is what costs (28 ms of 95 for MiniLM);
+        # a block or stage graph optimizes in a few ms and would add its weights to the disk again
+        worth_caching = self._device_key is not None and len(segment.covers) > 3
+        cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
+        read = [path, *self._external_files(path)]
+        self.package.check_unchanged(read)  # a file swapped since load() is refused, by name
+        session = open_session(self.package.path(path), self.threads, self.providers, cache, self.shared_arena,
+                               lambda: self.package.all_unchanged(read))
+        self.package.check_unchanged(read)  # ... and one swapped while onnxruntime read it
+        check_interface(segment, path, [i.name for i in session.get_inputs()],
+                        [(o.name, o.shape) for o in session.get_outputs()], self.package.manifest)
+        return session
+
+    def _external_files(self, graph: str) -> list[str]:
+        """The package files a graph reads its weights from (verified at load with the graph)."""
+        folder = graph.rsplit("/", 1)[0] + "/" if "/" in graph else ""
+        listed = {f.path for f in self.package.manifest.files}
+        return [p for p in listed if p.startswith(folder) and p.endswith(".bin")]
+
+    def _litert(self, segment: Segment, precision: str) -> LiteRTGraph:
+        litert = self.package.manifest.litert
+        if not self.has(segment, precision):
+            raise PackageError(f"segment {segment.name!r} has no LiteRT graph at {precision}; "
+                               f"convert the package with `edgeinfer convert PKG --to litert`")
+        path = litert.files[precision]
+        if path not in self._litert_files:
+            self._litert_files[path] = shared_file(self.package.path(path), self.threads or default_threads())
+        return LiteRTGraph(self._litert_files[path], litert, segment, self.package.manifest.tokenizer.pad_id)
