@@ -15,6 +15,10 @@ protobuf wire format itself, descending only into the fields that can hold tenso
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
 from ..errors import PackageError
 
 _MODEL_GRAPH = 7
@@ -26,6 +30,21 @@ _ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 
 _SPARSE = {1: "tensor", 2: "tensor"}
 _TENSOR_EXTERNAL_DATA = 13
 MAX_DEPTH = 32
+# Fields a walk may visit, over all graphs of one package: the walk costs about 0.7 us a field, so a
+# crafted file of tiny fields (10 MB of them took 3.4 s) would otherwise keep load() busy for minutes.
+# Exported packages hold far fewer (MiniLM with every span and an int8 variant: 86,000 in all).
+MAX_FIELDS = 2_000_000
+_budget: ContextVar[list[int] | None] = ContextVar("edgeinfer_protobuf_fields", default=None)
+
+
+@contextmanager
+def field_budget(limit: int = MAX_FIELDS) -> Iterator[None]:
+    """One budget of protobuf fields for every walk inside the block (one package's verification)."""
+    token = _budget.set([limit])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
 
 
 def _varint(data: memoryview, position: int) -> tuple[int, int]:
@@ -43,8 +62,14 @@ def _varint(data: memoryview, position: int) -> tuple[int, int]:
 
 def _fields(data: memoryview):
     """(field number, wire type, value) for each field; length-delimited values as memoryviews."""
+    budget = _budget.get()
     position = 0
     while position < len(data):
+        if budget is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise PackageError(f"the package's graphs hold more than {MAX_FIELDS:,} protobuf fields where "
+                                   f"tensors may be (exported models hold far fewer); refusing to walk them")
         key, position = _varint(data, position)
         number, wire = key >> 3, key & 7
         if number == 0:  # invalid in protobuf; also what a file of zeros parses as, byte pair by byte pair
@@ -68,7 +93,11 @@ def _fields(data: memoryview):
 
 
 def external_entries(model_bytes: bytes) -> list[dict[str, str]]:
-    """The external_data entries (location, offset, length) of every tensor of this model, subgraphs included."""
+    """The external_data entries (location, offset, length) of every tensor of this model, subgraphs
+    included; within the field budget in force (field_budget), or one of MAX_FIELDS for this graph."""
+    if _budget.get() is None:
+        with field_budget():
+            return external_entries(model_bytes)
     found: list[dict[str, str]] = []
     for number, wire, value in _fields(memoryview(model_bytes)):
         if number == _MODEL_GRAPH and wire == 2:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import PackageError
-from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, Segment, file_entry
-from .external_data import external_locations
+from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, Segment, file_entry
+from .external_data import external_locations, field_budget
 from .verified import identity, read_stamp, write_stamp
 
 MAX_FILE_BYTES = 4 * 1024**3
@@ -108,33 +108,40 @@ def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | N
             raise PackageError(f"{relative} is used by the manifest but not listed in its files; "
                                f"the package is incomplete or tampered with")
     digests: dict[tuple, str] = {}  # hard links to one file are hashed once
-    for relative, entry in listed.items():
-        target = _inside(root, relative)
-        if entry.bytes > MAX_FILE_BYTES:
-            raise PackageError(f"{relative} declares {entry.bytes} bytes, over the {MAX_FILE_BYTES} limit")
-        if not target.is_file():
-            raise PackageError(f"{relative} is missing from the package; re-export or re-download it")
-        if target.stat().st_size != entry.bytes:
-            raise PackageError(f"{relative} has {target.stat().st_size} bytes where the manifest says "
-                               f"{entry.bytes}; the package is damaged or tampered with")
-        before = identity(target)
-        if stamp.get(relative) == before:
-            checked[relative] = before
-            continue
-        # a graph is read once: the bytes that pass the digest are the bytes whose references are checked
-        data = target.read_bytes() if relative in graphs else None
-        if data is not None:
-            digest = hashlib.sha256(data).hexdigest()
-        else:
-            digest = digests.get(tuple(before)) or file_entry(root, relative).sha256
-            digests[tuple(before)] = digest
-        if digest != entry.sha256:
-            raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")
-        if data is not None:
-            _check_external_data(root, relative, data, listed)
-        if identity(target) == before:  # unchanged while it was read
-            checked[relative] = before
+    with field_budget():  # the graph walks of one package share one bound
+        for relative, entry in listed.items():
+            _verify_file(root, relative, entry, graphs, listed, stamp, checked, digests)
     return checked
+
+
+def _verify_file(root: Path, relative: str, entry: FileEntry, graphs: set[str], listed: dict, stamp: dict,
+                 checked: dict[str, list[int]], digests: dict[tuple, str]) -> None:
+    """One listed file: its size, its sha256 (once per hard-linked file), and a graph's external data."""
+    target = _inside(root, relative)
+    if entry.bytes > MAX_FILE_BYTES:
+        raise PackageError(f"{relative} declares {entry.bytes} bytes, over the {MAX_FILE_BYTES} limit")
+    if not target.is_file():
+        raise PackageError(f"{relative} is missing from the package; re-export or re-download it")
+    if target.stat().st_size != entry.bytes:
+        raise PackageError(f"{relative} has {target.stat().st_size} bytes where the manifest says "
+                           f"{entry.bytes}; the package is damaged or tampered with")
+    before = identity(target)
+    if stamp.get(relative) == before:
+        checked[relative] = before
+        return
+    # a graph is read once: the bytes that pass the digest are the bytes whose references are checked
+    data = target.read_bytes() if relative in graphs else None
+    if data is not None:
+        digest = hashlib.sha256(data).hexdigest()
+    else:
+        digest = digests.get(tuple(before)) or file_entry(root, relative).sha256
+        digests[tuple(before)] = digest
+    if digest != entry.sha256:
+        raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")
+    if data is not None:
+        _check_external_data(root, relative, data, listed)
+    if identity(target) == before:  # unchanged while it was read
+        checked[relative] = before
 
 
 def _check_external_data(root: Path, graph: str, data: bytes, listed: dict) -> None:

@@ -260,3 +260,17 @@ def test_inspect_of_odd_records_is_one_line(tiny_packages, tmp_path, capsys, rec
     code = main(["inspect", str(package)])
     err = capsys.readouterr().err
     assert code in (0, 2) and err.count("\n") <= 1 and "Traceback" not in err
+
+
+def test_a_graph_of_countless_tiny_fields_is_refused_in_bounded_time(package_copy):
+    """Valid protobuf (ir_version, repeated), listed and checksummed: walking it field by field would
+    take minutes; the package's field budget refuses it within about a second and a half."""
+    import time
+
+    (package_copy / "graphs" / "block_01.onnx").write_bytes(b"\x08\x01" * 3_000_000)
+    _rehash(package_copy)
+    started = time.perf_counter()
+    with pytest.raises(PackageError) as err:
+        open_package(package_copy)
+    assert "more than 2,000,000 protobuf fields" in _one_line(err)
+    assert time.perf_counter() - started < 10
