@@ -369,6 +369,9 @@ def _audit(args: argparse.Namespace) -> int:
                     f"(95% anytime bounds {bounds[0]:.3f}-{bounds[1]:.3f})") if bounds else "no audits at this level yet"
         print(f"{path.name}: requested {state.requested}, in force {state.in_force or 'full depth (exits off)'}; "
               f"{realised}; {state.dropped} samples dropped (queue full)")
+        if state.outside:
+            print(f"  {state.outside} of {state.requests} requests had a length outside the calibration inputs' "
+                  f"(`edgeinfer inspect` shows the range): the stated level is not promised for them")
         for move in state.adjustments:
             print(f"  {move['at']}: {move['from']} -> {move['to'] or 'full depth'} after {move['disagreements']} "
                   f"disagreements in {move['samples']} audits")
@@ -502,6 +505,11 @@ def summary_text(summary: dict) -> str:
         runs = "the whole model" if summary.get("kind") == "whole model in one graph" else f"exits at {default['agreement']:g}"
         lines.append(f"default    load(package) runs {runs} at precision {default['precision']} "
                      f"(expected cost vs the fp32 full model, from calibration: {costs})")
+    served = summary.get("served") or {}
+    if served.get("outside_calibration"):
+        lines.append(f"warning    {served['outside_calibration']} of {served['requests']} requests served here (audited "
+                     f"sessions) had a length outside the calibration inputs': the levels are not promised for them; "
+                     f"calibrate on such texts with `edgeinfer thresholds --calib`")
     for point in summary.get("operating_points", []):
         accuracy = f", accuracy {point['accuracy']:.4f}" if point["accuracy"] is not None else ""
         lines.append(f"point      {point['name']}: agreement {point['agreement']:.4f}, {point['relative_latency']:.3f}x "

@@ -67,6 +67,8 @@ class AuditState:
     samples: int = 0
     disagreements: int = 0
     dropped: int = 0  # samples not audited because the queue was full
+    requests: int = 0  # every request the audited sessions answered (not only the audited ones)
+    outside: int = 0  # ... of which the length lay outside the thresholds' calibration inputs'
     adjustments: list[dict] = field(default_factory=list)
 
     def level_broken(self, confidence: float = CONFIDENCE) -> bool:
@@ -106,6 +108,7 @@ def read_state(path: Path, requested: float | None, stored_levels: tuple[float, 
         data = json.loads(path.read_text(encoding="utf-8"))
         state = AuditState(**data)
         valid = (isinstance(state.samples, int) and isinstance(state.disagreements, int)
+                 and isinstance(state.requests, int) and isinstance(state.outside, int)
                  and 0 <= state.disagreements <= state.samples and isinstance(state.adjustments, list)
                  and (state.in_force is None or state.in_force in stored_levels))
     except (OSError, ValueError, TypeError):
@@ -141,9 +144,12 @@ class Auditor:
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None  # started on demand, gone after IDLE_S idle
 
-    def offer(self, text: str, answer: object) -> bool:
-        """Called after a request's answer is made; True when it will be audited."""
+    def offer(self, text: str, answer: object, outside: bool = False) -> bool:
+        """Called after a request's answer is made; True when it will be audited. outside: the
+        request's length lay outside the calibration inputs' (counted, saved with the next audit)."""
         with self._lock:
+            self.state.requests += 1
+            self.state.outside += int(outside)
             if self._random.random() >= self.share:
                 return False
             try:

@@ -50,6 +50,7 @@ def describe_package(package: Package) -> dict:
             for v in manifest.precision_variants
         ],
         "default_policy": _default_policy(manifest),
+        "served": _served(package),
         "operating_points": [{"name": p.name, "agreement": p.agreement, "relative_latency": p.relative_latency,
                               "mean_depth": p.mean_depth, "accuracy": p.accuracy} for p in manifest.operating_points],
         "litert": None if manifest.litert is None else {
@@ -60,6 +61,21 @@ def describe_package(package: Package) -> dict:
         "calibration": manifest.calibration,
         "evaluation": manifest.evaluation,
     }
+
+
+def _served(package: Package) -> dict | None:
+    """What the audited sessions of this package saw on this machine: requests, and how many had a
+    length outside the calibration inputs' (the stated levels are not promised for those)."""
+    from .audit import read_state
+    from .audit_session import audit_files
+
+    manifest = package.manifest
+    levels = tuple(t.agreement for t in manifest.exit_thresholds) + tuple(
+        t.agreement for v in manifest.precision_variants for t in v.thresholds)
+    states = [s for s in (read_state(path, None, levels, any_level=True) for path in audit_files(package.root)) if s]
+    if not states:
+        return None
+    return {"requests": sum(s.requests for s in states), "outside_calibration": sum(s.outside for s in states)}
 
 
 def _guarantee(record: dict, levels: list[str]) -> str:

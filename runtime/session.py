@@ -190,7 +190,7 @@ class EdgeSession:
         return self._full_pass(state, self.encoder.encode([text])).output
 
     def _offer_audit(self, text: str, result: Result) -> Result:
-        if not self.auditor.offer(text, result):
+        if not self.auditor.offer(text, result, result.trace.outside_calibration):
             return result
         return replace(result, trace=replace(result.trace, audited=True))
 

@@ -111,3 +111,23 @@ def test_the_audit_thread_ends_when_idle_and_starts_again(tiny_packages, tmp_pat
     session.run("bad plot")
     session.auditor.wait()
     assert session.auditor.state.samples == 2
+
+
+def test_requests_outside_the_calibration_lengths_are_counted_and_inspect_warns(tiny_packages, tmp_path, monkeypatch,
+                                                                                   capsys):
+    from conftest import WORDS
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    package = tiny_packages[("bert", "text-classification")]
+    session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, audit=1.0))
+    low, high = session._calibrated_lengths
+    short, long_ = "good", " ".join(WORDS[:8] * 6)  # 3 tokens, and a text past the longest calibration input
+    answers = [session.run(text) for text in (short, long_, "good movie with a dull plot")]
+    session.auditor.wait()
+    outside = [a.trace.outside_calibration for a in answers]
+    assert outside == [not low <= a.trace.tokens_per_block[0] <= high for a in answers] and any(outside)
+    assert session.auditor.state.requests == 3 and session.auditor.state.outside == sum(outside)
+    assert main(["inspect", str(package)]) == 0
+    assert f"warning    {sum(outside)} of 3 requests served here" in capsys.readouterr().out
+    assert main(["audit", str(package)]) == 0
+    assert f"{sum(outside)} of 3 requests had a length outside" in capsys.readouterr().out
