@@ -28,6 +28,7 @@ def _export(args: argparse.Namespace) -> int:
         train_pruning=args.train_pruning, pruning_family=_pruning_family(args), force=args.force, seed=args.seed,
         quant=args.quant, size_budget_mb=args.size_budget,
         latency_budget_ms=args.latency_budget_ms, formats=_formats(args.formats), buckets=args.buckets,
+        whole=args.whole,
     )
     manifest = export_model(args.model, args.output, options)
     total = sum(f.bytes for f in manifest.files)
@@ -586,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threshold-examples", type=int, default=3000, help="examples that calibrate thresholds")
     export.add_argument("--seed", type=int, default=0, help="seed of exit-head training and sampling (default 0)")
     export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    export.add_argument("--whole", action="store_true",
+                        help="export the whole model as one graph through Optimum (edgeinfer[optimum]), even where an "
+                             "adapter exists: no exits, pruning or skipping; families with no adapter always take this way")
     export.add_argument("--formats", default="onnx",
                         help="onnx (default) or onnx,litert: also convert the segments to LiteRT (needs "
                              "edgeinfer[export-litert])")

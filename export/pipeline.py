@@ -67,6 +67,7 @@ class ExportOptions:
     latency_budget_ms: float | None = None
     formats: tuple[str, ...] = ("onnx",)  # "litert" adds LiteRT graphs (export/litert.py)
     buckets: str | None = None  # LiteRT token buckets, "16,32,64,128"; export/litert.py's default when None
+    whole: bool = False  # one graph through Optimum even where an adapter exists (export/whole_model.py)
 
 
 FORMATS = ("onnx", "litert")
@@ -147,7 +148,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
         raise ExportError(f"--formats {','.join(options.formats)!r}: give onnx, optionally with litert "
                           f"(the ONNX graphs are the reference the LiteRT ones are validated against)")
     model_type = model_type_of(model)
-    if model_type not in supported_model_types():
+    if options.whole or model_type not in supported_model_types():
         return _export_whole(model, output, options, model_type)
     options, recipe = resolve_recipe(options, _labelled(options))
     if options.train_exits not in TRAIN_EXIT_MODES:
@@ -231,7 +232,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
 def _export_whole(model: str, output: Path, options: ExportOptions, model_type: str) -> Manifest:
     """A family with no adapter: the whole model as one graph through Optimum (export/whole_model.py).
     What needs segments is refused in one line; a precision variant is added when asked for."""
-    why = (f"edgeinfer has no adapter for model_type {model_type!r} (adapters: {', '.join(supported_model_types())}), "
+    why = ("exported whole as asked (--whole)" if options.whole and model_type in supported_model_types() else
+           f"edgeinfer has no adapter for model_type {model_type!r} (adapters: {', '.join(supported_model_types())}), "
            f"so it cannot split the model into blocks for exits")
     needs_blocks = [flag for flag, value in (("--train-exits", options.train_exits), ("--exit-head", options.exit_head))
                     if value != AUTO] + [flag for flag, value in (("--exits", options.exits),

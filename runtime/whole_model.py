@@ -26,14 +26,16 @@ from .result import Result, Trace
 from .graph_runner import GraphRunner
 from .tokenize import TextEncoder
 
-WHY_NO_EXITS = ("this package is the whole model in one graph (exported through Optimum: edgeinfer has no "
-                "adapter for model_type {model_type!r}), so it has no blocks to exit after, prune or skip")
+def why_no_exits(manifest: Manifest) -> str:
+    """The one line every refusal of exits, pruning or skipping gives for a whole-model package."""
+    why = manifest.export.get("why") if isinstance(manifest.export.get("why"), str) else "exported through Optimum"
+    return f"this package is the whole model in one graph ({why}), so it has no blocks to exit after, prune or skip"
 
 
 def refuse_whole(manifest: Manifest, what: str) -> None:
     """One line for the tools that work on blocks or exits, when given a whole-model package."""
     if manifest.is_whole:
-        raise InputError(f"{what}: {WHY_NO_EXITS.format(model_type=manifest.model.model_type)}; "
+        raise InputError(f"{what}: {why_no_exits(manifest)}; "
                          f"run it as it is, or quantize it (`edgeinfer quantize`)")
 
 
@@ -46,7 +48,7 @@ class WholeModelSession:
         self.profile = profile
         self.budget = budget
         self.operating_point = None
-        why = WHY_NO_EXITS.format(model_type=self.manifest.model.model_type)
+        why = why_no_exits(self.manifest)
         asked = [name for name, value in (("keep_schedule", policy.keep_schedule), ("skip_blocks", policy.skip_blocks),
                                           ("restart_below", policy.restart_below), ("audit", policy.audit)) if value]
         if asked:

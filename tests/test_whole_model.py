@@ -152,3 +152,21 @@ def _importable(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except ModuleNotFoundError:
         return False
+
+
+def test_whole_exports_a_family_with_an_adapter_as_one_graph_when_asked(tiny_models, tmp_path):
+    from edgeinfer import load
+    from edgeinfer.manifest import Manifest
+
+    out = tmp_path / "bert.edge"
+    done = export_in_optimum_env(tiny_models[("bert", "text-classification")], out, "--task", "text-classification",
+                                 "--whole")
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = Manifest.from_json((out / "manifest.json").read_text())
+    assert manifest.is_whole and manifest.export["why"] == "exported whole as asked (--whole)"
+    session = load(out)
+    answer = session.run("good movie")
+    encoded = session.encoder.encode(["good movie"])
+    want = transformers_reference(tiny_models[("bert", "text-classification")], "text-classification",
+                                  encoded.input_ids, encoded.attention_mask, False)
+    assert np.abs(answer.probabilities - want).max() < 1e-5 and answer.trace.segments == ("whole",)
