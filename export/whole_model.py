@@ -69,7 +69,7 @@ def export_whole_model(model: str, output: Path, task: str, max_length: int, for
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             model=ModelFacts(family="optimum", model_type=config.model_type, task=task,
-                             num_blocks=int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)),
+                             num_blocks=max(1, int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))),
                              hidden_size=hidden,
                              num_heads=int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0)),
                              labels=loaded.labels, embedding_dim=hidden if task == "feature-extraction" else None,

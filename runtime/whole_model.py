@@ -111,9 +111,6 @@ class WholeModelSession:
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    def full_output(self, text: str) -> np.ndarray:
-        return self._call(self.encoder.encode([text]), "fp32", {})[0]
-
     def _run(self, texts: list[str]) -> list[Result]:
         started = time.perf_counter()
         batch = self.encoder.encode(texts)
