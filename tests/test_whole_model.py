@@ -164,6 +164,7 @@ def test_whole_exports_a_family_with_an_adapter_as_one_graph_when_asked(tiny_mod
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = Manifest.from_json((out / "manifest.json").read_text())
     assert manifest.is_whole and manifest.export["why"] == "exported whole as asked (--whole)"
+    assert [v.name for v in manifest.precision_variants] == ["int8"]  # a classifier's default, as when segmented
     session = load(out)
     answer = session.run("good movie")
     encoded = session.encoder.encode(["good movie"])
