@@ -153,8 +153,7 @@ def _quantize(args: argparse.Namespace) -> int:
     if open_package(args.package, verify=False).manifest.decoder is not None:
         _add_decoder_variant(args.package, args.quant, args.output, args.force)
         return 0
-    from .export.calibration_data import read_examples
-    from .export.calibration_data import BUNDLED_SAMPLE
+    from .export.calibration_data import BUNDLED_SAMPLE, read_examples
     from .quant.quantize import quantize_package
     from .quant.report import write_quant_report
 
@@ -350,21 +349,14 @@ def _conformance(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .runtime.audit import read_state
-    from .runtime.audit_session import audit_files
+    from .runtime.audit_session import audit_files, audit_states
     from .runtime.package import open_package
 
     package = open_package(args.package)
-    files = audit_files(package.root)
-    if not files:
+    if not audit_files(package.root):
         print(f"no audit of {args.package} on this machine yet; run it with Policy(agreement=..., audit=0.05)")
         return 0
-    levels = tuple(t.agreement for t in package.manifest.exit_thresholds) + tuple(
-        t.agreement for v in package.manifest.precision_variants for t in v.thresholds)
-    for path in files:
-        state = read_state(path, None, levels, any_level=True)
-        if state is None:
-            continue
+    for path, state in audit_states(package):
         bounds = state.agreement_bounds()
         realised = (f"realised agreement {1 - state.disagreements / state.samples:.4f} over {state.samples} audits "
                     f"(95% anytime bounds {bounds[0]:.3f}-{bounds[1]:.3f})") if bounds else "no audits at this level yet"

@@ -140,6 +140,12 @@ class ExitThresholds:
         """The per-length sets, or this one set for every length."""
         return self.by_length or (self,)
 
+    @property
+    def certifies_final_answer(self) -> bool:
+        """A precision variant's level: in some length range its final answer has a restart threshold
+        (where none has, every variant answer would be redone at fp32)."""
+        return any(r.thresholds[-1] is not None for r in self.ranges)
+
     def for_tokens(self, tokens: int) -> tuple[float | None, ...]:
         """The thresholds that apply to an input of this many tokens."""
         for bucket in self.by_length:

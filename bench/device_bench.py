@@ -166,7 +166,7 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
         embed = next(s for s in probe.manifest.segments if s.kind == "embed")
         for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):
             level = exact_level(variant.thresholds, a)
-            if level is None or all(r.thresholds[-1] is None for r in level.ranges):
+            if level is None or not level.certifies_final_answer:
                 notes.append(f"no cascade {variant.name}@{a:g}: the variant certifies no answer at that level")
                 continue
             points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
@@ -191,7 +191,7 @@ def _whole_model_points(manifest, a: float, notes: list[str]) -> dict[str, tuple
     for variant in manifest.precision_variants:
         points[f"edgeinfer {variant.name} (whole model)"] = (Policy(agreement=None, precision=variant.name), Budget())
         level = exact_level(variant.thresholds, a) if manifest.model.task == "text-classification" else None
-        if level is not None and any(r.thresholds[-1] is not None for r in level.ranges):
+        if level is not None and level.certifies_final_answer:
             points[f"edgeinfer cascade {variant.name}@{a} -> fp32"] = (Policy(agreement=a, precision=variant.name), Budget())
     return points
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ExportError
-from ..manifest import TASKS
+from ..manifest import TASKS, TokenizerSpec
 from .adapters import adapter_for
 
 BUILT_IN = {
@@ -135,3 +135,19 @@ def load_model(name_or_path: str, task: str, with_adapter: bool = True) -> Loade
         pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         labels=labels, normalize_embedding=task == "feature-extraction" and _uses_normalize(directory),
     )
+
+
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet")  # position ids start past padding_idx
+
+
+def tokenizer_spec(loaded: LoadedModel, max_length: int, uses_token_type_ids: bool) -> TokenizerSpec:
+    """The package's tokenizer settings, with --max-length checked against the model's positions."""
+    config = loaded.model.config
+    limit = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 512))
+    if config.model_type in POSITIONS_AFTER_PADDING:
+        limit -= 2
+    if not 8 <= max_length <= limit:
+        raise ExportError(f"--max-length {max_length} must be between 8 and this model's limit {limit}")
+    return TokenizerSpec(path="tokenizer/tokenizer.json", max_length=max_length,
+                         uses_token_type_ids=uses_token_type_ids, pad_id=loaded.pad_id,
+                         special_ids=loaded.special_ids)

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from .. import __version__
 from ..errors import ExportError
-from ..manifest import SCHEMA_VERSION, ExitHead, Manifest, ModelFacts, Segment, TokenizerSpec, Variant
+from ..manifest import SCHEMA_VERSION, ExitHead, Manifest, ModelFacts, Segment, Variant
 from ..progress import progress_bar
 from ..runtime.policy import EMBEDDING_AGREES_AT
 from ..runtime.tokenize import TextEncoder
@@ -29,7 +29,7 @@ from .features import TorchSegments, attention_bias, collect_features
 from .joint_training import JointSettings, final_probabilities, fine_tune_jointly
 from .adapters import supported_model_types
 from .graph_jobs import build_segments, graph_jobs, make_exit
-from .model_source import LoadedModel, load_model, model_type_of
+from .model_source import LoadedModel, load_model, model_type_of, tokenizer_spec
 from .onnx_graphs import GraphJob, export_graph
 from .package_writer import discard, finalize, prepare_staging
 from .pruning_training import PruningFamily
@@ -93,17 +93,6 @@ def parse_exits(spec: str | None, num_blocks: int) -> tuple[int, ...]:
     return tuple(exits)
 
 
-def _tokenizer_spec(loaded: LoadedModel, max_length: int, uses_token_type_ids: bool) -> TokenizerSpec:
-    limit = int(getattr(loaded.model.config, "max_position_embeddings", 512))
-    if loaded.model.config.model_type in ("roberta", "xlm-roberta"):
-        limit -= 2  # positions start after padding_idx
-    if not 8 <= max_length <= limit:
-        raise ExportError(f"--max-length {max_length} must be between 8 and this model's limit {limit}")
-    return TokenizerSpec(path="tokenizer/tokenizer.json", max_length=max_length,
-                         uses_token_type_ids=uses_token_type_ids, pad_id=loaded.pad_id,
-                         special_ids=loaded.special_ids)
-
-
 def _rows_used(options: ExportOptions, heads: Examples, thresholds: Examples) -> dict[str, str]:
     """How many calibration rows each step used, and why that many (recorded in the manifest)."""
     rows = {"thresholds": f"{len(thresholds)}: enough for a 0.99 level to certify exits (436 allow no "
@@ -161,7 +150,7 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     segments = build_segments(loaded, options.task)
     num_blocks = len(segments.blocks)
     exit_blocks = parse_exits(options.exits, num_blocks)
-    spec = _tokenizer_spec(loaded, options.max_length, segments.embed.uses_token_type_ids)
+    spec = tokenizer_spec(loaded, options.max_length, segments.embed.uses_token_type_ids)
     heads_data, threshold_data = _calibration_sets(options, loaded.labels)
     eval_data = read_examples(options.eval_data, loaded.labels, options.task == "text-classification") \
         if options.eval_data else None
@@ -220,18 +209,23 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     except BaseException:
         discard(staging)
         raise
-    if options.quant != "none":
-        from ..quant.quantize import quantize_package
+    return _with_variant(output, manifest, list(threshold_data.texts), options)
 
-        manifest = quantize_package(output, list(threshold_data.texts), options.quant, output=output,
-                                    size_budget_mb=options.size_budget_mb,
-                                    latency_budget_ms=options.latency_budget_ms, force=True).manifest
-    return manifest
+
+def _with_variant(output: Path, manifest: Manifest, texts: list[str], options: ExportOptions) -> Manifest:
+    """The written package with the precision variant the options ask for (none: as it is)."""
+    if options.quant == "none":
+        return manifest
+    from ..quant.quantize import quantize_package
+
+    return quantize_package(output, texts, options.quant, output=output, size_budget_mb=options.size_budget_mb,
+                            latency_budget_ms=options.latency_budget_ms, force=True).manifest
 
 
 def _export_whole(model: str, output: Path, options: ExportOptions, model_type: str) -> Manifest:
-    """A family with no adapter: the whole model as one graph through Optimum (export/whole_model.py).
-    What needs segments is refused in one line; a precision variant is added when asked for."""
+    """A family with no adapter (or --whole): the whole model as one graph through Optimum
+    (export/whole_model.py). What needs segments is refused in one line; the precision variant is
+    the recipe's (recipe.py: int8 for a classifier), or the one asked for."""
     why = ("exported whole as asked (--whole)" if options.whole and model_type in supported_model_types() else
            f"edgeinfer has no adapter for model_type {model_type!r} (adapters: {', '.join(supported_model_types())}), "
            f"so it cannot split the model into blocks for exits")
@@ -245,16 +239,10 @@ def _export_whole(model: str, output: Path, options: ExportOptions, model_type: 
     from .whole_model import export_whole_model
 
     manifest = export_whole_model(model, output, options.task, options.max_length, options.force, why)
-    # as for a segmented classifier (recipe.py): an int8 variant, whose cascade load() runs when it is
-    # expected to cost least; on the SST-2 MiniLM, 0.696x fp32 at agreement 0.9977 (bench/RESULTS.md)
-    quant = ("int8" if options.task == "text-classification" else "none") if options.quant == AUTO else options.quant
-    if quant != "none":
-        from ..quant.quantize import quantize_package
-
-        texts = list(read_examples(options.calib or BUNDLED_SAMPLE, None, False).texts)
-        manifest = quantize_package(output, texts, quant, output=output, size_budget_mb=options.size_budget_mb,
-                                    latency_budget_ms=options.latency_budget_ms, force=True).manifest
-    return manifest
+    # the recipe's variant (on the SST-2 MiniLM its cascade ran at 0.696x fp32, agreement 0.9977)
+    options, _ = resolve_recipe(options, has_labels=False)
+    texts = list(read_examples(options.calib or BUNDLED_SAMPLE, None, False).texts) if options.quant != "none" else []
+    return _with_variant(output, manifest, texts, options)
 
 
 def _fine_tune(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module], encoder: TextEncoder,

@@ -27,10 +27,10 @@ from .. import __version__
 from ..errors import ExportError
 from ..manifest import PAD_BIAS, SCHEMA_VERSION, VALID_BIAS_FLOOR, WHOLE, Manifest, ModelFacts, Segment, TokenizerSpec, Variant
 from ..runtime.sessions import open_session
-from .model_source import LoadedModel, load_model
+from .model_source import LoadedModel, load_model, tokenizer_spec
 from .package_writer import discard, finalize, prepare_staging
 from .shared_weights import WEIGHTS_FILE, share_weights
-from .validate import TOLERANCE, sample_batches
+from .validate import TOLERANCE, reference_output, sample_batches
 
 INSTALL_HINT = ("pip install 'edgeinfer[optimum]' (in an environment of its own: optimum-onnx pins "
                 "transformers below 4.58)")
@@ -57,7 +57,7 @@ def export_whole_model(model: str, output: Path, task: str, max_length: int, for
             except Exception as err:  # Optimum's own refusals: an unknown architecture, a task it lacks
                 raise ExportError(f"Optimum could not export {loaded.directory}: {str(err).splitlines()[0]}") from None
             graph = edge_interface(onnx.load(str(Path(raw) / "model.onnx")), task, loaded.normalize_embedding)
-        spec = _tokenizer_spec(loaded, graph, max_length)
+        spec = tokenizer_spec(loaded, max_length, "token_type_ids" in [i.name for i in graph.graph.input])
         (staging / spec.path).write_text(loaded.tokenizer_json, encoding="utf-8")
         onnx.save(graph, str(staging / GRAPH))
         share_weights([staging / GRAPH], staging / "graphs" / WEIGHTS_FILE)
@@ -135,40 +135,19 @@ def _mean_pool(graph: onnx.GraphProto, normalize: bool) -> None:
     graph.output.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", None]))
 
 
-def _tokenizer_spec(loaded: LoadedModel, graph: onnx.ModelProto, max_length: int) -> TokenizerSpec:
-    limit = int(getattr(loaded.model.config, "max_position_embeddings", 0) or getattr(loaded.model.config, "n_positions", 512))
-    if loaded.model.config.model_type in ("roberta", "xlm-roberta", "mpnet", "camembert"):
-        limit -= 2  # positions start after padding_idx
-    if not 8 <= max_length <= limit:
-        raise ExportError(f"--max-length {max_length} must be between 8 and this model's limit {limit}")
-    return TokenizerSpec(path="tokenizer/tokenizer.json", max_length=max_length,
-                         uses_token_type_ids="token_type_ids" in [i.name for i in graph.graph.input],
-                         pad_id=loaded.pad_id, special_ids=loaded.special_ids)
-
-
 def _validate(path: Path, loaded: LoadedModel, task: str, spec: TokenizerSpec) -> dict:
     """The graph against the transformers model's own forward (pooled as sentence-transformers
     pools), on sequences of several lengths and a padded batch."""
-    import torch
-
     session = open_session(path, threads=1)
     special = [i for i in loaded.special_ids if i != loaded.pad_id] or [loaded.pad_id]
     batches = sample_batches(loaded.model.config.vocab_size, loaded.special_ids, special[0], special[-1],
                              loaded.pad_id, spec.max_length)
     worst = 0.0
     for ids, mask in batches:
-        feeds = {"input_ids": ids, "attention_bias": np.where(mask > 0, 0.0, PAD_BIAS).astype(np.float32)}
-        if spec.uses_token_type_ids:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        got = session.run(None, feeds)[0]
-        with torch.no_grad():
-            out = loaded.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
-        if task == "text-classification":
-            want = out.logits.numpy()
-        else:
-            weights = torch.from_numpy(mask).unsqueeze(-1).float()
-            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-            want = torch.nn.functional.normalize(pooled, dim=-1).numpy() if loaded.normalize_embedding else pooled.numpy()
+        feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+                 "attention_bias": np.where(mask > 0, 0.0, PAD_BIAS).astype(np.float32)}
+        got = session.run(None, {k: feeds[k] for k in (i.name for i in session.get_inputs())})[0]
+        want = reference_output(loaded.model, task, loaded.normalize_embedding, ids, mask)
         worst = max(worst, float(np.abs(got - want).max()))
     if not worst <= TOLERANCE * 10:
         raise ExportError(f"validation failed: Optimum's graph differs from the model by {worst:.2e}")

@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 
 from ..export.exit_quality import cosine_rows
-from ..manifest import PAD_BIAS
 from ..runtime.package import Package
 from ..runtime.policy import softmax
 from ..runtime.sessions import open_session
@@ -48,8 +47,7 @@ def encode_batches(package: Package, texts: list[str], batch_size: int = 32) -> 
     batches = []
     for start in range(0, len(ordered), batch_size):
         batch = encoder.encode(ordered[start:start + batch_size])
-        batches.append({"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
-                        "attention_bias": np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)})
+        batches.append(batch.span_feeds())
     return tuple(batches)
 
 

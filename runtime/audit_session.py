@@ -17,6 +17,7 @@ from .result import Result
 from .user_cache import cache_root
 
 if TYPE_CHECKING:
+    from .package import Package
     from .session import EdgeSession
 
 
@@ -36,6 +37,15 @@ def start_audit(session: "EdgeSession", seed: int | None = None) -> Auditor:
                       f"(trace.level_used; `edgeinfer audit` shows why)", UserWarning, stacklevel=3)
     return Auditor(session.policy.audit, state, path, session.full_output, _agreement_test(session),
                    lambda current: _tighten(session, levels, current), seed)
+
+
+def audit_states(package: "Package") -> list[tuple[Path, AuditState]]:
+    """Every readable audit state saved for this package on this machine (any level, any device)."""
+    manifest = package.manifest
+    levels = tuple(t.agreement for t in manifest.exit_thresholds) + tuple(
+        t.agreement for v in manifest.precision_variants for t in v.thresholds)
+    found = ((path, read_state(path, None, levels, any_level=True)) for path in audit_files(package.root))
+    return [(path, state) for path, state in found if state is not None]
 
 
 def audit_files(package_root: Path) -> list[Path]:

@@ -66,13 +66,9 @@ def describe_package(package: Package) -> dict:
 def _served(package: Package) -> dict | None:
     """What the audited sessions of this package saw on this machine: requests, and how many had a
     length outside the calibration inputs' (the stated levels are not promised for those)."""
-    from .audit import read_state
-    from .audit_session import audit_files
+    from .audit_session import audit_states
 
-    manifest = package.manifest
-    levels = tuple(t.agreement for t in manifest.exit_thresholds) + tuple(
-        t.agreement for v in manifest.precision_variants for t in v.thresholds)
-    states = [s for s in (read_state(path, None, levels, any_level=True) for path in audit_files(package.root)) if s]
+    states = [state for _, state in audit_states(package)]
     if not states:
         return None
     return {"requests": sum(s.requests for s in states), "outside_calibration": sum(s.outside for s in states)}

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import PackageError
-from ..manifest import Segment
+from ..manifest import WHOLE, Segment
 from ..targets.fingerprint import device_fingerprint, fingerprint_key
 from .litert_graphs import LiteRTFile, LiteRTGraph, shared_file
 from .optimized_graphs import cache_folder
@@ -64,9 +64,10 @@ class GraphRunner:
 
     def _onnxruntime(self, segment: Segment, precision: str) -> ort.InferenceSession:
         path = segment.graph(precision)
-        # only the fused full graph: its optimization is what costs (28 ms of 95 for MiniLM);
-        # a block or stage graph optimizes in a few ms and would add its weights to the disk again
-        worth_caching = self._device_key is not None and len(segment.covers) > 3
+        # only graphs of the whole depth (a fused full span, a whole-model package's one graph): their
+        # optimization is what costs (28 ms of 95 for MiniLM); a block or stage graph optimizes in a
+        # few ms and would add its weights to the disk again
+        worth_caching = self._device_key is not None and (len(segment.covers) > 3 or segment.kind == WHOLE)
         cache = cache_folder(self.package.manifest, path, self.providers, self._device_key) if worth_caching else None
         read = [path, *self._external_files(path)]
         self.package.check_unchanged(read)  # a file swapped since load() is refused, by name

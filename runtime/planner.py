@@ -24,6 +24,8 @@ def policy_of(point: OperatingPoint) -> Policy:
 
 def parse_auto(spec: str) -> float:
     """"auto" (agreement 0.99) or "auto:0.985"."""
+    if spec != "auto" and not spec.startswith("auto:"):
+        raise InputError(f"policy {spec!r} must be a Policy or 'auto[:AGREEMENT]'")
     _, _, level = spec.partition(":")
     try:
         agreement = float(level) if level else DEFAULT_AGREEMENT
@@ -89,7 +91,7 @@ def choose_precision(manifest: Manifest, agreement: float | None, usable: Callab
         for variant in manifest.precision_variants:
             level = exact_level(variant.thresholds, agreement)
             if level is None or not usable(variant.name) or variant.speedup is None \
-                    or any(r.thresholds[-1] is None for r in level.ranges):
+                    or any(r.thresholds[-1] is None for r in level.ranges):  # a range would start at fp32
                 continue
             costs[variant.name] = round(level.expected_mean_depth / blocks / variant.speedup, 4)
     costs["fp32"] = round(costs["fp32"], 4)

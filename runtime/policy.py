@@ -119,6 +119,23 @@ def substitute(fallback: str, missing: str, instead: str) -> None:
     warnings.warn(f"{missing}: running {instead} (fallback='nearest')", UserWarning, stacklevel=4)
 
 
+def variant_level(manifest: Manifest, precision: str, agreement: float, fallback: str) -> ExitThresholds | None:
+    """A precision variant's calibrated cascade at this level (its exits' and its restart thresholds);
+    None, as far as the fallback allows, when calibration certified none of its answers there, so
+    fp32 runs instead."""
+    variant = manifest.precision_variant(precision)
+    if manifest.model.task != "text-classification":
+        raise InputError(f"a precision cascade (precision={variant.name!r} with an agreement level) needs a "
+                         f"classifier, whose final answer has a confidence; for embeddings run the variant "
+                         f"alone with agreement=None")
+    level = stored_level(variant.thresholds, agreement, fallback, f"precision {variant.name!r}")
+    if level is None or not level.certifies_final_answer:
+        substitute(fallback, f"precision {variant.name!r} certifies no answer at agreement {agreement:g} "
+                             f"(calibration found no restart threshold that holds it)", "fp32")
+        return None
+    return level
+
+
 def stored_level(levels: tuple[ExitThresholds, ...], agreement: float, fallback: str,
                  owner: str = "this package") -> ExitThresholds | None:
     """The calibrated set for exactly this agreement level, or the substitution the fallback allows:

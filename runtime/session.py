@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..errors import InputError
-from ..manifest import KEEP_TOKENS, PAD_BIAS, ExitHead, ExitThresholds, LengthThresholds, Segment
+from ..manifest import KEEP_TOKENS, ExitHead, ExitThresholds, LengthThresholds, Segment
 from ..targets.catalog import usable_target
 from ..targets.profile import Profile, find_profile
 from . import arguments
@@ -30,12 +30,12 @@ from .optimized_graphs import enabled
 from .graph_runner import GraphRunner
 from .package import Package, open_package
 from .policy import (AUTO_PRECISION, Budget, Policy, classification_confidence, cosine, should_exit, softmax, stored_level,
-                     substitute)
+                     variant_level)
 from .merging import merge_tokens
 from .pruning import keep_count, keep_tokens
 from .result import Result, Trace
 from .sessions import threads_in_use
-from .tokenize import TextEncoder, check_texts
+from .tokenize import TextEncoder, check_texts, length_batches
 
 if TYPE_CHECKING:
     from .generation import DecoderSession
@@ -157,25 +157,17 @@ class EdgeSession:
             return policy.precision, None, None
         if policy.precision == "fp32":
             return "fp32", stored_level(self.manifest.exit_thresholds, policy.agreement, policy.fallback), None
-        variant = self.manifest.precision_variant(policy.precision)
-        if self.manifest.model.task != "text-classification":
-            raise InputError(f"a precision cascade (precision={variant.name!r} with an agreement level) needs a "
-                             f"classifier, whose final answer has a confidence; for embeddings run the variant "
-                             f"alone with agreement=None")
-        level = stored_level(variant.thresholds, policy.agreement, policy.fallback, f"precision {variant.name!r}")
-        if level is None or all(r.thresholds[-1] is None for r in level.ranges):
-            substitute(policy.fallback, f"precision {variant.name!r} certifies no answer at agreement "
-                                        f"{policy.agreement:g} (calibration found no restart threshold that holds it)",
-                       "fp32")
+        level = variant_level(self.manifest, policy.precision, policy.agreement, policy.fallback)
+        if level is None:
             return "fp32", stored_level(self.manifest.exit_thresholds, policy.agreement, policy.fallback), None
         ranges = level.ranges
         unanswered = [r for r in ranges if r.thresholds[-1] is None]
         if unanswered:
-            warnings.warn(f"precision {variant.name!r} certifies no answer at agreement {level.agreement:g} for inputs "
+            warnings.warn(f"precision {policy.precision!r} certifies no answer at agreement {level.agreement:g} for inputs "
                           f"of {_length_ranges(ranges, unanswered)} tokens: those start at fp32 "
                           f"(trace.precision says so)", UserWarning, stacklevel=3)
         restart = max(r.thresholds[-1] for r in ranges if r.thresholds[-1] is not None)
-        return variant.name, level, restart
+        return policy.precision, level, restart
 
     def use_level(self, agreement: float | None) -> None:
         """Run at another stored agreement level from the next request on (None: exits off, fp32)."""
@@ -343,14 +335,10 @@ class EdgeSession:
         """With nothing to decide per input, texts of similar length run padded together through
         the fused graph (padding masked by attention_bias); each result reports the batch's time."""
         results: list[Result | None] = [None] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) if isinstance(texts[i], str) else 0)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
+        for index in length_batches(texts, batch_size):
             state = _Run(started=time.perf_counter(), precision=self.precision)
             batch = self.encoder.encode([texts[i] for i in index])
-            feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
-                     "attention_bias": np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)}
-            outputs = self._call(state, self._full, feeds)[0]
+            outputs = self._call(state, self._full, batch.span_feeds())[0]
             for row, i in enumerate(index):
                 tokens = int(batch.attention_mask[row].sum())
                 row_state = _Run(started=state.started, precision=state.precision, segments=list(state.segments),
@@ -365,9 +353,7 @@ class EdgeSession:
         length and a deadline is per request, so those policies run input by input instead."""
         check_texts(texts)
         results: list[Result | None] = [None] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
+        for index in length_batches(texts, batch_size):
             state = _Run(started=time.perf_counter(), precision=self.precision)
             batch = self.encoder.encode([texts[i] for i in index])
             rows = _BatchRows(len(index))
@@ -398,8 +384,8 @@ class EdgeSession:
         return limit is not None and answer.confidence is not None and answer.confidence < limit
 
     def _adaptive_batch(self, state: _Run, batch, rows: "_BatchRows") -> list[_Answer]:
-        bias = np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)
-        first = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids, "attention_bias": bias}
+        first = batch.span_feeds()
+        bias = first["attention_bias"]
         active = np.arange(len(bias))
         row_exits = [self._exits_for(int(tokens)) for tokens in batch.attention_mask.sum(1)]
         answers: list[_Answer | None] = [None] * len(bias)
@@ -747,8 +733,8 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
     if opened.manifest.is_whole:
         from .whole_model import WholeModelSession
 
-        if isinstance(policy, str):
-            policy = Policy()  # no operating points to choose between: the whole model, every time
+        if isinstance(policy, str):  # no operating points to choose between: the whole model at that level
+            policy = Policy(agreement=parse_auto(policy))
         return WholeModelSession(opened, policy, budget, threads, chosen.providers, found, enabled(optimized_cache))
     point = None
     if isinstance(policy, str):
@@ -761,8 +747,7 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
 
 
 def _auto_point(manifest, spec: str, budget: Budget, profile: Profile | None):
-    if not spec.startswith("auto"):
-        raise InputError(f"policy {spec!r} must be a Policy or 'auto[:AGREEMENT]'")
+    agreement = parse_auto(spec)  # one line for what is not 'auto[:AGREEMENT]'
     full_ms = None
     if budget.latency_ms is not None:
         record = manifest.calibration.get("operating_points", {})
@@ -770,4 +755,4 @@ def _auto_point(manifest, spec: str, budget: Budget, profile: Profile | None):
         if profile is not None and full is not None:
             full_ms = profile.predict_ms(full.name, "fp32", int(record.get("mean_tokens", 32)))
         full_ms = full_ms or record.get("full_model_ms")
-    return choose_point(manifest, parse_auto(spec), budget.latency_ms, full_ms)
+    return choose_point(manifest, agreement, budget.latency_ms, full_ms)

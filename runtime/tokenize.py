@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..errors import InputError, PackageError
-from ..manifest import TokenizerSpec
+from ..manifest import PAD_BIAS, TokenizerSpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,29 @@ class EncodedBatch:
     @property
     def lengths(self) -> np.ndarray:
         return self.attention_mask.sum(1)
+
+    @property
+    def attention_bias(self) -> np.ndarray:
+        """The mask as the graphs take it: 0 for a token, PAD_BIAS for padding (docs/manifest.md)."""
+        return np.where(self.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)
+
+    def span_feeds(self) -> dict[str, np.ndarray]:
+        """What a graph starting at the embedding may take (callers keep the inputs it names)."""
+        return {"input_ids": self.input_ids, "token_type_ids": self.token_type_ids,
+                "attention_bias": self.attention_bias}
+
+    def row(self, index: int) -> "EncodedBatch":
+        """One text of the batch, as if encoded alone (its padding cut away)."""
+        width = max(int(self.attention_mask[index].sum()), 1)
+        return EncodedBatch(self.input_ids[index:index + 1, :width], self.attention_mask[index:index + 1, :width],
+                            self.token_type_ids[index:index + 1, :width], self.special_mask[index:index + 1, :width],
+                            (self.truncated[index],))
+
+
+def length_batches(texts: list[str], size: int) -> list[list[int]]:
+    """Indices of the texts in batches of similar length, so that padding wastes least."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]) if isinstance(texts[i], str) else 0)
+    return [order[start:start + size] for start in range(0, len(order), size)]
 
 
 class TextEncoder:

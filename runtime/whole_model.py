@@ -16,15 +16,15 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import InputError
-from ..manifest import PAD_BIAS, ExitThresholds, Manifest
+from ..manifest import ExitThresholds, Manifest
 from ..targets.profile import Profile
 from .memory import check_memory_budget
 from .package import Package
 from .planner import choose_precision
-from .policy import AUTO_PRECISION, Budget, Policy, classification_confidence, softmax, stored_level, substitute
+from .policy import AUTO_PRECISION, Budget, Policy, classification_confidence, softmax, variant_level
 from .result import Result, Trace
 from .graph_runner import GraphRunner
-from .tokenize import TextEncoder
+from .tokenize import EncodedBatch, TextEncoder, length_batches
 
 def why_no_exits(manifest: Manifest) -> str:
     """The one line every refusal of exits, pruning or skipping gives for a whole-model package."""
@@ -63,7 +63,6 @@ class WholeModelSession:
             policy = replace(policy, precision=self.precision_choice.precision)
         self.policy = policy
         self.precision, self.level = self._cascade(policy)
-        self.outside_calibration = 0
         graphs = [(self.whole, self.precision)] + ([(self.whole, "fp32")] if self.level is not None else [])
         self.memory = check_memory_budget(self.manifest, budget.memory_mb, graphs)
         if budget.latency_ms is not None:
@@ -75,16 +74,10 @@ class WholeModelSession:
         level is asked for (agreement=None)."""
         if policy.precision == "fp32":
             return "fp32", None
-        variant = self.manifest.precision_variant(policy.precision)
         if policy.agreement is None:
-            return variant.name, None
-        level = stored_level(variant.thresholds, policy.agreement, policy.fallback, f"precision {variant.name!r}") \
-            if self.manifest.model.task == "text-classification" else None
-        if level is None or all(r.thresholds[-1] is None for r in level.ranges):
-            substitute(policy.fallback, f"precision {variant.name!r} certifies no answer at agreement "
-                                        f"{policy.agreement:g}", "fp32")
-            return "fp32", None
-        return variant.name, level
+            return self.manifest.precision_variant(policy.precision).name, None
+        level = variant_level(self.manifest, policy.precision, policy.agreement, policy.fallback)
+        return (policy.precision, level) if level is not None else ("fp32", None)
 
     def _warn_if_over_budget(self) -> None:
         """Nothing inside one graph can be cut short: a budget the graph does not fit is said now."""
@@ -103,10 +96,8 @@ class WholeModelSession:
             raise InputError(f"run() takes a string or a list of strings, not {type(texts).__name__}")
         if not texts:
             raise InputError("run() got an empty list; pass at least one text")
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) if isinstance(texts[i], str) else 0)
         results: list[Result | None] = [None] * len(texts)
-        for start in range(0, len(order), 32):  # similar lengths padded together
-            index = order[start:start + 32]
+        for index in length_batches(texts, 32):
             for i, result in zip(index, self._run([texts[i] for i in index])):
                 results[i] = result
         return results  # type: ignore[return-value]
@@ -121,15 +112,14 @@ class WholeModelSession:
             tokens = int(batch.attention_mask[row].sum())
             precision, restarts = self.precision, 0
             if self._unsure(output, tokens):
-                output = self._call(self.encoder.encode([texts[row]]), "fp32", milliseconds)[0]
+                output = self._call(batch.row(row), "fp32", milliseconds)[0]
                 precision, restarts = "fp32", 1
             results.append(self._result(output, tokens, bool(batch.truncated[row]), precision, restarts,
                                         milliseconds, started))
         return results
 
-    def _call(self, batch, precision: str, milliseconds: dict[str, float]) -> np.ndarray:
-        feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
-                 "attention_bias": np.where(batch.attention_mask > 0, 0.0, PAD_BIAS).astype(np.float32)}
+    def _call(self, batch: EncodedBatch, precision: str, milliseconds: dict[str, float]) -> np.ndarray:
+        feeds = batch.span_feeds()
         graph = self.runner.graph(self.whole, precision)
         began = time.perf_counter()
         output = graph.run(None, {k: feeds[k] for k in self.whole.inputs})[0]

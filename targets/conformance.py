@@ -44,7 +44,7 @@ def policies_to_check(package: Path) -> list[NamedPolicy]:
         if manifest.model.task != "text-classification":
             continue
         for level in variant.thresholds:
-            if any(r.thresholds[-1] is not None for r in level.ranges):
+            if level.certifies_final_answer:
                 chosen.append(NamedPolicy(f"{variant.name} cascade@{level.agreement:g}",
                                           Policy(agreement=level.agreement, precision=variant.name)))
     keep = default_keep_schedule(manifest.model.num_blocks)
