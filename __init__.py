@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 from .errors import BudgetError, EdgeInferError, ExportError, InputError, PackageError  # noqa: E402
 from .runtime.policy import Budget, Policy  # noqa: E402
 from .runtime.result import Result, Trace  # noqa: E402
-from .runtime.session import EdgeSession, load  # noqa: E402
+from .runtime.load import load  # noqa: E402
+from .runtime.encoder.session import EdgeSession  # noqa: E402
 from .runtime.sessions import use_global_thread_pool  # noqa: E402
 
 if TYPE_CHECKING:

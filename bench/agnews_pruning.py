@@ -35,7 +35,8 @@ from ..export.pruning_training import PruningFamily
 from ..manifest import TOKEN_SCORES
 from ..runtime.package import open_package
 from ..runtime.policy import Policy
-from ..runtime.session import EdgeSession, load
+from ..runtime.load import load
+from ..runtime.encoder.session import EdgeSession
 from .interleaved import Named, measure_interleaved, regime
 from .report_files import write_json
 from .runtime_bench import markdown_report, run_bench

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.load import load
 from .baselines import MonolithicModel, export_monolithic
 from .timing import latency_summary
 

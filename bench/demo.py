@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.load import load
 from .device_bench import BenchOptions, run_device_bench
 from .report_files import write_json
 

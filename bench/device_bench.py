@@ -22,9 +22,10 @@ from ..errors import EdgeInferError, InputError
 from ..export.calibration_data import read_examples
 from ..manifest import exact_level
 from ..progress import progress_bar
-from ..runtime.planner import choose_point, choose_precision, policy_of
+from ..runtime.encoder.planner import choose_point, choose_precision, policy_of
 from ..runtime.policy import Budget, Policy, cosine, default_keep_schedule, embedding_agreement_cosine, softmax
-from ..runtime.session import EdgeSession, load
+from ..runtime.load import load
+from ..runtime.encoder.session import EdgeSession
 from ..runtime.sessions import default_threads
 from ..targets.catalog import usable_target
 from ..targets.fingerprint import device_fingerprint, fingerprint_key

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.load import load
 
 JS = Path(__file__).resolve().parents[1] / "js"
 POLICIES = {"full depth": {"agreement": None}, "exits@0.99": {"agreement": 0.99}}

@@ -29,7 +29,7 @@ from ..manifest import LiteRTGraphs
 from ..progress import progress_bar
 from ..runtime.litert_graphs import LiteRTFile, LiteRTGraph
 from ..runtime.policy import Policy, default_keep_schedule
-from ..runtime.session import load
+from ..runtime.load import load
 from ..runtime.sessions import default_threads, open_session
 from ..runtime.user_cache import cache_root
 from .report_files import write_atomically, write_json

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.load import load
 from ..targets.probe import consistency, probe
 from .interleaved import Named, measure_interleaved
 from .report_files import write_atomically, write_json

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.load import load
 from .runtime_bench import _edgeinfer, _measure, choose_restart_threshold
 from .sst2_runtime import add_sst2_arguments
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..export.calibration_data import read_examples
 from ..runtime.policy import Budget, Policy, softmax
-from ..runtime.session import EdgeSession, load
+from ..runtime.load import load
+from ..runtime.encoder.session import EdgeSession
 from ..runtime.memory import memory_need
 from .baselines import MonolithicModel, export_monolithic, quantize_int8
 from .interleaved import TURN, default_settle, measure_interleaved, regime

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..progress import progress_bar
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.load import load
 from .report_files import write_atomically, write_json
 
 BASELINE_CALL = 1000

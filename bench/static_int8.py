@@ -19,7 +19,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 
 from ..export.calibration_data import read_examples
 from ..runtime.policy import Policy
-from ..runtime.session import load
+from ..runtime.load import load
 from ..runtime.sessions import open_session
 from .sst2_runtime import add_sst2_arguments
 

@@ -34,7 +34,7 @@ from ..manifest import MANIFEST_NAME, PAD_BIAS, SCHEMA_VERSION, LiteRTGraphs, Ma
 from ..progress import progress_bar
 from ..runtime.litert_graphs import LiteRTFile, LiteRTGraph, quiet_native_logs
 from ..runtime.package import open_package
-from ..runtime.whole_model import refuse_whole
+from ..runtime.encoder.whole_model import refuse_whole
 from ..runtime.sessions import default_threads, open_session
 from ..runtime.tokenize import TextEncoder
 from .calibration_data import BUNDLED_SAMPLE

@@ -23,9 +23,10 @@ from ..errors import InputError
 from ..manifest import Manifest, OperatingPoint
 from ..progress import progress_bar
 from ..runtime.package import open_package
-from ..runtime.whole_model import refuse_whole
+from ..runtime.encoder.whole_model import refuse_whole
 from ..runtime.policy import Policy, cosine, default_keep_schedule, embedding_agreement_cosine
-from ..runtime.session import EdgeSession, load
+from ..runtime.load import load
+from ..runtime.encoder.session import EdgeSession
 from .package_writer import rewrite_manifest
 from .thresholds import BOUND_CONFIDENCE, clopper_pearson_upper
 

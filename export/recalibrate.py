@@ -18,7 +18,7 @@ from ..manifest import Manifest
 from ..quant.output_error import encode_batches
 from ..quant.variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from ..runtime.package import open_package
-from ..runtime.whole_model import refuse_whole
+from ..runtime.encoder.whole_model import refuse_whole
 from ..runtime.policy import EMBEDDING_AGREES_AT
 from .exit_quality import judge
 from .package_writer import rewrite_manifest

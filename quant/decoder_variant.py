@@ -132,7 +132,7 @@ def _variant_bytes(staging: Path, manifest: Manifest, name: str) -> int:
 
 def next_token_agreement(package: Package, name: str, new_tokens: int = 64) -> dict:
     from ..export.decoder.pipeline import VALIDATION_PROMPTS
-    from ..runtime.generation import DecoderSession
+    from ..runtime.decoder.generation import DecoderSession
 
     session = DecoderSession(package)
     agree = total = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..manifest import Manifest
 from .package import Package
-from .planner import choose_precision
+from .encoder.planner import choose_precision
 from .policy import Policy
 
 
@@ -66,7 +66,7 @@ def describe_package(package: Package) -> dict:
 def _served(package: Package) -> dict | None:
     """What the audited sessions of this package saw on this machine: requests, and how many had a
     length outside the calibration inputs' (the stated levels are not promised for those)."""
-    from .audit_session import audit_states
+    from .encoder.audit_session import audit_states
 
     states = [state for _, state in audit_states(package)]
     if not states:

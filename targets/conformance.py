@@ -14,9 +14,9 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..runtime.package import open_package
-from ..runtime.whole_model import refuse_whole
+from ..runtime.encoder.whole_model import refuse_whole
 from ..runtime.policy import Policy, default_keep_schedule
-from ..runtime.session import load
+from ..runtime.load import load
 from ..runtime.user_cache import write_text_atomically
 
 FORMAT = "edgeinfer.conformance"

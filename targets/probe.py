@@ -148,7 +148,7 @@ def _open_all(runner: GraphRunner, call_paths: list[list[Segment]], precisions: 
 def _overhead(package_path: Path, target: str, threads: int, plan: ProbePlan) -> tuple[float, float]:
     """Wall time of runtime requests beyond their graph calls, as fixed + per call (least squares)."""
     from ..runtime.policy import Policy
-    from ..runtime.session import load
+    from ..runtime.load import load
 
     manifest = open_package(package_path, verify=False).manifest
     policies = [Policy.off()] + ([] if manifest.is_whole else [Policy(agreement=None, keep_schedule=((1, 1.0),))])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -40,7 +42,7 @@ def test_pruning_alone_runs_one_graph_that_prunes_as_the_chain_does(tiny_package
         inside = edgeinfer.load(package, policy=policy).run(text)
         assert inside.trace.segments == ("full_pruned",)
         chain = edgeinfer.load(package, policy=policy)
-        chain._pruned_full = None  # the block-by-block path the graph replaces
+        chain.plan = replace(chain.plan, pruned_full=None)  # the block-by-block path the graph replaces
         chained = chain.run(text)
         assert chained.trace.segments[0] == "embed"
         assert inside.trace.tokens_per_block == chained.trace.tokens_per_block
@@ -136,7 +138,7 @@ def test_memory_budget_below_the_need_is_refused_with_the_smallest_that_fits(tin
 
 
 def test_merging_averages_the_most_similar_pairs_and_keeps_sizes():
-    from edgeinfer.runtime.merging import merge_tokens
+    from edgeinfer.runtime.encoder.merging import merge_tokens
 
     rng = np.random.default_rng(0)
     hidden = rng.standard_normal((9, 4)).astype(np.float32)

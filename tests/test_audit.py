@@ -42,8 +42,8 @@ def _broken_session(package):
     """A session whose level in force answers everything at the first exit: far below its level."""
     session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, audit=1.0))
     exits = len(session.manifest.exits)
-    session.level = ExitThresholds(0.95, (0.0,) * exits, (1.0,) + (0.0,) * exits, 1.0, 0.0)
-    session._exits, session._exits_by_length = session._exits_at_level()
+    level = ExitThresholds(0.95, (0.0,) * exits, (1.0,) + (0.0,) * exits, 1.0, 0.0)
+    session.plan = session.plan.with_level(session.manifest, level, session.restart_threshold, session.precision)
     return session
 
 

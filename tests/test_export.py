@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 import numpy as np
@@ -227,7 +229,7 @@ def test_joint_fine_tuning_with_pruning_in_the_loop(tiny_models, tiny_calibratio
     chained = edgeinfer.load(tmp_path / "p.edge", policy=dataclasses.replace(policy, importance="token_importance"))
     assert inside.trace.segments == ("full_pruned",) and chained.run(text).trace.segments[0] == "embed"
     chain = edgeinfer.load(tmp_path / "p.edge", policy=policy)
-    chain._pruned_full = None  # the block-by-block path the graph replaces
+    chain.plan = replace(chain.plan, pruned_full=None)  # the block-by-block path the graph replaces
     np.testing.assert_allclose(inside.probabilities, chain.run(text).probabilities, atol=1e-5)
     with pytest.raises(ExportError, match="add --train-exits joint"):
         export_model(model, tmp_path / "q.edge", plain_options(task="text-classification", calib=str(tiny_calibration),

@@ -108,7 +108,7 @@ def test_truncated_and_bit_flipped_graphs_never_crash(tiny_packages, tmp_path):
         with pytest.raises(PackageError):
             edgeinfer.load(package)
         try:
-            session = edgeinfer.runtime.session.EdgeSession(
+            session = edgeinfer.runtime.encoder.session.EdgeSession(
                 edgeinfer.runtime.package.open_package(package, verify=False), edgeinfer.Policy.off())
             session.run("a short text")
         except EdgeInferError as err:

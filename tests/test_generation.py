@@ -11,8 +11,8 @@ import pytest
 import edgeinfer
 from edgeinfer.cli import main
 from edgeinfer.errors import BudgetError, InputError
-from edgeinfer.runtime.kv_cache import KVCache
-from edgeinfer.runtime.sampling import Sampling, choose_token, top2_margin
+from edgeinfer.runtime.decoder.kv_cache import KVCache
+from edgeinfer.runtime.decoder.sampling import Sampling, choose_token, top2_margin
 
 PROMPTS = ["good movie plot", "rain sun city river", "the team lost the match in the rain"]
 
@@ -209,7 +209,7 @@ def test_confidence_limited_drafting_is_exact(session, draft_precision, draft_bl
 
 @pytest.mark.parametrize("options", [{"draft_blocks": 0}, {"draft_precision": "q8"}, {"draft_blocks": 2}])
 def test_context_drafting_is_exact(session, options):
-    from edgeinfer.runtime.drafts import context_proposal
+    from edgeinfer.runtime.decoder.drafts import context_proposal
 
     assert context_proposal([5, 6, 7, 8, 5, 6], 3, 2) == [7, 8]
     assert context_proposal([5, 6, 7], 3, 2) == []
@@ -223,7 +223,7 @@ def test_context_drafting_is_exact(session, options):
 
 
 def test_prompt_pruning(session):
-    from edgeinfer.runtime.decoding import prompt_tokens_kept
+    from edgeinfer.runtime.decoder.decoding import prompt_tokens_kept
 
     kept = prompt_tokens_kept(np.arange(40, dtype=float)[::-1].copy(), 0.5, 40, sinks=2, recent=3)
     assert len(kept) == 20 and {0, 1, 37, 38, 39} <= set(kept.tolist()) and list(kept) == sorted(kept)
@@ -327,14 +327,14 @@ def test_kv_cap_counts_a_lowered_draft_cache(tiny_llama_package):
 
 def _costs(fp32_step: float = 10.0, q8_step: float = 6.0) -> dict:
     from edgeinfer.runtime.cost_model import LinearCost
-    from edgeinfer.runtime.generation_budget import PhaseCosts
+    from edgeinfer.runtime.decoder.generation_budget import PhaseCosts
 
     return {"fp32": PhaseCosts("fp32", LinearCost(20.0, 1.0), LinearCost(fp32_step, 0.001)),
             "q8": PhaseCosts("q8", LinearCost(25.0, 1.1), LinearCost(q8_step, 0.001))}
 
 
 def _plan(first_token_ms=None, tokens_per_second=None, prompt_tokens=500):
-    from edgeinfer.runtime.generation_budget import plan_generation
+    from edgeinfer.runtime.decoder.generation_budget import plan_generation
 
     return plan_generation(_costs(), ("fp32", "q8"), 12, (3, 6), prompt_tokens, 32, first_token_ms, tokens_per_second)
 
@@ -355,7 +355,7 @@ def test_budget_plan_is_the_gentlest_setting_that_fits():
 
 
 def test_budget_refusals_name_what_would_fit():
-    from edgeinfer.runtime.generation_budget import predict
+    from edgeinfer.runtime.decoder.generation_budget import predict
 
     with pytest.raises(BudgetError, match=r"no setting decodes 500 tokens/s on this device: at most [0-9.]+ \(q8, keep 30%"):
         _plan(tokens_per_second=500)

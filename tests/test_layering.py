@@ -74,7 +74,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_module_imports_one_that_imports_it_back():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    assert "edgeinfer.runtime.session" in graph and graph["edgeinfer.runtime.session"]
+    assert "edgeinfer.runtime.encoder.session" in graph and graph["edgeinfer.runtime.encoder.session"]
     assert _cycles(graph) == []
 
 
@@ -88,3 +88,21 @@ def test_the_runtime_reaches_nothing_of_export_quant_or_bench():
     for name in (m for m in graph if m.startswith("edgeinfer.runtime")):
         outside = [m for m in graph[name] if m.split(".")[1] in ("export", "quant", "bench")]
         assert outside == [], f"{name} imports {outside}"
+
+
+RUNTIME_ENTRANCES = {"edgeinfer.runtime.load", "edgeinfer.runtime.describe"}  # they open either room
+
+
+def test_the_encoder_and_decoder_runtimes_keep_to_their_rooms():
+    """Each room may use the shared runtime below it, never the other room; the shared modules use
+    neither (only the entrances, which dispatch to both, may)."""
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    rooms = ("edgeinfer.runtime.encoder", "edgeinfer.runtime.decoder")
+    assert all(any(m.startswith(room + ".") for m in graph) for room in rooms)
+    for name in (m for m in graph if m.startswith("edgeinfer.runtime")):
+        own = next((room for room in rooms if name == room or name.startswith(room + ".")), None)
+        if name in RUNTIME_ENTRANCES:
+            continue
+        reached = [m for m in graph[name] for room in rooms if room != own and m.startswith(room + ".")]
+        assert reached == [], f"{name} imports {reached}"

@@ -116,7 +116,7 @@ def test_auto_precision_takes_the_cheaper_calibrated_cascade(quantized):
     expected cost; the variant's measured speed-up decides, and the trace says what was asked."""
     from dataclasses import replace
 
-    from edgeinfer.runtime.planner import choose_precision
+    from edgeinfer.runtime.encoder.planner import choose_precision
 
     manifest = open_package(quantized).manifest
     variant = manifest.precision_variant("int8")

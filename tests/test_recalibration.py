@@ -67,9 +67,9 @@ def test_each_input_takes_the_thresholds_of_its_length_range(tiny_packages):
     limit = session.encoder.encode([short]).input_ids.shape[1]
     assert session.encoder.encode([long]).input_ids.shape[1] > limit
     # inputs up to `limit` tokens leave at the first exit; longer ones never leave early
-    session.level = ExitThresholds(0.95, (None,) * exits, (0.0,) * (exits + 1), 1.0, 1.0, by_length=(
+    level = ExitThresholds(0.95, (None,) * exits, (0.0,) * (exits + 1), 1.0, 1.0, by_length=(
         LengthThresholds(limit, (0.0,) * exits, 300), LengthThresholds(None, (None,) * exits, 300)))
-    session._exits, session._exits_by_length = session._exits_at_level()
+    session.plan = session.plan.with_level(session.manifest, level, session.restart_threshold, session.precision)
     blocks = len(session.manifest.blocks())
     assert session.run(short).trace.exit_after_block == 1
     assert session.run(long).trace.exit_after_block == blocks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import subprocess
 import sys
@@ -56,7 +58,7 @@ def test_stage_spans_answer_like_the_segment_chain(tiny_packages):
     policy = edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.7),))
     staged = edgeinfer.load(package, policy=policy)
     chained = edgeinfer.load(package, policy=policy)
-    chained._stages, chained._last_stage = {}, None  # as a package without stage spans runs
+    chained.plan = replace(chained.plan, stages={}, last_stage=None)  # as a package without stage spans runs
     texts = ["good movie", "bad dull plot with a long and winding story", "happy sun rain city", "meh"]
     for a, b in zip(staged.run(texts), chained.run(texts)):
         assert a.trace.exit_after_block == b.trace.exit_after_block
@@ -73,16 +75,17 @@ def test_lean_stages_serve_runs_that_do_not_prune_there(tiny_packages):
     every_exit = edgeinfer.Policy(agreement=0.95)
     lean = edgeinfer.load(package, policy=every_exit)
     scoring = edgeinfer.load(package, policy=every_exit)
-    scoring._stages = {depth: scoring.manifest.span_covering(stage.covers) for depth, stage in lean._stages.items()}
-    assert lean._stages and all("token_importance" not in s.outputs for s in lean._stages.values())
-    assert all("token_importance" in s.outputs for s in scoring._stages.values())
+    scoring.plan = replace(scoring.plan, stages={depth: scoring.manifest.span_covering(stage.covers)
+                                                 for depth, stage in lean.plan.stages.items()})
+    assert lean.plan.stages and all("token_importance" not in s.outputs for s in lean.plan.stages.values())
+    assert all("token_importance" in s.outputs for s in scoring.plan.stages.values())
     texts = ["good movie", "bad dull plot with a long and winding story", "happy sun rain city", "meh"]
     for a, b in zip(lean.run(texts), scoring.run(texts)):
         assert a.trace.exit_after_block == b.trace.exit_after_block
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
     pruning = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=0.95, keep_schedule=((1, 0.7),)))
-    assert "token_importance" in pruning._stages[1].outputs
-    assert all("token_importance" not in s.outputs for depth, s in pruning._stages.items() if depth != 1)
+    assert "token_importance" in pruning.plan.stages[1].outputs
+    assert all("token_importance" not in s.outputs for depth, s in pruning.plan.stages.items() if depth != 1)
 
 
 def test_bad_inputs_get_one_clear_error(tiny_packages):

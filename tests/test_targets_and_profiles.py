@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dataclasses
 import json
 import warnings
@@ -110,7 +112,7 @@ def test_deadline_guard_plans_with_the_profile(probed):
     block = profile.predict_ms("block_00", "fp32", 16)
     session = edgeinfer.load(package, policy=edgeinfer.Policy(agreement=None), profile=path,
                              budget=edgeinfer.Budget(latency_ms=0.001))
-    assert session.block_cost is None  # nothing timed at load: the profile plans
+    assert session.costs is None  # nothing timed at load: the profile plans
     result = session.run("good movie with a dull plot")
     assert result.trace.deadline_cut and result.trace.exit_after_block < session.manifest.model.num_blocks
     assert block > 0

@@ -31,7 +31,7 @@ def measure(package: str, mode: str, runs: int) -> dict:
 
     from ...runtime import sessions
     from ...runtime.policy import Policy
-    from ...runtime.session import load
+    from ...runtime.load import load
     from ..interleaved import Named, measure_interleaved
     from ..timing import latency_summary
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from ...manifest import ExitThresholds
 from ...progress import progress_bar
-from ...runtime.generation import DecoderSession
-from ...runtime.kv_cache import KVCache
-from ...runtime.sampling import top2_margin
+from ...runtime.decoder.generation import DecoderSession
+from ...runtime.decoder.kv_cache import KVCache
+from ...runtime.decoder.sampling import top2_margin
 from ..thresholds import calibrate_level
 
 DECODER_LEVELS = (0.9, 0.95, 0.99)

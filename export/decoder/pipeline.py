@@ -20,7 +20,7 @@ import torch
 from ... import __version__
 from ...errors import ExportError
 from ...manifest import SCHEMA_VERSION, DecoderFacts, ExitHead, Manifest, ModelFacts, TokenizerSpec
-from ...runtime.generation import DecoderSession
+from ...runtime.decoder.generation import DecoderSession
 from ...runtime.external_data import external_entries
 from ...runtime.package import Package
 from ..shared_weights import WEIGHTS_FILE

@@ -15,21 +15,21 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..errors import BudgetError, InputError, PackageError
-from ..manifest import Segment, exact_level
-from .arguments import real
-from .decoder_audit import audited_sequence, start_decoder_audit
+from ...errors import BudgetError, InputError, PackageError
+from ...manifest import Segment, exact_level
+from ..arguments import real
+from .audit import audited_sequence, start_decoder_audit
 from .decoding import Decoding
 from .drafts import Draft
 from .generation_budget import check_budget_values, device_costs, plan_generation
 from .kv_cache import MIN_PRUNED_FRACTION, KVCache, kv_need_mb
-from .package import Package
-from .result import Generation
+from ..package import Package
+from ..result import Generation
 from .sampling import Sampling
-from .graph_runner import GraphRunner
+from ..graph_runner import GraphRunner
 
 if TYPE_CHECKING:
-    from .audit import Auditor
+    from ..audit import Auditor
 
 DECODE_MODES = ("full", "speculative", "early-exit")
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
-from ..targets.fingerprint import device_fingerprint, fingerprint_key
-from ..targets.profile import package_id
-from .audit import AuditState, Auditor, read_state, state_path
+from ...errors import InputError
+from ...targets.fingerprint import device_fingerprint, fingerprint_key
+from ...targets.profile import package_id
+from ..audit import AuditState, Auditor, read_state, state_path
 
 if TYPE_CHECKING:
     from .generation import DecoderSession

@@ -17,8 +17,8 @@ from tokenizers import Tokenizer
 
 from .drafts import Draft, context_proposal
 from .kv_cache import KVCache
-from .pruning import keep_count, keep_tokens
-from .result import Generation, GenerationTrace
+from ..pruning import keep_count, keep_tokens
+from ..result import Generation, GenerationTrace
 from .sampling import Sampling, choose_token, token_log_probability, top2_margin, top_probability
 
 if TYPE_CHECKING:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import InputError, PackageError
-from ..manifest import Manifest, OperatingPoint, exact_level
-from .policy import Policy
+from ...errors import InputError, PackageError
+from ...manifest import Manifest, OperatingPoint, exact_level
+from ..policy import Policy
 
 DEFAULT_AGREEMENT = 0.99
 

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..targets.fingerprint import device_fingerprint, fingerprint_key
-from ..targets.profile import package_id
-from .audit import AuditState, Auditor, read_state, state_path
-from .policy import cosine, embedding_agreement_cosine
-from .result import Result
-from .user_cache import cache_root
+from ...targets.fingerprint import device_fingerprint, fingerprint_key
+from ...targets.profile import package_id
+from ..audit import AuditState, Auditor, read_state, state_path
+from ..policy import cosine, embedding_agreement_cosine
+from ..result import Result
+from ..user_cache import cache_root
 
 if TYPE_CHECKING:
-    from .package import Package
+    from ..package import Package
     from .session import EdgeSession
 
 

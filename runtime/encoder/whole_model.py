@@ -15,16 +15,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import InputError
-from ..manifest import ExitThresholds, Manifest
-from ..targets.profile import Profile
-from .memory import check_memory_budget
-from .package import Package
+from ...errors import InputError
+from ...manifest import ExitThresholds, Manifest
+from ...targets.profile import Profile
+from ..memory import check_memory_budget
+from ..package import Package
 from .planner import choose_precision
-from .policy import AUTO_PRECISION, Budget, Policy, classification_confidence, softmax, variant_level
-from .result import Result, Trace
-from .graph_runner import GraphRunner
-from .tokenize import EncodedBatch, TextEncoder, length_batches
+from ..policy import AUTO_PRECISION, Budget, Policy, classification_confidence, softmax, variant_level
+from ..result import Result, Trace
+from ..graph_runner import GraphRunner
+from ..tokenize import EncodedBatch, TextEncoder, length_batches
 
 def why_no_exits(manifest: Manifest) -> str:
     """The one line every refusal of exits, pruning or skipping gives for a whole-model package."""

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BudgetError, InputError
-from ..progress import progress_bar
-from ..targets.fingerprint import device_fingerprint, fingerprint_key
-from ..targets.profile import package_id
-from .cost_model import LinearCost
+from ...errors import BudgetError, InputError
+from ...progress import progress_bar
+from ...targets.fingerprint import device_fingerprint, fingerprint_key
+from ...targets.profile import package_id
+from ..cost_model import LinearCost
 from .kv_cache import MIN_PRUNED_FRACTION
-from .sessions import default_threads
-from .user_cache import cache_root
+from ..sessions import default_threads
+from ..user_cache import cache_root
 
 if TYPE_CHECKING:
     from .generation import DecoderSession

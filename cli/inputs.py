@@ -1,0 +1,48 @@
+"""What the commands read from their arguments and standard input, checked into one line each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def stdin_text() -> str:
+    """Standard input, or one line saying how else to give texts when there is none (closed)."""
+    from ..errors import InputError
+
+    if sys.stdin is None or sys.stdin.closed:
+        raise InputError("standard input is closed; pass --text or --file, or pipe the texts in")
+    try:
+        return sys.stdin.read()
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read standard input ({err}); pass --text or --file") from None
+
+
+def read_texts(args: argparse.Namespace) -> list[str]:
+    from ..errors import InputError
+
+    if args.text:
+        return list(args.text)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise InputError(f"{path} does not exist; pass a text file with one input per line")
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    else:
+        lines = stdin_text().splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise InputError("no input texts; pass --text, --file, or lines on stdin")
+    return texts
+
+
+def keep_schedule(spec: str | None, flag: str = "--keep") -> tuple[tuple[int, float], ...]:
+    from ..errors import InputError
+
+    if not spec:
+        return ()
+    try:
+        return tuple((int(b), float(k)) for b, k in (part.split(":") for part in spec.split(",")))
+    except ValueError:
+        raise InputError(f"{flag} {spec!r} must look like 2:0.7,4:0.5 (after block : share of tokens kept)") from None

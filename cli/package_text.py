@@ -1,0 +1,102 @@
+"""`edgeinfer inspect` in words: the package summary (runtime/describe.py) as aligned lines."""
+
+from __future__ import annotations
+
+
+def summary_text(summary: dict) -> str:
+    model = summary["model"]
+    lines = [
+        f"{summary['path']}  (schema {summary['schema_version']}, {summary['total_bytes'] / 1e6:.1f} MB)",
+        f"model      {model['model_type']} ({model['family']}), task {model['task']}, "
+        f"{model['num_blocks']} blocks, hidden {model['hidden_size']}, source {model['source']}",
+        f"weights    {summary['shared_weights_bytes'] / 1e6:.1f} MB shared by all graphs (graphs/weights.bin)",
+        "segments   (graph bytes; 'full' is the fused embed..head graph used when nothing is decided)",
+    ]
+    for segment in summary["segments"]:
+        lines.append(f"  {segment['name']:<10} {segment['kind']:<6} {segment['bytes'] / 1e6:8.2f} MB  "
+                     f"{', '.join(segment['precisions'])}")
+    levels = summary["agreement_levels"]
+    if summary["exits"]:
+        lines.append("exits      thresholds per agreement level (expected share of inputs leaving there)")
+        header = "  after block  " + "  ".join(f"{lv:>15}" for lv in levels)
+        lines.append(header)
+        for row in summary["exits"]:
+            cells = []
+            for lv in levels:
+                cell = row["levels"][lv]
+                t = "never" if cell["threshold"] is None else f"{cell['threshold']:.4f}"
+                cells.append(f"{t:>7} ({cell['share']:5.1%})")
+            lines.append(f"  {row['after_block']:>11}  " + "  ".join(f"{c:>15}" for c in cells))
+        depths = "  ".join(f"{lv}: {summary['expected_mean_depth'][lv]:.2f}" for lv in levels)
+        lines.append(f"  expected mean depth  {depths}")
+        lines.append(f"  guarantee  {summary['guarantee']}")
+        ranges = next(iter(summary.get("length_ranges", {}).values()), [])
+        if ranges:
+            bounds, low = [], 1
+            for r in ranges:
+                bounds.append(f"{low}-{r['max_tokens']} tokens ({r['examples']} inputs)" if r["max_tokens"]
+                              else f"{low}+ tokens ({r['examples']} inputs)")
+                low = (r["max_tokens"] or 0) + 1
+            lines.append("  per input length, each range with its own thresholds (the table shows the strictest): "
+                         + ", ".join(bounds))
+        span = summary.get("calibration_lengths")
+        if span:
+            lines.append(f"  calibrated on inputs of {span['min']}-{span['max']} tokens (median {span['p50']}); "
+                         f"longer or shorter inputs are counted as outside (trace.outside_calibration)")
+    elif summary.get("why_no_exits"):
+        lines.append(f"exits      none: {summary['why_no_exits']}; it runs the whole model on every input")
+    else:
+        lines.append("exits      none")
+    for variant in (v for v in summary.get("precision_variants", []) if "restart_share" in v and v["restart_share"]):
+        quality = variant["quality"]
+        close = ", ".join(f"{k} {quality[k]:.4f}" for k in ("agreement_with_fp32", "mean_cosine_to_fp32") if k in quality)
+        restarts = "  ".join(f"{lv}: {share:.1%}" for lv, share in variant["restart_share"].items())
+        lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB, {variant['nodes_lowered']} nodes "
+                     f"lowered ({', '.join(variant['precisions'])}), {close}; restarts at fp32 {restarts}")
+    for variant in summary.get("precision_variants", []):
+        if "next_token_agreement_with_fp32" in variant["quality"]:
+            lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB resident, next-token agreement "
+                         f"with fp32 {variant['quality']['next_token_agreement_with_fp32']:.3f}")
+    default = summary.get("default_policy")
+    if default is not None and len(default["expected_cost"]) > 1:
+        costs = ", ".join(f"{name} {cost:.3f}x" for name, cost in default["expected_cost"].items())
+        runs = "the whole model" if summary.get("kind") == "whole model in one graph" else f"exits at {default['agreement']:g}"
+        lines.append(f"default    load(package) runs {runs} at precision {default['precision']} "
+                     f"(expected cost vs the fp32 full model, from calibration: {costs})")
+    served = summary.get("served") or {}
+    if served.get("outside_calibration"):
+        lines.append(f"warning    {served['outside_calibration']} of {served['requests']} requests served here (audited "
+                     f"sessions) had a length outside the calibration inputs': the levels are not promised for them; "
+                     f"calibrate on such texts with `edgeinfer thresholds --calib`")
+    for point in summary.get("operating_points", []):
+        accuracy = f", accuracy {point['accuracy']:.4f}" if point["accuracy"] is not None else ""
+        lines.append(f"point      {point['name']}: agreement {point['agreement']:.4f}, {point['relative_latency']:.3f}x "
+                     f"the full model's latency, mean depth {point['mean_depth']:.2f}{accuracy}")
+    validation = summary["validation"]
+    if model["task"] == "text-generation":
+        checked = validation.get("prompts", [])
+        lines.append(f"validation greedy generation identical to PyTorch's for {validation.get('new_tokens', 0)} tokens "
+                     f"on {len(checked)} prompts; key/value graphs within {validation.get('kv_max_abs_diff', 0):.1e}")
+        return "\n".join(lines)
+    exits = f"(exits {validation['exit_max_abs_diff']:.2e}) " if "exit_max_abs_diff" in validation else ""
+    lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} {exits}vs "
+                 f"{validation.get('reference', '?')}: {'passed' if validation.get('passed') else 'FAILED'}")
+    litert = summary.get("litert")
+    if litert:
+        checked = validation.get("litert", {})
+        lines.append(f"litert     {', '.join(litert['files'])}: {len(litert['segments'])} segments at token buckets "
+                     f"{litert['buckets']}, {litert['bytes'] / 1e6:.1f} MB; within {checked.get('max_abs_diff', float('nan')):.1e} "
+                     f"of the ONNX graphs (target litert-cpu)")
+    evaluation = summary.get("evaluation") or {}
+    if evaluation:
+        lines.append(f"evaluation on {evaluation['data']} ({evaluation['examples']} examples)")
+        if "final_accuracy" in evaluation:
+            lines.append(f"  full model accuracy {evaluation['final_accuracy']:.4f}")
+        for row in evaluation["exits"]:
+            acc = f"accuracy {row['accuracy']:.4f}, " if "accuracy" in row else ""
+            lines.append(f"  exit after block {row['after_block']}: {acc}agreement {row['agreement_with_final']:.4f}")
+        for row in evaluation["levels"]:
+            acc = f", accuracy {row['accuracy']:.4f}" if "accuracy" in row else ""
+            lines.append(f"  level {row['agreement']}: agreement {row['realized_agreement']:.4f}, "
+                         f"mean depth {row['mean_depth']:.2f}{acc}")
+    return "\n".join(lines)
