@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/decoder")
     args = parser.parse_args(argv)
     import edgeinfer
-    from ..runtime import generation_budget
+    from ..runtime.decoder import generation_budget
 
     session = edgeinfer.load(bench_package(cache_root() / "bench"))
     shared = Path(args.shared)

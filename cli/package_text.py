@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..runtime.encoder.plan_record import plan_lines
+
 
 def summary_text(summary: dict) -> str:
     model = summary["model"]
@@ -63,6 +65,9 @@ def summary_text(summary: dict) -> str:
         runs = "the whole model" if summary.get("kind") == "whole model in one graph" else f"exits at {default['agreement']:g}"
         lines.append(f"default    load(package) runs {runs} at precision {default['precision']} "
                      f"(expected cost vs the fp32 full model, from calibration: {costs})")
+    plan = summary.get("plan") or {}
+    if "steps" in plan:
+        lines += plan_lines(plan)
     served = summary.get("served") or {}
     if served.get("outside_calibration"):
         lines.append(f"warning    {served['outside_calibration']} of {served['requests']} requests served here (audited "

@@ -17,27 +17,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("package", help="an edge package folder")
     run.add_argument("--text", action="append", help="an input text (repeatable)")
     run.add_argument("--file", help="a file with one input text per line")
-    run.add_argument("--agreement", type=float, default=0.99,
-                     help="agreement with the full model to hold when exiting early (default 0.99)")
-    run.add_argument("--full-depth", action="store_true", help="never exit early")
-    run.add_argument("--precision", default="auto",
-                     help="precision variant to start at (e.g. int8; low confidence restarts at fp32); "
-                          "auto (default): the cheapest the package calibrated at --agreement")
-    run.add_argument("--keep", default=None, help="token pruning: after block : share of tokens kept, e.g. 2:0.7,4:0.5")
-    run.add_argument("--budget-ms", type=float, default=None,
-                     help="latency budget per input; past it, answer from the best exit reached")
-    run.add_argument("--memory-mb", type=float, default=None,
-                     help="memory cap for the model; refused with the smallest budget that fits")
-    run.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
     run.add_argument("--json", action="store_true", help="print one JSON object per input")
-    run.add_argument("--verify-key", default=None, help="refuse the package unless signed by this public key (PEM)")
-    run.add_argument("--target", default="cpu", help="where to run (see `edgeinfer targets`)")
-    run.add_argument("--auto", nargs="?", const="auto", default=None, metavar="auto:AGREEMENT",
-                     help="pick the calibrated operating point (`edgeinfer calibrate`) for the agreement "
-                          "(default 0.99) and --budget-ms")
-    run.add_argument("--profile", default="auto",
-                     help="device profile from `edgeinfer probe` (default: the one stored for this device, if any)")
+    _policy_arguments(run)
     run.set_defaults(handler=_run)
+
+    plan = sub.add_parser("plan", help="print what a policy would run on a package, step by step, without running it")
+    plan.add_argument("package", help="an edge package folder (a segmented encoder)")
+    _policy_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=_plan)
 
     generate = sub.add_parser("generate", help="generate text with a text-generation package")
     generate.add_argument("package", help="a text-generation edge package")
@@ -102,17 +90,58 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cache.set_defaults(handler=_cache)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from ..runtime.policy import Budget, Policy
+def _policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `run` and `plan` share: the policy, the budget and where the package runs."""
+    parser.add_argument("--agreement", type=float, default=0.99,
+                        help="agreement with the full model to hold when exiting early (default 0.99)")
+    parser.add_argument("--full-depth", action="store_true", help="never exit early")
+    parser.add_argument("--precision", default="auto",
+                        help="precision variant to start at (e.g. int8; low confidence restarts at fp32); "
+                             "auto (default): the cheapest the package calibrated at --agreement")
+    parser.add_argument("--keep", default=None, help="token pruning: after block : share of tokens kept, e.g. 2:0.7,4:0.5")
+    parser.add_argument("--budget-ms", type=float, default=None,
+                        help="latency budget per input; past it, answer from the best exit reached")
+    parser.add_argument("--memory-mb", type=float, default=None,
+                        help="memory cap for the model; refused with the smallest budget that fits")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores, max 8)")
+    parser.add_argument("--verify-key", default=None, help="refuse the package unless signed by this public key (PEM)")
+    parser.add_argument("--target", default="cpu", help="where to run (see `edgeinfer targets`)")
+    parser.add_argument("--auto", nargs="?", const="auto", default=None, metavar="auto:AGREEMENT",
+                        help="pick the calibrated operating point (`edgeinfer calibrate`) for the agreement "
+                             "(default 0.99) and --budget-ms")
+    parser.add_argument("--profile", default="auto",
+                        help="device profile from `edgeinfer probe` (default: the one stored for this device, if any)")
+
+
+def _open(args: argparse.Namespace):
     from ..runtime.load import load
+    from ..runtime.policy import Budget, Policy
 
     policy = Policy(agreement=None if args.full_depth else args.agreement, keep_schedule=keep_schedule(args.keep),
                     precision=args.precision) if args.auto is None else args.auto
-    session = load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms, memory_mb=args.memory_mb),
-                   threads=args.threads, verify_key=args.verify_key, target=args.target, profile=args.profile)
+    return load(args.package, policy=policy, budget=Budget(latency_ms=args.budget_ms, memory_mb=args.memory_mb),
+                threads=args.threads, verify_key=args.verify_key, target=args.target, profile=args.profile)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from ..runtime.encoder.plan_record import plan_lines
+
+    session = _open(args)
+    if not hasattr(session, "plan_record"):
+        raise EdgeInferError(f"{args.package} runs one graph per step of its own loop, not a plan of blocks and "
+                             f"exits; `edgeinfer inspect` describes it")
+    record = session.plan_record()
+    print(json.dumps(record, indent=2) if args.json else "\n".join(plan_lines(record)))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    session = _open(args)
+    plan = session.plan_record() if args.json and hasattr(session, "plan_record") else None
     for text, result in zip(texts := read_texts(args), session.run(texts)):
-        if args.json:
-            print(json.dumps({"text": text, **result.to_dict()}))
+        if args.json:  # the first line also carries the plan the session compiled
+            print(json.dumps({"text": text, **result.to_dict(), **({"plan": plan} if plan is not None else {})}))
+            plan = None
         elif result.label is not None:
             print(f"{result.label}\t{result.confidence:.4f}\texit after block {result.trace.exit_after_block}"
                   f"\t{result.trace.total_ms:.2f} ms")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from ..errors import EdgeInferError
 from ..manifest import Manifest
 from .package import Package
+from .encoder.plan import compile_plan
+from .encoder.plan_record import plan_record
 from .encoder.planner import choose_precision
-from .policy import Policy
+from .policy import Budget, Policy
 
 
 def describe_package(package: Package) -> dict:
@@ -50,6 +53,7 @@ def describe_package(package: Package) -> dict:
             for v in manifest.precision_variants
         ],
         "default_policy": _default_policy(manifest),
+        "plan": _default_plan(manifest),
         "served": _served(package),
         "operating_points": [{"name": p.name, "agreement": p.agreement, "relative_latency": p.relative_latency,
                               "mean_depth": p.mean_depth, "accuracy": p.accuracy} for p in manifest.operating_points],
@@ -96,3 +100,15 @@ def _default_policy(manifest: Manifest) -> dict | None:
     onnx_precisions = {v.precision for v in first.variants}
     choice = choose_precision(manifest, agreement, lambda name: name in onnx_precisions)
     return {"agreement": agreement, "precision": choice.precision, "expected_cost": choice.expected_cost}
+
+
+def _default_plan(manifest: Manifest) -> dict | None:
+    """What load(package) runs on onnxruntime, step by step (segmented encoders: the others have one
+    graph per step of their own loop, which `edgeinfer generate --json` traces)."""
+    if manifest.is_whole or manifest.decoder is not None or not manifest.blocks():
+        return None
+    has = lambda segment, precision: any(v.precision == precision for v in segment.variants)  # noqa: E731
+    try:
+        return plan_record(compile_plan(manifest, Policy(), Budget(), has))
+    except EdgeInferError as err:  # e.g. no level 0.99 stored: load() would refuse the default policy too
+        return {"unavailable": str(err)}

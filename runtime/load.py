@@ -1,7 +1,7 @@
 """load(): open a package and hand it to the runtime that runs its kind.
 
-Encoders with exits run in encoder/session.py, whole-model packages in encoder/whole_model.py,
-text generation in decoder/generation.py; each is imported only when a package needs it.
+Encoders with exits run in encoder/session.py; whole-model packages (encoder/whole_model.py) and
+text generation (decoder/generation.py) are imported only when a package needs them.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
         raise InputError(f"{Path(package).name} has no LiteRT graphs; add them with "
                          f"`edgeinfer convert {package} --to litert` (or export with --formats onnx,litert)")
     if opened.manifest.model.task == "text-generation":
-        from ..decoder.generation import DecoderSession
+        from .decoder.generation import DecoderSession
 
         return DecoderSession(opened, threads, chosen.providers, memory_mb=budget.memory_mb)
     found = find_profile(opened.root, chosen.name, threads_in_use(threads),

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import PackageError
 from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, Segment, file_entry
+from ..manifest_reading import manifest_from_json
 from .external_data import external_locations, field_budget
 from .verified import identity, read_stamp, write_stamp
 
@@ -81,7 +82,7 @@ def open_package(path: str | os.PathLike[str], verify: bool = True, verify_key: 
         from .signing import verify_signature
 
         verify_signature(root, manifest_bytes, verify_key)
-    manifest = Manifest.from_json(manifest_bytes)
+    manifest = manifest_from_json(manifest_bytes)
     if verify:
         # a stamp in the user cache is not signed: with a key, every file is hashed again
         stamp = read_stamp(manifest_bytes) if verify_key is None else {}

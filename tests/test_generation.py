@@ -374,7 +374,7 @@ def test_budget_refusals_name_what_would_fit():
 
 
 def test_generate_plans_on_costs_measured_once(tiny_llama_package, monkeypatch, tmp_path):
-    from edgeinfer.runtime import generation_budget
+    from edgeinfer.runtime.decoder import generation_budget
 
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
     session = edgeinfer.load(tiny_llama_package)
@@ -425,7 +425,7 @@ def test_decoder_audit_scores_each_new_token_against_the_full_model(tiny_llama_p
 
 
 def test_decoder_audit_tightens_a_level_the_traffic_does_not_hold(tiny_llama_package, monkeypatch, tmp_path):
-    from edgeinfer.runtime import decoder_audit
+    from edgeinfer.runtime.decoder import audit as decoder_audit
 
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(decoder_audit, "_tally", lambda answer, full: (len(answer[1]), len(answer[1])))

@@ -45,9 +45,9 @@ def mpnet(tmp_path_factory) -> dict[str, Path]:
 
 def test_whole_model_package_answers_as_the_model_does(mpnet):
     from edgeinfer import load
-    from edgeinfer.manifest import Manifest
+    from edgeinfer.manifest_reading import manifest_from_json
 
-    manifest = Manifest.from_json((mpnet["feature-extraction"] / "manifest.json").read_text())
+    manifest = manifest_from_json((mpnet["feature-extraction"] / "manifest.json").read_text())
     assert manifest.is_whole and manifest.exits == () and manifest.export["exporter"] == "optimum"
     session = load(mpnet["feature-extraction"])
     result = session.run("good movie with a dull plot")
@@ -156,13 +156,13 @@ def _importable(name: str) -> bool:
 
 def test_whole_exports_a_family_with_an_adapter_as_one_graph_when_asked(tiny_models, tmp_path):
     from edgeinfer import load
-    from edgeinfer.manifest import Manifest
+    from edgeinfer.manifest_reading import manifest_from_json
 
     out = tmp_path / "bert.edge"
     done = export_in_optimum_env(tiny_models[("bert", "text-classification")], out, "--task", "text-classification",
                                  "--whole")
     assert done.returncode == 0, done.stderr[-2000:]
-    manifest = Manifest.from_json((out / "manifest.json").read_text())
+    manifest = manifest_from_json((out / "manifest.json").read_text())
     assert manifest.is_whole and manifest.export["why"] == "exported whole as asked (--whole)"
     assert [v.name for v in manifest.precision_variants] == ["int8"]  # a classifier's default, as when segmented
     session = load(out)

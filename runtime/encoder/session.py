@@ -25,6 +25,7 @@ from ..tokenize import TextEncoder, check_texts, length_batches
 from .audit_session import start_audit
 from .executor import BatchRows, Executor, adaptive_batch, full_pass, run_one, unsure
 from .plan import compile_plan, levels
+from .plan_record import plan_record
 from .steps import Answer, RunState, StepCosts, step_cost
 
 
@@ -60,6 +61,12 @@ class EdgeSession:
     restart_threshold = property(lambda self: self.plan.restart_threshold)
     requested_precision = property(lambda self: self.plan.requested_precision)
     precision_choice = property(lambda self: self.plan.precision_choice)
+
+    def plan_record(self) -> dict:
+        """What this session will do, as data (`edgeinfer plan`, `run --json`), with costs predicted at
+        the calibration inputs' median length when a device profile is loaded."""
+        lengths = self.manifest.calibration.get("thresholds", {}).get("lengths")
+        return plan_record(self.plan, self.profile, lengths.get("p50") if isinstance(lengths, dict) else None)
 
     def use_level(self, agreement: float | None) -> None:
         """Run at another stored agreement level from the next request on (None: exits off, fp32)."""
