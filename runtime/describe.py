@@ -92,7 +92,7 @@ def _guarantee(record: dict, levels: list[str]) -> str:
 
 def _default_policy(manifest: Manifest) -> dict | None:
     """What load(package) runs with no policy given: the default level, at the precision whose
-    calibrated cascade is expected to cost least (runtime/planner.py)."""
+    calibrated cascade is expected to cost least (runtime/encoder/planner.py)."""
     if manifest.model.task == "text-generation" or not (manifest.exit_thresholds or manifest.is_whole):
         return None
     agreement = Policy().agreement

@@ -32,9 +32,9 @@ def load(package: str | os.PathLike[str], target: str = "cpu", budget: Budget = 
          ) -> "EdgeSession | DecoderSession | WholeModelSession":
     """Open and verify a package, ready to run on a target (`edgeinfer targets` lists them).
 
-    A text-generation package opens as a DecoderSession (runtime/generation.py: `generate()`), with
+    A text-generation package opens as a DecoderSession (runtime/decoder/generation.py: `generate()`), with
     budget.memory_mb as the cap on its KV cache; a whole-model package (one graph, exported through
-    Optimum) as a WholeModelSession (runtime/whole_model.py).
+    Optimum) as a WholeModelSession (runtime/encoder/whole_model.py).
 
     verify_key (an Ed25519 public key: PEM path or bytes) refuses packages not signed by it.
     profile: "auto" uses the profile `edgeinfer probe` stored for this package on this device, if

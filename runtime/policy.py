@@ -32,7 +32,7 @@ class Policy:
     restart_below: when the answer's confidence is below this, run again at the strongest point
         (full depth, every token), if the latency budget covers it; None turns restart off.
     reduction: how keep_schedule removes tokens: "prune" drops the least important, "merge"
-        averages the most similar pairs (ToMe bipartite soft matching; runtime/merging.py).
+        averages the most similar pairs (ToMe bipartite soft matching; runtime/encoder/merging.py).
     skip_blocks: blocks (1-based) not run at all; calibration (`edgeinfer calibrate`) keeps the skip
         sets whose answers hold the agreement level.
     audit: a share of requests (e.g. 0.05) also run at full depth on a background thread after their
@@ -42,7 +42,7 @@ class Policy:
         "int8"). A variant uses its own calibrated exit thresholds and restarts at fp32 when its
         final confidence is below its calibrated restart threshold: the cascade cheap point first,
         fp32 on restart. "auto" (the default) takes whichever of fp32 and the package's variants
-        calibration expects to cost least at the agreement level (runtime/planner.py,
+        calibration expects to cost least at the agreement level (runtime/encoder/planner.py,
         choose_precision); with pruning, skipping or restart_below set, or exits off, it is fp32.
     fallback: what happens when the package cannot do exactly what the policy asks (a level it has
         not calibrated, a variant without thresholds for it). "refuse" (the default): one line

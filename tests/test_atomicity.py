@@ -1,12 +1,12 @@
 """kill -9 during an export leaves the old package or none, never a damaged one.
 
-The benchmark `python -m edgeinfer.bench.kill_export` runs 50 interruptions on MiniLM; this test
+The benchmark `python -m edgeinfer.bench.studies.kill_export` runs 50 interruptions on MiniLM; this test
 runs a few on a tiny model so CI keeps the property checked.
 """
 
 from __future__ import annotations
 
-from edgeinfer.bench.kill_export import kill_runs
+from edgeinfer.bench.studies.kill_export import kill_runs
 
 
 def test_killed_exports_leave_old_package_or_none(tiny_models, tiny_calibration):

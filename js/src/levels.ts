@@ -16,7 +16,7 @@ export interface Levels {
 
 /** The precision "auto" runs at: the least expected cost, in fp32 full-model passes, among fp32's
  * exits and each variant's cascade calibrated exactly at this level (the Python runtime's
- * runtime/planner.py choose_precision, with the same rule and tie order). */
+ * runtime/encoder/planner.py choose_precision, with the same rule and tie order). */
 export function choosePrecision(manifest: Manifest, agreement: number | null, usable: (precision: string) => boolean): string {
   if (agreement === null) return "fp32";
   const exact = (levels: ExitThresholds[]) => levels.find((l) => Math.abs(l.agreement - agreement) < 1e-9);

@@ -68,7 +68,7 @@ class DecoderSession:
         self.memory_mb = memory_mb
         # prompts longer than this are prefilled in pieces (not when pruning, which ranks the whole
         # prompt): attention scores grow with new x cached tokens, and a 1,363-token SmolLM2 prompt in
-        # one piece raised peak RSS by ~280 MB over a short one (bench/decoder_memory.py)
+        # one piece raised peak RSS by ~280 MB over a short one (bench/studies/decoder_memory.py)
         self.prefill_chunk = 256
         self.runner = GraphRunner(package, threads, providers, shared_arena=True)  # sessions.py: why
         self.tokenizer = Tokenizer.from_file(str(package.path(manifest.tokenizer.path)))
@@ -88,7 +88,7 @@ class DecoderSession:
         self._blocks = {b.index: b for b in manifest.blocks()}
         self._kv = {s.index: s for s in manifest.segments if s.kind == "kv"}
         self.exits = tuple(e.after_block for e in manifest.exits)
-        self._auditors: dict[float, "Auditor"] = {}  # per requested level (runtime/decoder_audit.py)
+        self._auditors: dict[float, "Auditor"] = {}  # per requested level (runtime/decoder/audit.py)
 
     def _block_spans(self) -> list[Segment]:
         """The spans the runtime uses: the stretches between exits when the package has them, each
@@ -251,7 +251,7 @@ class DecoderSession:
         speculative decoding with this precision as the draft) if `budget_ms` leaves at least the
         first attempt's time. Only the final attempt is streamed to `on_text`.
         audit: with mode "early-exit", greedy decoding and an `agreement` level, this share of
-        generations is scored again at full depth after it is returned (runtime/decoder_audit.py); when
+        generations is scored again at full depth after it is returned (runtime/decoder/audit.py); when
         the level is not held on this traffic, later generations run at the next stricter level.
         prune_prompt: ((after_block, fraction), ...): during the prefill, after that block keep only that
         fraction of the prompt's tokens (by the attention they received; the first 4 and last 16 always)

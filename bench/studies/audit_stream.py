@@ -8,7 +8,7 @@ a monolithic fp32 onnxruntime session. Configurations take turns input by input;
 background full-depth runs slow whatever runs next on this machine's cores, so its cost is counted
 in every configuration's latency, its own included, and each pass ends by waiting for its queue.
 
-    python -m edgeinfer.bench.audit_stream PKG --data DEV.tsv [--model HF_DIR] [--agreement 0.99]
+    python -m edgeinfer.bench.studies.audit_stream PKG --data DEV.tsv [--model HF_DIR] [--agreement 0.99]
         [--audit 0.05] [--passes 3] [--out reports/audit]
 """
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..runtime.policy import Policy
-from ..runtime.load import load
-from .baselines import MonolithicModel, export_monolithic
-from .timing import latency_summary
+from ...export.calibration_data import read_examples
+from ...runtime.policy import Policy
+from ...runtime.load import load
+from ..baselines import MonolithicModel, export_monolithic
+from ..timing import latency_summary
 
 
 def run_stream(package: Path, data: Path, model_dir: str | None, agreement: float, audit: float, passes: int,

@@ -1,7 +1,7 @@
 """The restart figure: a cheap exit point, restarting (by resuming from its kept state) when
 its confidence is low, beside the cheap point alone, the strong exit level and full depth.
 
-    python -m edgeinfer.bench.restart_cascade [--package ~/.cache/edgeinfer/bench/sst2-heads.edge]
+    python -m edgeinfer.bench.studies.restart_cascade [--package ~/.cache/edgeinfer/bench/sst2-heads.edge]
 
 The restart threshold is chosen on 500 sentence-like SST-2 train rows for 0.99 agreement; the
 figures are on SST-2 dev (3 interleaved repeats).
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..runtime.policy import Policy
-from ..runtime.load import load
+from ...export.calibration_data import read_examples
+from ...runtime.policy import Policy
+from ...runtime.load import load
 from .runtime_bench import _edgeinfer, _measure, choose_restart_threshold
 from .sst2_runtime import add_sst2_arguments
 

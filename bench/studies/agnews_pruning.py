@@ -1,7 +1,7 @@
 """The token-pruning benchmark on AG News (news descriptions, ~45 tokens: long enough for
 pruning to matter, unlike SST-2 sentences).
 
-    python -m edgeinfer.bench.agnews_pruning --model ~/.cache/edgeinfer/minilm-agnews [--report reports/agnews]
+    python -m edgeinfer.bench.studies.agnews_pruning --model ~/.cache/edgeinfer/minilm-agnews [--report reports/agnews]
         [--score token_importance|cls_attention]
 
 The package is exported with joint fine-tuning that prunes tokens in most of its steps
@@ -29,19 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..export.pipeline import ExportOptions, export_model
-from ..export.pruning_training import PruningFamily
-from ..manifest import TOKEN_SCORES
-from ..runtime.package import open_package
-from ..runtime.policy import Policy
-from ..runtime.load import load
-from ..runtime.encoder.session import EdgeSession
-from .interleaved import Named, measure_interleaved, regime
-from .report_files import write_json
+from ...export.calibration_data import read_examples
+from ...export.pipeline import ExportOptions, export_model
+from ...export.pruning_training import PruningFamily
+from ...manifest import TOKEN_SCORES
+from ...runtime.package import open_package
+from ...runtime.policy import Policy
+from ...runtime.load import load
+from ...runtime.encoder.session import EdgeSession
+from ..interleaved import Named, measure_interleaved, regime
+from ..report_files import write_json
 from .runtime_bench import markdown_report, run_bench
 from .sst2_runtime import is_current
-from .timing import latency_summary
+from ..timing import latency_summary
 
 RATIOS = (0.9, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 FIRST_BLOCKS = (1, 2)

@@ -2,7 +2,7 @@
 monolithic onnxruntime session of the same model (fp32 and int8), in one process, on the same
 inputs, interleaved input by input so that machine noise hits every configuration alike.
 
-    python -m edgeinfer.bench.runtime_bench PACKAGE --data DEV.tsv [--model HF_DIR] [--report DIR]
+    python -m edgeinfer.bench.studies.runtime_bench PACKAGE --data DEV.tsv [--model HF_DIR] [--report DIR]
 
 Figures: accuracy, agreement with the package's own full model (edgeinfer off), latency mean/p50/p90/p99 and the ratio
 to the monolithic fp32 mean, mean depth, tokens per block, deadline compliance, and the overhead of
@@ -20,16 +20,16 @@ from typing import Callable
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..runtime.policy import Budget, Policy, softmax
-from ..runtime.load import load
-from ..runtime.encoder.session import EdgeSession
-from ..runtime.memory import memory_need
-from .baselines import MonolithicModel, export_monolithic, quantize_int8
-from .interleaved import TURN, default_settle, measure_interleaved, regime
-from .peak_memory import peak_rss_of_run
-from .report_files import write_atomically, write_json
-from .timing import latency_summary
+from ...export.calibration_data import read_examples
+from ...runtime.policy import Budget, Policy, softmax
+from ...runtime.load import load
+from ...runtime.encoder.session import EdgeSession
+from ...runtime.memory import memory_need
+from ..baselines import MonolithicModel, export_monolithic, quantize_int8
+from ..interleaved import TURN, default_settle, measure_interleaved, regime
+from ..peak_memory import peak_rss_of_run
+from ..report_files import write_atomically, write_json
+from ..timing import latency_summary
 
 WARMUP = 10
 

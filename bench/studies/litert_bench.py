@@ -1,6 +1,6 @@
 """The SST-2 package on LiteRT beside onnxruntime, measured in one run.
 
-    python -m edgeinfer.bench.litert_bench [--package SST2.edge] [--data dev.tsv] [--report reports/litert]
+    python -m edgeinfer.bench.studies.litert_bench [--package SST2.edge] [--data dev.tsv] [--report reports/litert]
 
 1. Same predictions: full depth on LiteRT vs onnxruntime over every dev sentence.
 2. Adaptive runtime: the agreement with the full model each backend reaches at the calibrated
@@ -24,24 +24,24 @@ from typing import Callable
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..manifest import LiteRTGraphs
-from ..progress import progress_bar
-from ..runtime.litert_graphs import LiteRTFile, LiteRTGraph
-from ..runtime.policy import Policy, default_keep_schedule
-from ..runtime.load import load
-from ..runtime.sessions import default_threads, open_session
-from ..runtime.user_cache import cache_root
-from .report_files import write_atomically, write_json
-from .timing import latency_summary
+from ...export.calibration_data import read_examples
+from ...manifest import LiteRTGraphs
+from ...progress import progress_bar
+from ...runtime.litert_graphs import LiteRTFile, LiteRTGraph
+from ...runtime.policy import Policy, default_keep_schedule
+from ...runtime.load import load
+from ...runtime.sessions import default_threads, open_session
+from ...runtime.user_cache import cache_root
+from ..report_files import write_atomically, write_json
+from ..timing import latency_summary
 
 LEVEL = 0.99
 PADDED_TOKENS = 40
 
 
 def litert_package(heads: Path, out: Path) -> Path:
-    from ..export.litert import convert_package
-    from ..runtime.package import open_package
+    from ...export.litert import convert_package
+    from ...runtime.package import open_package
 
     try:
         if open_package(out).manifest.litert is not None:
@@ -111,9 +111,9 @@ def _in_blocks(calls: dict[str, Callable[[], object]], rounds: int, desc: str, b
 
 def bucketing_overhead(package: Path, tmp: Path, rounds: int) -> dict:
     """Full graph at 40 real tokens: padded to the 64 bucket, converted at exactly 40, onnxruntime."""
-    from ..export.litert import convert_jobs
-    from ..export.model_source import load_model
-    from ..export.graph_jobs import build_segments, graph_jobs
+    from ...export.litert import convert_jobs
+    from ...export.model_source import load_model
+    from ...export.graph_jobs import build_segments, graph_jobs
 
     opened = load(package, target="litert-cpu", policy=Policy.off(), profile=None)
     manifest = opened.manifest
@@ -216,7 +216,7 @@ def main() -> None:
 
 
 def open_labels(package: Path) -> tuple[str, ...] | None:
-    from ..runtime.package import open_package
+    from ...runtime.package import open_package
 
     return open_package(package, verify=False).manifest.model.labels
 

@@ -3,7 +3,7 @@
 No fine-tuned AG News MiniLM exists offline, and token pruning needs long inputs to show what it
 does, so the benchmark trains its own once and caches it outside the repository:
 
-    python -m edgeinfer.bench.finetune_classifier --data ../shared/data/agnews/train.tsv \
+    python -m edgeinfer.bench.studies.finetune_classifier --data ../shared/data/agnews/train.tsv \
         --labels World,Sports,Business,Sci/Tech --out ~/.cache/edgeinfer/minilm-agnews
 
 Length-bucketed batches (padding is wasted compute on two cores), AdamW with warm-up and cosine
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..export.calibration_data import read_examples
-    from ..export.model_source import resolve_model_dir
+    from ...export.calibration_data import read_examples
+    from ...export.model_source import resolve_model_dir
 
     out = Path(os.path.expanduser(args.out))
     if (out / "config.json").is_file():

@@ -1,6 +1,6 @@
 """Where the segmented path loses time against the fused graph: graph switches, not calls.
 
-    python -m edgeinfer.bench.segment_switch [PACKAGE] [--tokens 24] [--precision int8]
+    python -m edgeinfer.bench.studies.segment_switch [PACKAGE] [--tokens 24] [--precision int8]
 
 On one package's graphs at one token count, batch 1, interleaved rounds (medians of 15 x 50 calls):
 the fused full graph; the chain the runtime runs with exits on (stage_01..05 + stage_head); the same
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.sessions import open_session
-from ..runtime.user_cache import cache_root
+from ...runtime.sessions import open_session
+from ...runtime.user_cache import cache_root
 
 
 def _timed(cases: dict, rounds: int = 15, calls: int = 50) -> dict[str, float]:

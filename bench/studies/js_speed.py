@@ -1,7 +1,7 @@
 """How fast is the TypeScript runtime (js/, onnxruntime-node) beside the Python one, on the same
 package, policies and inputs?
 
-    python -m edgeinfer.bench.js_speed PKG --data DEV.tsv [--limit 200] [--rounds 3]
+    python -m edgeinfer.bench.studies.js_speed PKG --data DEV.tsv [--limit 200] [--rounds 3]
 
 Each round runs every policy in Python (this process), then in Node (a fresh process running
 js/bench/latency.mjs): 10 untimed warm-up requests, then each input once, batch 1, 2 threads.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..runtime.policy import Policy
-from ..runtime.load import load
+from ...export.calibration_data import read_examples
+from ...runtime.policy import Policy
+from ...runtime.load import load
 
 JS = Path(__file__).resolve().parents[1] / "js"
 POLICIES = {"full depth": {"agreement": None}, "exits@0.99": {"agreement": 0.99}}

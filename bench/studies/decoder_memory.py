@@ -1,6 +1,6 @@
 """Decoder memory: does the KV-cache cap hold in a real process?
 
-    python -m edgeinfer.bench.decoder_memory [--package ~/.cache/edgeinfer/bench/smollm2.edge]
+    python -m edgeinfer.bench.studies.decoder_memory [--package ~/.cache/edgeinfer/bench/smollm2.edge]
 
 Each case is one fresh `edgeinfer generate` process (greedy, 64 new tokens, end of sequence allowed)
 whose peak resident memory the parent reads from wait4(); the trace gives the cache at its largest.
@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..runtime.user_cache import cache_root
-from .report_files import write_atomically, write_json
+from ...runtime.user_cache import cache_root
+from ..report_files import write_atomically, write_json
 
 
 # the child reports its own peak: the parent's rusage of children is a maximum over all of them

@@ -4,7 +4,7 @@ too rarely for that (bench/RESULTS.md). This script measures what the remedy, a
 small adapter trained by self-distillation before the shared head, buys, and what speed-up the best
 single exit could give at 95% agreement even before paying for exit tests and the skipped layers' cache.
 
-    python -m edgeinfer.bench.decoder_exit_adapters [--prompts 128] [--new-tokens 32] [--out reports/decoder]
+    python -m edgeinfer.bench.studies.decoder_exit_adapters [--prompts 128] [--new-tokens 32] [--out reports/decoder]
 
 Positions are the model's own greedy continuations of "Summarize: <AG News dev text>" prompts (what
 token agreement is measured on in decoder_bench), teacher-forced in one forward pass. Adapters
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report_files import write_atomically, write_json
+from ..report_files import write_atomically, write_json
 
 LAYERS = (8, 12, 15, 18, 22, 26)
 LEVEL = 0.95
@@ -137,7 +137,7 @@ def main() -> None:
 
     import torch
 
-    from ..export.decoder.pipeline import load_causal_lm
+    from ...export.decoder.pipeline import load_causal_lm
 
     torch.set_num_threads(2)
     began = time.perf_counter()

@@ -1,6 +1,6 @@
 """Atomicity: kill -9 an export at random moments; the output is the old package or none.
 
-    python -m edgeinfer.bench.kill_export [--runs 50] [--model minilm] [--report reports/atomicity]
+    python -m edgeinfer.bench.studies.kill_export [--runs 50] [--model minilm] [--report reports/atomicity]
 
 Each run starts `edgeinfer export` in a fresh process and sends SIGKILL after a random delay up to
 the time a whole export takes. Half the runs export over an existing package (which must survive
@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import PackageError
-from ..progress import progress_bar
-from ..runtime.package import open_package
-from .report_files import write_json
+from ...errors import PackageError
+from ...progress import progress_bar
+from ...runtime.package import open_package
+from ..report_files import write_json
 
 
 def _export_command(model: str, out: Path, extra: tuple[str, ...]) -> list[str]:

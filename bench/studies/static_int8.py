@@ -2,7 +2,7 @@
 It is the one int8 lowering that quant/ does not offer; this measures it
 against int8 dynamic per-channel on the SST-2 model's fused graph, same MatMuls, same process.
 
-    python -m edgeinfer.bench.static_int8 [--package ~/.cache/edgeinfer/bench/sst2-heads.edge]
+    python -m edgeinfer.bench.studies.static_int8 [--package ~/.cache/edgeinfer/bench/sst2-heads.edge]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import onnx
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
 
-from ..export.calibration_data import read_examples
-from ..runtime.policy import Policy
-from ..runtime.load import load
-from ..runtime.sessions import open_session
+from ...export.calibration_data import read_examples
+from ...runtime.policy import Policy
+from ...runtime.load import load
+from ...runtime.sessions import open_session
 from .sst2_runtime import add_sst2_arguments
 
 CALIBRATION_TEXTS = 64

@@ -1,6 +1,6 @@
 """Soak: many `run()` calls on one session, resident memory sampled, growth reported.
 
-    python -m edgeinfer.bench.soak [--package PKG] [--calls 100000] [--report reports/soak]
+    python -m edgeinfer.bench.studies.soak [--package PKG] [--calls 100000] [--report reports/soak]
 
 The session runs the MiniLM package with exits at 0.99 and pruning (adaptive features on); inputs
 alternate short sentences and long paragraphs (truncated at max_length) in a fixed shuffled order.
@@ -16,10 +16,10 @@ import random
 import time
 from pathlib import Path
 
-from ..progress import progress_bar
-from ..runtime.policy import Policy
-from ..runtime.load import load
-from .report_files import write_atomically, write_json
+from ...progress import progress_bar
+from ...runtime.policy import Policy
+from ...runtime.load import load
+from ..report_files import write_atomically, write_json
 
 BASELINE_CALL = 1000
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     package = Path(args.package)
     if not package.exists():
-        from ..export.pipeline import ExportOptions, export_model
+        from ...export.pipeline import ExportOptions, export_model
 
         export_model("minilm", package, ExportOptions(task="feature-extraction"))
     report = soak(package, args.calls)

@@ -1,6 +1,6 @@
 """Do first-token and tokens-per-second budgets hold on SmolLM2-135M?
 
-    python -m edgeinfer.bench.decoder_budget [--long-prompts 12] [--prompts 12] [--out reports/decoder]
+    python -m edgeinfer.bench.studies.decoder_budget [--long-prompts 12] [--prompts 12] [--out reports/decoder]
 
 The package's costs are measured afresh on this device (what `generate(first_token_ms=...)` does on
 first use). Each budget is set against a no-budget fp32 run of the same prompts in this run (a first
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import progress_bar
-from ..runtime.user_cache import cache_root
+from ...progress import progress_bar
+from ...runtime.user_cache import cache_root
 from .decoder_bench import bench_package, long_prompts, read_prompts
-from .report_files import write_atomically, write_json
+from ..report_files import write_atomically, write_json
 
 NEW_TOKENS = 24
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/decoder")
     args = parser.parse_args(argv)
     import edgeinfer
-    from ..runtime.decoder import generation_budget
+    from ...runtime.decoder import generation_budget
 
     session = edgeinfer.load(bench_package(cache_root() / "bench"))
     shared = Path(args.shared)

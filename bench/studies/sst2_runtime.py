@@ -1,7 +1,7 @@
 """The SST-2 benchmark end to end: export the SST-2 MiniLM with exits, then run the runtime
 benchmark on SST-2 dev, which neither trained nor calibrated anything.
 
-    python -m edgeinfer.bench.sst2_runtime [--shared ../shared] [--joint] [--exit-head linear]
+    python -m edgeinfer.bench.studies.sst2_runtime [--shared ../shared] [--joint] [--exit-head linear]
         [--quant int8] [--agreement 0.99] [--report reports/sst2]
 
 Exit heads train on SST-2 train rows. The cascade's restart threshold (cheap point: exits + pruning;
@@ -18,13 +18,13 @@ import argparse
 import os
 from pathlib import Path
 
-from ..export.calibration_data import read_examples
-from ..errors import PackageError
-from ..export.pipeline import ExportOptions, export_model
-from ..manifest import SCHEMA_VERSION
-from ..runtime.user_cache import cache_root
-from ..runtime.package import open_package
-from .report_files import write_atomically
+from ...export.calibration_data import read_examples
+from ...errors import PackageError
+from ...export.pipeline import ExportOptions, export_model
+from ...manifest import SCHEMA_VERSION
+from ...runtime.user_cache import cache_root
+from ...runtime.package import open_package
+from ..report_files import write_atomically
 from .runtime_bench import add_turn_argument, choose_restart_threshold, markdown_report, run_bench
 
 KEEP_SCHEDULE = ((2, 0.7), (4, 0.5))
@@ -84,7 +84,7 @@ def sst2_package(shared: Path, cache: Path, joint: bool = False, exit_head: str 
 
 def _with_variants(package: Path, sentences: Path, modes: list[str]) -> Path:
     """A copy of the package with precision variants, thresholds calibrated on the train sentences."""
-    from ..quant.quantize import quantize_package
+    from ...quant.quantize import quantize_package
 
     out = package.with_name(package.stem + "-" + "-".join(modes) + ".edge")
     if not is_current(out):

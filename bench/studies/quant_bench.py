@@ -1,7 +1,7 @@
 """The quantization benchmark the project keeps: per-node mixed precision on the SST-2
 MiniLM and on all-MiniLM-L6-v2, every plan measured side by side in one run.
 
-    python -m edgeinfer.bench.quant_bench [--shared ../shared] [--report reports/quant]
+    python -m edgeinfer.bench.studies.quant_bench [--shared ../shared] [--report reports/quant]
 
 SST-2: node errors measured one node at a time (and estimated by the proxy) on 256 sentence-like
 train rows; plans are uniform int8 per-channel, uniform int4, mixed at uniform int8's bytes, mixed
@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..export.exit_quality import cosine_rows
-from ..quant.apply_plan import apply_plan
-from ..quant.mixed_precision import PLAN_TOKENS, analyse, choose_plan, full_model
-from ..quant.output_error import calibration_batches
-from ..quant.model_latency import fp32_latency_ms, full_graph_latency_ms
-from ..quant.report import proxy_agreement
-from ..runtime.package import open_package
-from .report_files import write_atomically, write_json
+from ...export.calibration_data import read_examples
+from ...export.exit_quality import cosine_rows
+from ...quant.apply_plan import apply_plan
+from ...quant.mixed_precision import PLAN_TOKENS, analyse, choose_plan, full_model
+from ...quant.output_error import calibration_batches
+from ...quant.model_latency import fp32_latency_ms, full_graph_latency_ms
+from ...quant.report import proxy_agreement
+from ...runtime.package import open_package
+from ..report_files import write_atomically, write_json
 from .sst2_runtime import sst2_package
 
 ANALYSIS_ROWS = 256
@@ -88,7 +88,7 @@ def sst2_part(shared: Path, cache: Path, sensitivity: str) -> dict:
 
 
 def minilm_part(shared: Path, cache: Path) -> dict:
-    from ..export.pipeline import ExportOptions, export_model
+    from ...export.pipeline import ExportOptions, export_model
 
     package_path = cache / "minilm.edge"
     if not package_path.exists():

@@ -1,7 +1,7 @@
 """SmolLM2-135M decoding figures on this machine, batch 1, every configuration on the same
 prompts in one run.
 
-    python -m edgeinfer.bench.decoder_bench [--prompts 20] [--new-tokens 48] [--out reports/decoder]
+    python -m edgeinfer.bench.studies.decoder_bench [--prompts 20] [--new-tokens 48] [--out reports/decoder]
 
 Prompts are "Summarize: <AG News dev text>" in the chat template (../shared/data). Configurations:
 PyTorch eager (`generate`, KV cache, measured alone: its OpenMP threads spin and slow whatever runs
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PackageError
-from ..progress import progress_bar
-from ..runtime.package import open_package
-from ..runtime.sessions import open_session
-from ..runtime.user_cache import cache_root
-from .report_files import write_atomically, write_json
+from ...errors import PackageError
+from ...progress import progress_bar
+from ...runtime.package import open_package
+from ...runtime.sessions import open_session
+from ...runtime.user_cache import cache_root
+from ..report_files import write_atomically, write_json
 
 SPECULATIVE = (
     ("speculative, q8 draft", {"mode": "speculative", "draft_precision": "q8", "draft_tokens": 4}),
@@ -44,8 +44,8 @@ PRUNING = (("prune 50% after block 8", ((8, 0.5),)), ("prune 30% after block 8",
 
 def bench_package(cache: Path) -> Path:
     """The SmolLM2 package with its q8 variant, exported once into the bench cache."""
-    from ..export.decoder.pipeline import DecoderExportOptions, export_decoder
-    from ..quant.decoder_variant import add_decoder_variant
+    from ...export.decoder.pipeline import DecoderExportOptions, export_decoder
+    from ...quant.decoder_variant import add_decoder_variant
 
     package = cache / "smollm2.edge"
     try:
@@ -106,11 +106,11 @@ def monolith_graph(cache: Path, package: Path) -> Path:
         return path
     import torch
 
-    from ..export.decoder.graphs import decoder_axes, cache_names
-    from ..export.decoder.pipeline import load_causal_lm
-    from ..export.decoder.segments import DecoderMonolith, decoder_modules
-    from ..export.onnx_graphs import export_graph
-    from ..export.shared_weights import share_weights
+    from ...export.decoder.graphs import decoder_axes, cache_names
+    from ...export.decoder.pipeline import load_causal_lm
+    from ...export.decoder.segments import DecoderMonolith, decoder_modules
+    from ...export.onnx_graphs import export_graph
+    from ...export.shared_weights import share_weights
 
     lm, _, _ = load_causal_lm("smollm2")
     modules = decoder_modules(lm)
@@ -133,7 +133,7 @@ def pytorch_rates(prompts_ids: list[list[int]], new_tokens: int) -> list[dict]:
     from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
-    from ..export.decoder.source import built_in_directory
+    from ...export.decoder.source import built_in_directory
 
     class FirstToken(BaseStreamer):
         def __init__(self) -> None:

@@ -1,7 +1,7 @@
 """Device-profile figures: two probes in a row agree per segment, and the profile predicts the
 measured per-request latency of the SST-2 package's operating points.
 
-    python -m edgeinfer.bench.profile_accuracy PACKAGE --data ../shared/data/sst2/dev.tsv [--report DIR]
+    python -m edgeinfer.bench.studies.profile_accuracy PACKAGE --data ../shared/data/sst2/dev.tsv [--report DIR]
 
 Operating points: exits at every calibrated agreement level, with and without pruning, at every
 precision the package has. Each point answers every input, interleaved input by input across
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.calibration_data import read_examples
-from ..runtime.policy import Policy
-from ..runtime.load import load
-from ..targets.probe import consistency, probe
-from .interleaved import Named, measure_interleaved
-from .report_files import write_atomically, write_json
+from ...export.calibration_data import read_examples
+from ...runtime.policy import Policy
+from ...runtime.load import load
+from ...targets.probe import consistency, probe
+from ..interleaved import Named, measure_interleaved
+from ..report_files import write_atomically, write_json
 
 SCHEDULES = ((), ((2, 0.7), (4, 0.5)), ((1, 0.8), (3, 0.6)))
 
