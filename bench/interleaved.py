@@ -13,7 +13,7 @@ all configurations alike.
 The regime moves the ratios, and not always the same way: SST-2's int8 cascade against the fp32
 session measured 0.366x input by input and 0.385x in settled turns of 20 on that Xeon (0.40-0.42x
 in turns of 20 without settling), and 0.46x input by input on a CPU with a 36 MB L3
-(bench/RESULTS.md).
+(bench/RESULTS-archive.md).
 """
 
 from __future__ import annotations

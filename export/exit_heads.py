@@ -50,7 +50,7 @@ class LinearClassifierExit(nn.Module):
 
     A stage graph reads its exit's weights for one row per call, so the pooler-shaped head's
     768 x 384 dense layer (1.2 MB of fp32 for MiniLM) cost ~0.17 ms per exit here, about a fifth
-    of an int8 block (bench/RESULTS.md, "Where the segmented path loses time"). Without a frozen
+    of an int8 block (bench/RESULTS-archive.md, "Where the segmented path loses time"). Without a frozen
     backbone to adapt to (`--train-exits joint` fine-tunes it towards its exits) a linear map is
     enough; on a frozen backbone the pooler-shaped head, initialised from the model's own, is.
     """

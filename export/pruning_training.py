@@ -1,7 +1,7 @@
 """Token pruning inside the fine-tuning loop, so the exported model answers well from pruned states.
 
 Training-free top-k pruning cost the AG News MiniLM 1.0-1.2 pt as soon as 10% of the tokens went
-after block 1 (bench/RESULTS.md): the blocks after a pruning point had never seen a pruned
+after block 1 (bench/RESULTS-archive.md): the blocks after a pruning point had never seen a pruned
 sequence. PoWER-BERT (arXiv 2001.08950) and LTP (arXiv 2107.00910) fine-tune with the pruning in
 the forward pass. Here that pruning is the runtime's own (runtime/pruning.py): the same score, a
 fraction of the *original* length, special tokens always kept, order kept. It runs per example on
@@ -28,7 +28,7 @@ class PruningFamily:
 
     The default family is broad, so one fine-tune serves any schedule of it. A narrow one pays
     where the runtime will prune hard: on AG News, training only on r in [0.45, 0.7] from block 1
-    cut the held-out loss at r = 0.6 (41% of the token work) from 1.67 to 0.47 pt (bench/RESULTS.md)."""
+    cut the held-out loss at r = 0.6 (41% of the token work) from 1.67 to 0.47 pt (bench/RESULTS-archive.md)."""
 
     first_blocks: tuple[int, ...] = (1, 2)
     ratio_range: tuple[float, float] = (0.4, 0.9)

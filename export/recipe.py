@@ -1,6 +1,6 @@
 """What a plain `edgeinfer export` chooses when the user names nothing: the recipe measured best.
 
-Measured on the SST-2 MiniLM (bench/RESULTS.md): exits trained by fine-tuning the backbone with them
+Measured on the SST-2 MiniLM (bench/RESULTS-archive.md): exits trained by fine-tuning the backbone with them
 answer earlier than heads on a frozen backbone, a linear exit costs less per exit than a pooler
 head and answered as early, and an int8 variant run as a cascade (fp32 on restart) costs least at
 every agreement level. So a classifier gets all three unless the user says otherwise; embeddings

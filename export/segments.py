@@ -163,7 +163,7 @@ class PrunedFullDepth(nn.Module):
     """embed -> every block -> head as one graph that prunes tokens between blocks itself.
 
     Pruning between separate block graphs pays a call, a hand-off and Python per block, and on
-    AG News that chain cost more than the pruned tokens saved (bench/RESULTS.md). Here the runtime
+    AG News that chain cost more than the pruned tokens saved (bench/RESULTS-archive.md). Here the runtime
     passes how many tokens stay after each block (`keep_tokens`, one count per block but the last;
     a count >= the tokens present keeps them all) and the graph keeps the top tokens by
     `ranks_by` (a block output's name), protected ones first, in their original order:
@@ -216,7 +216,7 @@ class Stage(nn.Module):
     scores=False leaves the token scores out: a run that does not prune after this stage needs only
     the hidden state, and onnxruntime computes every node of a graph whatever outputs are asked for,
     so the scores (the head-mean of the attention probabilities and two reductions) cost 5-10% of an
-    int8 stage at SST-2 lengths unless the graph itself lacks them (bench/RESULTS.md).
+    int8 stage at SST-2 lengths unless the graph itself lacks them (bench/RESULTS-archive.md).
     """
 
     def __init__(self, embed: EmbedSegment | None, blocks: list[EncoderBlock], tail: nn.Module, tail_is_head: bool,

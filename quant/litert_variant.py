@@ -33,7 +33,7 @@ from .variant_thresholds import calibrate_variant, feed_lengths, variant_outputs
 
 LITERT_INT8 = "litert-int8"
 # LiteRT runs batches row by row, so calibration costs ~15 ms per text for MiniLM. SST-2 dev agreement
-# of the cascade at level 0.995 (bench/RESULTS.md): 0.9885 calibrated on 3,000 texts, 0.9954 on 20,000.
+# of the cascade at level 0.995 (bench/RESULTS-archive.md): 0.9885 calibrated on 3,000 texts, 0.9954 on 20,000.
 CALIBRATION_TEXTS = 20000
 RECIPE = "ai-edge-quantizer dynamic_wi8_afp32 (int8 per-channel weights, dynamic int8 activations)"
 INT8_FILE = "litert/int8.tflite"

@@ -48,10 +48,10 @@ FIRST_BLOCKS = (1, 2)
 SELECTION_ROWS = 1500  # paired standard error of an accuracy drop near 1 pt: ~0.4 pt
 MAX_ACCURACY_DROP = 0.005
 # From block 1, r in [0.45, 0.7], 90% of the steps: at r = 0.6 (41% of the token work) the held-out
-# rows lost 0.47 pt, against 1.67 pt after training on the broad default family (bench/RESULTS.md).
+# rows lost 0.47 pt, against 1.67 pt after training on the broad default family (bench/RESULTS-archive.md).
 TRAINED_FAMILY = PruningFamily(first_blocks=(1,), ratio_range=(0.45, 0.7), share=0.9)
 # Pruning ranks by the score the package was trained with (--score), which its pruning graph ranks
-# by too; merging was compared on a frozen model (bench/RESULTS.md, 2026-11-29).
+# by too; merging was compared on a frozen model (bench/RESULTS-archive.md, 2026-11-29).
 
 
 def geometric_schedule(first_block: int, ratio: float, num_blocks: int) -> tuple[tuple[int, float], ...]:

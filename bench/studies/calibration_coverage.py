@@ -11,7 +11,7 @@ split between exits picked among four schedules by the depth it buys.
     python -m edgeinfer.bench.studies.calibration_coverage \
         --package heads=PKG --package int8-cascade=PKG@int8 --data sst2-dev=DEV.tsv --out DIR
 
-Figure (recorded in bench/RESULTS.md): the share of splits holding each level, and the mean depth
+Figure (recorded in bench/RESULTS-archive.md): the share of splits holding each level, and the mean depth
 the test halves ran at, per procedure, package kind and dataset.
 """
 

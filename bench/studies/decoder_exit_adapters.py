@@ -1,6 +1,6 @@
 """How far can per-token early exit take SmolLM2-135M? The aim is >= 1.5x tokens/s at >= 95%
 token agreement with full depth; the shared final norm + LM head on intermediate states agrees far
-too rarely for that (bench/RESULTS.md). This script measures what the remedy, a
+too rarely for that (bench/RESULTS-archive.md). This script measures what the remedy, a
 small adapter trained by self-distillation before the shared head, buys, and what speed-up the best
 single exit could give at 95% agreement even before paying for exit tests and the skipped layers' cache.
 

@@ -9,7 +9,7 @@ exits at 0.99 (stage graphs, one session each).
 
     python -m edgeinfer.bench.studies.thread_pools PKG [--runs 300] [--out DIR]
 
-Figure (bench/RESULTS.md): per mode, mean ms and the ratio of adaptivity-off to the default
+Figure (bench/RESULTS-archive.md): per mode, mean ms and the ratio of adaptivity-off to the default
 monolithic session, at 16 and 128 tokens.
 """
 

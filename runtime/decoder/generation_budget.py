@@ -9,7 +9,7 @@ prefills no faster (MatMulNBits' kernels gain only at a few rows). So every prec
 are measured on this device, once per package, and cached beside the device profiles.
 
 The plan is the gentlest setting that meets both budgets: full precision before a lowered one, no
-pruning before pruning, since in bench/RESULTS.md q8 kept 97% token agreement where pruning half
+pruning before pruning, since in bench/RESULTS-archive.md q8 kept 97% token agreement where pruning half
 the prompt kept 83% of next tokens. When nothing meets them, the refusal names what would.
 """
 
