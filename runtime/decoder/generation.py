@@ -1,7 +1,6 @@
 """A decoder package that generates text: prefill, then one token per step over a KV cache.
 
-DecoderSession holds the graphs (one onnxruntime session per segment, the stretches of blocks
-between exits fused), the tokenizer and the mapped embedding table, and checks a request against
+DecoderSession adds to the package's graphs (graphs.py) the tokenizer, and checks a request against
 the model's positions and the KV-cache cap; each generate() call then runs in its own Decoding
 (decoding.py): full depth, speculative (drafts.py) or early exit, with a sequence-confidence restart
 at fp32 when a lowered variant's answer is unsure.
@@ -15,18 +14,18 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from tokenizers import Tokenizer
 
-from ...errors import BudgetError, InputError, PackageError
-from ...manifest import Segment, exact_level
+from ...errors import BudgetError, InputError
+from ...manifest import exact_level
 from ..arguments import real
+from ..package import Package
+from ..result import Generation
 from .audit import audited_sequence, start_decoder_audit
 from .decoding import Decoding
 from .drafts import Draft
 from .generation_budget import check_budget_values, device_costs, plan_generation
-from .kv_cache import MIN_PRUNED_FRACTION, KVCache, kv_need_mb
-from ..package import Package
-from ..result import Generation
+from .graphs import DecoderGraphs
+from .kv_cache import MIN_PRUNED_FRACTION, kv_need_mb
 from .sampling import Sampling
-from ..graph_runner import GraphRunner
 
 if TYPE_CHECKING:
     from ..audit import Auditor
@@ -34,148 +33,22 @@ if TYPE_CHECKING:
 DECODE_MODES = ("full", "speculative", "early-exit")
 
 
-def embedding_table(package: Package) -> np.ndarray | None:
-    """The embedding table mapped from the package's (verified) weights file: only the rows a prompt
-    uses become resident, where an embed session would hold the whole table (113 MB for SmolLM2)."""
-    facts = package.manifest.decoder
-    if facts is None or facts.embedding_file is None or facts.embedding_offset is None:
-        return None
-    path = package.path(facts.embedding_file)
-    shape = (facts.vocab_size, package.manifest.model.hidden_size)
-    listed = {f.path for f in package.manifest.files}  # empty only for a package being written
-    if (listed and facts.embedding_file not in listed) or \
-            facts.embedding_offset + shape[0] * shape[1] * 4 > path.stat().st_size:
-        raise PackageError("manifest: decoder.embedding_file/offset point outside the package's files")
-    return np.memmap(path, np.float32, "r", facts.embedding_offset, shape)
-
-
-def _block_index(name: str) -> int:
-    return int(name.rsplit("_", 1)[1])
-
-
-class DecoderSession:
-    """Opened by `edgeinfer.load` for text-generation packages."""
+class DecoderSession(DecoderGraphs):
+    """Opened by `edgeinfer.load` for text-generation packages: text in, text out."""
 
     def __init__(self, package: Package, threads: int | None = None,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), memory_mb: float | None = None,
                  fused: bool = True):
-        """fused=False runs one graph per block (validation and profiling); True uses the package's spans."""
-        manifest = package.manifest
-        if manifest.decoder is None:
-            raise PackageError("this package is not a text-generation package; use run() instead")
-        self.package, self.manifest, self.facts = package, manifest, manifest.decoder
-        self.num_blocks = manifest.model.num_blocks
+        super().__init__(package, threads, providers, fused)
         self.memory_mb = memory_mb
         # prompts longer than this are prefilled in pieces (not when pruning, which ranks the whole
         # prompt): attention scores grow with new x cached tokens, and a 1,363-token SmolLM2 prompt in
         # one piece raised peak RSS by ~280 MB over a short one (bench/studies/decoder_memory.py)
         self.prefill_chunk = 256
-        self.runner = GraphRunner(package, threads, providers, shared_arena=True)  # sessions.py: why
-        self.tokenizer = Tokenizer.from_file(str(package.path(manifest.tokenizer.path)))
+        self.tokenizer = Tokenizer.from_file(str(package.path(package.manifest.tokenizer.path)))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self._embed = manifest.segment("embed")
-        self._table = embedding_table(package)
-        # the precisions whose embed graph is the fp32 one, i.e. the mapped table
-        self._table_serves = frozenset(v.precision for v in self._embed.variants
-                                       if self._table is not None and v.path == self._embed.graph("fp32"))
-        self._routes: dict[tuple[int, int, tuple[int, ...]], list[tuple[Segment, range]]] = {}
-        self._head = manifest.segment("head")
-        self._spans: dict[int, list[tuple[int, Segment]]] = {}
-        for segment in self._block_spans() if fused else ():
-            first, last = _block_index(segment.covers[0]), _block_index(segment.covers[-1])
-            self._spans.setdefault(first, []).append((last + 1, segment))
-        self._blocks = {b.index: b for b in manifest.blocks()}
-        self._kv = {s.index: s for s in manifest.segments if s.kind == "kv"}
-        self.exits = tuple(e.after_block for e in manifest.exits)
         self._auditors: dict[float, "Auditor"] = {}  # per requested level (runtime/decoder/audit.py)
-
-    def _block_spans(self) -> list[Segment]:
-        """The spans the runtime uses: the stretches between exits when the package has them, each
-        block's weights then held once whatever a run decides (sessions do not share initializers,
-        and a pruned cache cannot go through the all-blocks span); otherwise the all-blocks span.
-        Three more calls per token cost ~0.1 ms of a ~49 ms SmolLM2 step."""
-        spans = [s for s in self.manifest.segments
-                 if s.kind == "span" and s.covers and all(c.startswith("block_") for c in s.covers)]
-        stretches = [s for s in spans if len(s.covers) < self.num_blocks]
-        return stretches or spans
-
-    # --- graphs -----------------------------------------------------------------------------
-
-    def route(self, start: int, stop: int, breaks: tuple[int, ...] = ()) -> list[tuple[Segment, range]]:
-        """The fewest graphs computing blocks start..stop-1: the longest span that fits, else a block.
-        A span never crosses a break (a block whose cache holds other tokens than the one before it).
-        Every decode step asks for the same few routes, so each is worked out once."""
-        key = (start, stop, breaks)
-        found = self._routes.get(key)
-        if found is None:
-            found = self._routes[key] = self._plan_route(start, stop, breaks)
-        return found
-
-    def _plan_route(self, start: int, stop: int, breaks: tuple[int, ...]) -> list[tuple[Segment, range]]:
-        route: list[tuple[Segment, range]] = []
-        at = start
-        while at < stop:
-            fitting = [(end, s) for end, s in self._spans.get(at, [])
-                       if end <= stop and not any(at < b < end for b in breaks)]
-            end, segment = max(fitting, key=lambda pair: pair[0]) if fitting else (at + 1, self._blocks[at])
-            route.append((segment, range(at, end)))
-            at = end
-        return route
-
-    def embed(self, ids: np.ndarray, precision: str = "fp32") -> np.ndarray:
-        if precision in self._table_serves:
-            return np.ascontiguousarray(self._table[ids])
-        return self.runner.graph(self._embed, precision).run(None, {"input_ids": ids})[0]
-
-    def head(self, hidden: np.ndarray, precision: str = "fp32") -> np.ndarray:
-        return self.runner.graph(self._head, precision).run(None, {"hidden": hidden})[0]
-
-    def blocks(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int, stop: int,
-               precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-        """Run blocks start..stop-1 on new tokens at `positions`, appending their keys and values.
-        -> hidden states, and the attention each cache entry of the last block received."""
-        position_ids = positions.reshape(1, -1).astype(np.int64)
-        received = np.zeros((1, 0), np.float32)
-        for segment, blocks in self.route(start, stop, tuple(cache.uniform_from(start))):
-            total = cache.length(blocks[0]) + hidden.shape[1]
-            feeds = {"hidden": hidden, "position_ids": position_ids,
-                     "attention_bias": np.zeros((1, total), np.float32)}
-            for b in blocks:
-                feeds[f"past_key_{b:02d}"], feeds[f"past_value_{b:02d}"] = self._past(cache, b)
-            outputs = self.runner.graph(segment, precision).run(None, feeds)
-            hidden, received = outputs[0], outputs[-1]
-            for i, b in enumerate(blocks):
-                cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i], positions)
-        return hidden, received
-
-    def fill_key_values(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int,
-                        precision: str = "fp32") -> None:
-        """Cache entries of blocks start.. for tokens that exited early: their K/V of the exit's state."""
-        position_ids = positions.reshape(1, -1).astype(np.int64)
-        for b in range(start, self.num_blocks):
-            past_key, past_value = self._past(cache, b)
-            key, value = self.runner.graph(self._kv[b], precision).run(None, {
-                "hidden": hidden, "position_ids": position_ids,
-                f"past_key_{b:02d}": past_key, f"past_value_{b:02d}": past_value})
-            cache.store(b, key, value, positions)
-
-    def _past(self, cache: KVCache, block: int) -> tuple[np.ndarray, np.ndarray]:
-        key = cache.keys[block]
-        if key is None:
-            empty = np.zeros((1, self.facts.num_kv_heads, 0, self.facts.head_dim), np.float32)
-            return empty, empty
-        return key, cache.values[block]
-
-    def sequence_logits(self, ids: list[int], precision: str = "fp32") -> np.ndarray:
-        """Next-token logits at every position of a sequence, in one pass (teacher forcing)."""
-        cache = KVCache(self.num_blocks)
-        hidden = self.embed(np.array([ids], np.int64), precision)
-        hidden, _ = self.blocks(cache, hidden, np.arange(len(ids)), 0, self.num_blocks, precision)
-        return self.head(hidden, precision)[0]
-
-    def precisions(self) -> tuple[str, ...]:
-        return ("fp32", *(v.name for v in self.manifest.precision_variants))
 
     # --- text -------------------------------------------------------------------------------
 
