@@ -60,14 +60,14 @@ def summary_text(summary: dict) -> str:
             lines.append(f"variant    {variant['name']}: {variant['bytes'] / 1e6:.1f} MB resident, next-token agreement "
                          f"with fp32 {variant['quality']['next_token_agreement_with_fp32']:.3f}")
     default = summary.get("default_policy")
-    if default is not None and len(default["expected_cost"]) > 1:
+    plan = summary.get("plan") or {}
+    if "steps" in plan:  # what load(package) runs, the precision choice included
+        lines += ["default    load(package) runs this plan (`edgeinfer plan` prints another policy's):", *plan_lines(plan)]
+    elif default is not None and len(default["expected_cost"]) > 1:
         costs = ", ".join(f"{name} {cost:.3f}x" for name, cost in default["expected_cost"].items())
         runs = "the whole model" if summary.get("kind") == "whole model in one graph" else f"exits at {default['agreement']:g}"
         lines.append(f"default    load(package) runs {runs} at precision {default['precision']} "
                      f"(expected cost vs the fp32 full model, from calibration: {costs})")
-    plan = summary.get("plan") or {}
-    if "steps" in plan:
-        lines += plan_lines(plan)
     served = summary.get("served") or {}
     if served.get("outside_calibration"):
         lines.append(f"warning    {served['outside_calibration']} of {served['requests']} requests served here (audited "

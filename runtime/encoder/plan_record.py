@@ -52,7 +52,7 @@ def plan_lines(record: dict[str, Any]) -> list[str]:
              f"{level}" + (f", latency budget {record['latency_budget_ms']:g} ms" if record["latency_budget_ms"] else "")]
     costs = record["expected_cost_by_precision"]
     if costs and len(costs) > 1:
-        lines.append("  precision auto compared expected costs vs the fp32 full model: "
+        lines.append("  precision auto chose by expected cost vs the fp32 full model, from calibration: "
                      + ", ".join(f"{name} {cost:.3f}x" for name, cost in costs.items()))
     for number, step in enumerate(record["steps"], start=1):
         predicted = f"  ~{step['predicted_ms']:.2f} ms" if step.get("predicted_ms") is not None else ""
