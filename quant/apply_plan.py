@@ -89,6 +89,7 @@ def int8_dynamic(model: onnx.ModelProto, nodes: list[str], candidate: Candidate)
     with tempfile.TemporaryDirectory(prefix="edgeinfer-quant-") as folder, quiet_quantizer():
         out = Path(folder) / "lowered.onnx"
         quantize_dynamic(model, out, per_channel=candidate.per_channel, weight_type=QuantType.QInt8,
+                         reduce_range=True,  # 7-bit weights: the same answers on every CPU (candidates.py)
                          op_types_to_quantize=list(candidate.ops), nodes_to_quantize=nodes)
         return onnx.load(str(out))
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from ..runtime.sessions import open_session
-from .candidates import Candidate
+from .candidates import INT8_WEIGHT_LEVELS, Candidate
 from .weight_nodes import WeightNode, weight_array
 
 OUTLIER_RATIO_FOR_8_BITS = 6.0  # max / p99.9 above this: the node keeps 8 bits or more
@@ -92,8 +92,8 @@ def weight_noise(weights: np.ndarray, candidate: Candidate, input_axis: int) -> 
         rounded = w.astype(np.float16).astype(np.float64)
     elif candidate.bits == 8:
         peak = np.abs(w).max(axis=0, keepdims=True) if candidate.per_channel else np.abs(w).max()
-        scale = np.maximum(peak, 1e-12) / 127.0
-        rounded = np.clip(np.round(w / scale), -127, 127) * scale
+        scale = np.maximum(peak, 1e-12) / INT8_WEIGHT_LEVELS
+        rounded = np.clip(np.round(w / scale), -INT8_WEIGHT_LEVELS, INT8_WEIGHT_LEVELS) * scale
     else:
         block = candidate.block_size or 32
         k = w.shape[0]

@@ -56,7 +56,7 @@ def test_node_refuses_what_python_refuses(js_runtime, tiny_packages, tmp_path, c
     assert "# fail 0" in done.stdout
 
 
-def test_chromium_reproduces_the_fp32_vectors_and_the_demo_answers(js_runtime, tiny_packages, quantized, tmp_path):
+def test_chromium_reproduces_the_vectors_and_the_demo_answers(js_runtime, tiny_packages, quantized, tmp_path):
     """onnxruntime-web (WASM) in Debian's headless Chromium, driven by puppeteer-core."""
     if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
         pytest.fail("Chromium is not installed: `./run.sh test` installs Debian's package when run as root")

@@ -45,12 +45,17 @@ files.forEach((file, i) => {
     for (const c of outcome.cases) {
       console.log(`#   ${c.name}: ${c.exact}/${c.inputs} exact, same label ${c.sameLabel}, same depth ${c.sameDepth}, max diff ${c.maxDiff.toExponential(1)}`);
     }
-    // fp32 graphs compute the same in WASM as natively: every fp32 case must match exactly. int8 graphs
-    // do not (onnxruntime-web's integer kernels round differently from the x86 ones): reported above.
-    for (const c of outcome.cases.filter((c) => c.precision === "fp32")) {
-      assert.equal(c.exact, c.inputs, `${c.name}: ${c.failures.slice(0, 3).join("; ")}`);
+    // fp32 graphs compute the same in WASM as natively: every fp32 case matches exactly. An int8 variant
+    // (7-bit weights, so no x86 kernel saturates) computes the same integers; its fp32 parts round in
+    // another order, which moves a probability by up to ~2e-2: same labels and depths, values within 5e-2.
+    for (const c of outcome.cases) {
+      const why = `${c.name}: ${c.failures.slice(0, 3).join("; ")}`;
+      if (c.precision === "fp32") assert.equal(c.exact, c.inputs, why);
+      assert.equal(c.sameLabel, c.inputs, why);
+      assert.equal(c.sameDepth, c.inputs, why);
+      assert.ok(c.maxDiff <= 5e-2, why);
     }
-    assert.ok(outcome.cases.some((c) => c.precision === "fp32"));
+    assert.ok(outcome.cases.some((c) => c.precision === "fp32") && outcome.cases.some((c) => c.precision !== "fp32"));
     await page.close();
   });
 });
