@@ -128,8 +128,9 @@ def _plan(args: argparse.Namespace) -> int:
 
     session = _open(args)
     if not hasattr(session, "plan_record"):
-        raise EdgeInferError(f"{args.package} runs one graph per step of its own loop, not a plan of blocks and "
-                             f"exits; `edgeinfer inspect` describes it")
+        what = "runs the whole model as one graph" if session.manifest.is_whole else "generates token by token"
+        raise EdgeInferError(f"{args.package} {what}: it has no plan of blocks and exits to print; "
+                             f"`edgeinfer inspect` describes it")
     record = session.plan_record()
     print(json.dumps(record, indent=2) if args.json else "\n".join(plan_lines(record)))
     return 0

@@ -45,6 +45,19 @@ def test_every_candidate_lowers_a_node_and_still_runs(tiny_packages, tiny_calibr
     assert not any(n.op_type == "MatMul" and n.name == node.name for n in int8.graph.node)
 
 
+def test_int8_weights_keep_seven_bits_so_no_cpu_saturates(tiny_packages):
+    """x86 without VNNI sums pairs of uint8 x int8 products in 16 bits: 7-bit weights keep every pair
+    in range, so a variant computes the same integers there as on ARM and in WASM."""
+    from onnx import numpy_helper
+
+    model = full_model(open_package(tiny_packages[CLASSIFIER]))
+    int8 = apply_plan(model, {n.digest: "int8-channel" for n in weight_nodes(model)})
+    weights = {node.input[1] for node in int8.graph.node if node.op_type == "MatMulInteger"}
+    quantized = [numpy_helper.to_array(t) for t in int8.graph.initializer if t.name in weights]
+    assert quantized and all(q.dtype == np.int8 for q in quantized)
+    assert max(int(np.abs(q.astype(np.int32)).max()) for q in quantized) <= 64
+
+
 def test_weight_noise_orders_precisions():
     weights = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     noise = {c.name: weight_noise(weights, c, 0) for c in CANDIDATES}

@@ -107,7 +107,8 @@ def _restart(plan: Plan) -> dict[str, Any] | None:
     below = plan.restart_threshold if plan.restart_threshold is not None else plan.policy.restart_below
     if below is None or plan.full_span is None:
         return None
-    return {"kind": "resume" if plan.resumable else "restart", "precision": "fp32", "graph": plan.full_span.name,
+    graph = "the remaining blocks" if plan.resumable else plan.full_span.name  # a resume goes on from the exit
+    return {"kind": "resume" if plan.resumable else "restart", "precision": "fp32", "graph": graph,
             "below": max(below, plan.policy.restart_below or 0.0), "confidence": "max_prob"}
 
 
