@@ -59,10 +59,15 @@ def cached_graph(folder: Path) -> Path | None:
     return None
 
 
-def save_options(options: ort.SessionOptions, folder: Path) -> Path:
-    """Make `options` write the optimized graph into a staging folder beside `folder`; returns it."""
+def save_options(options: ort.SessionOptions, folder: Path) -> Path | None:
+    """Make `options` write the optimized graph into a staging folder beside `folder`; returns it, or
+    None when the cache cannot be written (read-only, full, or a file where its folder should be):
+    the session is then built as without a cache."""
     staging = folder.parent / f".{folder.name}.{os.getpid()}-{threading.get_ident()}"
-    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
     options.optimized_model_filepath = str(staging / GRAPH)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", WEIGHTS)
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")

@@ -27,6 +27,19 @@ def test_cached_optimized_graph_answers_like_the_package_graph(tiny_packages, tm
         np.testing.assert_allclose(result.probabilities, plain.probabilities, atol=1e-5)
 
 
+def test_an_unwritable_cache_only_costs_the_cache(tiny_packages, tmp_path, monkeypatch):
+    """A file where the cache folder should be: the package still loads and answers, uncached."""
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    monkeypatch.setenv("EDGEINFER_CACHE", str(cache))
+    package = tiny_packages[("bert", "text-classification")]
+    text = "good movie with a dull plot"
+    plain = edgeinfer.load(package, policy=edgeinfer.Policy.off(), optimized_cache=False).run(text)
+    answer = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run(text)
+    np.testing.assert_allclose(answer.probabilities, plain.probabilities, atol=1e-5)
+    assert cache.read_text() == "not a folder"
+
+
 def test_a_changed_cache_file_is_rebuilt(tiny_packages, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
     package = tiny_packages[("bert", "text-classification")]
