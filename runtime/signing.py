@@ -18,6 +18,8 @@ from ..errors import InputError, PackageError
 from ..manifest import MANIFEST_NAME
 
 SIGNATURE_NAME = "manifest.sig"
+SIGNATURE_BYTES = 64
+MAX_KEY_BYTES = 64 * 1024  # a PEM public key is ~113 bytes
 
 
 def _crypto():
@@ -79,6 +81,8 @@ def _public_key(verify_key: Any):
     try:
         if isinstance(verify_key, bytes) and len(verify_key) == 32:
             return ed25519.Ed25519PublicKey.from_public_bytes(verify_key)
+        if not isinstance(verify_key, bytes) and Path(verify_key).stat().st_size > MAX_KEY_BYTES:
+            raise ValueError("too large for a public key")
         data = verify_key if isinstance(verify_key, bytes) else Path(verify_key).read_bytes()
         key = serialization.load_pem_public_key(data)
     except (OSError, ValueError, TypeError):
@@ -94,6 +98,10 @@ def verify_signature(root: Path, manifest_bytes: bytes, verify_key: Any) -> None
     signature_path = Path(root) / SIGNATURE_NAME
     if not signature_path.is_file() or signature_path.is_symlink():
         raise PackageError(f"package is not signed ({SIGNATURE_NAME} missing) but a verify_key was given; refusing it")
+    size = signature_path.stat().st_size
+    if size != SIGNATURE_BYTES:  # checked before reading: a crafted file may be gigabytes
+        raise PackageError(f"{SIGNATURE_NAME} is {size} bytes, not an Ed25519 signature ({SIGNATURE_BYTES} bytes); "
+                           f"sign the package again with `edgeinfer sign`")
     signature = signature_path.read_bytes()
     try:
         key.verify(signature, manifest_bytes)

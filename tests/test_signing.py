@@ -46,6 +46,19 @@ def test_other_key_and_unsigned_packages_are_refused(signed, tiny_packages, tmp_
         edgeinfer.load(tiny_packages[("bert", "text-classification")], verify_key=tmp_path / "stranger.pub")
 
 
+def test_an_oversized_signature_or_key_is_refused_before_it_is_read(signed, tmp_path):
+    package, public = signed
+    with open(package / "manifest.sig", "r+b") as sig:
+        sig.truncate(8 << 30)  # sparse: 8 GB on paper, nothing on disk
+    with pytest.raises(PackageError, match="8589934592 bytes, not an Ed25519 signature"):
+        edgeinfer.load(package, verify_key=public)
+    huge_key = tmp_path / "huge.pub"
+    with open(huge_key, "wb") as key:
+        key.truncate(8 << 30)
+    with pytest.raises(edgeinfer.InputError, match="verify_key must be an Ed25519 public key"):
+        edgeinfer.load(package, verify_key=huge_key)
+
+
 def test_cli_refuses_a_bad_key_with_one_line(signed, tmp_path, capsys):
     package, _ = signed
     (tmp_path / "junk.pem").write_text("not a key")
