@@ -86,6 +86,10 @@ class Segment:
     def graph(self, precision: str = "fp32") -> str:
         return self.graph_variant(precision).path
 
+    def has_precision(self, precision: str) -> bool:
+        """Does the package store an ONNX graph of this segment at this precision?"""
+        return any(v.precision == precision for v in self.variants)
+
     def graph_variant(self, precision: str = "fp32") -> Variant:
         for variant in self.variants:
             if variant.precision == precision:

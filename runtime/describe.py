@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import EdgeInferError
-from ..manifest import Manifest
+from ..manifest import Manifest, Segment
 from .package import Package
 from .encoder.plan import compile_plan
 from .encoder.plan_record import plan_record
@@ -107,8 +107,7 @@ def _default_plan(manifest: Manifest) -> dict | None:
     graph per step of their own loop, which `edgeinfer generate --json` traces)."""
     if manifest.is_whole or manifest.decoder is not None or not manifest.blocks():
         return None
-    has = lambda segment, precision: any(v.precision == precision for v in segment.variants)  # noqa: E731
     try:
-        return plan_record(compile_plan(manifest, Policy(), Budget(), has))
+        return plan_record(compile_plan(manifest, Policy(), Budget(), Segment.has_precision))
     except EdgeInferError as err:  # e.g. no level 0.99 stored: load() would refuse the default policy too
         return {"unavailable": str(err)}

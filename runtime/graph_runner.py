@@ -46,7 +46,7 @@ class GraphRunner:
     def has(self, segment: Segment, precision: str = "fp32") -> bool:
         """Can this backend run the segment at this precision? (LiteRT files hold a subset.)"""
         if self.backend != "litert":
-            return any(v.precision == precision for v in segment.variants)
+            return segment.has_precision(precision)
         litert = self.package.manifest.litert
         return litert is not None and precision in litert.files and segment.name in litert.segments
 

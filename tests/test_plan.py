@@ -10,15 +10,14 @@ import pytest
 import edgeinfer
 from edgeinfer.cli import main
 from edgeinfer.errors import InputError
-from edgeinfer.manifest import ExitThresholds
+from edgeinfer.manifest import ExitThresholds, Segment
 from edgeinfer.runtime.encoder.plan import compile_plan
 from edgeinfer.runtime.encoder.plan_record import plan_lines, plan_record
 from edgeinfer.runtime.package import open_package
 from edgeinfer.runtime.policy import Budget, Policy
 
 
-def _stored(segment, precision: str) -> bool:
-    return any(v.precision == precision for v in segment.variants)
+_stored = Segment.has_precision  # what the package holds, as onnxruntime's GraphRunner.has sees it
 
 
 def _manifest(tiny_packages):

@@ -17,10 +17,11 @@ from ...manifest import KEEP_TOKENS
 from ...targets.profile import Profile
 from ..graph_runner import GraphRunner
 from ..policy import should_exit
+from ..pruning import keep_count
 from ..tokenize import EncodedBatch
 from .plan import ExitMap, Plan
 from .steps import (Answer, RunState, StepCosts, anytime, block_step, call_graph, deadline_passes, exit_confidence,
-                    final_confidence, reduce_tokens, tokens_to_keep)
+                    final_confidence, reduce_tokens)
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,7 @@ def full_pass(ex: Executor, state: RunState, batch: EncodedBatch) -> Answer:
     plan = ex.plan
     if plan.full_span is None:  # a schema 1.0 package: the chain of segments, deciding nothing
         return adaptive_pass(ex, state, batch, {}, deadline=False, keep_schedule={})
-    feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
-             "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32)}
-    output = ex.call(state, plan.full_span, feeds)[0][0]
+    output = ex.call(state, plan.full_span, batch.span_feeds())[0][0]
     state.tokens.extend([int(batch.input_ids.shape[1])] * len(plan.blocks))
     return ex.final(output, len(plan.blocks))
 
@@ -80,11 +79,10 @@ def pruned_pass(ex: Executor, state: RunState, batch: EncodedBatch) -> Answer:
     counts, current = [], original_tokens
     for depth in range(1, len(plan.blocks)):
         if depth in plan.keep:
-            current = tokens_to_keep(original_tokens, current, plan.keep[depth], protected)
+            current = keep_count(original_tokens, current, plan.keep[depth], int(protected.sum()))
         counts.append(current)
-    feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids,
-             "attention_bias": np.zeros(batch.input_ids.shape, dtype=np.float32),
-             "protected": protected[None].astype(np.float32), KEEP_TOKENS: np.array(counts, dtype=np.int64)}
+    feeds = {**batch.span_feeds(), "protected": protected[None].astype(np.float32),
+             KEEP_TOKENS: np.array(counts, dtype=np.int64)}
     entering = [original_tokens, *counts]  # tokens entering each block
     # priced as the chain it replaces: the profile times graphs by token count, not keep schedule
     priced_as = ((plan.embed, original_tokens), *zip(plan.blocks, entering), (plan.head, entering[-1]))
@@ -97,8 +95,8 @@ def adaptive_pass(ex: Executor, state: RunState, batch: EncodedBatch, exits: Exi
                   keep_schedule=None) -> Answer:
     plan = ex.plan
     keep_schedule = plan.keep if keep_schedule is None else keep_schedule
-    bias = np.zeros(batch.input_ids.shape, dtype=np.float32)
-    feeds = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids, "attention_bias": bias}
+    feeds = batch.span_feeds()  # one text: no padding, every bias 0
+    bias = feeds["attention_bias"]
     hidden: np.ndarray | None = None  # None until the embedding has run (a first stage runs it)
     if not plan.first_stage_embeds(exits):
         hidden = ex.call(state, plan.embed, feeds)[0]
@@ -129,7 +127,7 @@ def adaptive_pass(ex: Executor, state: RunState, batch: EncodedBatch, exits: Exi
             if should_exit(confidence, step.threshold):
                 return best
         if depth in keep_schedule:
-            keep = tokens_to_keep(original_tokens, hidden.shape[1], keep_schedule[depth], protected)
+            keep = keep_count(original_tokens, hidden.shape[1], keep_schedule[depth], int(protected.sum()))
             hidden, bias, protected = reduce_tokens(plan, hidden, bias, protected, outputs, keep)
     return ex.final(call(plan.head, {"hidden": hidden, "attention_bias": bias})[0][0], num_blocks)
 

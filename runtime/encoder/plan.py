@@ -161,7 +161,7 @@ def compile_plan(manifest: Manifest, policy: Policy, budget: Budget, has: HasGra
                 full=full_span if no_decisions else None,
                 pruned_full=runnable(manifest.pruning_span(policy.importance)) if prunes_only else None,
                 full_span=full_span,
-                stages=MappingProxyType(_find_stages(manifest, policy, precision, keep, has)),
+                stages=MappingProxyType(_find_stages(manifest, blocks, policy, precision, keep, has)),
                 last_stage=runnable(manifest.span_covering((blocks[-1].name, head.name))),
                 importance_output=blocks[0].outputs.index(policy.importance), latency_ms=budget.latency_ms)
 
@@ -236,13 +236,12 @@ def _active_exits(manifest: Manifest, thresholds: tuple[float | None, ...]) -> E
     return MappingProxyType(active)
 
 
-def _find_stages(manifest: Manifest, policy: Policy, precision: str, keep: dict[int, float],
-                 has: HasGraph) -> dict[int, Segment]:
+def _find_stages(manifest: Manifest, blocks: tuple[Segment, ...], policy: Policy, precision: str,
+                 keep: dict[int, float], has: HasGraph) -> dict[int, Segment]:
     """Spans that run a block with its exit (the first with the embedding): one call per decision
     instead of two (packages before schema 1.3 have none). Where the policy does not prune or merge
     after a stage, its lean form (no token scores, schema 1.6) serves: the scores cost 5-10% of an
     int8 stage even when nobody reads them."""
-    blocks = manifest.blocks()
     stages = {}
     for exit_head in manifest.exits:
         depth = exit_head.after_block

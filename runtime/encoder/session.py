@@ -24,7 +24,7 @@ from ..result import Result, Trace
 from ..tokenize import TextEncoder, check_texts, length_batches
 from .audit_session import start_audit
 from .executor import BatchRows, Executor, adaptive_batch, full_pass, run_one, unsure
-from .plan import compile_plan, levels
+from .plan import Plan, compile_plan, levels
 from .plan_record import plan_record
 from .steps import Answer, RunState, StepCosts, step_cost
 
@@ -40,10 +40,11 @@ class EdgeSession:
         self.budget = budget
         self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
         self.runner = GraphRunner(package, threads, providers, optimized_cache, backend=backend)
-        self.plan = compile_plan(self.manifest, policy, budget, self.runner.has, backend)
+        # the executor holds the plan and the costs measured at load: one object per session, not per request
+        self.executor = Executor(compile_plan(self.manifest, policy, budget, self.runner.has, backend), self.runner,
+                                 self.manifest.model.task, profile)
         self.memory = check_memory_budget(self.manifest, budget.memory_mb, self.plan.graphs_needed(),  # none loaded yet
                                           litert=backend == "litert")
-        self.costs: StepCosts | None = None
         self.auditor = start_audit(self) if policy.audit is not None else None
         span = self.manifest.calibration.get("thresholds", {}).get("lengths", {})
         self._calibrated_lengths = (span.get("min", 0), span.get("max", 1 << 30)) if isinstance(span, dict) else (0, 1 << 30)
@@ -51,9 +52,18 @@ class EdgeSession:
         if budget.latency_ms is not None:
             self._open_graphs()
             if profile is None or any(profile.cost(s.name, p) is None for s, p in self.plan.graphs_needed()):
-                self.costs = self._measure_costs()  # a deadline guard without costs would never trip
+                self.executor = replace(self.executor, costs=self._measure_costs())  # a guard without costs never trips
             self._warn_if_budget_below_first_step()
 
+    @property
+    def plan(self) -> Plan:
+        return self.executor.plan
+
+    @plan.setter
+    def plan(self, plan: Plan) -> None:
+        self.executor = replace(self.executor, plan=plan)
+
+    costs = property(lambda self: self.executor.costs)
     # what the plan decided, under the names callers read
     policy = property(lambda self: self.plan.policy)
     precision = property(lambda self: self.plan.precision)
@@ -78,10 +88,7 @@ class EdgeSession:
     def full_output(self, text: str) -> np.ndarray:
         """The fp32 full model's output for one text (what the audit compares answers with)."""
         state = RunState(started=time.perf_counter(), precision="fp32")
-        return full_pass(self._executor(), state, self.encoder.encode([text])).output
-
-    def _executor(self) -> Executor:
-        return Executor(self.plan, self.runner, self.manifest.model.task, self.profile, self.costs)
+        return full_pass(self.executor, state, self.encoder.encode([text])).output
 
     def _open_graphs(self) -> None:
         """A deadline cannot absorb a session being created mid-run: open now what the plan may call."""
@@ -145,13 +152,13 @@ class EdgeSession:
 
     def _run_one(self, text: str) -> Result:
         batch = self.encoder.encode([text])
-        state, answer = run_one(self._executor(), batch)
+        state, answer = run_one(self.executor, batch)
         return self._answer(state, batch.truncated[0], answer)
 
     def _run_batch(self, texts: list[str], batch_size: int = 32) -> list[Result]:
         """With nothing to decide per input, texts of similar length run padded together through
         the fused graph (padding masked by attention_bias); each result reports the batch's time."""
-        executor = self._executor()
+        executor = self.executor
         blocks = len(self.plan.blocks)
         results: list[Result | None] = [None] * len(texts)
         for index in length_batches(texts, batch_size):
@@ -170,7 +177,7 @@ class EdgeSession:
         and rows leave the batch at the exit that answers them. Pruning and merging change each row's
         length and a deadline is per request, so those policies run input by input instead."""
         check_texts(texts)
-        executor = self._executor()
+        executor = self.executor
         results: list[Result | None] = [None] * len(texts)
         for index in length_batches(texts, batch_size):
             state = RunState(started=time.perf_counter(), precision=self.precision)

@@ -17,7 +17,7 @@ from ...targets.profile import Profile
 from ..cost_model import LinearCost
 from ..graph_runner import GraphRunner
 from ..policy import classification_confidence, cosine
-from ..pruning import keep_count, keep_tokens
+from ..pruning import keep_tokens
 from .merging import merge_tokens
 from .plan import ExitMap, Plan
 
@@ -110,10 +110,6 @@ def reduce_tokens(plan: Plan, hidden: np.ndarray, bias: np.ndarray, protected: n
         return merged[None], merged_bias[None], protected
     index = keep_tokens(outputs[plan.importance_output][0], protected, keep)
     return hidden[:, index], bias[:, index], protected[index]
-
-
-def tokens_to_keep(original: int, current: int, share: float, protected: np.ndarray) -> int:
-    return keep_count(original, current, share, int(protected.sum()))
 
 
 def step_cost(plan: Plan, profile: Profile | None, costs: StepCosts | None, depth: int, tokens: int,
