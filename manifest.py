@@ -27,6 +27,7 @@ WHOLE = "whole"
 TASKS = ("feature-extraction", "text-classification", "text-generation")
 CONFIDENCE_KINDS = ("max_prob", "consecutive_cosine", "top2_margin")
 MANIFEST_NAME = "manifest.json"
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet")  # position ids start past padding_idx
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 
 # Inputs and outputs whose axis 1 is the token axis: a backend with fixed shapes (LiteRT) pads these

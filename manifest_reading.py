@@ -13,7 +13,7 @@ import re
 from typing import Any, Callable, TypeVar
 
 from .errors import PackageError
-from .manifest import (CONFIDENCE_KINDS, FORMAT_NAME, MAX_MANIFEST_BYTES, SCHEMA_VERSION, SEGMENT_KINDS, TASKS,
+from .manifest import (CONFIDENCE_KINDS, FORMAT_NAME, WHOLE, MAX_MANIFEST_BYTES, SCHEMA_VERSION, SEGMENT_KINDS, TASKS,
                        TOKEN_SCORES, DecoderFacts, ExitHead, ExitThresholds, FileEntry, LengthThresholds,
                        LiteRTGraphs, Manifest, ModelFacts, OperatingPoint, PrecisionVariant, Segment, TokenizerSpec,
                        Variant)
@@ -27,6 +27,11 @@ def manifest_from_json(text: str | bytes) -> Manifest:
         raise PackageError(f"manifest is {len(text)} bytes, over the {MAX_MANIFEST_BYTES} limit")
     try:
         document = json.loads(text)
+        # a \udXXX escape decodes to a lone surrogate, which no path, tokenizer or file system takes
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PackageError("manifest holds a lone surrogate (a \\udXXX escape without its pair), which is not "
+                           "text; re-export the package") from None
     except (ValueError, RecursionError) as err:
         raise PackageError(f"manifest is not valid JSON ({_short(err)}); re-export the package") from None
     return _parse_manifest(document)
@@ -36,55 +41,83 @@ def _short(err: BaseException) -> str:
     return str(err).splitlines()[0][:120] if str(err) else type(err).__name__
 
 
+def _at(where: str, key: str) -> str:
+    """A field's place for messages: "model.labels" (the top level is "manifest", left unsaid)."""
+    return key if where in ("", "manifest") else f"{where}.{key}" if key else where
+
+
 def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(obj, dict):
         raise PackageError(f"manifest: {where} must be an object")
     if key not in obj:
-        raise PackageError(f"manifest: {where}.{key} is missing")
+        raise PackageError(f"manifest: {_at(where, key)} is missing")
     value = obj[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     is_bool = isinstance(value, bool)
     if (is_bool and bool not in kinds) or not isinstance(value, kinds):
         names = "/".join(k.__name__ for k in kinds)
-        raise PackageError(f"manifest: {where}.{key} must be {names}, got {type(value).__name__}")
+        raise PackageError(f"manifest: {_at(where, key)} must be {names}, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise PackageError(f"manifest: {where}.{key} must be finite")
+        raise PackageError(f"manifest: {_at(where, key)} must be finite")
+    if float in kinds and isinstance(value, int) and not is_bool and abs(value) > 2**63:
+        raise PackageError(f"manifest: {_at(where, key)} is a number too large to be meant")
     return value
 
 
 def _int(obj: Any, key: str, where: str, low: int = 0, high: int = 2**31) -> int:
     value = _need(obj, key, int, where)
     if not low <= value <= high:
-        raise PackageError(f"manifest: {where}.{key}={value} is outside [{low}, {high}]")
+        raise PackageError(f"manifest: {_at(where, key)}={value} is outside [{low}, {high}]")
     return value
 
 
 def _float(obj: Any, key: str, where: str, low: float, high: float) -> float:
     value = float(_need(obj, key, (int, float), where))
     if not low <= value <= high:
-        raise PackageError(f"manifest: {where}.{key}={value} is outside [{low}, {high}]")
+        raise PackageError(f"manifest: {_at(where, key)}={value} is outside [{low}, {high}]")
     return value
 
 
 def _str(obj: Any, key: str, where: str, choices: tuple[str, ...] | None = None) -> str:
     value = _need(obj, key, str, where)
     if choices is not None and value not in choices:
-        raise PackageError(f"manifest: {where}.{key}={value!r} is not one of {list(choices)}")
+        raise PackageError(f"manifest: {_at(where, key)}={value!r} is not one of {list(choices)}")
     return value
 
 
 def _list(obj: Any, key: str, where: str, parse: Callable[[Any, str], T], limit: int = 10_000) -> tuple[T, ...]:
     items = _need(obj, key, list, where)
     if len(items) > limit:
-        raise PackageError(f"manifest: {where}.{key} has {len(items)} items, over the limit of {limit}")
-    return tuple(parse(item, f"{where}.{key}[{i}]") for i, item in enumerate(items))
+        raise PackageError(f"manifest: {_at(where, key)} has {len(items)} items, over the limit of {limit}")
+    return tuple(parse(item, f"{_at(where, key)}[{i}]") for i, item in enumerate(items))
 
 
-def _record(obj: Any, key: str) -> dict[str, Any]:
+def _record(obj: Any, key: str, where: str = "") -> dict[str, Any]:
     value = obj.get(key, {}) if isinstance(obj, dict) else {}
     if not isinstance(value, dict):
-        raise PackageError(f"manifest: {key} must be an object")
+        raise PackageError(f"manifest: {where + '.' if where else ''}{key} must be an object")
     return value
+
+
+def _parse_calibration(document: Any) -> dict[str, Any]:
+    """The calibration record is a report, kept as written, but the parts the runtime reads (the
+    thresholds' input lengths and guarantees, the operating points' cost figures) are checked here."""
+    record = _record(document, "calibration")
+    thresholds = _record(record, "thresholds", "calibration")
+    where = "calibration.thresholds"
+    lengths = _record(thresholds, "lengths", where) if thresholds.get("lengths") is not None else {}
+    for key in lengths:
+        _int(lengths, key, f"{where}.lengths", 0, 2**31)
+    guarantee = _record(thresholds, "guarantee", where)
+    for key in guarantee:
+        _str(guarantee, key, f"{where}.guarantee")
+    if "embedding_agreement_cosine" in thresholds:
+        _float(thresholds, "embedding_agreement_cosine", where, 0.0, 1.0)
+    points = _record(record, "operating_points", "calibration")
+    for key in ("mean_tokens", "full_model_ms"):
+        if points.get(key) is not None:
+            _float(points, key, "calibration.operating_points", 0.0, 1e9)
+    return record
 
 
 def _check_version(document: Any) -> str:
@@ -111,8 +144,8 @@ def _parse_model(obj: Any, where: str) -> ModelFacts:
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise PackageError(f"manifest: {where}.labels must be a list of strings or null")
     embedding_dim = obj.get("embedding_dim") if isinstance(obj, dict) else None
-    if embedding_dim is not None and (isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int)):
-        raise PackageError(f"manifest: {where}.embedding_dim must be an integer or null")
+    if embedding_dim is not None:
+        embedding_dim = _int(obj, "embedding_dim", where, 1, 1 << 20)
     return ModelFacts(
         family=_str(obj, "family", where),
         model_type=_str(obj, "model_type", where),
@@ -212,7 +245,7 @@ def _parse_exit(obj: Any, where: str) -> ExitHead:
 def _optional_float(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    return float(_need({"v": value}, "v", (int, float), where))
+    return float(_need({"": value}, "", (int, float), where))
 
 
 def _parse_thresholds(obj: Any, where: str) -> ExitThresholds:
@@ -247,9 +280,22 @@ def _parse_precision_variant(obj: Any, where: str) -> PrecisionVariant:
         name=_str(obj, "name", where),
         plan=dict(plan),
         bytes=_int(obj, "bytes", where, 0, 1 << 62),
-        quality=_record(obj, "quality"),
+        quality=_parse_quality(obj, where),
         thresholds=_list(obj, "thresholds", where, _parse_thresholds),
     )
+
+
+def _parse_quality(obj: Any, where: str) -> dict[str, Any]:
+    """A variant's quality record, kept as written; the figures that choose between variants (speed) and
+    that inspect prints (agreement, cosine) are checked."""
+    quality = _record(obj, "quality", where)
+    for key in ("speedup_measured", "speedup_predicted"):
+        if quality.get(key) is not None:
+            _float(quality, key, f"{where}.quality", 0.0, 1e6)
+    for key in ("agreement_with_fp32", "mean_cosine_to_fp32", "next_token_agreement_with_fp32"):
+        if quality.get(key) is not None:
+            _float(quality, key, f"{where}.quality", -1.0, 1.0)
+    return quality
 
 
 def _parse_file(obj: Any, where: str) -> FileEntry:
@@ -269,7 +315,7 @@ def _parse_manifest(document: Any) -> Manifest:
         exits=_list(document, "exits", "manifest", _parse_exit),
         exit_thresholds=_list(document, "exit_thresholds", "manifest", _parse_thresholds),
         files=_list(document, "files", "manifest", _parse_file),
-        calibration=_record(document, "calibration"),
+        calibration=_parse_calibration(document),
         validation=_record(document, "validation"),
         evaluation=_record(document, "evaluation"),
         export=_record(document, "export"),
@@ -292,6 +338,11 @@ def _check_consistency(manifest: Manifest) -> None:
     names = [s.name for s in manifest.segments]
     if len(set(names)) != len(names):
         raise PackageError("manifest: segment names repeat")
+    first = [s for s in manifest.segments if s.kind in ("embed", WHOLE)]
+    if first and ("token_type_ids" in first[0].inputs) != manifest.tokenizer.uses_token_type_ids:
+        raise PackageError(f"manifest: tokenizer.uses_token_type_ids is {manifest.tokenizer.uses_token_type_ids}, "
+                           f"but segment {first[0].name!r} {'takes' if 'token_type_ids' in first[0].inputs else 'does not take'} "
+                           f"token_type_ids; re-export the package")
     if manifest.is_whole:
         if len(manifest.segments) != 1 or manifest.exits or manifest.exit_thresholds or manifest.decoder:
             raise PackageError("manifest: a whole-model package holds its one graph and nothing else "
@@ -314,6 +365,7 @@ def _check_consistency(manifest: Manifest) -> None:
     for level in manifest.exit_thresholds:
         if len(level.thresholds) != len(manifest.exits) or len(level.exit_shares) != len(manifest.exits) + 1:
             raise PackageError(f"manifest: thresholds for agreement {level.agreement} do not match the exits")
+        _check_level(manifest, level, f"exit_thresholds (agreement {level.agreement})", restart=False)
     if manifest.litert is not None:
         unknown = [name for name in manifest.litert.segments if name not in names]
         if unknown:
@@ -328,6 +380,36 @@ def _check_consistency(manifest: Manifest) -> None:
         if lacking and not litert_only:
             raise PackageError(f"manifest: precision variant {variant.name!r} has no graph for {lacking}")
         for level in variant.thresholds:
-            if len(level.thresholds) != len(manifest.exits) + 1:
+            if len(level.thresholds) != len(manifest.exits) + 1 or len(level.exit_shares) != len(manifest.exits) + 2:
                 raise PackageError(f"manifest: variant {variant.name!r} thresholds for agreement "
-                                   f"{level.agreement} need one per exit plus the restart threshold")
+                                   f"{level.agreement} need one per exit plus the restart threshold, and a share "
+                                   f"for each and for the restarts")
+            _check_level(manifest, level, f"variant {variant.name!r} (agreement {level.agreement})", restart=True)
+
+
+# the values each exit confidence takes (a threshold outside them would make an exit always or never answer)
+_CONFIDENCE_RANGE = {"max_prob": (0.0, 1.0), "top2_margin": (0.0, 1.0), "consecutive_cosine": (-1.0, 1.0)}
+_ROUNDING = 1e-3
+
+
+def _check_level(manifest: Manifest, level: ExitThresholds, where: str, restart: bool) -> None:
+    """A level's figures are what calibration could have measured: each threshold inside its
+    confidence's range (the restart threshold inside [-1, 1]), one per exit in every length range,
+    exit shares that add up to one, and (for fp32 exits) a mean depth the model has; a variant's
+    mean depth counts its restarts' cost in blocks too, so may pass the model's depth."""
+    ranges = [_CONFIDENCE_RANGE[e.confidence] for e in manifest.exits] + ([(-1.0, 1.0)] if restart else [])
+    for row in (level.thresholds, *(r.thresholds for r in level.by_length)):
+        if len(row) != len(ranges):
+            raise PackageError(f"manifest: {where} has {len(row)} thresholds in a length range, not {len(ranges)}")
+        for value, (low, high) in zip(row, ranges):
+            if value is not None and not low - _ROUNDING <= value <= high + _ROUNDING:
+                raise PackageError(f"manifest: {where} has a threshold of {value}, outside the confidence's "
+                                   f"range [{low}, {high}]; re-calibrate with `edgeinfer thresholds`")
+    if level.calibration_agreement < level.agreement - _ROUNDING:
+        raise PackageError(f"manifest: {where} agreed on {level.calibration_agreement} of its calibration inputs, "
+                           f"less than the level it claims; re-calibrate with `edgeinfer thresholds`")
+    if level.exit_shares and abs(sum(level.exit_shares) - 1.0) > _ROUNDING:
+        raise PackageError(f"manifest: {where} exit shares add up to {sum(level.exit_shares):.4f}, not 1")
+    if not restart and level.exit_shares and not 1.0 - _ROUNDING <= level.expected_mean_depth <= manifest.model.num_blocks + _ROUNDING:
+        raise PackageError(f"manifest: {where} expects a mean depth of {level.expected_mean_depth}, outside "
+                           f"[1, {manifest.model.num_blocks}] blocks")

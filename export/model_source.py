@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ExportError
-from ..manifest import TASKS, TokenizerSpec
+from ..manifest import POSITIONS_AFTER_PADDING, TASKS, TokenizerSpec
 from .adapters import adapter_for
 
 BUILT_IN = {
@@ -137,7 +137,6 @@ def load_model(name_or_path: str, task: str, with_adapter: bool = True) -> Loade
     )
 
 
-POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet")  # position ids start past padding_idx
 
 
 def tokenizer_spec(loaded: LoadedModel, max_length: int, uses_token_type_ids: bool) -> TokenizerSpec:

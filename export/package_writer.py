@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..manifest import MANIFEST_NAME, Manifest, Variant, file_entry
-from ..runtime.external_data import external_bytes
+from ..runtime.onnx_wire import external_bytes
 
 
 MAY_REPLACE = ".may-replace"  # in a staging folder: the write was asked to replace what is there

@@ -121,7 +121,7 @@ def add_decoder_variant(package_path: str | Path, scheme: str = "q8", output: st
 
 def _variant_bytes(staging: Path, manifest: Manifest, name: str) -> int:
     """What a session set running this variant holds: the fused blocks, the head and the embedding."""
-    from ..runtime.external_data import external_bytes
+    from ..runtime.onnx_wire import external_bytes
 
     total = 0
     for segment in (manifest.segment("embed"), manifest.segment("blocks"), manifest.segment("head")):

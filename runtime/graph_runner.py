@@ -25,6 +25,25 @@ class Graph(Protocol):
     def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
+class OnnxGraph:
+    """An onnxruntime session whose failure inside a run is one line naming the graph. Load checks what
+    a manifest claims against its graphs; what they cannot see (a hostile package whose tokenizer
+    makes ids its embedding table does not hold, say) fails here instead of as onnxruntime's trace."""
+
+    __slots__ = ("session", "path")
+
+    def __init__(self, session: ort.InferenceSession, path: str):
+        self.session, self.path = session, path
+
+    def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(output_names, feeds)
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise PackageError(f"graph {self.path} failed inside onnxruntime ({first}); the package's graphs do "
+                               f"not take what its manifest and tokenizer give them: re-export it") from None
+
+
 class GraphRunner:
     """One graph per (segment, precision), created on first use and shared by all threads: an
     onnxruntime session, or on the LiteRT backend a LiteRTGraph (same `run` call)."""
@@ -37,8 +56,9 @@ class GraphRunner:
         self.intra_op_threads = effective_threads(threads)  # what onnxruntime really runs on
         self.providers = providers
         self.backend = backend
+        # a signed package trusts nothing from the user cache, optimized graphs included
         self._device_key = fingerprint_key(device_fingerprint(self.intra_op_threads, providers[0])) \
-            if optimized_cache and backend == "onnxruntime" else None
+            if optimized_cache and backend == "onnxruntime" and not package.signed else None
         self._graphs: dict[str, Graph] = {}
         self._litert_files: dict[str, LiteRTFile] = {}
         self._lock = threading.Lock()
@@ -62,7 +82,7 @@ class GraphRunner:
                     self._graphs[key] = graph
         return graph
 
-    def _onnxruntime(self, segment: Segment, precision: str) -> ort.InferenceSession:
+    def _onnxruntime(self, segment: Segment, precision: str) -> OnnxGraph:
         path = segment.graph(precision)
         # only graphs of the whole depth (a fused full span, a whole-model package's one graph): their
         # optimization is what costs (28 ms of 95 for MiniLM); a block or stage graph optimizes in a
@@ -76,7 +96,7 @@ class GraphRunner:
         self.package.check_unchanged(read)  # ... and one swapped while onnxruntime read it
         check_interface(segment, path, [i.name for i in session.get_inputs()],
                         [(o.name, o.shape) for o in session.get_outputs()], self.package.manifest)
-        return session
+        return OnnxGraph(session, path)
 
     def _external_files(self, graph: str) -> list[str]:
         """The package files a graph reads its weights from (verified at load with the graph)."""

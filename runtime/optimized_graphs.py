@@ -6,8 +6,10 @@ save the optimized graph and load it later with optimizations off (its "offline"
 optimized graph is specific to the onnxruntime version, provider and CPU, so the cache key holds
 them with the digests of the graph and its weights. Only the fused full-depth graph is cached
 (a block graph optimizes in a few ms). The cache costs disk (the weights once more, in the layout
-onnxruntime chose); `load(..., optimized_cache=False)` or EDGEINFER_OPTIMIZED_CACHE=0 turns it off. Cached files are trusted only while their identity (inode, size, mtime, ctime)
-matches the stamp written with them, like verified package files (verified.py).
+onnxruntime chose); `load(..., optimized_cache=False)` or EDGEINFER_OPTIMIZED_CACHE=0 turns it off.
+Cached files are trusted only while their identity (inode, size, mtime, ctime) matches the sealed
+stamp (sealed.py) written with them, like verified package files (verified.py); a package loaded
+with `verify_key` neither reads nor writes this cache (optimizing again costs less than hashing it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from ..manifest import Manifest
+from .sealed import seal, unseal
 from .user_cache import cache_root, folder_bytes
 from .verified import identity
 
@@ -50,11 +53,11 @@ def cache_folder(manifest: Manifest, graph_path: str, providers: tuple[str, ...]
 def cached_graph(folder: Path) -> Path | None:
     """The optimized graph, if it is there and unchanged since it was written."""
     try:
-        stamp = json.loads((folder / STAMP).read_text(encoding="utf-8"))
-        if all(stamp.get(name) == identity(folder / name) for name in (GRAPH, WEIGHTS)):
+        stamp = unseal((folder / STAMP).read_text(encoding="utf-8"))
+        if isinstance(stamp, dict) and all(stamp.get(name) == identity(folder / name) for name in (GRAPH, WEIGHTS)):
             os.utime(folder)  # recently used: trimmed last
             return folder / GRAPH
-    except (OSError, ValueError):
+    except (OSError, UnicodeError):
         pass
     return None
 
@@ -79,8 +82,10 @@ def publish(staging: Path, folder: Path) -> None:
     try:
         if not (staging / WEIGHTS).exists():  # a graph with no large tensors
             (staging / WEIGHTS).write_bytes(b"")
-        stamp = {name: identity(staging / name) for name in (GRAPH, WEIGHTS)}
-        (staging / STAMP).write_text(json.dumps(stamp), encoding="utf-8")
+        sealed = seal({name: identity(staging / name) for name in (GRAPH, WEIGHTS)})
+        if sealed is None:  # no key in this cache: nothing it holds would be trusted
+            raise OSError("no seal key")
+        (staging / STAMP).write_text(sealed, encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
         # a rename keeps inode, size, mtime and ctime of the files inside, so the stamp still holds

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import PackageError
-from ..manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, Segment, file_entry
+from ..manifest import (MANIFEST_NAME, MAX_MANIFEST_BYTES, POSITIONS_AFTER_PADDING, FileEntry, Manifest, Segment,
+                        file_entry)
 from ..manifest_reading import manifest_from_json
-from .external_data import external_locations, field_budget
+from .onnx_wire import GraphFacts, field_budget, graph_facts, package_field_budget
 from .verified import identity, read_stamp, write_stamp
 
 MAX_FILE_BYTES = 4 * 1024**3
@@ -26,6 +27,7 @@ class Package:
     root: Path
     manifest: Manifest
     verified: dict[str, list[int]] = field(default_factory=dict)  # identity of each file when it passed
+    signed: bool = False  # opened with a verify key: nothing in the user cache is trusted for it
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -89,8 +91,8 @@ def open_package(path: str | os.PathLike[str], verify: bool = True, verify_key: 
         checked = verify_files(root, manifest, stamp)
         if checked != stamp and verify_key is None:
             write_stamp(manifest_bytes, checked)
-        return Package(root, manifest, checked)
-    return Package(root, manifest)
+        return Package(root, manifest, checked, signed=verify_key is not None)
+    return Package(root, manifest, signed=verify_key is not None)
 
 
 def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
@@ -99,9 +101,10 @@ def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | N
     stamp = stamp or {}
     checked: dict[str, list[int]] = {}
     listed = {entry.path: entry for entry in manifest.files}
-    graphs = {v.path for s in manifest.segments for v in s.variants}  # ONNX: their external data is checked too
+    # ONNX graphs, each with the segment it serves: their external data and interface are checked too
+    graphs = {v.path: s for s in manifest.segments for v in s.variants}
     litert = set(manifest.litert.files.values()) if manifest.litert is not None else set()
-    needed = graphs | litert | {manifest.tokenizer.path}
+    needed = set(graphs) | litert | {manifest.tokenizer.path}
     for relative in sorted(needed | set(listed)):
         _inside(root, relative)
     for relative in sorted(needed):
@@ -109,15 +112,22 @@ def verify_files(root: Path, manifest: Manifest, stamp: dict[str, list[int]] | N
             raise PackageError(f"{relative} is used by the manifest but not listed in its files; "
                                f"the package is incomplete or tampered with")
     digests: dict[tuple, str] = {}  # hard links to one file are hashed once
-    with field_budget():  # the graph walks of one package share one bound
+    # the graph walks of one package share one bound, which grows with the bytes they come with
+    with field_budget(package_field_budget(sum(entry.bytes for entry in listed.values()))):
         for relative, entry in listed.items():
-            _verify_file(root, relative, entry, graphs, listed, stamp, checked, digests)
+            _verify_file(root, relative, entry, manifest, graphs, listed, stamp, checked, digests)
+    for variant in (v for s in manifest.segments for v in s.variants):
+        if variant.resident_bytes is not None and variant.resident_bytes < listed[variant.path].bytes:
+            raise PackageError(f"the manifest says {variant.path} holds {variant.resident_bytes} bytes in memory, "
+                               f"less than its file's {listed[variant.path].bytes}; memory budgets would be "
+                               f"planned on it: re-export the package")
     return checked
 
 
-def _verify_file(root: Path, relative: str, entry: FileEntry, graphs: set[str], listed: dict, stamp: dict,
-                 checked: dict[str, list[int]], digests: dict[tuple, str]) -> None:
-    """One listed file: its size, its sha256 (once per hard-linked file), and a graph's external data."""
+def _verify_file(root: Path, relative: str, entry: FileEntry, manifest: Manifest, graphs: dict[str, Segment],
+                 listed: dict, stamp: dict, checked: dict[str, list[int]], digests: dict[tuple, str]) -> None:
+    """One listed file: its size, its sha256 (once per hard-linked file), and for a graph the external
+    data it reads and the interface it declares."""
     target = _inside(root, relative)
     if entry.bytes > MAX_FILE_BYTES:
         raise PackageError(f"{relative} declares {entry.bytes} bytes, over the {MAX_FILE_BYTES} limit")
@@ -140,15 +150,30 @@ def _verify_file(root: Path, relative: str, entry: FileEntry, graphs: set[str], 
     if digest != entry.sha256:
         raise PackageError(f"{relative} fails its sha256 check; the package is damaged or tampered with")
     if data is not None:
-        _check_external_data(root, relative, data, listed)
+        facts = graph_facts(data)
+        _check_external_data(root, relative, facts, listed)
+        check_interface(graphs[relative], relative, list(facts.inputs), [(n, list(d)) for n, d in facts.outputs],
+                        manifest)
+        _check_positions(relative, facts, manifest)
     if identity(target) == before:  # unchanged while it was read
         checked[relative] = before
 
 
-def _check_external_data(root: Path, graph: str, data: bytes, listed: dict) -> None:
+def _check_positions(graph: str, facts: GraphFacts, manifest: Manifest) -> None:
+    """An input of tokenizer.max_length tokens must find a row in the graph's learned position table;
+    otherwise the first long input would fail inside onnxruntime."""
+    if facts.positions is None or manifest.decoder is not None:
+        return
+    offset = manifest.tokenizer.pad_id + 1 if manifest.model.model_type in POSITIONS_AFTER_PADDING else 0
+    if manifest.tokenizer.max_length + offset > facts.positions:
+        raise PackageError(f"manifest: tokenizer.max_length {manifest.tokenizer.max_length} is more than the "
+                           f"{facts.positions - offset} positions {graph} holds; re-export with a smaller --max-length")
+
+
+def _check_external_data(root: Path, graph: str, facts: GraphFacts, listed: dict) -> None:
     """Every external-data file a graph names must sit inside the package and be listed (so hashed)."""
     folder = PurePosixPath(graph).parent
-    for location in sorted(external_locations(data)):
+    for location in sorted({entry["location"] for entry in facts.external if "location" in entry}):
         pure = PurePosixPath(location)
         if pure.is_absolute() or ".." in pure.parts or location.startswith("\\") or ":" in location:
             raise PackageError(f"{graph} reads external data from {location!r}, outside the package; refusing it")
@@ -162,18 +187,23 @@ def _check_external_data(root: Path, graph: str, data: bytes, listed: dict) -> N
 def check_interface(segment: Segment, path: str, inputs: list[str], outputs: list[tuple[str, list]],
                     manifest: Manifest) -> None:
     """The graph takes and gives what the manifest says it does, and a classifier's answers have one
-    value per label: a manifest that lies is refused when the graph opens, not deep inside a run."""
+    value per label: a manifest that lies is refused at load (from the graph file's declarations) and
+    again when onnxruntime opens the graph, never deep inside a run."""
     if set(inputs) != set(segment.inputs):
         raise PackageError(f"{path} takes inputs {sorted(inputs)}, but the manifest says {sorted(segment.inputs)}; "
                            f"re-export the package")
     if [name for name, _ in outputs] != list(segment.outputs):
         raise PackageError(f"{path} gives outputs {[name for name, _ in outputs]}, but the manifest says "
                            f"{list(segment.outputs)}; re-export the package")
-    labels = manifest.model.labels
+    labels, embedding_dim = manifest.model.labels, manifest.model.embedding_dim
     answers = segment.kind in ("head", "exit") or (segment.kind == "span" and segment.covers
                                                   and manifest.segment(segment.covers[-1]).kind in ("head", "exit"))
-    if manifest.model.task == "text-classification" and labels and answers:
-        width = outputs[-1][1][-1] if outputs[-1][1] else None
-        if isinstance(width, int) and width != len(labels):
-            raise PackageError(f"{path} answers {width} classes, but the manifest names {len(labels)} labels; "
-                               f"re-export the package")
+    width = outputs[-1][1][-1] if answers and outputs and outputs[-1][1] else None
+    if not isinstance(width, int):
+        return
+    if manifest.model.task == "text-classification" and labels and width != len(labels):
+        raise PackageError(f"{path} answers {width} classes, but the manifest names {len(labels)} labels; "
+                           f"re-export the package")
+    if manifest.model.task == "feature-extraction" and embedding_dim is not None and width != embedding_dim:
+        raise PackageError(f"{path} answers {width}-dimensional embeddings, but the manifest says "
+                           f"embedding_dim {embedding_dim}; re-export the package")

@@ -5,16 +5,17 @@ is 0.3 s from import to first result). After a file passes its checks (size, sha
 a graph the external-data locations), its identity is recorded: device, inode, size, mtime and
 ctime in nanoseconds. A later open skips the checks of a file whose identity is unchanged. ctime
 cannot be set from user space (any write, or `touch -d`, moves it to the present), so a file
-changed after its check is hashed again. Stamps sit in the user's cache, one per manifest digest;
-without a writable cache every open hashes everything, as before.
+changed after its check is hashed again. Stamps sit in the user's cache, one per manifest digest,
+sealed (sealed.py) so that a stamp written by anyone but this runtime is ignored; without a
+writable cache every open hashes everything, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
+from .sealed import seal, unseal
 from .user_cache import cache_root, write_text_atomically
 
 Identity = list[int]
@@ -31,14 +32,16 @@ def _stamp_path(manifest_bytes: bytes) -> Path:
 
 def read_stamp(manifest_bytes: bytes) -> dict[str, Identity]:
     try:
-        stamp = json.loads(_stamp_path(manifest_bytes).read_text(encoding="utf-8"))
-        return stamp if isinstance(stamp, dict) else {}
-    except (OSError, ValueError):
+        stamp = unseal(_stamp_path(manifest_bytes).read_text(encoding="utf-8"))
+    except (OSError, UnicodeError):
         return {}
+    return stamp if isinstance(stamp, dict) else {}
 
 
 def write_stamp(manifest_bytes: bytes, checked: dict[str, Identity]) -> None:
+    text = seal(checked)
     try:
-        write_text_atomically(_stamp_path(manifest_bytes), json.dumps(checked))
+        if text is not None:
+            write_text_atomically(_stamp_path(manifest_bytes), text)
     except OSError:  # a read-only or full cache only costs the next open its hashing
         pass

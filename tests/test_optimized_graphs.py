@@ -87,3 +87,36 @@ def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "optimized").exists() and (tmp_path / "verified").exists()
     assert main(["cache", "--clear"]) == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cached_graph_with_a_forged_stamp_is_not_trusted(tiny_packages, tmp_path, monkeypatch):
+    """Whoever swaps the cached graph can write a stamp with its new identity, but not seal it: the
+    graph is optimized again from the package."""
+    import json
+
+    from edgeinfer.runtime.verified import identity
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path))
+    package = tiny_packages[("bert", "text-classification")]
+    reference = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run("good movie")
+    (folder,) = _folders(tmp_path)
+    (folder / "graph.onnx").write_bytes(b"poisoned")
+    forged = {name: identity(folder / name) for name in ("graph.onnx", "weights.bin")}
+    (folder / "stamp.json").write_text(json.dumps({"payload": forged, "seal": "0" * 64}))
+    again = edgeinfer.load(package, policy=edgeinfer.Policy.off()).run("good movie")
+    np.testing.assert_allclose(again.probabilities, reference.probabilities, atol=1e-6)
+    assert (folder / "graph.onnx").read_bytes() != b"poisoned"
+
+
+def test_a_signed_package_neither_reads_nor_writes_the_cache(tiny_packages, tmp_path, monkeypatch):
+    from edgeinfer.runtime.signing import generate_key, sign_package
+
+    monkeypatch.setenv("EDGEINFER_CACHE", str(tmp_path / "cache"))
+    package = tmp_path / "signed.edge"
+    import shutil
+
+    shutil.copytree(tiny_packages[("bert", "text-classification")], package)
+    generate_key(tmp_path / "publisher")
+    sign_package(package, tmp_path / "publisher")
+    edgeinfer.load(package, policy=edgeinfer.Policy.off(), verify_key=tmp_path / "publisher.pub").run("good movie")
+    assert not (tmp_path / "cache" / "optimized").exists()

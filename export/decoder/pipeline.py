@@ -21,7 +21,7 @@ from ... import __version__
 from ...errors import ExportError
 from ...manifest import SCHEMA_VERSION, DecoderFacts, ExitHead, Manifest, ModelFacts, TokenizerSpec
 from ...runtime.decoder.generation import DecoderSession
-from ...runtime.external_data import external_entries
+from ...runtime.onnx_wire import external_entries
 from ...runtime.package import Package
 from ..shared_weights import WEIGHTS_FILE
 from ..package_writer import discard, finalize, prepare_staging
