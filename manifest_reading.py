@@ -106,7 +106,7 @@ def _parse_calibration(document: Any) -> dict[str, Any]:
     thresholds = _record(record, "thresholds", "calibration")
     where = "calibration.thresholds"
     lengths = _record(thresholds, "lengths", where) if thresholds.get("lengths") is not None else {}
-    for key in lengths:
+    for key in sorted({*lengths, "min", "p10", "p50", "p90", "max"}) if lengths else ():
         _int(lengths, key, f"{where}.lengths", 0, 2**31)
     guarantee = _record(thresholds, "guarantee", where)
     for key in guarantee:

@@ -77,31 +77,53 @@ def summary_text(summary: dict) -> str:
         accuracy = f", accuracy {point['accuracy']:.4f}" if point["accuracy"] is not None else ""
         lines.append(f"point      {point['name']}: agreement {point['agreement']:.4f}, {point['relative_latency']:.3f}x "
                      f"the full model's latency, mean depth {point['mean_depth']:.2f}{accuracy}")
-    validation = summary["validation"]
+    validation = _record(summary.get("validation"))
     if model["task"] == "text-generation":
-        checked = validation.get("prompts", [])
-        lines.append(f"validation greedy generation identical to PyTorch's for {validation.get('new_tokens', 0)} tokens "
-                     f"on {len(checked)} prompts; key/value graphs within {validation.get('kv_max_abs_diff', 0):.1e}")
+        checked = validation.get("prompts")
+        lines.append(f"validation greedy generation identical to PyTorch's for {_number(validation.get('new_tokens'), 'd')} "
+                     f"tokens on {len(checked) if isinstance(checked, list) else '?'} prompts; key/value graphs within "
+                     f"{_number(validation.get('kv_max_abs_diff'), '.1e')}")
         return "\n".join(lines)
-    exits = f"(exits {validation['exit_max_abs_diff']:.2e}) " if "exit_max_abs_diff" in validation else ""
-    lines.append(f"validation max abs diff {validation.get('max_abs_diff', float('nan')):.2e} {exits}vs "
-                 f"{validation.get('reference', '?')}: {'passed' if validation.get('passed') else 'FAILED'}")
+    exits = f"(exits {_number(validation['exit_max_abs_diff'], '.2e')}) " if "exit_max_abs_diff" in validation else ""
+    lines.append(f"validation max abs diff {_number(validation.get('max_abs_diff'), '.2e')} {exits}vs "
+                 f"{validation.get('reference', '?')}: {'passed' if validation.get('passed') is True else 'FAILED'}")
     litert = summary.get("litert")
     if litert:
-        checked = validation.get("litert", {})
+        checked = _record(validation.get("litert"))
         lines.append(f"litert     {', '.join(litert['files'])}: {len(litert['segments'])} segments at token buckets "
-                     f"{litert['buckets']}, {litert['bytes'] / 1e6:.1f} MB; within {checked.get('max_abs_diff', float('nan')):.1e} "
-                     f"of the ONNX graphs (target litert-cpu)")
-    evaluation = summary.get("evaluation") or {}
-    if evaluation:
-        lines.append(f"evaluation on {evaluation['data']} ({evaluation['examples']} examples)")
-        if "final_accuracy" in evaluation:
-            lines.append(f"  full model accuracy {evaluation['final_accuracy']:.4f}")
-        for row in evaluation["exits"]:
-            acc = f"accuracy {row['accuracy']:.4f}, " if "accuracy" in row else ""
-            lines.append(f"  exit after block {row['after_block']}: {acc}agreement {row['agreement_with_final']:.4f}")
-        for row in evaluation["levels"]:
-            acc = f", accuracy {row['accuracy']:.4f}" if "accuracy" in row else ""
-            lines.append(f"  level {row['agreement']}: agreement {row['realized_agreement']:.4f}, "
-                         f"mean depth {row['mean_depth']:.2f}{acc}")
+                     f"{litert['buckets']}, {litert['bytes'] / 1e6:.1f} MB; within "
+                     f"{_number(checked.get('max_abs_diff'), '.1e')} of the ONNX graphs (target litert-cpu)")
+    lines += _evaluation_lines(_record(summary.get("evaluation")))
     return "\n".join(lines)
+
+
+def _record(value: object) -> dict:
+    """A report record from the manifest (validation, evaluation): kept as the exporter wrote it, so
+    read here without trusting its shape; a value of the wrong kind shows as '?'."""
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: object, spec: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
+    try:
+        return format(value, spec)
+    except (ValueError, OverflowError):
+        return "?"
+
+
+def _evaluation_lines(evaluation: dict) -> list[str]:
+    if not evaluation:
+        return []
+    lines = [f"evaluation on {evaluation.get('data', '?')} ({_number(evaluation.get('examples'), 'd')} examples)"]
+    if "final_accuracy" in evaluation:
+        lines.append(f"  full model accuracy {_number(evaluation['final_accuracy'], '.4f')}")
+    for row in (r for r in evaluation.get("exits") or [] if isinstance(r, dict)):
+        acc = f"accuracy {_number(row['accuracy'], '.4f')}, " if "accuracy" in row else ""
+        lines.append(f"  exit after block {row.get('after_block', '?')}: {acc}agreement "
+                     f"{_number(row.get('agreement_with_final'), '.4f')}")
+    for row in (r for r in evaluation.get("levels") or [] if isinstance(r, dict)):
+        acc = f", accuracy {_number(row['accuracy'], '.4f')}" if "accuracy" in row else ""
+        lines.append(f"  level {row.get('agreement', '?')}: agreement {_number(row.get('realized_agreement'), '.4f')}, "
+                     f"mean depth {_number(row.get('mean_depth'), '.2f')}{acc}")
+    return lines

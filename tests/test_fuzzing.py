@@ -1,7 +1,7 @@
 """Fuzzing (hypothesis): hostile manifests, damaged graphs and hostile runtime inputs.
 
 Only the documented error types may escape (EdgeInferError and its subclasses), and no case may
-hang: each runs under a hypothesis deadline. Each target runs 10,000 examples.
+hang: each runs under a hypothesis deadline.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from edgeinfer.manifest_reading import manifest_from_json
 FUZZ = settings(max_examples=5_000, deadline=timedelta(seconds=2), database=None,
                 suppress_health_check=list(HealthCheck))
 
+# any text, lone surrogates (a JSON \udXXX escape) included, and integers past what a float holds
+any_text = st.text(alphabet=st.characters(blacklist_categories=()), max_size=20)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.sampled_from([10**400, -(10**400)])
+    | st.floats(allow_nan=False, allow_infinity=False) | any_text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12)
 
@@ -80,6 +82,34 @@ def test_fuzzed_manifests_raise_only_package_errors(valid_manifest, data):
         assert "\n" not in str(err)
 
 
+@pytest.fixture(scope="module")
+def package_to_mutate(tiny_packages, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mutated") / "p.edge"
+    shutil.copytree(tiny_packages[("bert", "text-classification")], root)
+    return root
+
+
+@settings(max_examples=1_000, deadline=timedelta(seconds=5), database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_manifests_load_run_and_describe_or_refuse_in_one_line(valid_manifest, package_to_mutate, data):
+    """What parses must also load, run and be described, or be refused at load in one line: a value
+    the parser let through must not fail later, deep inside the runtime."""
+    from edgeinfer.cli.package_text import summary_text
+    from edgeinfer.runtime.describe import describe_package
+    from edgeinfer.runtime.package import open_package
+
+    document = json.loads(json.dumps(valid_manifest))
+    path = data.draw(st.sampled_from(list(_paths(document))[1:]))
+    document = _mutate(document, path, data.draw(st.sampled_from(["replace", "delete"])), data.draw(json_values))
+    (package_to_mutate / "manifest.json").write_text(json.dumps(document), encoding="utf-8", errors="surrogatepass")
+    try:
+        session = edgeinfer.load(package_to_mutate, optimized_cache=False)
+        session.run(["a good movie", "dull " * 100])
+        summary_text(describe_package(open_package(package_to_mutate)))
+    except EdgeInferError as err:
+        assert "\n" not in str(err) and str(err)
+
+
 @settings(max_examples=500, deadline=timedelta(seconds=2), database=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_manifest_bytes_raise_only_package_errors(raw):
@@ -125,6 +155,57 @@ text_inputs = st.one_of(
     st.lists(st.one_of(st.text(max_size=40), st.integers(), st.none(), st.binary(max_size=5)), max_size=5),
     st.integers(), st.none(), st.floats(),
 )
+
+
+argument_values = st.one_of(json_values, st.binary(max_size=5), st.just(float("nan")), st.just(float("inf")),
+                            st.just(object()), st.just("a\x00b"))
+
+
+@FUZZ
+@given(name=st.sampled_from(["agreement", "keep_schedule", "importance", "restart_below", "reduction", "skip_blocks",
+                             "audit", "precision", "fallback", "latency_ms", "memory_mb", "threads", "target",
+                             "profile", "verify_key", "policy", "budget"]), value=argument_values)
+def test_fuzzed_public_arguments_raise_only_edgeinfer_errors(tiny_packages, name, value):
+    """Policy, Budget and load() take what their signatures say; anything else is one line naming it."""
+    import dataclasses
+
+    package = tiny_packages[("bert", "text-classification")]
+    policy_fields = {f.name for f in dataclasses.fields(edgeinfer.Policy)}
+    budget_fields = {f.name for f in dataclasses.fields(edgeinfer.Budget)}
+    try:
+        if name in policy_fields:
+            edgeinfer.load(package, policy=edgeinfer.Policy(**{name: value}), optimized_cache=False).run("a good movie")
+        elif name in budget_fields:
+            edgeinfer.load(package, budget=edgeinfer.Budget(**{name: value}), optimized_cache=False).run("a good movie")
+        else:
+            edgeinfer.load(package, optimized_cache=False, **{name: value}).run("a good movie")
+    except EdgeInferError as err:
+        assert "\n" not in str(err) and str(err)
+
+
+@settings(max_examples=1_000, deadline=timedelta(seconds=5), database=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["max_new_tokens", "stop", "on_text", "chat", "mode", "draft_blocks", "draft_tokens",
+                             "draft_precision", "draft_confidence", "draft_ngram", "precision", "restart_below",
+                             "prune_prompt", "prune_to_fit", "exit_threshold", "agreement", "budget_ms",
+                             "min_new_tokens", "first_token_ms", "tokens_per_second", "audit", "prompt",
+                             "temperature", "top_k", "top_p", "seed"]), value=argument_values)
+def test_fuzzed_generate_arguments_raise_only_edgeinfer_errors(llama_session, name, value):
+    from edgeinfer.runtime.decoder.sampling import Sampling
+
+    try:
+        if name in ("temperature", "top_k", "top_p", "seed"):
+            llama_session.generate("good movie", max_new_tokens=2, sampling=Sampling(**{name: value}))
+        elif name == "prompt":
+            llama_session.generate(value, max_new_tokens=2)
+        else:
+            llama_session.generate("good movie", **{"max_new_tokens": 2, name: value})
+    except EdgeInferError as err:
+        assert "\n" not in str(err) and str(err)
+
+
+@pytest.fixture(scope="module")
+def llama_session(tiny_llama_package):
+    return edgeinfer.load(tiny_llama_package)
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,7 @@ def test_generate_plans_on_costs_measured_once(tiny_llama_package, monkeypatch, 
         session.generate(PROMPTS[2], max_new_tokens=6, first_token_ms=unreachable)
     with pytest.raises(InputError, match="use them with mode 'full' and without precision"):
         session.generate(PROMPTS[2], max_new_tokens=6, first_token_ms=60_000, precision="q8")
-    with pytest.raises(InputError, match="tokens_per_second must be a positive number"):
+    with pytest.raises(InputError, match="tokens_per_second -3 must be in"):
         session.generate(PROMPTS[2], max_new_tokens=6, tokens_per_second=-3)
     assert main(["generate", str(tiny_llama_package), "--prompt", PROMPTS[0], "--max-new-tokens", "4",
                  "--first-token-ms", "60000", "--json"]) == 0

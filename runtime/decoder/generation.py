@@ -22,9 +22,10 @@ from ..result import Generation
 from .audit import audited_sequence, start_decoder_audit
 from .decoding import Decoding
 from .drafts import Draft
-from .generation_budget import check_budget_values, device_costs, plan_generation
+from .generation_budget import device_costs, plan_generation
 from .graphs import DecoderGraphs
 from .kv_cache import MIN_PRUNED_FRACTION, kv_need_mb
+from .requests import check_request
 from .sampling import Sampling
 
 if TYPE_CHECKING:
@@ -132,10 +133,13 @@ class DecoderSession(DecoderGraphs):
         places: the package's spans break there. prune_to_fit: when the KV cap (Budget.memory_mb)
         cannot hold the prompt, prune it after the first exit just enough instead of refusing.
         """
-        if mode not in DECODE_MODES:
-            raise InputError(f"mode {mode!r} is not one of {', '.join(DECODE_MODES)}")
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        check_request(prompt, sampling, stop, on_text, chat, prune_prompt, prune_to_fit, DECODE_MODES, mode,
+                      {"precision": precision, "draft_precision": draft_precision},
+                      {"max_new_tokens": max_new_tokens, "draft_blocks": draft_blocks, "draft_tokens": draft_tokens,
+                       "draft_confidence": draft_confidence, "draft_ngram": draft_ngram,
+                       "restart_below": restart_below, "exit_threshold": exit_threshold, "agreement": agreement,
+                       "budget_ms": budget_ms, "min_new_tokens": min_new_tokens, "first_token_ms": first_token_ms,
+                       "tokens_per_second": tokens_per_second})
         ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, chat)
         limit = self.facts.max_positions
         if len(ids) + max_new_tokens > limit:
@@ -175,7 +179,6 @@ class DecoderSession(DecoderGraphs):
                                  f"and a fraction in (0, 1]")
         plan = None
         if first_token_ms is not None or tokens_per_second is not None:
-            check_budget_values(first_token_ms, tokens_per_second)
             if mode != "full" or precision != "fp32" or prune_prompt:
                 raise InputError("first_token_ms / tokens_per_second choose the precision and pruning themselves: "
                                  "use them with mode 'full' and without precision or prune_prompt")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import BudgetError, InputError
+from ...errors import BudgetError
 from ...progress import progress_bar
 from ...targets.fingerprint import device_fingerprint, fingerprint_key
 from ...targets.profile import package_id
@@ -214,10 +214,3 @@ def device_costs(session: DecoderSession) -> dict[str, PhaseCosts]:
     staging.write_text(json.dumps(document, indent=2))
     staging.replace(path)
     return found
-
-
-def check_budget_values(first_token_ms: float | None, tokens_per_second: float | None) -> None:
-    for name, value in (("first_token_ms", first_token_ms), ("tokens_per_second", tokens_per_second)):
-        if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-            raise InputError(f"{name} must be a positive number of {'ms' if name == 'first_token_ms' else 'tokens/s'}, "
-                             f"got {value!r}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import InputError
+from ..arguments import real, whole
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,11 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be 0 (off) or positive, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        real("temperature (0: greedy)", self.temperature, 0.0, 1e6)
+        whole("top_k (0: off)", self.top_k, 0, 1 << 31)
+        real("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        if self.seed is not None:
+            whole("seed", self.seed, 0, 2**63 - 1)
 
     @property
     def greedy(self) -> bool:
