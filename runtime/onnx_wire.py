@@ -99,15 +99,19 @@ def _varint(data: memoryview, position: int) -> tuple[int, int]:
 def _fields(data: memoryview):
     """(field number, wire type, value) for each field; length-delimited values as memoryviews."""
     budget = _budget.get()
-    position = 0
-    while position < len(data):
+    position, end = 0, len(data)
+    while position < end:
         if budget is not None:
             budget[0] -= 1
             if budget[0] < 0:
                 raise PackageError(f"the package's graphs hold more than {budget[1]:,} protobuf fields where "
                                    f"tensors may be, too many for their size (exported models hold far "
                                    f"fewer); refusing to walk them")
-        key, position = _varint(data, position)
+        key = data[position]  # one byte for every field number below 16: the common case, without a call
+        if key < 0x80:
+            position += 1
+        else:
+            key, position = _varint(data, position)
         number, wire = key >> 3, key & 7
         if number == 0:  # invalid in protobuf; also what a file of zeros parses as, byte pair by byte pair
             raise PackageError("graph file is not valid ONNX protobuf (field number 0)")
@@ -118,13 +122,17 @@ def _fields(data: memoryview):
         elif wire == 5:
             value, position = None, position + 4
         elif wire == 2:
-            length, position = _varint(data, position)
-            if position + length > len(data):
+            length = data[position] if position < end else 0x80  # past the end: _varint says so
+            if length < 0x80:
+                position += 1
+            else:
+                length, position = _varint(data, position)
+            if position + length > end:
                 raise PackageError("graph file is not valid ONNX protobuf (a field runs past the end)")
             value, position = data[position:position + length], position + length
         else:
             raise PackageError(f"graph file is not valid ONNX protobuf (wire type {wire})")
-        if position > len(data):
+        if position > end:
             raise PackageError("graph file is not valid ONNX protobuf (truncated)")
         yield number, wire, value
 

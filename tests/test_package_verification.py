@@ -230,7 +230,7 @@ MANIFEST_LIES = {
         lambda m: m["exit_thresholds"][0].__setitem__("expected_mean_depth", 10**400), "too large"),
     "a lone surrogate in a path": (lambda m: m["tokenizer"].__setitem__("path", "tokenizer/\ud800.json"), "surrogate"),
     "calibration lengths that are not numbers": (
-        lambda m: m["calibration"]["thresholds"].__setitem__("lengths", {"min": "x"}), "lengths.min"),
+        lambda m: m["calibration"]["thresholds"]["lengths"].__setitem__("min", "x"), "lengths.min"),
     "a threshold outside its confidence's range": (
         lambda m: m["exit_thresholds"][0]["thresholds"].__setitem__(0, -1), "range"),
     "exit shares that do not add up": (lambda m: m["exit_thresholds"][0]["exit_shares"].__setitem__(0, 0.9), "add up"),
