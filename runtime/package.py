@@ -49,6 +49,16 @@ class Package:
                 raise PackageError(f"{relative} changed on disk after the package was verified; load it again")
         return target
 
+    def verified_bytes(self, relative: str) -> bytes:
+        """A small listed file's bytes, checked against its sha256 as they are read, so that what is
+        used is what was verified, however the file changes afterwards (the tokenizer: its JSON is
+        parsed from these bytes, not opened again by path)."""
+        data = self.unchanged(relative).read_bytes()
+        listed = next((f for f in self.manifest.files if f.path == relative), None)
+        if self.verified and (listed is None or hashlib.sha256(data).hexdigest() != listed.sha256):
+            raise PackageError(f"{relative} changed on disk after the package was verified; load it again")
+        return data
+
     def check_unchanged(self, relatives: list[str]) -> None:
         for relative in relatives:
             self.unchanged(relative)

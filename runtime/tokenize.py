@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from ..errors import InputError, PackageError
 from ..manifest import PAD_BIAS, TokenizerSpec
+
+if TYPE_CHECKING:
+    from .package import Package
 
 
 @dataclass(frozen=True)
@@ -53,17 +57,34 @@ def length_batches(texts: list[str], size: int) -> list[list[int]]:
     return [order[start:start + size] for start in range(0, len(order), size)]
 
 
+def package_tokenizer(package: Package) -> Tokenizer:
+    """The package's tokenizer, parsed from the bytes that pass its sha256 check."""
+    relative = package.manifest.tokenizer.path
+    return read_tokenizer(package.verified_bytes(relative), relative)
+
+
+def read_tokenizer(data: bytes, name: str) -> Tokenizer:
+    try:
+        return Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as err:  # the tokenizers library raises its own untyped errors
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise PackageError(f"{name} is not a tokenizer the tokenizers library can read ({first}); "
+                           f"re-export the package") from None
+
+
 class TextEncoder:
-    def __init__(self, tokenizer_file: Path, spec: TokenizerSpec):
+    def __init__(self, tokenizer: Path | Tokenizer, spec: TokenizerSpec):
+        """tokenizer: a tokenizer.json path (the exporter's own files) or a parsed Tokenizer."""
         self.spec = spec
+        self._tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else read_tokenizer(
+            Path(tokenizer).read_bytes(), Path(tokenizer).name)
         try:
-            self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
             self._tokenizer.no_padding()
             self._tokenizer.enable_truncation(max_length=spec.max_length)
         except Exception as err:  # the tokenizers library raises its own untyped errors
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            raise PackageError(f"{tokenizer_file.name} is not a tokenizer the tokenizers library can read "
-                               f"({first}); re-export the package") from None
+            raise PackageError(f"the package's tokenizer cannot truncate at {spec.max_length} tokens ({first}); "
+                               f"re-export the package") from None
         vocabulary = self._tokenizer.get_vocab_size()
         outside = [i for i in (spec.pad_id, *spec.special_ids) if not 0 <= i < vocabulary]
         if outside:

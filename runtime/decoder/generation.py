@@ -12,13 +12,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from ...errors import BudgetError, InputError
 from ...manifest import exact_level
 from ..arguments import real
 from ..package import Package
 from ..result import Generation
+from ..tokenize import package_tokenizer
 from .audit import audited_sequence, start_decoder_audit
 from .decoding import Decoding
 from .drafts import Draft
@@ -46,7 +46,7 @@ class DecoderSession(DecoderGraphs):
         # prompt): attention scores grow with new x cached tokens, and a 1,363-token SmolLM2 prompt in
         # one piece raised peak RSS by ~280 MB over a short one (bench/studies/decoder_memory.py)
         self.prefill_chunk = 256
-        self.tokenizer = Tokenizer.from_file(str(package.path(package.manifest.tokenizer.path)))
+        self.tokenizer = package_tokenizer(package)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self._auditors: dict[float, "Auditor"] = {}  # per requested level (runtime/decoder/audit.py)

@@ -21,7 +21,7 @@ from ..memory import check_memory_budget
 from ..package import Package
 from ..policy import Budget, Policy, softmax
 from ..result import Result, Trace
-from ..tokenize import TextEncoder, check_texts, length_batches
+from ..tokenize import TextEncoder, check_texts, length_batches, package_tokenizer
 from .audit_session import start_audit
 from .executor import BatchRows, Executor, adaptive_batch, full_pass, run_one, unsure
 from .plan import Plan, compile_plan, levels
@@ -38,7 +38,7 @@ class EdgeSession:
         self.operating_point = None  # set by load(policy="auto")
         self.manifest = package.manifest
         self.budget = budget
-        self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
+        self.encoder = TextEncoder(package_tokenizer(package), self.manifest.tokenizer)
         self.runner = GraphRunner(package, threads, providers, optimized_cache, backend=backend)
         # the executor holds the plan and the costs measured at load: one object per session, not per request
         self.executor = Executor(compile_plan(self.manifest, policy, budget, self.runner.has, backend), self.runner,

@@ -24,7 +24,7 @@ from .planner import choose_precision
 from ..policy import AUTO_PRECISION, Budget, Policy, classification_confidence, softmax, variant_level
 from ..result import Result, Trace
 from ..graph_runner import GraphRunner
-from ..tokenize import EncodedBatch, TextEncoder, length_batches
+from ..tokenize import EncodedBatch, TextEncoder, length_batches, package_tokenizer
 
 def why_no_exits(manifest: Manifest) -> str:
     """The one line every refusal of exits, pruning or skipping gives for a whole-model package."""
@@ -54,7 +54,7 @@ class WholeModelSession:
         if asked:
             raise InputError(f"{', '.join(asked)}: {why}; run it with Policy() or Policy(precision=...)")
         self.whole = self.manifest.full_depth()
-        self.encoder = TextEncoder(package.path(self.manifest.tokenizer.path), self.manifest.tokenizer)
+        self.encoder = TextEncoder(package_tokenizer(package), self.manifest.tokenizer)
         self.runner = GraphRunner(package, threads, providers, optimized_cache)
         self.requested_precision = policy.precision
         self.precision_choice = None
