@@ -37,9 +37,9 @@ export async function load(location: string | URL, options: LoadOptions = {}): P
   if (!Number.isInteger(threads) || threads < 1 || threads > 256) throw new InputError(`threads ${threads} must be a whole number from 1 to 256`);
   const ort = options.ort ?? ((await import("onnxruntime-node")) as unknown as OrtModule);
   const source = await sourceOf(location);
-  const manifestBytes = await source.read("manifest.json");
-  if (manifestBytes.length > MAX_MANIFEST_BYTES) throw new PackageError(`manifest.json is larger than ${MAX_MANIFEST_BYTES} bytes; refusing it`);
-  if (options.verifyKey !== undefined) await verifySignature(manifestBytes, await source.read("manifest.sig").catch(() => {
+  const manifestBytes = await source.read("manifest.json", MAX_MANIFEST_BYTES);
+  if (options.verifyKey !== undefined) await verifySignature(manifestBytes, await source.read("manifest.sig", SIGNATURE_BYTES).catch((err) => {
+    if (err instanceof PackageError && err.message.includes("larger than")) throw err;
     throw new PackageError("package is not signed (manifest.sig missing) but a verifyKey was given; refusing it");
   }), options.verifyKey);
   const manifest = parseManifest(new globalThis.TextDecoder().decode(manifestBytes));
@@ -76,6 +76,7 @@ export async function load(location: string | URL, options: LoadOptions = {}): P
 }
 
 const MAX_MANIFEST_BYTES = 8 * 1024 * 1024;  // as the Python runtime
+const SIGNATURE_BYTES = 64;  // an Ed25519 signature; anything larger is refused before it is read
 
 async function verifySignature(manifest: Uint8Array, signature: Uint8Array, pem: string): Promise<void> {
   if (typeof pem !== "string" || !pem.includes("BEGIN PUBLIC KEY")) throw new InputError("verifyKey takes an Ed25519 public key as PEM text");

@@ -83,6 +83,9 @@ test("a signature is checked when a key is given", async (t) => {
   fs.copyFileSync(path.join(signed, "manifest.sig"), path.join(tampered, "manifest.sig"));
   editManifest(tampered, (m) => { m.model.labels = m.model.labels.slice().reverse(); });
   await assert.rejects(load(tampered, { verifyKey: key }), PackageError);
+  const huge = copy();  // a signature file is 64 bytes: a larger one is refused from its size, unread
+  fs.writeFileSync(path.join(huge, "manifest.sig"), Buffer.alloc(1 << 20));
+  await assert.rejects(load(huge, { verifyKey: key }), (err) => err instanceof PackageError && /larger than 64 bytes/.test(err.message));
 });
 
 test("a deadline shorter than one block answers from the first exit, cut short", async () => {
