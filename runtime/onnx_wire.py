@@ -6,7 +6,8 @@ tensor may name any file as its data. The runtime must check those names before 
 the graph, and it depends on neither onnx nor protobuf's generated classes, so this module walks the
 protobuf wire format itself, descending only into the fields that can hold tensors (onnx.proto3):
 
-    ModelProto.graph = 7, functions = 25 (model-local functions: FunctionProto.node = 7)
+    ModelProto.graph = 7, functions = 25 (model-local functions: FunctionProto.node = 7),
+        training_info = 20 (TrainingInfoProto: initialization = 1, algorithm = 2, both graphs)
     GraphProto.node = 1, initializer = 5, sparse_initializer = 15
     NodeProto.attribute = 5
     AttributeProto.t = 5, g = 6, tensors = 10, graphs = 11, sparse_tensor = 22, sparse_tensors = 23
@@ -33,6 +34,7 @@ from ..errors import PackageError
 
 _MODEL_GRAPH = 7
 _MODEL_FUNCTIONS = 25
+_MODEL_TRAINING_INFO = 20
 _FUNCTION_NODE = 7
 _GRAPH = {1: "node", 5: "tensor", 15: "sparse", 11: "input", 12: "output"}
 _NODE_ATTRIBUTE = 5
@@ -153,6 +155,10 @@ def graph_facts(model_bytes: bytes) -> GraphFacts:
             for function_number, function_wire, node in _fields(value):
                 if function_number == _FUNCTION_NODE and function_wire == 2 and _names_a_location(node):
                     _node(node, found, 0)
+        elif number == _MODEL_TRAINING_INFO and wire == 2 and _names_a_location(value):  # its graphs' tensors too
+            for info_number, info_wire, graph in _fields(value):
+                if info_number in (1, 2) and info_wire == 2:
+                    _graph(graph, found, 1)
     inputs = tuple(name for name in interface.inputs if name not in interface.initializers)
     return GraphFacts(tuple(found), inputs, tuple(interface.outputs), max(interface.positions, default=None))
 

@@ -213,6 +213,13 @@ def test_external_data_named_inside_a_model_local_function_is_found():
     model = helper.make_model(graph, functions=[function],
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
     assert external_locations(model.SerializeToString()) == {"../../etc/passwd"}
+    training = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])  # and in a training-info graph
+    training.data_location = TensorProto.EXTERNAL
+    training.ClearField("float_data")
+    entry = training.external_data.add()
+    entry.key, entry.value = "location", "/etc/shadow"
+    model.training_info.add().initialization.CopyFrom(helper.make_graph([], "init", [], [], [training]))
+    assert external_locations(model.SerializeToString()) == {"../../etc/passwd", "/etc/shadow"}
 
 
 MANIFEST_LIES = {
