@@ -2,12 +2,16 @@
 prompts in one run.
 
     python -m edgeinfer.bench.studies.decoder_bench [--prompts 20] [--new-tokens 48] [--out reports/decoder]
+        [--genai DIR]
 
 Prompts are "Summarize: <AG News dev text>" in the chat template (../shared/data). Configurations:
 PyTorch eager (`generate`, KV cache, measured alone: its OpenMP threads spin and slow whatever runs
 next), one monolithic onnxruntime graph (embedding, 30 blocks and head with KV in/out, our own export
 since Optimum is not installable beside transformers 5), and the package: full depth fp32, the q8
-variant alone, speculative decoding with a q8 draft, and with a shallow fp32 draft. Every run makes
+variant alone, speculative decoding with a q8 draft, and with a shallow fp32 draft. With --genai, a
+model folder written by onnxruntime-genai's model builder (`pip install 'edgeinfer[peers]'`, then
+`python -m onnxruntime_genai.models.builder -m HF_FOLDER -o DIR -p fp32 -e cpu`) runs beside them
+on the same token ids. Every run makes
 exactly --new-tokens tokens (end of sequence suppressed, as transformers' min_new_tokens does), so
 rates compare like with like. Decode rate = (new tokens - 1) / (time after the first new token);
 ratios are of medians over prompts, configurations interleaved prompt by prompt.
@@ -210,23 +214,54 @@ def restart_threshold(session, prompts_ids: list[list[int]], new_tokens: int) ->
                        "rule": "median of the q8 answers' lowest token log-probability"}
 
 
+class GenaiPeer:
+    """Greedy decoding by onnxruntime-genai on a model its builder wrote (fused GroupQueryAttention,
+    SkipSimplifiedLayerNormalization): the generative stack users would pick instead."""
+
+    def __init__(self, folder: Path):
+        import onnxruntime_genai as og  # the peers extra, never the runtime's
+
+        config = og.Config(str(folder))
+        config.clear_providers()
+        self.og, self.model = og, og.Model(config)
+
+    def generate(self, ids: list[int], new_tokens: int, eos: tuple[int, ...]) -> tuple[list[int], float, float]:
+        params = self.og.GeneratorParams(self.model)
+        total = len(ids) + new_tokens  # min_length keeps end-of-sequence away, as the other rows do
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        started = time.perf_counter()
+        generator.append_tokens(np.array(ids, dtype=np.int32))
+        out: list[int] = []
+        first = 0.0
+        while not generator.is_done():
+            generator.generate_next_token()
+            out.append(int(generator.get_next_tokens()[0]))
+            if len(out) == 1:
+                first = time.perf_counter() - started
+        return out, first * 1000, (time.perf_counter() - started) * 1000
+
+
 def speed_section(session, monolith: "Monolith", prompts_ids: list[list[int]], calib_ids: list[list[int]],
-                  new_tokens: int) -> dict:
+                  new_tokens: int, peers: dict[str, "GenaiPeer"] | None = None) -> dict:
     threshold, restart_record = restart_threshold(session, calib_ids, new_tokens)
     configs: list[tuple[str, dict]] = [
         ("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}), *SPECULATIVE,
         (f"early exit, calibrated for {EARLY_EXIT_LEVEL}", {"mode": "early-exit", "agreement": EARLY_EXIT_LEVEL}),
         ("q8, restart at fp32 when unsure", {"precision": "q8", "restart_below": threshold})]
     exact = {"edgeinfer full depth fp32", *(name for name, _ in SPECULATIVE)}
-    results: dict[str, list[dict]] = {"onnxruntime monolithic fp32": [], **{name: [] for name, _ in configs}}
+    baselines = {"onnxruntime monolithic fp32": monolith, **(peers or {})}
+    results: dict[str, list[dict]] = {**{name: [] for name in baselines}, **{name: [] for name, _ in configs}}
     for _, options in configs:  # warm-up: every session opens
         session.generate(prompts_ids[0], max_new_tokens=4, **options)
-    monolith.generate(prompts_ids[0], 4, session.facts.eos_ids)
-    with progress_bar(len(prompts_ids) * (len(configs) + 1), "decoding") as bar:
+    for baseline in baselines.values():
+        baseline.generate(prompts_ids[0], 4, session.facts.eos_ids)
+    with progress_bar(len(prompts_ids) * (len(configs) + len(baselines)), "decoding") as bar:
         for ids in prompts_ids:
-            tokens, first, total = monolith.generate(ids, new_tokens, session.facts.eos_ids)
-            results["onnxruntime monolithic fp32"].append(_rate(tokens, first, total))
-            bar.update()
+            for name, baseline in baselines.items():
+                tokens, first, total = baseline.generate(ids, new_tokens, session.facts.eos_ids)
+                results[name].append(_rate(tokens, first, total))
+                bar.update()
             for name, options in configs:
                 got = session.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
                 trace = got.trace
@@ -245,7 +280,7 @@ def speed_section(session, monolith: "Monolith", prompts_ids: list[list[int]], c
     results["pytorch eager fp32"] = pytorch_rates(prompts_ids, new_tokens)
     reference = [r["tokens"] for r in results["edgeinfer full depth fp32"]]
     base = float(np.median([r["tokens_per_s"] for r in results["edgeinfer full depth fp32"]]))
-    order = ["pytorch eager fp32", "onnxruntime monolithic fp32", *(name for name, _ in configs)]
+    order = ["pytorch eager fp32", *baselines, *(name for name, _ in configs)]
     return {"rows": [summarize(name, results[name], reference, base) for name in order],
             "restart": restart_record}
 
@@ -300,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--long-prompts", type=int, default=12)
     parser.add_argument("--out", default="reports/decoder")
+    parser.add_argument("--genai", default=None, help="a model folder from onnxruntime-genai's builder, run beside")
     args = parser.parse_args(argv)
     cache = cache_root() / "bench"
     package = bench_package(cache)
@@ -311,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts_ids = [session.encode(p) for p in read_prompts(shared, args.prompts)]
     calib_ids = [session.encode(p) for p in read_prompts(shared, 16, skip=200)]
     monolith = Monolith(monolith_graph(cache, package), session.num_blocks, facts.num_kv_heads, facts.head_dim)
-    speed = speed_section(session, monolith, prompts_ids, calib_ids, args.new_tokens)
+    peers = {"onnxruntime-genai fp32 (its builder)": GenaiPeer(Path(args.genai))} if args.genai else None
+    speed = speed_section(session, monolith, prompts_ids, calib_ids, args.new_tokens, peers)
     pruning = pruning_section(session, long_prompts(shared, session, args.long_prompts))
     document = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)", "machine": platform.machine(),
                 "threads": os.cpu_count(), "prompts": len(prompts_ids), "new_tokens": args.new_tokens,
