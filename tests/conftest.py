@@ -203,7 +203,7 @@ def build_tiny_llama(directory: Path, layers: int = 4, seed: int = 0) -> Path:
                                    eos_token="<eos>", additional_special_tokens=["<user>", "<assistant>"])
     fast.chat_template = ("{% for m in messages %}<user> {{ m['content'] }} <eos> {% endfor %}"
                           "{% if add_generation_prompt %}<assistant> {% endif %}")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None)
     model = LlamaForCausalLM(config)

@@ -55,7 +55,8 @@ def bench_package(cache: Path) -> Path:
     try:
         manifest = open_package(package, verify=False).manifest
         current = manifest.exit_thresholds and "attention_received" in manifest.segment("block_00").outputs \
-            and manifest.decoder.embedding_file is not None
+            and manifest.decoder.embedding_file is not None \
+            and any("seqlens_k" in s.inputs for s in manifest.segments)  # the GroupQueryAttention spans
         if current and "q8" in (v.name for v in manifest.precision_variants):
             return package
     except (PackageError, OSError):
@@ -110,7 +111,8 @@ def monolith_graph(cache: Path, package: Path) -> Path:
         return path
     import torch
 
-    from ...export.decoder.graphs import decoder_axes, cache_names
+    from ...export.decoder.graphs import decoder_axes
+    from ...export.decoder.segments import cache_names
     from ...export.decoder.pipeline import load_causal_lm
     from ...export.decoder.segments import DecoderMonolith, decoder_modules
     from ...export.onnx_graphs import export_graph
@@ -336,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-prompts", type=int, default=12)
     parser.add_argument("--out", default="reports/decoder")
     parser.add_argument("--genai", default=None, help="a model folder from onnxruntime-genai's builder, run beside")
+    parser.add_argument("--package", default=None, help="a SmolLM2 package with a q8 variant (default: exported "
+                                                           "once into the user cache)")
     args = parser.parse_args(argv)
     cache = cache_root() / "bench"
-    package = bench_package(cache)
+    package = Path(args.package) if args.package else bench_package(cache)
     import edgeinfer
 
     session = edgeinfer.load(package)

@@ -14,7 +14,8 @@ from ...manifest import Segment, Variant
 from ...progress import progress_bar
 from ..onnx_graphs import GraphJob, export_graph
 from ..shared_weights import WEIGHTS_FILE, share_weights
-from .segments import DecoderModules, DecoderSpan
+from .gqa_graphs import gqa_supported, write_gqa_span
+from .segments import DecoderModules, DecoderSpan, cache_names
 
 
 def decoder_axes(names: list[str]) -> dict[str, dict[int, str]]:
@@ -29,10 +30,6 @@ def decoder_axes(names: list[str]) -> dict[str, dict[int, str]]:
         else:  # input_ids, position_ids, hidden, next_hidden, logits
             axes[name] = {0: "batch", 1: "new"}
     return axes
-
-
-def cache_names(kind: str, blocks: range) -> list[str]:
-    return [f"{kind}_{part}_{b:02d}" for b in blocks for part in ("key", "value")]
 
 
 def span_ranges(exits: tuple[int, ...], num_blocks: int) -> list[range]:
@@ -70,7 +67,8 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
                          ["next_hidden", *cache_names("present", blocks), "attention_received"],
                          tuple(f"block_{b:02d}" for b in blocks)))
     segments: list[Segment] = []
-    with progress_bar(len(jobs), "exporting graphs") as bar:
+    fast_spans = span_ranges(exits, shape.num_blocks) if gqa_supported(modules.blocks) is None else []
+    with progress_bar(len(jobs) + len(fast_spans), "exporting graphs") as bar:
         for job in jobs:
             path = graph_dir / f"{job.name}.onnx"
             inputs, outputs = export_graph(job.module, job.args, job.inputs, job.outputs, path,
@@ -79,5 +77,18 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
                                     outputs=tuple(outputs), variants=(Variant("fp32", f"graphs/{job.name}.onnx"),),
                                     covers=job.covers))
             bar.update()
-    share_weights([graph_dir / f"{job.name}.onnx" for job in jobs], graph_dir / WEIGHTS_FILE)
+        for blocks in fast_spans:
+            segments.append(_gqa_span(graph_dir, modules, blocks))
+            bar.update()
+    share_weights([graph_dir / f"{s.name}.onnx" for s in segments], graph_dir / WEIGHTS_FILE)
     return segments
+
+
+def _gqa_span(graph_dir: Path, modules: DecoderModules, blocks: range) -> Segment:
+    """A stretch of blocks written with onnxruntime's generative operators (gqa_graphs.py), which the
+    runtime calls whenever a step needs neither a pruned cache nor the attention received."""
+    name = "gqa_blocks" if len(blocks) == modules.shape.num_blocks else f"gqa_{blocks[0]:02d}_{blocks[-1] + 1:02d}"
+    inputs, outputs = write_gqa_span([modules.blocks[b] for b in blocks], blocks[0], modules.shape,
+                                     graph_dir / f"{name}.onnx")
+    return Segment(name=name, kind="span", index=blocks[0], inputs=tuple(inputs), outputs=tuple(outputs),
+                   variants=(Variant("fp32", f"graphs/{name}.onnx"),), covers=tuple(f"block_{b:02d}" for b in blocks))

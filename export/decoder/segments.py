@@ -54,6 +54,11 @@ def decoder_shape(model: nn.Module) -> DecoderShape:
     )
 
 
+def cache_names(kind: str, blocks: range) -> list[str]:
+    """A span's cache inputs ("past") or outputs ("present"), named after each block it covers."""
+    return [f"{kind}_{part}_{b:02d}" for b in blocks for part in ("key", "value")]
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

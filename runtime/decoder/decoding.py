@@ -110,7 +110,7 @@ class Decoding:
         for point, fraction in prune:
             if not at < point < stop:
                 continue
-            hidden, received = self.s.blocks(cache, hidden, positions, at, point, precision)
+            hidden, received = self.s.blocks(cache, hidden, positions, at, point, precision, attention=True)
             kept = prompt_tokens_kept(received[0, -hidden.shape[1]:], fraction, len(tokens))
             hidden, positions, at = hidden[:, kept], positions[kept], point
         hidden, _ = self.s.blocks(cache, hidden, positions, at, stop, precision)

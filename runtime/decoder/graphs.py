@@ -35,6 +35,9 @@ def _block_index(name: str) -> int:
     return int(name.rsplit("_", 1)[1])
 
 
+GQA_FEED = "seqlens_k"  # what a span written with GroupQueryAttention takes instead of positions (gqa_graphs.py)
+
+
 class DecoderGraphs:
     def __init__(self, package: Package, threads: int | None = None,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), fused: bool = True):
@@ -50,42 +53,56 @@ class DecoderGraphs:
         # the precisions whose embed graph is the fp32 one, i.e. the mapped table
         self._table_serves = frozenset(v.precision for v in self._embed.variants
                                        if self._table is not None and v.path == self._embed.graph("fp32"))
-        self._routes: dict[tuple[int, int, tuple[int, ...]], list[tuple[Segment, range]]] = {}
+        self._routes: dict[tuple[int, int, tuple[int, ...], bool], list[tuple[Segment, range]]] = {}
         self._head = manifest.segment("head")
-        self._spans: dict[int, list[tuple[int, Segment]]] = {}
-        for segment in self._block_spans() if fused else ():
-            first, last = _block_index(segment.covers[0]), _block_index(segment.covers[-1])
-            self._spans.setdefault(first, []).append((last + 1, segment))
+        # traced spans (any cache, and the attention each entry received) and, where the package has
+        # them, spans on onnxruntime's GroupQueryAttention (contiguous caches only, and faster)
+        self._spans = self._span_table(self._block_spans(gqa=False) if fused else [])
+        gqa = self._block_spans(gqa=True) if fused else []
+        self._gqa_spans = self._span_table(gqa)
+        self._gqa_precisions = frozenset.intersection(*(frozenset(v.precision for v in s.variants) for s in gqa)) \
+            if gqa else frozenset()
         self._blocks = {b.index: b for b in manifest.blocks()}
         self._kv = {s.index: s for s in manifest.segments if s.kind == "kv"}
         self.exits = tuple(e.after_block for e in manifest.exits)
 
-    def _block_spans(self) -> list[Segment]:
+    def _block_spans(self, gqa: bool) -> list[Segment]:
         """The spans the runtime uses: the stretches between exits when the package has them, each
         block's weights then held once whatever a run decides (sessions do not share initializers,
         and a pruned cache cannot go through the all-blocks span); otherwise the all-blocks span.
         Three more calls per token cost ~0.1 ms of a ~49 ms SmolLM2 step."""
-        spans = [s for s in self.manifest.segments
-                 if s.kind == "span" and s.covers and all(c.startswith("block_") for c in s.covers)]
+        spans = [s for s in self.manifest.segments if s.kind == "span" and s.covers
+                 and all(c.startswith("block_") for c in s.covers) and (GQA_FEED in s.inputs) == gqa]
         stretches = [s for s in spans if len(s.covers) < self.num_blocks]
         return stretches or spans
 
+    @staticmethod
+    def _span_table(spans: list[Segment]) -> dict[int, list[tuple[int, Segment]]]:
+        table: dict[int, list[tuple[int, Segment]]] = {}
+        for segment in spans:
+            first, last = _block_index(segment.covers[0]), _block_index(segment.covers[-1])
+            table.setdefault(first, []).append((last + 1, segment))
+        return table
 
-    def route(self, start: int, stop: int, breaks: tuple[int, ...] = ()) -> list[tuple[Segment, range]]:
+
+    def route(self, start: int, stop: int, breaks: tuple[int, ...] = (), gqa: bool = False
+              ) -> list[tuple[Segment, range]]:
         """The fewest graphs computing blocks start..stop-1: the longest span that fits, else a block.
         A span never crosses a break (a block whose cache holds other tokens than the one before it).
-        Every decode step asks for the same few routes, so each is worked out once."""
-        key = (start, stop, breaks)
+        gqa: take the GroupQueryAttention spans. Every decode step asks for the same few routes, so
+        each is worked out once."""
+        key = (start, stop, breaks, gqa)
         found = self._routes.get(key)
         if found is None:
-            found = self._routes[key] = self._plan_route(start, stop, breaks)
+            found = self._routes[key] = self._plan_route(start, stop, breaks, self._gqa_spans if gqa else self._spans)
         return found
 
-    def _plan_route(self, start: int, stop: int, breaks: tuple[int, ...]) -> list[tuple[Segment, range]]:
+    def _plan_route(self, start: int, stop: int, breaks: tuple[int, ...],
+                    spans: dict[int, list[tuple[int, Segment]]]) -> list[tuple[Segment, range]]:
         route: list[tuple[Segment, range]] = []
         at = start
         while at < stop:
-            fitting = [(end, s) for end, s in self._spans.get(at, [])
+            fitting = [(end, s) for end, s in spans.get(at, [])
                        if end <= stop and not any(at < b < end for b in breaks)]
             end, segment = max(fitting, key=lambda pair: pair[0]) if fitting else (at + 1, self._blocks[at])
             route.append((segment, range(at, end)))
@@ -101,19 +118,27 @@ class DecoderGraphs:
         return self.runner.graph(self._head, precision).run(None, {"hidden": hidden})[0]
 
     def blocks(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int, stop: int,
-               precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+               precision: str = "fp32", attention: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Run blocks start..stop-1 on new tokens at `positions`, appending their keys and values.
-        -> hidden states, and the attention each cache entry of the last block received."""
+        -> hidden states, and (attention=True) the attention each cache entry of the last block received."""
         position_ids = positions.reshape(1, -1).astype(np.int64)
         received = np.zeros((1, 0), np.float32)
-        for segment, blocks in self.route(start, stop, tuple(cache.uniform_from(start))):
+        gqa = not attention and precision in self._gqa_precisions and cache.contiguous(start, stop, positions)
+        breaks = () if gqa else tuple(cache.uniform_from(start))
+        for segment, blocks in self.route(start, stop, breaks, gqa):
             total = cache.length(blocks[0]) + hidden.shape[1]
-            feeds = {"hidden": hidden, "position_ids": position_ids,
-                     "attention_bias": np.zeros((1, total), np.float32)}
+            if GQA_FEED in segment.inputs:
+                feeds = {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),
+                         "total_sequence_length": np.array(total, np.int32)}
+            else:
+                feeds = {"hidden": hidden, "position_ids": position_ids,
+                         "attention_bias": np.zeros((1, total), np.float32)}
             for b in blocks:
                 feeds[f"past_key_{b:02d}"], feeds[f"past_value_{b:02d}"] = self._past(cache, b)
             outputs = self.runner.graph(segment, precision).run(None, feeds)
-            hidden, received = outputs[0], outputs[-1]
+            hidden = outputs[0]
+            if GQA_FEED not in segment.inputs:
+                received = outputs[-1]
             for i, b in enumerate(blocks):
                 cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i], positions)
         return hidden, received

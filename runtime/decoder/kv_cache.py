@@ -48,6 +48,14 @@ class KVCache:
                 self.values[b] = np.ascontiguousarray(self.values[b][:, :, :kept])
                 self.positions[b] = self.positions[b][:kept]
 
+    def contiguous(self, start: int, stop: int, new_positions: np.ndarray) -> bool:
+        """Blocks start..stop-1 each hold positions 0..n-1 and the new tokens come next: the layout
+        GroupQueryAttention implies (it takes positions from the cache's length)."""
+        n = self.length(start)
+        return (all(self.length(b) == n for b in range(start, stop))
+                and all(n == 0 or int(self.positions[b][-1]) == n - 1 for b in range(start, stop))
+                and int(new_positions[0]) == n and int(new_positions[-1]) == n + len(new_positions) - 1)
+
     def uniform_from(self, start: int) -> list[int]:
         """Blocks after which the entry count changes (spans must not cross them)."""
         return [b for b in range(start + 1, self.num_blocks) if self.length(b) != self.length(b - 1)]
