@@ -11,7 +11,8 @@ since Optimum is not installable beside transformers 5), and the package: full d
 variant alone, speculative decoding with a q8 draft, and with a shallow fp32 draft. With --genai, a
 model folder written by onnxruntime-genai's model builder (`pip install 'edgeinfer[peers]'`, then
 `python -m onnxruntime_genai.models.builder -m HF_FOLDER -o DIR -p fp32 -e cpu`) runs beside them
-on the same token ids. Every run makes
+on the same token ids, and with --gguf NAME=PATH (repeatable) llama.cpp on GGUF files of the same
+weights (llama-cpp-python, built from source: PyPI has no wheel). Every run makes
 exactly --new-tokens tokens (end of sequence suppressed, as transformers' min_new_tokens does), so
 rates compare like with like. Decode rate = (new tokens - 1) / (time after the first new token);
 ratios are of medians over prompts, configurations interleaved prompt by prompt.
@@ -244,8 +245,35 @@ class GenaiPeer:
         return out, first * 1000, (time.perf_counter() - started) * 1000
 
 
+class LlamaCppPeer:
+    """Greedy decoding by llama.cpp (llama-cpp-python) on a GGUF file of the same weights: the peer
+    for laptops and phones. Its logits pick the token, end of sequence suppressed as for every row."""
+
+    def __init__(self, gguf: Path, threads: int = 2):
+        from llama_cpp import Llama  # the peers extra, never the runtime's
+
+        self.model = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_threads=threads,
+                           n_threads_batch=threads, verbose=False)
+
+    def generate(self, ids: list[int], new_tokens: int, eos: tuple[int, ...]) -> tuple[list[int], float, float]:
+        started = time.perf_counter()
+        self.model.reset()
+        out: list[int] = []
+        first = 0.0
+        feed = list(ids)
+        while len(out) < new_tokens:
+            self.model.eval(feed)  # keeps only the last token's logits, read from the context directly
+            row = np.ctypeslib.as_array(self.model._ctx.get_logits(), shape=(self.model.n_vocab(),)).copy()
+            row[list(eos)] = -np.inf
+            out.append(int(row.argmax()))
+            feed = [out[-1]]
+            if len(out) == 1:
+                first = time.perf_counter() - started
+        return out, first * 1000, (time.perf_counter() - started) * 1000
+
+
 def speed_section(session, monolith: "Monolith", prompts_ids: list[list[int]], calib_ids: list[list[int]],
-                  new_tokens: int, peers: dict[str, "GenaiPeer"] | None = None) -> dict:
+                  new_tokens: int, peers: dict[str, "GenaiPeer | LlamaCppPeer"] | None = None) -> dict:
     threshold, restart_record = restart_threshold(session, calib_ids, new_tokens)
     configs: list[tuple[str, dict]] = [
         ("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}), *SPECULATIVE,
@@ -338,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-prompts", type=int, default=12)
     parser.add_argument("--out", default="reports/decoder")
     parser.add_argument("--genai", default=None, help="a model folder from onnxruntime-genai's builder, run beside")
+    parser.add_argument("--gguf", action="append", default=[], metavar="NAME=PATH",
+                        help="a GGUF file of the same weights for llama.cpp, e.g. F16=smol-f16.gguf (repeatable)")
     parser.add_argument("--package", default=None, help="a SmolLM2 package with a q8 variant (default: exported "
                                                            "once into the user cache)")
     args = parser.parse_args(argv)
@@ -351,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     prompts_ids = [session.encode(p) for p in read_prompts(shared, args.prompts)]
     calib_ids = [session.encode(p) for p in read_prompts(shared, 16, skip=200)]
     monolith = Monolith(monolith_graph(cache, package), session.num_blocks, facts.num_kv_heads, facts.head_dim)
-    peers = {"onnxruntime-genai fp32 (its builder)": GenaiPeer(Path(args.genai))} if args.genai else None
+    peers: dict[str, GenaiPeer | LlamaCppPeer] = {}
+    if args.genai:
+        peers["onnxruntime-genai fp32 (its builder)"] = GenaiPeer(Path(args.genai))
+    for spec in args.gguf:
+        name, _, path = spec.partition("=")
+        peers[f"llama.cpp {name}"] = LlamaCppPeer(Path(path))
     speed = speed_section(session, monolith, prompts_ids, calib_ids, args.new_tokens, peers)
     pruning = pruning_section(session, long_prompts(shared, session, args.long_prompts))
     document = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)", "machine": platform.machine(),
