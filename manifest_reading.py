@@ -96,7 +96,7 @@ def _list(obj: Any, key: str, where: str, parse: Callable[[Any, str], T], limit:
 def _record(obj: Any, key: str, where: str = "") -> dict[str, Any]:
     value = obj.get(key, {}) if isinstance(obj, dict) else {}
     if not isinstance(value, dict):
-        raise PackageError(f"manifest: {where + '.' if where else ''}{key} must be an object")
+        raise PackageError(f"manifest: {_at(where, key)} must be an object")
     return value
 
 

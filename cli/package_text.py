@@ -103,6 +103,11 @@ def _record(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _rows(value: object) -> list[dict]:
+    """A report's list of records, each one that is a record."""
+    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
+
+
 def _number(value: object, spec: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "?"
@@ -118,11 +123,11 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
     lines = [f"evaluation on {evaluation.get('data', '?')} ({_number(evaluation.get('examples'), 'd')} examples)"]
     if "final_accuracy" in evaluation:
         lines.append(f"  full model accuracy {_number(evaluation['final_accuracy'], '.4f')}")
-    for row in (r for r in evaluation.get("exits") or [] if isinstance(r, dict)):
+    for row in _rows(evaluation.get("exits")):
         acc = f"accuracy {_number(row['accuracy'], '.4f')}, " if "accuracy" in row else ""
         lines.append(f"  exit after block {row.get('after_block', '?')}: {acc}agreement "
                      f"{_number(row.get('agreement_with_final'), '.4f')}")
-    for row in (r for r in evaluation.get("levels") or [] if isinstance(r, dict)):
+    for row in _rows(evaluation.get("levels")):
         acc = f", accuracy {_number(row['accuracy'], '.4f')}" if "accuracy" in row else ""
         lines.append(f"  level {row.get('agreement', '?')}: agreement {_number(row.get('realized_agreement'), '.4f')}, "
                      f"mean depth {_number(row.get('mean_depth'), '.2f')}{acc}")

@@ -71,6 +71,11 @@ class GraphFacts:
     outputs: tuple[tuple[str, tuple[Dim, ...]], ...]  # name and shape (a number, a symbol or None per dim)
     positions: int | None  # rows of a learned position table (…position_embeddings.weight), if it has one
 
+    @property
+    def locations(self) -> set[str]:
+        """Every file an external-data tensor of this model names."""
+        return {entry["location"] for entry in self.external if "location" in entry}
+
 
 _budget: ContextVar[list[int] | None] = ContextVar("edgeinfer_protobuf_fields", default=None)
 
@@ -168,8 +173,7 @@ def external_entries(model_bytes: bytes) -> list[dict[str, str]]:
 
 
 def external_locations(model_bytes: bytes) -> set[str]:
-    """Every `location` an external-data tensor of this model names."""
-    return {entry["location"] for entry in external_entries(model_bytes) if "location" in entry}
+    return graph_facts(model_bytes).locations
 
 
 def external_bytes(model_bytes: bytes) -> int:

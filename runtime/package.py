@@ -216,7 +216,7 @@ def _check_positions(graph: str, facts: GraphFacts, manifest: Manifest) -> None:
 def _check_external_data(root: Path, graph: str, facts: GraphFacts, listed: dict) -> None:
     """Every external-data file a graph names must sit inside the package and be listed (so hashed)."""
     folder = PurePosixPath(graph).parent
-    for location in sorted({entry["location"] for entry in facts.external if "location" in entry}):
+    for location in sorted(facts.locations):
         pure = PurePosixPath(location)
         if pure.is_absolute() or ".." in pure.parts or location.startswith("\\") or ":" in location:
             raise PackageError(f"{graph} reads external data from {location!r}, outside the package; refusing it")

@@ -27,7 +27,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .segments import DecoderBlock, DecoderShape, cache_names
 
-GQA_INPUTS = ("hidden", "seqlens_k", "total_sequence_length")
 OPSETS = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
 
 
@@ -52,8 +51,8 @@ def _weight(initializers: list[onnx.TensorProto], name: str, tensor: torch.Tenso
 
 
 def gqa_span(blocks: list[DecoderBlock], first_index: int, shape: DecoderShape) -> onnx.ModelProto:
-    """One graph for consecutive blocks, interface: GQA_INPUTS + past_key/value_NN in,
-    next_hidden + present_key/value_NN out (the traced spans' names for the cache)."""
+    """One graph for consecutive blocks: hidden, seqlens_k, total_sequence_length and past_key/value_NN
+    in, next_hidden and present_key/value_NN out (the traced spans' names for the cache)."""
     rotary = blocks[0].rotary
     angles = np.arange(shape.max_positions, dtype=np.float64)[:, None] * rotary.inv_freq.double().numpy()[None, :]
     inits = [numpy_helper.from_array((np.cos(angles) * rotary.scaling).astype(np.float32), "cos_cache"),

@@ -59,13 +59,12 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
                          cache_names("present", range(i, i + 1))))
     jobs.append(GraphJob("head", "head", 0, modules.head, (hidden,), ["hidden"], ["logits"]))
     for blocks in span_ranges(exits, shape.num_blocks):
-        name = "blocks" if len(blocks) == shape.num_blocks else f"span_{blocks[0]:02d}_{blocks[-1] + 1:02d}"
         span = DecoderSpan([modules.blocks[b] for b in blocks])
         past_args = tuple(cache() for _ in range(2 * len(blocks)))
-        jobs.append(GraphJob(name, "span", blocks[0], span, (hidden, positions, bias, *past_args),
-                         [*front, *cache_names("past", blocks)],
-                         ["next_hidden", *cache_names("present", blocks), "attention_received"],
-                         tuple(f"block_{b:02d}" for b in blocks)))
+        jobs.append(GraphJob(_span_name(blocks, shape.num_blocks, "span"), "span", blocks[0], span,
+                             (hidden, positions, bias, *past_args), [*front, *cache_names("past", blocks)],
+                             ["next_hidden", *cache_names("present", blocks), "attention_received"],
+                             _block_names(blocks)))
     segments: list[Segment] = []
     fast_spans = span_ranges(exits, shape.num_blocks) if gqa_supported(modules.blocks) is None else []
     with progress_bar(len(jobs) + len(fast_spans), "exporting graphs") as bar:
@@ -87,8 +86,19 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
 def _gqa_span(graph_dir: Path, modules: DecoderModules, blocks: range) -> Segment:
     """A stretch of blocks written with onnxruntime's generative operators (gqa_graphs.py), which the
     runtime calls whenever a step needs neither a pruned cache nor the attention received."""
-    name = "gqa_blocks" if len(blocks) == modules.shape.num_blocks else f"gqa_{blocks[0]:02d}_{blocks[-1] + 1:02d}"
+    name = _span_name(blocks, modules.shape.num_blocks, "gqa")
     inputs, outputs = write_gqa_span([modules.blocks[b] for b in blocks], blocks[0], modules.shape,
                                      graph_dir / f"{name}.onnx")
     return Segment(name=name, kind="span", index=blocks[0], inputs=tuple(inputs), outputs=tuple(outputs),
-                   variants=(Variant("fp32", f"graphs/{name}.onnx"),), covers=tuple(f"block_{b:02d}" for b in blocks))
+                   variants=(Variant("fp32", f"graphs/{name}.onnx"),), covers=_block_names(blocks))
+
+
+def _span_name(blocks: range, num_blocks: int, kind: str) -> str:
+    """"blocks" / "gqa_blocks" for the whole depth, else "span_08_15" / "gqa_08_15"."""
+    if len(blocks) == num_blocks:
+        return "blocks" if kind == "span" else f"{kind}_blocks"
+    return f"{kind}_{blocks[0]:02d}_{blocks[-1] + 1:02d}"
+
+
+def _block_names(blocks: range) -> tuple[str, ...]:
+    return tuple(f"block_{b:02d}" for b in blocks)

@@ -10,7 +10,7 @@ import { InputError, PackageError } from "./errors.js";
 import { parseManifest, type Segment } from "./manifest.js";
 import { checkBudget, resolvePolicy, type Budget, type Policy } from "./policy.js";
 import { EdgeSession, type OrtModule } from "./session.js";
-import { sourceOf } from "./source.js";
+import { FileTooLarge, sourceOf } from "./source.js";
 import { TextEncoder } from "./tokenize.js";
 import { checkExternalData, checkFile, checkListing, confined, externalLocations } from "./verify.js";
 
@@ -39,7 +39,7 @@ export async function load(location: string | URL, options: LoadOptions = {}): P
   const source = await sourceOf(location);
   const manifestBytes = await source.read("manifest.json", MAX_MANIFEST_BYTES);
   if (options.verifyKey !== undefined) await verifySignature(manifestBytes, await source.read("manifest.sig", SIGNATURE_BYTES).catch((err) => {
-    if (err instanceof PackageError && err.message.includes("larger than")) throw err;
+    if (err instanceof FileTooLarge) throw err;
     throw new PackageError("package is not signed (manifest.sig missing) but a verifyKey was given; refusing it");
   }), options.verifyKey);
   const manifest = parseManifest(new globalThis.TextDecoder().decode(manifestBytes));

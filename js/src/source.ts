@@ -65,8 +65,11 @@ function urlSource(base: string): PackageSource {
   };
 }
 
-function tooLarge(name: string, limit: number): PackageError {
-  return new PackageError(`${name} is larger than ${limit} bytes; refusing it`);
+/** A package file over the size its kind may have: refused before it is read whole. */
+export class FileTooLarge extends PackageError {}
+
+function tooLarge(name: string, limit: number): FileTooLarge {
+  return new FileTooLarge(`${name} is larger than ${limit} bytes; refusing it`);
 }
 
 /** The body, refused as soon as it passes `limit` bytes (a server may send no Content-Length). */

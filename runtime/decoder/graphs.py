@@ -127,7 +127,8 @@ class DecoderGraphs:
         breaks = () if gqa else tuple(cache.uniform_from(start))
         for segment, blocks in self.route(start, stop, breaks, gqa):
             total = cache.length(blocks[0]) + hidden.shape[1]
-            if GQA_FEED in segment.inputs:
+            on_gqa = GQA_FEED in segment.inputs  # a route may mix in a traced block where no GQA span fits
+            if on_gqa:
                 feeds = {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),
                          "total_sequence_length": np.array(total, np.int32)}
             else:
@@ -137,7 +138,7 @@ class DecoderGraphs:
                 feeds[f"past_key_{b:02d}"], feeds[f"past_value_{b:02d}"] = self._past(cache, b)
             outputs = self.runner.graph(segment, precision).run(None, feeds)
             hidden = outputs[0]
-            if GQA_FEED not in segment.inputs:
+            if not on_gqa:
                 received = outputs[-1]
             for i, b in enumerate(blocks):
                 cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i], positions)

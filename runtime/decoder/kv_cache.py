@@ -50,10 +50,12 @@ class KVCache:
 
     def contiguous(self, start: int, stop: int, new_positions: np.ndarray) -> bool:
         """Blocks start..stop-1 each hold positions 0..n-1 and the new tokens come next: the layout
-        GroupQueryAttention implies (it takes positions from the cache's length)."""
+        GroupQueryAttention implies (it takes positions from the cache's length). A deeper block
+        holds a subset of a shallower one's entries (pruning only drops, going deeper), so equal
+        first and last lengths, with the first ending at n-1, settle it: one check per step, not one
+        per block."""
         n = self.length(start)
-        return (all(self.length(b) == n for b in range(start, stop))
-                and all(n == 0 or int(self.positions[b][-1]) == n - 1 for b in range(start, stop))
+        return (self.length(stop - 1) == n and (n == 0 or int(self.positions[start][-1]) == n - 1)
                 and int(new_positions[0]) == n and int(new_positions[-1]) == n + len(new_positions) - 1)
 
     def uniform_from(self, start: int) -> list[int]:

@@ -54,7 +54,10 @@ def check_request(prompt: Any, sampling: Any, stop: Any, on_text: Any, chat: Any
     for name, value in numbers.items():
         if value is not None or name in _REQUIRED:
             low, high, low_open, integral = _NUMBERS[name]
-            whole(name, value, low, high) if integral else real(name, value, low, high, low_open=low_open)
+            if integral:
+                whole(name, value, low, high)
+            else:
+                real(name, value, low, high, low_open=low_open)
     _check_pruning(prune_prompt)
 
 
