@@ -158,6 +158,10 @@ def test_bad_generation_input(session):
         session.generate(PROMPTS[0], mode="speculative", draft_precision="int4")
     with pytest.raises(InputError, match="top_p"):
         Sampling(temperature=1.0, top_p=0.0)
+    vocab = session.facts.vocab_size
+    with pytest.raises(InputError, match="vocabulary"):
+        session.generate([1, vocab], max_new_tokens=2)
+    assert session.generate([1, vocab - 1], max_new_tokens=2).token_ids
 
 
 def test_kv_cache_blocks_may_hold_different_tokens():

@@ -141,6 +141,9 @@ class DecoderSession(DecoderGraphs):
                        "budget_ms": budget_ms, "min_new_tokens": min_new_tokens, "first_token_ms": first_token_ms,
                        "tokens_per_second": tokens_per_second})
         ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, chat)
+        vocab = self.facts.vocab_size
+        if ids and max(ids) >= vocab:
+            raise InputError(f"prompt token id {max(ids)} is outside this model's vocabulary (ids 0..{vocab - 1})")
         limit = self.facts.max_positions
         if len(ids) + max_new_tokens > limit:
             raise InputError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) pass the model's "
