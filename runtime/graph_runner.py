@@ -30,18 +30,45 @@ class OnnxGraph:
     a manifest claims against its graphs; what they cannot see (a hostile package whose tokenizer
     makes ids its embedding table does not hold, say) fails here instead of as onnxruntime's trace."""
 
-    __slots__ = ("session", "path")
+    __slots__ = ("session", "path", "first_output")
 
     def __init__(self, session: ort.InferenceSession, path: str):
         self.session, self.path = session, path
+        self.first_output = session.get_outputs()[0].name
 
     def run(self, output_names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             return self.session.run(output_names, feeds)
         except Exception as err:  # onnxruntime raises its own untyped errors
-            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            raise PackageError(f"graph {self.path} failed inside onnxruntime ({first}); the package's graphs do "
-                               f"not take what its manifest and tokenizer give them: re-export it") from None
+            raise self._failed(err) from None
+
+    def bind_in_place(self, buffers: dict[tuple[str, str], np.ndarray]) -> ort.IOBinding:
+        """A binding whose (input, output) pairs are each one caller-owned buffer: the graph reads and
+        writes it in place (GroupQueryAttention's shared past/present cache). The caller keeps the
+        buffers alive as long as the binding."""
+        binding = self.session.io_binding()
+        binding.bind_output(self.first_output, "cpu")  # first, so it is output 0
+        for (input_name, output_name), array in buffers.items():
+            value = ort.OrtValue.ortvalue_from_numpy(array)  # a view of the buffer, not a copy
+            binding.bind_ortvalue_input(input_name, value)
+            binding.bind_ortvalue_output(output_name, value)
+        return binding
+
+    def run_bound(self, binding: ort.IOBinding, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run with `feeds` on a binding from bind_in_place; -> the graph's first output."""
+        try:
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            binding.bind_output(self.first_output, "cpu")  # its shape changes per call
+            self.session.run_with_iobinding(binding)
+            return binding.get_outputs()[0].numpy()
+        except Exception as err:
+            raise self._failed(err) from None
+
+    def _failed(self, err: Exception) -> PackageError:
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        return PackageError(f"graph {self.path} failed inside onnxruntime ({first}); the package's graphs do "
+                            f"not take what its manifest and tokenizer give them: re-export it")
 
 
 class GraphRunner:

@@ -330,6 +330,32 @@ def long_prompts(shared: Path, session, count: int, target_tokens: int = 512) ->
     return prompts
 
 
+def first_token_section(session, peers: dict[str, "GenaiPeer | LlamaCppPeer"], prompts_ids: list[list[int]]) -> dict:
+    """Time to the first new token on long prompts: the prefill, where batched matrix products and
+    the attention kernel count, not the weights' bytes. Rows alternate prompt by prompt."""
+    configs = [("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}),
+               (f"edgeinfer fp32, {PRUNING[0][0]} (lossy)", {"prune_prompt": PRUNING[0][1]})]
+    eos = session.facts.eos_ids
+    for _, options in configs:
+        session.generate(prompts_ids[0], max_new_tokens=1, **options)
+    for peer in peers.values():
+        peer.generate(prompts_ids[0], 1, eos)
+    times: dict[str, list[float]] = {name: [] for name in [*peers, *(name for name, _ in configs)]}
+    with progress_bar(len(prompts_ids) * len(times), "first token on long prompts") as bar:
+        for ids in prompts_ids:
+            for name, peer in peers.items():
+                times[name].append(peer.generate(ids, 1, eos)[1])
+                bar.update()
+            for name, options in configs:
+                times[name].append(session.generate(ids, max_new_tokens=1, min_new_tokens=1, **options)
+                                   .trace.first_token_ms)
+                bar.update()
+    rows = [{"config": name, "first_token_ms_median": float(np.median(t)), "first_token_ms_p90": float(np.percentile(t, 90))}
+            for name, t in times.items()]
+    return {"prompts": len(prompts_ids), "prompt_tokens_median": float(np.median([len(i) for i in prompts_ids])),
+            "rows": rows}
+
+
 def pruning_section(session, prompts_ids: list[list[int]], new_tokens: int = 16) -> dict:
     configs = [("no pruning", ()), *PRUNING]
     results: dict[str, list[dict]] = {name: [] for name, _ in configs}
@@ -388,11 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         peers[f"llama.cpp {name}"] = LlamaCppPeer(Path(path))
     speed = speed_section(session, monolith, prompts_ids, calib_ids, args.new_tokens, peers)
-    pruning = pruning_section(session, long_prompts(shared, session, args.long_prompts))
+    long = long_prompts(shared, session, args.long_prompts)
+    first_token = first_token_section(session, peers, long)
+    pruning = pruning_section(session, long)
     document = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)", "machine": platform.machine(),
                 "threads": os.cpu_count(), "prompts": len(prompts_ids), "new_tokens": args.new_tokens,
                 "prompt_tokens_median": float(np.median([len(i) for i in prompts_ids])), **speed,
-                "pruning": pruning, "exits": session.manifest.calibration,
+                "first_token": first_token, "pruning": pruning, "exits": session.manifest.calibration,
                 "exit_levels": [{"agreement": t.agreement, "thresholds": list(t.thresholds),
                                  "expected_mean_blocks": t.expected_mean_depth} for t in session.manifest.exit_thresholds],
                 "q8_quality": session.manifest.precision_variant("q8").quality}
@@ -419,6 +447,13 @@ def markdown(document: dict) -> str:
                      f"{row.get('speedup_vs_full_fp32', float('nan')):.2f}x | {row['first_token_ms_median']:.0f} | "
                      f"{row['identical_to_full_fp32']:.0%} | {_cell(row, 'token_agreement', '.3f')} | "
                      f"{_cell(row, 'draft_acceptance', '.3f')} | {restarts} | {_cell(row, 'mean_blocks', '.1f')} |")
+    first = document.get("first_token")
+    if first:
+        lines += ["", f"First token on {first['prompts']} long prompts (median {first['prompt_tokens_median']:.0f} "
+                      f"tokens), alternated prompt by prompt", "", "| configuration | first token ms (median) | p90 |",
+                  "|---|---:|---:|"]
+        lines += [f"| {row['config']} | {row['first_token_ms_median']:.0f} | {row['first_token_ms_p90']:.0f} |"
+                  for row in first["rows"]]
     pruning = document["pruning"]
     lines += ["", f"Prompt pruning, {pruning['rows'][0]['prompts']} prompts of median "
                   f"{pruning['rows'][0]['prompt_tokens_median']:.0f} tokens, {pruning['new_tokens']} new tokens", "",

@@ -79,7 +79,9 @@ class Decoding:
         self.precision, self.prune_prompt = precision, prune_prompt
         self.min_new = min_new
         self.rng = np.random.default_rng(sampling.seed)
-        self.cache = KVCache(session.num_blocks)
+        # preallocated for the whole call unless a pruned prompt leaves deeper blocks fewer entries
+        self.capacity = 0 if prune_prompt else len(ids) + max_new
+        self.cache = KVCache(session.num_blocks, self.capacity)
         self.stream = _Stream(session.tokenizer, stop, on_text)
         self.budget_ms = budget_ms
         self.log_probs: list[float] = []
@@ -197,7 +199,7 @@ class Decoding:
         if self.emit(token, logits):
             return
         shares_cache = draft.shares_cache(s.num_blocks)
-        own = KVCache(s.num_blocks) if draft.blocks and not shares_cache else None
+        own = KVCache(s.num_blocks, self.capacity) if draft.blocks and not shares_cache else None
         pending = list(self.prompt)  # tokens the draft's own cache still lacks
         while True:
             base = self.cache.next_position()  # the position of `token`

@@ -128,6 +128,11 @@ class DecoderGraphs:
         for segment, blocks in self.route(start, stop, breaks, gqa):
             total = cache.length(blocks[0]) + hidden.shape[1]
             on_gqa = GQA_FEED in segment.inputs  # a route may mix in a traced block where no GQA span fits
+            if on_gqa and cache.capacity:
+                hidden = self._in_place(cache, segment, precision, blocks, hidden, total)
+                for b in blocks:
+                    cache.wrote(b, positions)
+                continue
             if on_gqa:
                 feeds = {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),
                          "total_sequence_length": np.array(total, np.int32)}
@@ -144,6 +149,25 @@ class DecoderGraphs:
                 cache.store(b, outputs[1 + 2 * i], outputs[2 + 2 * i], positions)
         return hidden, received
 
+    def _in_place(self, cache: KVCache, segment: Segment, precision: str, blocks: range, hidden: np.ndarray,
+                  total: int) -> np.ndarray:
+        """A GroupQueryAttention span on the cache's own buffers: it appends the new entries in place,
+        and only the hidden states, two counters and the new states cross per call."""
+        graph = self.runner.graph(segment, precision)
+        key = f"{segment.name}/{precision}"
+        buffers = {}
+        for b in blocks:
+            buffers[b] = cache.buffers(b, self.facts.num_kv_heads, self.facts.head_dim, total)
+        binding = cache.bindings.get(key)  # after buffers(): growing them drops the bindings
+        if binding is None:
+            shared = {}
+            for b in blocks:
+                shared[(f"past_key_{b:02d}", f"present_key_{b:02d}")] = buffers[b][0]
+                shared[(f"past_value_{b:02d}", f"present_value_{b:02d}")] = buffers[b][1]
+            binding = cache.bindings[key] = graph.bind_in_place(shared)
+        return graph.run_bound(binding, {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),
+                                         "total_sequence_length": np.array(total, np.int32)})
+
     def fill_key_values(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int,
                         precision: str = "fp32") -> None:
         """Cache entries of blocks start.. for tokens that exited early: their K/V of the exit's state."""
@@ -156,11 +180,11 @@ class DecoderGraphs:
             cache.store(b, key, value, positions)
 
     def _past(self, cache: KVCache, block: int) -> tuple[np.ndarray, np.ndarray]:
-        key = cache.keys[block]
-        if key is None:
+        entries = cache.entries(block)
+        if entries is None:
             empty = np.zeros((1, self.facts.num_kv_heads, 0, self.facts.head_dim), np.float32)
             return empty, empty
-        return key, cache.values[block]
+        return entries
 
     def sequence_logits(self, ids: list[int], precision: str = "fp32") -> np.ndarray:
         """Next-token logits at every position of a sequence, in one pass (teacher forcing)."""
