@@ -28,6 +28,7 @@ from ..progress import progress_bar
 from ..runtime.package import Package, open_package
 from .apply_plan import int8_dynamic, quiet_quantizer, with_nodes
 from .candidates import INT8_CHANNEL
+from .joined_weights import join_lowered, split_joined
 
 LOWERED_KINDS = ("block", "span", "kv", "head")
 # name: (bits, block size) for weight-only MatMulNBits; "int8" is onnxruntime's dynamic int8
@@ -57,7 +58,10 @@ def _gemm_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def lower(model: onnx.ModelProto, scheme: str) -> onnx.ModelProto:
-    model = _gemm_as_matmul(model)
+    return join_lowered(_lower_parts(split_joined(_gemm_as_matmul(model)), scheme))
+
+
+def _lower_parts(model: onnx.ModelProto, scheme: str) -> onnx.ModelProto:
     weights = {t.name for t in model.graph.initializer}
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     if not matmuls:

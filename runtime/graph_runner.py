@@ -54,16 +54,19 @@ class OnnxGraph:
             binding.bind_ortvalue_output(output_name, value)
         return binding
 
-    def run_bound(self, binding: ort.IOBinding, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Run with `feeds` on a binding from bind_in_place; -> the graph's first output."""
+    def run_bound(self, binding: ort.IOBinding, feeds: dict[str, np.ndarray], output_shape: tuple[int, ...]
+                  ) -> np.ndarray:
+        """Run with `feeds` on a binding from bind_in_place; -> the graph's first output (float32, of
+        the shape the caller knows it has), written straight into a fresh array."""
+        output = np.empty(output_shape, np.float32)
         try:
             for name, array in feeds.items():
                 binding.bind_cpu_input(name, array)
-            binding.bind_output(self.first_output, "cpu")  # its shape changes per call
+            binding.bind_output(self.first_output, "cpu", 0, np.float32, list(output_shape), output.ctypes.data)
             self.session.run_with_iobinding(binding)
-            return binding.get_outputs()[0].numpy()
         except Exception as err:
             raise self._failed(err) from None
+        return output
 
     def _failed(self, err: Exception) -> PackageError:
         first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__

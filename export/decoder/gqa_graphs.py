@@ -4,10 +4,11 @@ The spans traced from PyTorch (graphs.py) compute rotary embeddings, the grouped
 repetition and the causal mask with thousands of small operators: SmolLM2-135M's all-blocks span
 holds 6,820 nodes, and in an onnxruntime profile of one decoding step its small operators took
 about half of the kernel time (MatMul 52%). These spans are written node by node instead, as
-onnxruntime-genai's model builder does for CPU: per block an RMSNorm, the query/key/value MatMuls,
+onnxruntime-genai's model builder does for CPU: per block an RMSNorm, one query/key/value MatMul,
 GroupQueryAttention (rotary inside, keys and values shared across query heads without copies,
 causal within the new tokens), the output MatMul, SkipSimplifiedLayerNormalization (residual add
-and the second norm in one operator) and the gated MLP: 12 nodes a block.
+and the second norm in one operator) and the gated MLP with gate and up in one MatMul: 12 operators
+a block, plus two Concats of weights that onnxruntime folds when the session opens.
 
 Each MatMul takes the same transposed weight the traced graphs hold, so the package's shared
 weights file (shared_weights.py) stores every weight once for both kinds of span. They take what
@@ -50,6 +51,18 @@ def _weight(initializers: list[onnx.TensorProto], name: str, tensor: torch.Tenso
     return name
 
 
+def _joined(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], name: str,
+            parts: list[tuple[str, torch.nn.Linear]]) -> str:
+    """Projections of one input as one MatMul: a Concat of the separate transposed weights, which
+    onnxruntime folds into one initializer when the session opens. The file keeps the separate
+    weights, so they stay shared with the traced graphs; one product in place of three (or two)
+    saves ~5% of a SmolLM2 step (fewer, larger kernels). Lowering keeps the join
+    (quant/decoder_variant.py)."""
+    names = [_weight(initializers, part, linear.weight.T) for part, linear in parts]
+    nodes.append(helper.make_node("Concat", names, [name], axis=1))
+    return name
+
+
 def gqa_span(blocks: list[DecoderBlock], first_index: int, shape: DecoderShape) -> onnx.ModelProto:
     """One graph for consecutive blocks: hidden, seqlens_k, total_sequence_length and past_key/value_NN
     in, next_hidden and present_key/value_NN out (the traced spans' names for the cache)."""
@@ -73,11 +86,11 @@ def gqa_span(blocks: list[DecoderBlock], first_index: int, shape: DecoderShape) 
         nodes.append(helper.make_node(
             "SimplifiedLayerNormalization", [hidden, _weight(inits, p + "norm1", block.attention_norm.weight)],
             [p + "normed"], axis=-1, epsilon=float(block.attention_norm.variance_epsilon)))
-        for part, linear in (("q", block.q), ("k", block.k), ("v", block.v)):
-            nodes.append(helper.make_node("MatMul", [p + "normed", _weight(inits, p + part, linear.weight.T)], [p + part + "_out"]))
+        qkv = _joined(nodes, inits, p + "qkv", [(p + "q", block.q), (p + "k", block.k), (p + "v", block.v)])
+        nodes.append(helper.make_node("MatMul", [p + "normed", qkv], [p + "qkv_out"]))
         nodes.append(helper.make_node(
-            "GroupQueryAttention",
-            [p + "q_out", p + "k_out", p + "v_out", f"past_key_{b:02d}", f"past_value_{b:02d}", "seqlens_k",
+            "GroupQueryAttention",  # packed query, key and value: no key/value inputs
+            [p + "qkv_out", "", "", f"past_key_{b:02d}", f"past_value_{b:02d}", "seqlens_k",
              "total_sequence_length", "cos_cache", "sin_cache"],
             [p + "attended", f"present_key_{b:02d}", f"present_value_{b:02d}"], domain="com.microsoft",
             num_heads=block.heads, kv_num_heads=block.kv_heads, do_rotary=1, rotary_interleaved=0,
@@ -87,8 +100,10 @@ def gqa_span(blocks: list[DecoderBlock], first_index: int, shape: DecoderShape) 
             "SkipSimplifiedLayerNormalization", [p + "o_out", hidden, _weight(inits, p + "norm2", block.mlp_norm.weight)],
             [p + "normed2", "", "", p + "residual"], domain="com.microsoft", epsilon=float(block.mlp_norm.variance_epsilon)))
         mlp = block.mlp
-        nodes.append(helper.make_node("MatMul", [p + "normed2", _weight(inits, p + "gate", mlp.gate_proj.weight.T)], [p + "gate_out"]))
-        nodes.append(helper.make_node("MatMul", [p + "normed2", _weight(inits, p + "up", mlp.up_proj.weight.T)], [p + "up_out"]))
+        gate_up = _joined(nodes, inits, p + "gate_up", [(p + "gate", mlp.gate_proj), (p + "up", mlp.up_proj)])
+        nodes.append(helper.make_node("MatMul", [p + "normed2", gate_up], [p + "gate_up_out"]))
+        nodes.append(helper.make_node("Split", [p + "gate_up_out"], [p + "gate_out", p + "up_out"], axis=-1,
+                                      num_outputs=2))
         nodes.append(helper.make_node("Sigmoid", [p + "gate_out"], [p + "gate_sigmoid"]))
         nodes.append(helper.make_node("Mul", [p + "gate_out", p + "gate_sigmoid"], [p + "silu"]))
         nodes.append(helper.make_node("Mul", [p + "silu", p + "up_out"], [p + "gated"]))
