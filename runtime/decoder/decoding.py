@@ -192,15 +192,19 @@ class Decoding:
 
     def _speculative(self, logits: np.ndarray, draft: "Draft", draft_tokens: int) -> None:
         """Draft, verify all drafts in one full-depth pass, keep the agreeing prefix plus the full
-        model's own next token: the output is greedy full-depth decoding, token for token."""
+        model's own next token: the output is greedy full-depth decoding, token for token.
+
+        Every draft works in the call's one cache. A shallow fp32 draft's entries are the full
+        model's own, so the check runs only the deeper blocks. A lowered draft's entries are not:
+        the check rolls them back and writes full-precision ones for the same positions, while the
+        draft reads full-precision entries for everything before (no prefill of its own, no second
+        cache, and drafts closer to the full model)."""
         s = self.s
         logits = self.allowed(logits)
         token = choose_token(logits, self.sampling, self.rng)
         if self.emit(token, logits):
             return
         shares_cache = draft.shares_cache(s.num_blocks)
-        own = KVCache(s.num_blocks, self.capacity) if draft.blocks and not shares_cache else None
-        pending = list(self.prompt)  # tokens the draft's own cache still lacks
         while True:
             base = self.cache.next_position()  # the position of `token`
             room = self.max_new - len(self.stream.ids)
@@ -209,27 +213,24 @@ class Decoding:
             copied = context_proposal([*self.prompt, *self.stream.ids], draft.ngram, min(draft_tokens, room)) \
                 if draft.ngram else []
             for _ in range(0 if copied or not draft.blocks else min(draft_tokens, room)):
+                hidden = self.forward([inputs[-1]], 0, draft.blocks, precision=draft.precision)
                 if shares_cache:
-                    early.append(self.forward([inputs[-1]], 0, draft.blocks))
-                    hidden = early[-1]
-                else:
-                    hidden = self.forward([*pending, inputs[-1]], 0, draft.blocks, own, draft.precision)[:, -1:]
-                    pending = []
+                    early.append(hidden)
                 scores = self.allowed(s.head(hidden, draft.precision)[0, -1], len(drafts))
                 if draft.confidence and drafts and top_probability(scores) < draft.confidence:
                     drafted_all = False  # the check decides this position
                     break
                 drafts.append(int(np.argmax(scores)))
                 inputs.append(drafts[-1])
-            if copied:  # drafted from the context: nothing ran yet, the check runs every block
-                drafts, inputs = copied, [token, *copied]
-                deep = self.forward(inputs)
-            elif shares_cache:  # the deep blocks continue from the draft's own states and cache entries
+            if shares_cache and not copied:  # the deep blocks continue from the draft's own states and entries
                 if drafted_all:
                     early.append(self.forward([inputs[-1]], 0, draft.blocks))
                 positions = np.arange(base, base + len(inputs))
                 deep, _ = s.blocks(self.cache, np.concatenate(early, axis=1), positions, draft.blocks, s.num_blocks)
-            else:
+            else:  # drafted from the context (nothing ran yet) or by a lowered draft (its entries go)
+                if copied:
+                    drafts, inputs = copied, [token, *copied]
+                self.cache.roll_back(base)
                 deep = self.forward(inputs)
             verdict = np.stack([self.allowed(row, i) for i, row in enumerate(s.head(deep)[0])])
             self.drafted += len(drafts)
@@ -238,10 +239,6 @@ class Decoding:
                 kept += 1
             self.accepted += kept
             self.cache.roll_back(base + kept + 1)
-            if own is not None:  # the accepted inputs it read stay; those it did not read come next time
-                read = 0 if copied else len(drafts) + (0 if drafted_all else 1)
-                own.roll_back(base + min(kept + 1, read))
-                pending = [*pending, *inputs[read:kept + 1]]
             for i in range(kept + 1):
                 token = drafts[i] if i < kept else int(np.argmax(verdict[i]))
                 if self.emit(token, verdict[i]):

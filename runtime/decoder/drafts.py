@@ -13,8 +13,8 @@ from dataclasses import dataclass
 class Draft:
     """What drafts tokens for speculative decoding: the first `blocks` blocks at `precision` and the
     shared head. At fp32 with fewer blocks than the model, the draft's cache entries are the full
-    model's own (LayerSkip) and the check runs only the remaining blocks; a lowered draft (int8)
-    keeps a cache of its own and the check runs every block on the drafted tokens."""
+    model's own (LayerSkip) and the check runs only the remaining blocks; a lowered draft (q8)
+    writes provisional entries that the check replaces, running every block on the drafted tokens."""
 
     blocks: int  # 0: no model draft (context proposals only)
     precision: str = "fp32"

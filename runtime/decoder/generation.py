@@ -63,29 +63,27 @@ class DecoderSession(DecoderGraphs):
         return ids
 
     def fit_memory(self, prompt_tokens: int, new_tokens: int, prune: tuple[tuple[int, float], ...],
-                   prune_to_fit: bool, draft_cache: bool = False) -> tuple[tuple[int, float], ...]:
-        """The KV cap: the caches at their largest must fit (`draft_cache`: a lowered draft keeps its
-        own, of the whole prompt). With prune_to_fit, a prompt that does not is pruned after the first
-        exit just enough to fit (never below a tenth); otherwise, or when even that does not fit, the
-        refusal names the cap that would."""
+                   prune_to_fit: bool) -> tuple[tuple[int, float], ...]:
+        """The KV cap: the call's one cache at its largest must fit (drafts write into it too). With
+        prune_to_fit, a prompt that does not is pruned after the first exit just enough to fit (never
+        below a tenth); otherwise, or when even that does not fit, the refusal names the cap that would."""
         if self.memory_mb is None:
             return prune
         per_block = self.facts.kv_bytes_per_token / self.num_blocks / 2**20  # MB per token per block
         total = prompt_tokens + new_tokens
-        fixed = kv_need_mb(self.num_blocks, per_block, prompt_tokens, new_tokens, ()) if draft_cache else 0.0
-        need = fixed + kv_need_mb(self.num_blocks, per_block, prompt_tokens, new_tokens, prune)
+        need = kv_need_mb(self.num_blocks, per_block, prompt_tokens, new_tokens, prune)
         if need <= self.memory_mb:
             return prune
         cut = self.exits[0] if self.exits else self.num_blocks // 4
         deeper = self.num_blocks - cut
-        room = (self.memory_mb - fixed) / per_block
+        room = self.memory_mb / per_block
         fraction = (room - cut * total - deeper * new_tokens) / (deeper * prompt_tokens)
         floor = max(MIN_PRUNED_FRACTION, 20 / prompt_tokens)
         if prune_to_fit and not prune and floor <= fraction < 1 and cut >= 1:
             return ((cut, float(np.floor(fraction * 1000) / 1000)),)
-        least = fixed + kv_need_mb(self.num_blocks, per_block, prompt_tokens, new_tokens, ((cut, floor),)) \
+        least = kv_need_mb(self.num_blocks, per_block, prompt_tokens, new_tokens, ((cut, floor),)) \
             if prune_to_fit else need
-        fits = int(self.memory_mb / (per_block * self.num_blocks * (2 if draft_cache else 1)))
+        fits = int(self.memory_mb / (per_block * self.num_blocks))
         raise BudgetError(f"{total} tokens need {need:.1f} MB of KV cache, over the {self.memory_mb:g} MB cap; "
                           f"raise the cap to {least:.1f} MB or keep prompt + new tokens under {fits}")
 
@@ -189,10 +187,7 @@ class DecoderSession(DecoderGraphs):
                                    max_new_tokens, first_token_ms, tokens_per_second)
             precision, prune_prompt = plan.precision, plan.prune_prompt
         restarting = restart_below is not None and precision != "fp32"
-        own_draft = (mode == "speculative" and draft is not None and draft.blocks > 0
-                     and not draft.shares_cache(self.num_blocks))
-        prune_prompt = self.fit_memory(len(ids), max_new_tokens, prune_prompt, prune_to_fit,
-                                       draft_cache=own_draft or (restarting and sampling.greedy))
+        prune_prompt = self.fit_memory(len(ids), max_new_tokens, prune_prompt, prune_to_fit)
         first = Decoding(self, ids, max_new_tokens, sampling, stop, None if restarting else on_text, budget_ms,
                           min_new_tokens, precision, prune_prompt).run(mode, draft, draft_tokens, thresholds)
         if plan is not None:
