@@ -184,7 +184,7 @@ def test_a_preallocated_cache_writes_in_place_and_rolls_back_by_shortening():
     cache.roll_back(2)
     assert cache.entries(0)[0][0, 0, :, 0].tolist() == [0, 2] and key_buffer[0, 0, 2, 0] == 4  # only shortened
     key_buffer[0, 0, 2:5 - 1] = 9.0  # a graph writing two entries in place...
-    cache.wrote(0, np.array([2, 3]))
+    cache.wrote(range(1), np.array([2, 3]))
     assert cache.entries(0)[0][0, 0, :, 0].tolist() == [0, 2, 9, 9] and cache.next_position() == 4
     cache.bindings["graph"] = object()
     grown, _ = cache.buffers(0, 1, 2, 6)  # a call that outruns its capacity: new buffers, old bindings dropped

@@ -130,8 +130,7 @@ class DecoderGraphs:
             on_gqa = GQA_FEED in segment.inputs  # a route may mix in a traced block where no GQA span fits
             if on_gqa and cache.capacity:
                 hidden = self._in_place(cache, segment, precision, blocks, hidden, total)
-                for b in blocks:
-                    cache.wrote(b, positions)
+                cache.wrote(blocks, positions)
                 continue
             if on_gqa:
                 feeds = {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),

@@ -32,6 +32,7 @@ class KVCache:
     def __post_init__(self) -> None:
         self._keys: list[np.ndarray | None] = [None] * self.num_blocks
         self._values: list[np.ndarray | None] = [None] * self.num_blocks
+        self._buffer_bytes: int | None = None  # nbytes() of a preallocated cache, until a buffer changes
         self.positions = [np.zeros(0, np.int64) for _ in range(self.num_blocks)]
 
     def length(self, block: int = 0) -> int:
@@ -62,11 +63,15 @@ class KVCache:
                 grown[0][:, :, :n], grown[1][:, :, :n] = key[:, :, :n], self._values[block][:, :, :n]
                 self.bindings.clear()
             self._keys[block], self._values[block] = grown
+            self._buffer_bytes = None
         return self._keys[block], self._values[block]
 
-    def wrote(self, block: int, new_positions: np.ndarray) -> None:
-        """A graph wrote the new tokens' entries into this block's buffers, right after its others."""
-        self.positions[block] = np.concatenate([self.positions[block], new_positions.astype(np.int64)])
+    def wrote(self, blocks: range, new_positions: np.ndarray) -> None:
+        """A graph wrote the new tokens' entries into these blocks' buffers, right after their others
+        (blocks a span covers hold the same positions: one array serves them all, never changed in place)."""
+        grown = np.concatenate([self.positions[blocks[0]], new_positions.astype(np.int64)])
+        for b in blocks:
+            self.positions[b] = grown
 
     def store(self, block: int, key: np.ndarray, value: np.ndarray, new_positions: np.ndarray) -> None:
         """The block's present keys and values: its past with entries for `new_positions` appended."""
@@ -76,7 +81,7 @@ class KVCache:
             key_buffer[:, :, n:total], value_buffer[:, :, n:total] = key[:, :, n:], value[:, :, n:]
         else:
             self._keys[block], self._values[block] = key, value
-        self.wrote(block, new_positions)
+        self.positions[block] = np.concatenate([self.positions[block], new_positions.astype(np.int64)])
 
     def roll_back(self, position: int) -> None:
         """Forget every entry at or after `position`, in every block."""
@@ -103,8 +108,13 @@ class KVCache:
         return [b for b in range(start + 1, self.num_blocks) if self.length(b) != self.length(b - 1)]
 
     def nbytes(self) -> int:
-        """What the cache holds in memory: its buffers whole, when preallocated."""
-        return sum(int(k.nbytes) + int(v.nbytes) for k, v in zip(self._keys, self._values) if k is not None)
+        """What the cache holds in memory: its buffers whole, when preallocated (asked every step)."""
+        if self.capacity and self._buffer_bytes is not None:
+            return self._buffer_bytes
+        held = sum(int(k.nbytes) + int(v.nbytes) for k, v in zip(self._keys, self._values) if k is not None)
+        if self.capacity:
+            self._buffer_bytes = held
+        return held
 
 
 MIN_PRUNED_FRACTION = 0.1
