@@ -109,6 +109,11 @@ class DecoderGraphs:
             at = end
         return route
 
+    def step_graphs(self, precision: str = "fp32") -> list[Segment]:
+        """The graphs one full-depth decoding step calls, in order (profiling)."""
+        gqa = precision in self._gqa_precisions
+        return [segment for segment, _ in self.route(0, self.num_blocks, (), gqa)] + [self._head]
+
     def embed(self, ids: np.ndarray, precision: str = "fp32") -> np.ndarray:
         if precision in self._table_serves:
             return np.ascontiguousarray(self._table[ids])
