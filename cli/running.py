@@ -42,9 +42,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     generate.add_argument("--draft-blocks", type=int, default=None,
                           help="speculative: blocks the draft runs (0: draft from the context only)")
     generate.add_argument("--draft-tokens", type=int, default=4, help="speculative: tokens drafted per check")
-    generate.add_argument("--draft-precision", default="fp32", help="speculative: the draft's variant (e.g. q8)")
-    generate.add_argument("--draft-ngram", type=int, default=0,
-                          help="speculative: first propose what followed the last N tokens earlier in the context")
+    generate.add_argument("--draft-precision", default=None,
+                          help="speculative: the draft's variant (default: the package's closest to fp32, else fp32's first blocks)")
+    generate.add_argument("--draft-ngram", type=int, default=3,
+                          help="speculative: first propose what followed the last N tokens earlier in the context "
+                               "(0: never)")
     generate.add_argument("--precision", default="fp32", help="full/early-exit: the variant to run (e.g. q8)")
     generate.add_argument("--restart-below", type=float, default=None,
                           help="with a lowered --precision: answer again at fp32 when the lowest token "

@@ -330,6 +330,14 @@ def test_long_prompts_prefill_in_pieces(tiny_llama_package):
         assert got.token_ids == expected.token_ids
 
 
+def test_speculative_decoding_by_default_drafts_from_the_context_then_the_closest_variant(session):
+    assert session._default_draft_precision() == "q8"
+    for prompt in PROMPTS:
+        full = session.generate(prompt, max_new_tokens=12, min_new_tokens=12)
+        fast = session.generate(prompt, max_new_tokens=12, min_new_tokens=12, mode="speculative")
+        assert fast.token_ids == full.token_ids and fast.trace.drafted > 0
+
+
 def test_a_lowered_draft_works_in_the_one_cache(tiny_llama_package):
     """A q8 draft writes provisional entries into the call's cache, which the check replaces: the
     output is full-depth fp32's, and a KV cap that holds one cache is enough."""

@@ -92,7 +92,7 @@ class DecoderSession(DecoderGraphs):
     def generate(self, prompt: str | list[int], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
                  stop: tuple[str, ...] = (), on_text: Callable[[str], None] | None = None, chat: bool = True,
                  mode: str = "full", draft_blocks: int | None = None, draft_tokens: int = 4,
-                 draft_precision: str = "fp32", draft_confidence: float = 0.0, draft_ngram: int = 0,
+                 draft_precision: str | None = None, draft_confidence: float = 0.0, draft_ngram: int = 3,
                  precision: str = "fp32",
                  restart_below: float | None = None, prune_prompt: tuple[tuple[int, float], ...] = (),
                  prune_to_fit: bool = False,
@@ -103,11 +103,12 @@ class DecoderSession(DecoderGraphs):
 
         mode "speculative" drafts `draft_tokens` tokens with the first `draft_blocks` blocks (an exit
         position; the middle one by default) at `draft_precision` (a lowered variant drafts with all
-        blocks by default) and is exact for greedy decoding; a round's drafting stops early at a token
-        whose draft probability is below `draft_confidence` (it would likely be rejected, and the check
-        supplies that position anyway); with `draft_ngram` > 0 a round first proposes what followed the
-        context's last n tokens earlier in the context (prompt lookup), and `draft_blocks=0` drafts
-        from the context alone; "early-exit" answers
+        blocks by default; unset: the package's lowered variant closest to fp32 when it has one and
+        draft_blocks is unset, else fp32) and is exact for greedy decoding; a round's drafting stops
+        early at a token whose draft probability is below `draft_confidence` (it would likely be
+        rejected, and the check supplies that position anyway); with `draft_ngram` > 0 (3 unless set)
+        a round first proposes what followed the context's last n tokens earlier in the context (prompt
+        lookup), and `draft_blocks=0` drafts from the context alone; "early-exit" answers
         tokens at the first exit whose top-2 margin reaches its threshold: those the package calibrated
         for token agreement `agreement` with full depth (exit_calibration.py), or `exit_threshold` at
         every exit.
@@ -132,7 +133,7 @@ class DecoderSession(DecoderGraphs):
         cannot hold the prompt, prune it after the first exit just enough instead of refusing.
         """
         check_request(prompt, sampling, stop, on_text, chat, prune_prompt, prune_to_fit, DECODE_MODES, mode,
-                      {"precision": precision, "draft_precision": draft_precision},
+                      {"precision": precision, **({} if draft_precision is None else {"draft_precision": draft_precision})},
                       {"max_new_tokens": max_new_tokens, "draft_blocks": draft_blocks, "draft_tokens": draft_tokens,
                        "draft_confidence": draft_confidence, "draft_ngram": draft_ngram,
                        "restart_below": restart_below, "exit_threshold": exit_threshold, "agreement": agreement,
@@ -153,6 +154,8 @@ class DecoderSession(DecoderGraphs):
         if mode == "speculative":
             if not sampling.greedy:
                 raise InputError("speculative decoding here is exact for greedy decoding only; use temperature 0")
+            if draft_precision is None:
+                draft_precision = self._default_draft_precision() if draft_blocks is None else "fp32"
             if draft_precision not in self.precisions():
                 raise InputError(f"draft precision {draft_precision!r} is not in this package ({', '.join(self.precisions())})")
             lowered = draft_precision != "fp32"
@@ -243,6 +246,17 @@ class DecoderSession(DecoderGraphs):
             raise InputError(f"this package has no exit thresholds for agreement {agreement:g} (it has {known}); "
                              f"ask for one of those, pass exit_threshold, or re-export with calibration prompts")
         return level.thresholds
+
+    def _default_draft_precision(self) -> str:
+        """The lowered variant that agrees best with fp32 (drafts it writes are accepted most often):
+        with context lookups first, the fastest lossless speculation measured on SmolLM2
+        (docs/decoders.md). Without one, fp32's first blocks draft."""
+        lowered = []
+        for variant in self.manifest.precision_variants:
+            agreement = variant.quality.get("next_token_agreement_with_fp32")
+            known = isinstance(agreement, (int, float)) and not isinstance(agreement, bool)
+            lowered.append((float(agreement) if known else 0.0, variant.name))
+        return max(lowered)[1] if lowered else "fp32"
 
     def _default_draft_blocks(self) -> int:
         middle = self.num_blocks // 2

@@ -159,16 +159,16 @@ class DecoderGraphs:
         and only the hidden states, two counters and the new states cross per call."""
         graph = self.runner.graph(segment, precision)
         key = f"{segment.name}/{precision}"
-        buffers = {}
-        for b in blocks:
-            buffers[b] = cache.buffers(b, self.facts.num_kv_heads, self.facts.head_dim, total)
-        binding = cache.bindings.get(key)  # after buffers(): growing them drops the bindings
-        if binding is None:
-            shared = {}
-            for b in blocks:
-                shared[(f"past_key_{b:02d}", f"present_key_{b:02d}")] = buffers[b][0]
-                shared[(f"past_value_{b:02d}", f"present_value_{b:02d}")] = buffers[b][1]
-            binding = cache.bindings[key] = graph.bind_in_place(shared)
+        binding = cache.bindings.get(key)  # a binding's buffers hold at least the capacity
+        if binding is None or total > cache.capacity:
+            buffers = {b: cache.buffers(b, self.facts.num_kv_heads, self.facts.head_dim, total) for b in blocks}
+            binding = cache.bindings.get(key)  # growing buffers drops the bindings
+            if binding is None:
+                shared = {}
+                for b in blocks:
+                    shared[(f"past_key_{b:02d}", f"present_key_{b:02d}")] = buffers[b][0]
+                    shared[(f"past_value_{b:02d}", f"present_value_{b:02d}")] = buffers[b][1]
+                binding = cache.bindings[key] = graph.bind_in_place(shared)
         return graph.run_bound(binding, {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),
                                          "total_sequence_length": np.array(total, np.int32)}, hidden.shape)
 
