@@ -47,7 +47,6 @@ class OnnxGraph:
         writes it in place (GroupQueryAttention's shared past/present cache). The caller keeps the
         buffers alive as long as the binding."""
         binding = self.session.io_binding()
-        binding.bind_output(self.first_output, "cpu")  # first, so it is output 0
         for (input_name, output_name), array in buffers.items():
             value = ort.OrtValue.ortvalue_from_numpy(array)  # a view of the buffer, not a copy
             binding.bind_ortvalue_input(input_name, value)

@@ -71,8 +71,8 @@ class DecoderGraphs:
         nothing decided between them (full depth, a speculative check) is then one call, and the
         stretches between exits serve early exits, shallow drafts and pruned caches. Graphs open on
         first use, so a session that only answers at full depth holds the block weights once; one
-        that also exits holds them twice (onnxruntime sessions do not share weights). Three calls
-        fewer per token: SmolLM2 q8 decodes ~5-10% faster."""
+        that also exits holds them twice (onnxruntime sessions do not share weights), for three
+        calls fewer per token at full depth."""
         return [s for s in self.manifest.segments if s.kind == "span" and s.covers
                 and all(c.startswith("block_") for c in s.covers) and (GQA_FEED in s.inputs) == gqa]
 
