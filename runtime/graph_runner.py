@@ -47,10 +47,13 @@ class OnnxGraph:
         writes it in place (GroupQueryAttention's shared past/present cache). The caller keeps the
         buffers alive as long as the binding."""
         binding = self.session.io_binding()
-        for (input_name, output_name), array in buffers.items():
-            value = ort.OrtValue.ortvalue_from_numpy(array)  # a view of the buffer, not a copy
-            binding.bind_ortvalue_input(input_name, value)
-            binding.bind_ortvalue_output(output_name, value)
+        try:  # names come from the manifest's blocks: a graph without them is a broken package
+            for (input_name, output_name), array in buffers.items():
+                value = ort.OrtValue.ortvalue_from_numpy(array)  # a view of the buffer, not a copy
+                binding.bind_ortvalue_input(input_name, value)
+                binding.bind_ortvalue_output(output_name, value)
+        except Exception as err:
+            raise self._failed(err) from None
         return binding
 
     def run_bound(self, binding: ort.IOBinding, feeds: dict[str, np.ndarray], output_shape: tuple[int, ...]
