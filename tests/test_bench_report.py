@@ -178,3 +178,15 @@ def test_embedding_report_shows_retrieval_a_search_and_marks_a_missed_level(tiny
     assert "## A search" in page and "same top-1 neighbour" in page
     missed = dict(off, configuration="edgeinfer exits@0.99", level=0.99, meets_level=False)
     assert "edgeinfer exits@0.99 **(misses 0.99)**" in markdown_table({"configurations": [missed]})
+
+
+def test_decoder_pareto_front_keeps_the_rows_nothing_beats():
+    from edgeinfer.bench.studies.decoder_bench import pareto_front
+
+    rows = [{"config": "fp32", "tokens_per_s_median": 40.0},  # exact by construction: agreement 1
+            {"config": "speculative", "tokens_per_s_median": 80.0},
+            {"config": "q8", "tokens_per_s_median": 100.0, "token_agreement": 0.98},
+            {"config": "int8", "tokens_per_s_median": 90.0, "token_agreement": 0.97},
+            {"config": "q4", "tokens_per_s_median": 150.0, "token_agreement": 0.70},
+            {"config": "pytorch", "tokens_per_s_median": 15.0}]  # no agreement figure: left out
+    assert pareto_front(rows, {"fp32", "speculative"}) == ["speculative", "q8", "q4"]

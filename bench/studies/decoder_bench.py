@@ -275,8 +275,10 @@ class LlamaCppPeer:
 def speed_section(session, monolith: "Monolith", prompts_ids: list[list[int]], calib_ids: list[list[int]],
                   new_tokens: int, peers: dict[str, "GenaiPeer | LlamaCppPeer"] | None = None) -> dict:
     threshold, restart_record = restart_threshold(session, calib_ids, new_tokens)
+    others = [v for v in session.precisions() if v not in ("fp32", "q8")]  # q4, int8: the Pareto set's other points
     configs: list[tuple[str, dict]] = [
-        ("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}), *SPECULATIVE,
+        ("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}),
+        *((f"edgeinfer {v} variant", {"precision": v}) for v in others), *SPECULATIVE,
         (f"early exit, calibrated for {EARLY_EXIT_LEVEL}", {"mode": "early-exit", "agreement": EARLY_EXIT_LEVEL}),
         ("q8, restart at fp32 when unsure", {"precision": "q8", "restart_below": threshold})]
     exact = {"edgeinfer full depth fp32", *(name for name, _ in SPECULATIVE)}
@@ -311,8 +313,17 @@ def speed_section(session, monolith: "Monolith", prompts_ids: list[list[int]], c
     reference = [r["tokens"] for r in results["edgeinfer full depth fp32"]]
     base = float(np.median([r["tokens_per_s"] for r in results["edgeinfer full depth fp32"]]))
     order = ["pytorch eager fp32", *baselines, *(name for name, _ in configs)]
-    return {"rows": [summarize(name, results[name], reference, base) for name in order],
-            "restart": restart_record}
+    rows = [summarize(name, results[name], reference, base) for name in order]
+    return {"rows": rows, "pareto": pareto_front(rows, exact), "restart": restart_record}
+
+
+def pareto_front(rows: list[dict], exact: set[str]) -> list[str]:
+    """The rows no other row beats on both tokens/s and token agreement with fp32 (rows that are
+    fp32's output by construction count as agreement 1; rows without the figure are left out)."""
+    points = [(r["config"], r["tokens_per_s_median"], 1.0 if r["config"] in exact else r["token_agreement"])
+              for r in rows if r["config"] in exact or "token_agreement" in r]
+    return [name for name, rate, agreement in points
+            if not any(r2 >= rate and a2 >= agreement and (r2 > rate or a2 > agreement) for _, r2, a2 in points)]
 
 
 def long_prompts(shared: Path, session, count: int, target_tokens: int = 512) -> list[list[int]]:
@@ -447,6 +458,9 @@ def markdown(document: dict) -> str:
                      f"{row.get('speedup_vs_full_fp32', float('nan')):.2f}x | {row['first_token_ms_median']:.0f} | "
                      f"{row['identical_to_full_fp32']:.0%} | {_cell(row, 'token_agreement', '.3f')} | "
                      f"{_cell(row, 'draft_acceptance', '.3f')} | {restarts} | {_cell(row, 'mean_blocks', '.1f')} |")
+    if document.get("pareto"):
+        lines += ["", "Pareto front of (tokens/s, token agreement with fp32; exact rows count as 1): "
+                  + ", ".join(document["pareto"])]
     first = document.get("first_token")
     if first:
         lines += ["", f"First token on {first['prompts']} long prompts (median {first['prompt_tokens_median']:.0f} "
