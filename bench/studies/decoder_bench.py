@@ -35,12 +35,13 @@ from ...runtime.sessions import open_session
 from ...runtime.user_cache import cache_root
 from ..report_files import write_atomically, write_json
 
-SPECULATIVE = (
-    ("speculative, q8 draft", {"mode": "speculative", "draft_precision": "q8", "draft_tokens": 4}),
+SPECULATIVE = (  # each names its drafts: mode="speculative" alone looks in the context, then drafts with q8
+    ("speculative, q8 draft", {"mode": "speculative", "draft_precision": "q8", "draft_ngram": 0, "draft_tokens": 4}),
     ("speculative, context draft", {"mode": "speculative", "draft_blocks": 0, "draft_ngram": 3, "draft_tokens": 4}),
     ("speculative, context then q8 draft", {"mode": "speculative", "draft_precision": "q8", "draft_ngram": 3,
                                             "draft_tokens": 4}),
-    ("speculative, fp32 blocks 1-22 draft", {"mode": "speculative", "draft_blocks": 22, "draft_tokens": 3}),
+    ("speculative, fp32 blocks 1-22 draft", {"mode": "speculative", "draft_blocks": 22, "draft_ngram": 0,
+                                             "draft_tokens": 3}),
 )
 EARLY_EXIT_LEVEL = 0.95
 PRUNING = (("prune 50% after block 8", ((8, 0.5),)), ("prune 30% after block 8", ((8, 0.3),)),
