@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import PackageError
 from ...progress import progress_bar
+from ...runtime.decoder.graphs import GQA_FEED
 from ...runtime.package import open_package
 from ...runtime.sessions import open_session
 from ...runtime.user_cache import cache_root
@@ -58,7 +59,7 @@ def bench_package(cache: Path) -> Path:
         manifest = open_package(package, verify=False).manifest
         current = manifest.exit_thresholds and "attention_received" in manifest.segment("block_00").outputs \
             and manifest.decoder.embedding_file is not None \
-            and any("seqlens_k" in s.inputs for s in manifest.segments)  # the GroupQueryAttention spans
+            and any(GQA_FEED in s.inputs for s in manifest.segments)  # the GroupQueryAttention spans
         if current and "q8" in (v.name for v in manifest.precision_variants):
             return package
     except (PackageError, OSError):

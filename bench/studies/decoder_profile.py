@@ -41,7 +41,7 @@ def _profiled(session, precision: str, prefix: Path) -> list[ort.InferenceSessio
     return opened
 
 
-def _decode_calls(name: str, warm_up: int, per_generation: int) -> tuple[Counter, float, int]:
+def _decode_calls(name: str, warm_up: int, per_generation: int) -> tuple[Counter, float]:
     """Kernel microseconds by operator and whole-call microseconds of one graph's decoding calls:
     after `warm_up` calls, each generation makes `per_generation` (its prefill first, left out)."""
     events = json.loads(Path(name).read_text(encoding="utf-8"))
@@ -61,7 +61,7 @@ def _decode_calls(name: str, warm_up: int, per_generation: int) -> tuple[Counter
         while at < len(nodes) and nodes[at]["ts"] <= run["ts"] + run["dur"]:
             kernels[nodes[at]["args"]["op_name"]] += nodes[at]["dur"]
             at += 1
-    return kernels, float(sum(r["dur"] for r in decoding)), len(decoding)
+    return kernels, float(sum(r["dur"] for r in decoding))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels: Counter = Counter()
     calls = 0.0
     for inner in opened:
-        graph_kernels, graph_calls, _ = _decode_calls(inner.end_profiling(), warm_up, args.new_tokens)
+        graph_kernels, graph_calls = _decode_calls(inner.end_profiling(), warm_up, args.new_tokens)
         kernels.update(graph_kernels)
         calls += graph_calls
     kernel_total = sum(kernels.values())

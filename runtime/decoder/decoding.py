@@ -80,8 +80,7 @@ class Decoding:
         self.min_new = min_new
         self.rng = np.random.default_rng(sampling.seed)
         # preallocated for the whole call unless a pruned prompt leaves deeper blocks fewer entries
-        self.capacity = 0 if prune_prompt else len(ids) + max_new
-        self.cache = KVCache(session.num_blocks, self.capacity)
+        self.cache = KVCache(session.num_blocks, 0 if prune_prompt else len(ids) + max_new)
         self.stream = _Stream(session.tokenizer, stop, on_text)
         self.budget_ms = budget_ms
         self.log_probs: list[float] = []

@@ -251,11 +251,8 @@ class DecoderSession(DecoderGraphs):
         """The lowered variant that agrees best with fp32 (drafts it writes are accepted most often):
         with context lookups first, the fastest lossless speculation measured on SmolLM2
         (docs/decoders.md). Without one, fp32's first blocks draft."""
-        lowered = []
-        for variant in self.manifest.precision_variants:
-            agreement = variant.quality.get("next_token_agreement_with_fp32")
-            known = isinstance(agreement, (int, float)) and not isinstance(agreement, bool)
-            lowered.append((float(agreement) if known else 0.0, variant.name))
+        lowered = [(variant.quality.get("next_token_agreement_with_fp32") or 0.0, variant.name)
+                   for variant in self.manifest.precision_variants]  # a number or None: manifest_reading.py
         return max(lowered)[1] if lowered else "fp32"
 
     def _default_draft_blocks(self) -> int:

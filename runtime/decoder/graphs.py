@@ -38,6 +38,11 @@ def _block_index(name: str) -> int:
 GQA_FEED = "seqlens_k"  # what a span written with GroupQueryAttention takes instead of positions (gqa_graphs.py)
 
 
+def _gqa_counters(total: int) -> dict[str, np.ndarray]:
+    """What GroupQueryAttention takes for a cache holding `total` entries after this step."""
+    return {GQA_FEED: np.array([total - 1], np.int32), "total_sequence_length": np.array(total, np.int32)}
+
+
 class DecoderGraphs:
     def __init__(self, package: Package, threads: int | None = None,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), fused: bool = True):
@@ -138,8 +143,7 @@ class DecoderGraphs:
                 cache.wrote(blocks, positions)
                 continue
             if on_gqa:
-                feeds = {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),
-                         "total_sequence_length": np.array(total, np.int32)}
+                feeds = {"hidden": hidden, **_gqa_counters(total)}
             else:
                 feeds = {"hidden": hidden, "position_ids": position_ids,
                          "attention_bias": np.zeros((1, total), np.float32)}
@@ -169,8 +173,7 @@ class DecoderGraphs:
                     shared[(f"past_key_{b:02d}", f"present_key_{b:02d}")] = buffers[b][0]
                     shared[(f"past_value_{b:02d}", f"present_value_{b:02d}")] = buffers[b][1]
                 binding = cache.bindings[key] = graph.bind_in_place(shared)
-        return graph.run_bound(binding, {"hidden": hidden, GQA_FEED: np.array([total - 1], np.int32),
-                                         "total_sequence_length": np.array(total, np.int32)}, hidden.shape)
+        return graph.run_bound(binding, {"hidden": hidden, **_gqa_counters(total)}, hidden.shape)
 
     def fill_key_values(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int,
                         precision: str = "fp32") -> None:

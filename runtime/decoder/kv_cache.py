@@ -67,8 +67,8 @@ class KVCache:
         return self._keys[block], self._values[block]
 
     def wrote(self, blocks: range, new_positions: np.ndarray) -> None:
-        """A graph wrote the new tokens' entries into these blocks' buffers, right after their others
-        (blocks a span covers hold the same positions: one array serves them all, never changed in place)."""
+        """The new tokens' entries follow these blocks' others (written in place by a graph, or stored):
+        blocks a span covers hold the same positions, so one array serves them all, never changed in place."""
         grown = np.concatenate([self.positions[blocks[0]], new_positions.astype(np.int64)])
         for b in blocks:
             self.positions[b] = grown
@@ -81,7 +81,7 @@ class KVCache:
             key_buffer[:, :, n:total], value_buffer[:, :, n:total] = key[:, :, n:], value[:, :, n:]
         else:
             self._keys[block], self._values[block] = key, value
-        self.positions[block] = np.concatenate([self.positions[block], new_positions.astype(np.int64)])
+        self.wrote(range(block, block + 1), new_positions)
 
     def roll_back(self, position: int) -> None:
         """Forget every entry at or after `position`, in every block."""
