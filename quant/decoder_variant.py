@@ -49,12 +49,26 @@ def _gemm_as_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         transposed = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), f"{weight.name}_t")
         model.graph.initializer.append(transposed)
+        biased = len(node.input) > 2 and node.input[2] and not _all_zero(model, node.input[2])
         product = f"{node.output[0]}_matmul"
         nodes.append(helper.make_node("MatMul", [node.input[0], transposed.name],
-                                      [product if len(node.input) > 2 else node.output[0]], name=f"{node.name}_matmul"))
-        if len(node.input) > 2:
+                                      [product if biased else node.output[0]], name=f"{node.name}_matmul"))
+        if biased:
             nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
     return with_nodes(model, nodes)
+
+
+def _all_zero(model: onnx.ModelProto, name: str) -> bool:
+    """Whether `name` is a constant of zeros (the tracer's bias for a head without one): its Add
+    would cost a pass over the whole vocabulary on every step for nothing."""
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            return not numpy_helper.to_array(tensor).any()
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return value is not None and not numpy_helper.to_array(value.t).any()
+    return False
 
 
 def lower(model: onnx.ModelProto, scheme: str) -> onnx.ModelProto:

@@ -7,8 +7,9 @@ about half of the kernel time (MatMul 52%). These spans are written node by node
 onnxruntime-genai's model builder does for CPU: per block an RMSNorm, one query/key/value MatMul,
 GroupQueryAttention (rotary inside, keys and values shared across query heads without copies,
 causal within the new tokens), the output MatMul, SkipSimplifiedLayerNormalization (residual add
-and the second norm in one operator) and the gated MLP with gate and up in one MatMul: 12 operators
-a block, plus two Concats of weights that onnxruntime folds when the session opens.
+and the second norm in one operator) and the gated MLP with gate and up in one MatMul; the residual
+add after the MLP joins the next block's first norm the same way. 11 operators a block, plus two
+Concats of weights that onnxruntime folds when the session opens.
 
 Each MatMul takes the same transposed weight the traced graphs hold, so the package's shared
 weights file (shared_weights.py) stores every weight once for both kinds of span. They take what
@@ -81,11 +82,17 @@ def gqa_span(blocks: list[DecoderBlock], first_index: int, shape: DecoderShape) 
                 for name in cache_names("present", indices)]
     nodes: list[onnx.NodeProto] = []
     hidden = "hidden"
+    unsummed: tuple[str, str] | None = None  # the residual and MLP output the block before left to add
     for block, b in zip(blocks, indices):
         p = f"b{b:02d}_"
-        nodes.append(helper.make_node(
-            "SimplifiedLayerNormalization", [hidden, _weight(inits, p + "norm1", block.attention_norm.weight)],
-            [p + "normed"], axis=-1, epsilon=float(block.attention_norm.variance_epsilon)))
+        norm1, epsilon = _weight(inits, p + "norm1", block.attention_norm.weight), float(block.attention_norm.variance_epsilon)
+        if unsummed is None:
+            nodes.append(helper.make_node("SimplifiedLayerNormalization", [hidden, norm1], [p + "normed"], axis=-1,
+                                          epsilon=epsilon))
+        else:  # the residual add joins this norm
+            hidden = p + "input"
+            nodes.append(helper.make_node("SkipSimplifiedLayerNormalization", [unsummed[1], unsummed[0], norm1],
+                                          [p + "normed", "", "", hidden], domain="com.microsoft", epsilon=epsilon))
         qkv = _joined(nodes, inits, p + "qkv", [(p + "q", block.q), (p + "k", block.k), (p + "v", block.v)])
         nodes.append(helper.make_node("MatMul", [p + "normed", qkv], [p + "qkv_out"]))
         nodes.append(helper.make_node(
@@ -108,9 +115,8 @@ def gqa_span(blocks: list[DecoderBlock], first_index: int, shape: DecoderShape) 
         nodes.append(helper.make_node("Mul", [p + "gate_out", p + "gate_sigmoid"], [p + "silu"]))
         nodes.append(helper.make_node("Mul", [p + "silu", p + "up_out"], [p + "gated"]))
         nodes.append(helper.make_node("MatMul", [p + "gated", _weight(inits, p + "down", mlp.down_proj.weight.T)], [p + "down_out"]))
-        nodes.append(helper.make_node("Add", [p + "residual", p + "down_out"], [p + "hidden"]))
-        hidden = p + "hidden"
-    nodes.append(helper.make_node("Identity", [hidden], ["next_hidden"]))
+        unsummed = (p + "residual", p + "down_out")
+    nodes.append(helper.make_node("Add", list(unsummed), ["next_hidden"]))
     model = helper.make_model(helper.make_graph(nodes, "gqa_span", inputs, outputs, inits), opset_imports=OPSETS)
     model.ir_version = 9
     return model
