@@ -19,7 +19,7 @@ from typing import Any
 from .errors import PackageError
 
 FORMAT_NAME = "edgeinfer.package"
-SCHEMA_VERSION = "1.9"
+SCHEMA_VERSION = "1.10"
 SEGMENT_KINDS = ("embed", "block", "exit", "head", "span", "kv", "whole")
 # (1.9) A package of one graph, the whole model (exported through Optimum for a family edgeinfer has
 # no adapter for): no blocks to exit after, prune or skip; its inputs and output are a full span's.
@@ -240,6 +240,24 @@ class DecoderFacts:
     # instead of holding it in a session (rows are read on demand); None: use the embed graph
     embedding_file: str | None = None
     embedding_offset: int | None = None
+    head_screen: HeadScreen | None = None  # (1.10) exact greedy argmax through a lowered head
+
+
+@dataclass(frozen=True)
+class HeadScreen:
+    """(1.10) What lets a lowered head screen the vocabulary for the fp32 head's argmax.
+
+    `path` holds float32 [vocab_size] ||W_v - Q(W)_v|| (each row's quantization error), then float32
+    [vocab_size] ||Q(W)_v||. With them a runtime bounds every row's error in the lowered logits and
+    computes the fp32 logit only for rows whose bound reaches the top, from the normed states the
+    head graphs give beside their logits and the fp32 weight's rows, mapped from the package
+    (runtime/decoder/head_screen.py)."""
+
+    precision: str  # the lowered variant whose head screens (weight-only 8-bit MatMulNBits)
+    path: str
+    block_size: int  # the block its int8 compute quantizes activations in
+    weight_file: str  # the fp32 head weight [vocab_size, hidden_size] in a package file, whose rows it reads
+    weight_offset: int
 
 
 def litert_signature(segment: str, tokens: int) -> str:

@@ -53,6 +53,18 @@ def check_consistency(manifest: Manifest) -> None:
             raise PackageError(f"manifest: litert.segments names unknown segments {unknown[:3]}")
         if manifest.decoder is not None:
             raise PackageError("manifest: LiteRT graphs are for encoder packages only")
+    screen = manifest.decoder.head_screen if manifest.decoder is not None else None
+    if screen is not None:
+        if screen.precision not in [v.name for v in manifest.precision_variants]:
+            raise PackageError(f"manifest: decoder.head_screen names precision {screen.precision!r}, "
+                               f"which the package has no variant for")
+        listed = {f.path: f.bytes for f in manifest.files}
+        expected = 4 * 2 * manifest.decoder.vocab_size
+        if listed and listed.get(screen.path) != expected:
+            raise PackageError(f"manifest: decoder.head_screen.path must be a listed file of {expected} bytes")
+        rows = 4 * manifest.decoder.vocab_size * manifest.model.hidden_size
+        if listed and screen.weight_offset + rows > listed.get(screen.weight_file, -1):
+            raise PackageError("manifest: decoder.head_screen.weight_file/offset point outside the package's files")
     for variant in manifest.precision_variants:
         if variant.name == "fp32" or [v.name for v in manifest.precision_variants].count(variant.name) > 1:
             raise PackageError(f"manifest: precision variant name {variant.name!r} is reserved or repeated")

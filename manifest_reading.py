@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 from .errors import PackageError
 from .manifest_consistency import check_consistency
 from .manifest import (CONFIDENCE_KINDS, FORMAT_NAME, MAX_MANIFEST_BYTES, SCHEMA_VERSION, SEGMENT_KINDS, TASKS,
-                       TOKEN_SCORES, DecoderFacts, ExitHead, ExitThresholds, FileEntry, LengthThresholds,
+                       TOKEN_SCORES, DecoderFacts, ExitHead, ExitThresholds, FileEntry, HeadScreen, LengthThresholds,
                        LiteRTGraphs, Manifest, ModelFacts, OperatingPoint, PrecisionVariant, Segment, TokenizerSpec,
                        Variant)
 
@@ -196,7 +196,15 @@ def _parse_decoder(obj: Any, where: str) -> DecoderFacts:
         kv_bytes_per_token=_int(obj, "kv_bytes_per_token", where, 1, 1 << 40),
         embedding_file=_str(obj, "embedding_file", where) if obj.get("embedding_file") is not None else None,
         embedding_offset=_int(obj, "embedding_offset", where, 0, 1 << 62) if obj.get("embedding_offset") is not None else None,
+        head_screen=None if obj.get("head_screen") is None else _parse_head_screen(
+            _need(obj, "head_screen", dict, where), f"{where}.head_screen"),
     )
+
+
+def _parse_head_screen(obj: Any, where: str) -> HeadScreen:
+    return HeadScreen(precision=_str(obj, "precision", where), path=_str(obj, "path", where),
+                      block_size=_int(obj, "block_size", where, 1, 1 << 16),
+                      weight_file=_str(obj, "weight_file", where), weight_offset=_int(obj, "weight_offset", where, 0, 1 << 62))
 
 
 def _parse_litert(obj: Any, where: str) -> LiteRTGraphs:

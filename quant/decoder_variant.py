@@ -23,11 +23,12 @@ from onnx import helper, numpy_helper
 from ..errors import InputError
 from ..export.package_writer import discard, finalize, prepare_staging
 from ..export.shared_weights import WEIGHTS_FILE, share_weights
-from ..manifest import Manifest, PrecisionVariant, Variant
+from ..manifest import HeadScreen, Manifest, PrecisionVariant, Variant
 from ..progress import progress_bar
 from ..runtime.package import Package, open_package
 from .apply_plan import int8_dynamic, quiet_quantizer, with_nodes
 from .candidates import INT8_CHANNEL
+from .head_screen import head_weight, head_weight_location, screen_norms
 from .joined_weights import join_lowered, split_joined
 
 LOWERED_KINDS = ("block", "span", "kv", "head")
@@ -108,6 +109,7 @@ def add_decoder_variant(package_path: str | Path, scheme: str = "q8", output: st
     try:
         shutil.copytree(package.path(manifest.tokenizer.path).parent, staging / "tokenizer", dirs_exist_ok=True)
         segments, graphs = [], []
+        screen_norms_found = None
         with progress_bar(len(manifest.segments), f"writing variant {name}") as bar:
             for segment in manifest.segments:
                 kept = tuple(v for v in segment.variants if v.precision != name)
@@ -116,7 +118,12 @@ def add_decoder_variant(package_path: str | Path, scheme: str = "q8", output: st
                     graphs.append(staging / variant.path)
                 if segment.kind in LOWERED_KINDS:
                     path = f"graphs/{Path(segment.graph('fp32')).stem}.{name}.onnx"
-                    onnx.save(lower(onnx.load(str(package.path(segment.graph("fp32")))), scheme), str(staging / path))
+                    fp32 = onnx.load(str(package.path(segment.graph("fp32"))))
+                    weight = head_weight(fp32) if segment.kind == "head" else None  # before lowering edits the graph
+                    lowered_graph = lower(fp32, scheme)
+                    if weight is not None:
+                        screen_norms_found = (weight, screen_norms(weight, lowered_graph))
+                    onnx.save(lowered_graph, str(staging / path))
                     graphs.append(staging / path)
                 else:  # the embedding is a lookup: int8 would only save bytes, at some accuracy
                     path = segment.graph("fp32")
@@ -126,6 +133,7 @@ def add_decoder_variant(package_path: str | Path, scheme: str = "q8", output: st
         from ..export.decoder.pipeline import embedding_location
 
         facts = replace(manifest.decoder, **embedding_location(staging / "graphs"))  # the file was rewritten
+        facts = replace(facts, head_screen=_head_screen(package, staging, name, screen_norms_found))
         lowered = replace(manifest, segments=tuple(segments), decoder=facts,
                           precision_variants=tuple(v for v in manifest.precision_variants if v.name != name))
         lowered = replace(lowered, precision_variants=(*lowered.precision_variants, PrecisionVariant(
@@ -135,6 +143,25 @@ def add_decoder_variant(package_path: str | Path, scheme: str = "q8", output: st
     except BaseException:
         discard(staging)
         raise
+
+
+def _head_screen(package: Package, staging: Path, name: str,
+                 found: tuple[np.ndarray, tuple[np.ndarray, int] | None] | None) -> HeadScreen | None:
+    """The screen this variant's head offers (quant/head_screen.py), else the one the package had
+    for another variant (its file carried over), else none."""
+    location = head_weight_location(staging, package.manifest.segment("head").graph("fp32"))
+    if found is not None and found[1] is not None and location is not None:
+        weight, (norms, block) = found
+        mapped = np.memmap(staging / location[0], np.float32, "r", location[1], weight.shape)
+        if np.array_equal(mapped, weight):  # the rows the runtime rescores
+            path = f"graphs/head_screen.{name}.bin"
+            norms.tofile(staging / path)
+            return HeadScreen(name, path, block, *location)
+    earlier = package.manifest.decoder.head_screen
+    if earlier is None or earlier.precision == name or location is None:
+        return None
+    shutil.copyfile(package.path(earlier.path), staging / earlier.path)
+    return replace(earlier, weight_file=location[0], weight_offset=location[1])  # the weights file was rewritten
 
 
 def _variant_bytes(staging: Path, manifest: Manifest, name: str) -> int:

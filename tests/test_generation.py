@@ -269,6 +269,7 @@ def test_cli_inspect_and_quantize_decoder(tiny_llama_package, tmp_path, capsys):
     copy = tmp_path / "q4.edge"
     assert main(["quantize", str(tiny_llama_package), "--quant", "q4", "-o", str(copy)]) == 0
     assert [v.name for v in edgeinfer.load(copy).manifest.precision_variants] == ["q8", "q4"]
+    assert edgeinfer.load(copy).screens_head  # a 4-bit head screens too loosely: the q8 screen stays
 
 
 def test_kv_cap_prunes_the_prompt_to_fit(tiny_llama_package):
@@ -303,6 +304,48 @@ def test_embedding_table_outside_the_file_is_refused(tiny_llama_package, tmp_pat
     manifest["decoder"]["embedding_offset"] = 10**12
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match="outside the package"):
+        edgeinfer.load(copy)
+
+
+def test_the_head_screen_chooses_the_fp32_heads_token(session, tiny_llama_package):
+    """A greedy fp32 step picks its token through the q8 head's screen: the same argmax as the fp32
+    head on any state (also with end of sequence ruled out), so the same generations."""
+    assert session.screens_head and session.manifest.decoder.head_screen.precision == "q8"
+    rng = np.random.default_rng(0)
+    hidden_size = session.manifest.model.hidden_size
+    eos = tuple(session.facts.eos_ids)
+    for scale in (0.1, 1.0, 30.0):
+        hidden = (rng.standard_normal((1, 16, hidden_size)) * scale).astype(np.float32)
+        exact = session.head(hidden)[0]
+        assert np.array_equal(session.greedy_logits(hidden).argmax(-1), exact.argmax(-1))
+        exact[:, list(eos)] = -np.inf
+        assert np.array_equal(session.greedy_logits(hidden, eos).argmax(-1), exact.argmax(-1))
+    unscreened = edgeinfer.load(tiny_llama_package)
+    unscreened._screen = None
+    for prompt in PROMPTS:
+        screened = session.generate(prompt, max_new_tokens=16, min_new_tokens=16)
+        plain = unscreened.generate(prompt, max_new_tokens=16, min_new_tokens=16)
+        assert screened.token_ids == plain.token_ids
+        np.testing.assert_allclose(screened.log_probs, plain.log_probs, atol=0.05)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m["decoder"]["head_screen"].update(precision="q4"), "no variant for"),
+    (lambda m: m["decoder"]["head_screen"].update(path="graphs/head.onnx"), "listed file of"),
+    (lambda m: m["decoder"]["head_screen"].update(block_size=0), "block_size"),
+    (lambda m: m["decoder"]["head_screen"].update(weight_offset=10**12), "outside the package"),
+])
+def test_a_head_screen_the_package_cannot_back_is_refused(tiny_llama_package, tmp_path, edit, match):
+    import shutil
+
+    from edgeinfer.errors import PackageError
+
+    copy = tmp_path / "tampered.edge"
+    shutil.copytree(tiny_llama_package, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=match):
         edgeinfer.load(copy)
 
 

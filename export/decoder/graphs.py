@@ -57,7 +57,7 @@ def export_decoder_graphs(graph_dir: Path, modules: DecoderModules, exits: tuple
         jobs.append(GraphJob(f"kv_{i:02d}", "kv", i, modules.key_value(i), (hidden, positions, cache(), cache()),
                          ["hidden", "position_ids", *cache_names("past", range(i, i + 1))],
                          cache_names("present", range(i, i + 1))))
-    jobs.append(GraphJob("head", "head", 0, modules.head, (hidden,), ["hidden"], ["logits"]))
+    jobs.append(GraphJob("head", "head", 0, modules.head, (hidden,), ["hidden"], ["logits", "normed"]))
     for blocks in span_ranges(exits, shape.num_blocks):
         span = DecoderSpan([modules.blocks[b] for b in blocks])
         past_args = tuple(cache() for _ in range(2 * len(blocks)))

@@ -162,12 +162,15 @@ class DecoderHead(nn.Module):
         if lm_head.bias is None:  # a 2-D linear with a bias exports as Gemm(transB=1): the weight keeps its layout
             self.register_buffer("zero_bias", torch.zeros(lm_head.out_features), persistent=False)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> the logits, and the normed states they are a product of: a lowered head's screen
+        rescores its few candidate rows from these (runtime/decoder/head_screen.py)."""
         batch, new = hidden.shape[0], hidden.shape[1]
-        flat = self.norm(hidden).reshape(batch * new, hidden.shape[2])
+        normed = self.norm(hidden)
+        flat = normed.reshape(batch * new, hidden.shape[2])
         bias = self.lm_head.bias if self.lm_head.bias is not None else self.zero_bias
         logits = nn.functional.linear(flat, self.lm_head.weight, bias)
-        return logits.reshape(batch, new, logits.shape[-1])
+        return logits.reshape(batch, new, logits.shape[-1]), normed
 
 
 class DecoderSpan(nn.Module):
@@ -223,4 +226,4 @@ class DecoderMonolith(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_bias: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden, *presents, _ = self.span(self.embed(input_ids), position_ids, attention_bias, *past)
-        return (self.head(hidden[:, -1:]), *presents)
+        return (self.head(hidden[:, -1:])[0], *presents)

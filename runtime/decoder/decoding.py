@@ -78,6 +78,8 @@ class Decoding:
         self.s, self.prompt, self.max_new, self.sampling = session, ids, max_new, sampling
         self.precision, self.prune_prompt = precision, prune_prompt
         self.min_new = min_new
+        # a greedy fp32 choice at full depth can go through the lowered head's screen (head_screen.py)
+        self.screens = sampling.greedy and precision == "fp32" and session.screens_head
         self.rng = np.random.default_rng(sampling.seed)
         # preallocated for the whole call unless a pruned prompt leaves deeper blocks fewer entries
         self.cache = KVCache(session.num_blocks, 0 if prune_prompt else len(ids) + max_new)
@@ -149,7 +151,7 @@ class Decoding:
             exit_thresholds: tuple[float | None, ...] | None) -> Generation:
         hidden = self.forward(self.prompt, precision=self.precision, prune=self.prune_prompt)
         self.prefill_ms = self.elapsed_ms()
-        logits = self.s.head(hidden[:, -1:], self.precision)[0, -1]
+        logits = self._next_logits(hidden[:, -1:])
         if mode == "speculative":
             self._speculative(logits, draft, draft_tokens)
         else:
@@ -168,9 +170,16 @@ class Decoding:
             if self.emit(token, logits):
                 return
             if exit_thresholds is None:
-                logits = self.s.head(self.forward([token], precision=self.precision), self.precision)[0, -1]
+                logits = self._next_logits(self.forward([token], precision=self.precision))
             else:
                 logits = self._early_exit_step(token, exit_thresholds)
+
+    def _next_logits(self, hidden: np.ndarray) -> np.ndarray:
+        """The next token's logits after a full-depth pass (the last row of `hidden`)."""
+        if self.screens:
+            ruled_out = tuple(self.s.facts.eos_ids) if len(self.stream.ids) < self.min_new else ()
+            return self.s.greedy_logits(hidden[:, -1:], ruled_out)[-1]
+        return self.s.head(hidden[:, -1:], self.precision)[0, -1]
 
     def _early_exit_step(self, token: int, thresholds: tuple[float | None, ...]) -> np.ndarray:
         s = self.s

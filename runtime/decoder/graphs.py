@@ -13,6 +13,7 @@ from ...errors import PackageError
 from ...manifest import Segment
 from ..graph_runner import GraphRunner
 from ..package import Package
+from .head_screen import read_head_screen, screened_logits
 from .kv_cache import KVCache
 
 
@@ -22,13 +23,18 @@ def embedding_table(package: Package) -> np.ndarray | None:
     facts = package.manifest.decoder
     if facts is None or facts.embedding_file is None or facts.embedding_offset is None:
         return None
-    path = package.path(facts.embedding_file)
+    return mapped_rows(package, facts.embedding_file, facts.embedding_offset, "decoder.embedding_file/offset")
+
+
+def mapped_rows(package: Package, file: str, offset: int, field: str) -> np.memmap:
+    """A [vocab_size, hidden_size] float32 matrix inside a listed package file, mapped read-only."""
+    facts = package.manifest.decoder
+    path = package.path(file)
     shape = (facts.vocab_size, package.manifest.model.hidden_size)
     listed = {f.path for f in package.manifest.files}  # empty only for a package being written
-    if (listed and facts.embedding_file not in listed) or \
-            facts.embedding_offset + shape[0] * shape[1] * 4 > path.stat().st_size:
-        raise PackageError("manifest: decoder.embedding_file/offset point outside the package's files")
-    return np.memmap(path, np.float32, "r", facts.embedding_offset, shape)
+    if (listed and file not in listed) or offset + shape[0] * shape[1] * 4 > path.stat().st_size:
+        raise PackageError(f"manifest: {field} point outside the package's files")
+    return np.memmap(path, np.float32, "r", offset, shape)
 
 
 def _block_index(name: str) -> int:
@@ -60,6 +66,10 @@ class DecoderGraphs:
                                        if self._table is not None and v.path == self._embed.graph("fp32"))
         self._routes: dict[tuple[int, int, tuple[int, ...], bool], list[tuple[Segment, range]]] = {}
         self._head = manifest.segment("head")
+        self._screen = read_head_screen(package)
+        self._head_rows = None if self._screen is None else mapped_rows(
+            package, self.facts.head_screen.weight_file, self.facts.head_screen.weight_offset,
+            "decoder.head_screen.weight_file/offset")
         # traced spans (any cache, and the attention each entry received) and, where the package has
         # them, spans on onnxruntime's GroupQueryAttention (contiguous caches only, and faster)
         self._spans = self._span_table(self._block_spans(gqa=False) if fused else [])
@@ -126,6 +136,19 @@ class DecoderGraphs:
 
     def head(self, hidden: np.ndarray, precision: str = "fp32") -> np.ndarray:
         return self.runner.graph(self._head, precision).run(None, {"hidden": hidden})[0]
+
+    @property
+    def screens_head(self) -> bool:
+        return self._screen is not None
+
+    def greedy_logits(self, hidden: np.ndarray, ruled_out: tuple[int, ...] = ()) -> np.ndarray:
+        """[rows, vocab] logits whose argmax is the fp32 head's: through the lowered head's screen
+        when the package has one (head_screen.py), else from the fp32 head."""
+        if self._screen is None:
+            return self.head(hidden)[0]
+        lowered, normed = self.runner.graph(self._head, self._screen.precision).run(None, {"hidden": hidden})[:2]
+        return screened_logits(self._screen, lowered[0], normed.reshape(-1, normed.shape[-1]), self._head_rows,
+                               ruled_out)
 
     def blocks(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int, stop: int,
                precision: str = "fp32", attention: bool = False) -> tuple[np.ndarray, np.ndarray]:
