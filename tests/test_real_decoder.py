@@ -37,6 +37,16 @@ def test_speculative_with_q8_draft_is_identical(lm):
     assert fast.trace.accepted / fast.trace.drafted > 0.6
 
 
+def test_the_head_screen_keeps_fp32_greedy_tokens(lm, smollm2_package):
+    """SmolLM2's head is tied to its embedding: the q8 screen rescores rows of the mapped table."""
+    assert lm.screens_head and lm.facts.head_screen.weight_file == lm.facts.embedding_file
+    plain = edgeinfer.load(smollm2_package)
+    plain._screen = None
+    prompt = "Summarize: the museum reopened after a year of repairs, with a new wing for modern art."
+    screened = lm.generate(prompt, max_new_tokens=32, min_new_tokens=32)
+    assert screened.token_ids == plain.generate(prompt, max_new_tokens=32, min_new_tokens=32).token_ids
+
+
 def test_kv_cap(smollm2_package):
     capped = edgeinfer.load(smollm2_package, budget=edgeinfer.Budget(memory_mb=2))
     with pytest.raises(BudgetError, match="raise the cap to"):
