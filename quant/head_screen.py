@@ -47,24 +47,27 @@ def screen_norms(fp32_weight: np.ndarray, lowered_head: onnx.ModelProto) -> tupl
     return np.stack([errors, np.linalg.norm(quantized, axis=1)]).astype(np.float32), int(block)
 
 
-def head_weight(fp32_head: onnx.ModelProto) -> np.ndarray | None:
+def _head_weight_tensor(fp32_head: onnx.ModelProto) -> onnx.TensorProto | None:
     """The [vocab, hidden] weight of a head graph's Gemm(transB=1) (export/decoder/segments.py)."""
     initializers = {t.name: t for t in fp32_head.graph.initializer}
     for node in fp32_head.graph.node:
         transposed = any(a.name == "transB" and a.i == 1 for a in node.attribute)
         if node.op_type == "Gemm" and transposed and node.input[1] in initializers:
-            return numpy_helper.to_array(initializers[node.input[1]])
+            return initializers[node.input[1]]
     return None
+
+
+def head_weight(fp32_head: onnx.ModelProto) -> np.ndarray | None:
+    tensor = _head_weight_tensor(fp32_head)
+    return None if tensor is None else numpy_helper.to_array(tensor)
 
 
 def head_weight_location(package_root: Path, fp32_head: str) -> tuple[str, int] | None:
-    """(package file, byte offset) of the fp32 head graph's Gemm weight, stored as external data."""
-    model = onnx.load(str(package_root / fp32_head), load_external_data=False)
-    initializers = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        tensor = initializers.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
-        if tensor is not None and tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {e.key: e.value for e in tensor.external_data}
-            if "location" in entries:
-                return str(PurePosixPath(fp32_head).parent / entries["location"]), int(entries.get("offset", "0"))
-    return None
+    """(package file, byte offset) of the fp32 head graph's weight, stored as external data."""
+    tensor = _head_weight_tensor(onnx.load(str(package_root / fp32_head), load_external_data=False))
+    if tensor is None or tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    entries = {e.key: e.value for e in tensor.external_data}
+    if "location" not in entries:
+        return None
+    return str(PurePosixPath(fp32_head).parent / entries["location"]), int(entries.get("offset", "0"))
