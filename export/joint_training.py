@@ -5,7 +5,9 @@ stayed near chance. Here the loss is a depth-weighted mean of per-exit losses, w
 to the number of blocks before the exit as in PABEE (`sum_j j * L_j / sum_j j`, arXiv 2006.04152) and CALM; each exit's
 L_j mixes cross-entropy to the labels (when there are any) with KL to the *original* model's final
 probabilities (LayerSkip / FastBERT self-distillation); the final head's is the KL alone, which keeps
-the final layer close to the model the user gave us.
+the final layer close to the model the user gave us. A sentence-embedding model has no labels and
+no probabilities: every exit and the final layer learn the original model's embeddings instead
+(embedding_distillation_loss).
 With `pruned_share` > 0 that share of the steps also prunes tokens as the runtime would
 (export/pruning_training.py), against the same unpruned teacher.
 """
@@ -63,7 +65,9 @@ def _length_bucketed_batches(encoder: TextEncoder, texts: tuple[str, ...], batch
 
 @torch.no_grad()
 def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tuple[str, ...],
-                        batch_size: int = 64, stage: str = "final layer's outputs") -> np.ndarray:
+                        batch_size: int = 64, stage: str = "final layer's outputs", embeddings: bool = False
+                        ) -> np.ndarray:
+    """The final head's class probabilities, or (embeddings=True) its embeddings, for every text."""
     out: np.ndarray | None = None
     batches = length_batches(texts, batch_size)
     with progress_bar(len(batches), stage) as bar:
@@ -71,7 +75,8 @@ def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tu
             hidden, bias = embed_batch(segments, encoder.encode([texts[i] for i in index]))
             for block in segments.blocks:
                 hidden = block(hidden, bias)[0]
-            probabilities = torch.softmax(segments.head(hidden, bias), -1).numpy()
+            answer = segments.head(hidden, bias)
+            probabilities = (answer if embeddings else torch.softmax(answer, -1)).numpy()
             if out is None:
                 out = np.empty((len(texts), probabilities.shape[1]), dtype=np.float32)
             out[index] = probabilities
@@ -79,11 +84,30 @@ def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tu
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
+def embedding_distillation_loss(embedding: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """1 - cosine to the original model's embedding, plus the mean squared difference between the
+    batch's pairwise cosines and the original's (relational knowledge distillation, Park et al.
+    2019): a search ranks texts by those cosines, so their structure is what has to survive."""
+    student, target = nn.functional.normalize(embedding, dim=-1), nn.functional.normalize(teacher, dim=-1)
+    pointwise = (1.0 - (student * target).sum(-1)).mean()
+    relational = torch.square(student @ student.T - target @ target.T).mean()
+    return pointwise + relational
+
+
 def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module], encoder: TextEncoder,
-                      examples: Examples, settings: JointSettings = JointSettings()) -> dict:
-    teacher = torch.from_numpy(final_probabilities(segments, encoder, examples.texts, stage="teacher outputs"))
+                      examples: Examples, settings: JointSettings = JointSettings(), embeddings: bool = False) -> dict:
+    """embeddings=True: a sentence-embedding model, trained without labels against its own
+    embeddings (embedding_distillation_loss) at every exit and at the final layer."""
+    teacher = torch.from_numpy(final_probabilities(segments, encoder, examples.texts, stage="teacher outputs",
+                                                   embeddings=embeddings))
     # without labels, every exit (and the final layer) learns from the original model alone
-    labels = torch.tensor(examples.labels) if examples.labels is not None else None
+    labels = torch.tensor(examples.labels) if examples.labels is not None and not embeddings else None
+
+    def distance(answer: torch.Tensor, index: torch.Tensor, label_weight: float) -> torch.Tensor:
+        if embeddings:
+            return embedding_distillation_loss(answer, teacher[index])
+        return distillation_loss(answer, teacher[index], None if labels is None else labels[index], label_weight)
+
     depth_weights = {depth: float(depth) for depth in exit_modules}
     num_blocks = len(segments.blocks)
     depth_weights[num_blocks] = float(num_blocks) * settings.final_weight_boost
@@ -129,15 +153,13 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
                 outputs = block(hidden, bias)
                 hidden = outputs[0]
                 if depth in exit_modules:
-                    logits = exit_modules[depth](hidden, bias)
-                    loss = loss + depth_weights[depth] * distillation_loss(
-                        logits, teacher[index], None if labels is None else labels[index], settings.label_weight)
+                    answer = exit_modules[depth](hidden, bias)
+                    loss = loss + depth_weights[depth] * distance(answer, index, settings.label_weight)
                 if depth in keep_schedule:  # after the exit, as the runtime does
                     hidden, bias, protected = prune_padded(hidden, bias, protected, outputs[score_output],
                                                            original_tokens, keep_schedule[depth])
-            logits = segments.head(hidden, bias)
-            loss = loss + depth_weights[num_blocks] * distillation_loss(
-                logits, teacher[index], None if labels is None else labels[index], settings.final_label_weight)
+            answer = segments.head(hidden, bias)
+            loss = loss + depth_weights[num_blocks] * distance(answer, index, settings.final_label_weight)
             loss = loss / total_weight
             optimizer.zero_grad()
             loss.backward()
@@ -153,6 +175,8 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
         "backbone_learning_rate": settings.backbone_learning_rate,
         "head_learning_rate": settings.head_learning_rate,
         "loss": "depth-weighted mean over exits and the final head of " + (
+            "1 - cosine to the original model's embedding + the squared difference of the batch's pairwise "
+            "cosines from the original's (no labels: self-distillation)" if embeddings else
             f"{1 - settings.label_weight:.2f} KL to the original model + {settings.label_weight:.2f} cross-entropy "
             f"(the final head: {1 - settings.final_label_weight:.2f} KL + {settings.final_label_weight:.2f} cross-entropy)"
             if labels is not None else "KL to the original model (no labels: self-distillation)"),

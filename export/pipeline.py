@@ -154,8 +154,6 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
     heads_data, threshold_data = _calibration_sets(options, loaded.labels)
     eval_data = read_examples(options.eval_data, loaded.labels, options.task == "text-classification") \
         if options.eval_data else None
-    if options.train_exits == "joint" and options.task != "text-classification":
-        raise ExportError("--train-exits joint needs a text-classification model; embeddings train heads")
     if options.train_pruning is not None and options.train_exits != "joint":
         raise ExportError("--train-pruning trains inside joint fine-tuning; add --train-exits joint")
     if options.train_pruning is not None:
@@ -172,7 +170,8 @@ def export_model(model: str, output: str | Path, options: ExportOptions = Export
             joint_record = _fine_tune(segments, exit_modules, encoder, heads_data, eval_data or threshold_data,
                                       JointSettings(steps=options.joint_steps, seed=options.seed,
                                                     pruning=options.pruning_family if options.train_pruning else None,
-                                                    importance=options.train_pruning or "token_importance"))
+                                                    importance=options.train_pruning or "token_importance"),
+                                      embeddings=options.task == "feature-extraction")
         calibration, thresholds, evaluation = _train_and_calibrate(
             options, loaded, segments, encoder, exit_modules, features_of, heads_data, threshold_data,
             eval_data, num_blocks)
@@ -246,21 +245,41 @@ def _export_whole(model: str, output: Path, options: ExportOptions, model_type: 
 
 
 def _fine_tune(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module], encoder: TextEncoder,
-               train: Examples, measure: Examples, settings: JointSettings) -> dict:
+               train: Examples, measure: Examples, settings: JointSettings, embeddings: bool) -> dict:
     """Joint fine-tuning, and how far it moved the final layer from the original model (measured on
     1,000 rows: a share of changed answers to within about a point, in seconds)."""
     measure = measure.split(DRIFT_ROWS, 0, settings.seed)[0]
-    before = final_probabilities(segments, encoder, measure.texts, stage="final layer before joint training").argmax(-1)
-    record = fine_tune_jointly(segments, exit_modules, encoder, train, settings)
-    after = final_probabilities(segments, encoder, measure.texts, stage="final layer after joint training").argmax(-1)
-    record.update(examples=len(train), measured_on=measure.source,
-                  final_agreement_with_original=round(float((before == after).mean()), 6))
+    before = final_probabilities(segments, encoder, measure.texts, stage="final layer before joint training",
+                                 embeddings=embeddings)
+    record = fine_tune_jointly(segments, exit_modules, encoder, train, settings, embeddings)
+    after = final_probabilities(segments, encoder, measure.texts, stage="final layer after joint training",
+                                embeddings=embeddings)
+    record.update(examples=len(train), measured_on=measure.source)
+    if embeddings:
+        record.update(embedding_drift(before, after))
+        return record
+    before, after = before.argmax(-1), after.argmax(-1)
+    record.update(final_agreement_with_original=round(float((before == after).mean()), 6))
     if measure.labels is not None:
         labels = np.array(measure.labels)
         record.update(original_accuracy=round(float((before == labels).mean()), 6),
                       accuracy=round(float((after == labels).mean()), 6),
                       accuracy_change=round(float((after == labels).mean() - (before == labels).mean()), 6))
     return record
+
+
+def embedding_drift(before: np.ndarray, after: np.ndarray) -> dict:
+    """How far the final embedding moved, as a search sees it: the mean cosine to the original, and
+    the share of held-back texts (the second half, as queries) whose nearest neighbour among the
+    first half (the corpus, embedded by the original model) stays the same."""
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    before, after = unit(before.astype(np.float64)), unit(after.astype(np.float64))
+    half = len(before) // 2
+    corpus = before[:half]
+    same = (before[half:] @ corpus.T).argmax(1) == (after[half:] @ corpus.T).argmax(1)
+    return {"final_mean_cosine_to_original": round(float((before * after).sum(1).mean()), 6),
+            "final_same_top1_neighbour": round(float(same.mean()), 6) if half else None,
+            "retrieval_queries": len(before) - half, "retrieval_corpus": half}
 
 
 def _model_facts(loaded: LoadedModel, task: str, segments: TorchSegments) -> ModelFacts:

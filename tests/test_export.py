@@ -154,6 +154,40 @@ def test_joint_fine_tuning_records_how_far_the_final_layer_moved(tiny_models, ti
     assert abs(np.mean(same) - joint["final_agreement_with_original"]) <= 0.15
 
 
+def test_joint_fine_tuning_of_embeddings_needs_no_labels(tiny_models, tiny_calibration, tmp_path):
+    """A sentence-embedding model trains its exits jointly on unlabeled text (the TSV's labels are
+    ignored) against its own embeddings; the record says how far the final embedding moved, as a
+    cosine and as a search sees it, and the graphs hold what the record describes."""
+    import torch
+
+    import edgeinfer
+    from conftest import transformers_reference
+    from edgeinfer.export.joint_training import embedding_distillation_loss
+    from edgeinfer.export.pipeline import export_model
+
+    same = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    assert float(embedding_distillation_loss(same, same)) == pytest.approx(0.0, abs=1e-6)
+    assert float(embedding_distillation_loss(same, torch.roll(same, 1, 0))) > 0.1
+    manifest = export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "e.edge",
+                            plain_options(task="feature-extraction", calib=str(tiny_calibration),
+                                          eval_data=str(tiny_calibration), train_exits="joint", joint_steps=15))
+    joint = manifest.calibration["exit_training"]["joint"]
+    assert joint["steps"] == 15 and "self-distillation" in joint["loss"]
+    assert 0.0 < joint["final_mean_cosine_to_original"] <= 1.0 + 1e-6
+    assert 0.0 <= joint["final_same_top1_neighbour"] <= 1.0 and joint["retrieval_queries"] > 0
+    session = edgeinfer.load(tmp_path / "e.edge", policy=edgeinfer.Policy.off())
+    texts = [line.split("\t")[0] for line in tiny_calibration.read_text().splitlines()[1:]][:40]
+    original = tiny_models[("bert", "feature-extraction")]
+    cosines = []
+    for text in texts:
+        batch = session.encoder.encode([text])
+        mine = session.run(text).embedding
+        theirs = transformers_reference(original, "feature-extraction", batch.input_ids, batch.attention_mask,
+                                        manifest.model.normalize_embedding)
+        cosines.append(float(mine @ theirs / (np.linalg.norm(mine) * np.linalg.norm(theirs))))
+    assert abs(np.mean(cosines) - joint["final_mean_cosine_to_original"]) <= 0.05
+
+
 def test_pruning_in_training_keeps_what_the_runtime_keeps_row_by_row():
     import torch
 
