@@ -130,9 +130,9 @@ def read_profile(path: Path) -> Profile:
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise PackageError(f"profile {path} cannot be read ({type(err).__name__}); run `edgeinfer probe` again") from None
+        raise PackageError(f"profile {str(path)!r} cannot be read ({type(err).__name__}); run `edgeinfer probe` again") from None
     if not isinstance(document, dict) or document.get("format") != PROFILE_FORMAT:
-        raise PackageError(f"{path} is not an edgeinfer profile; make one with `edgeinfer probe PKG -o {path}`")
+        raise PackageError(f"{str(path)!r} is not an edgeinfer profile; make one with `edgeinfer probe PKG -o {str(path)!r}`")
     try:
         costs = tuple(SegmentCost(**{**c, "tokens": tuple(c["tokens"]), "median_ms": tuple(c["median_ms"]),
                                      "p90_ms": tuple(c["p90_ms"])}) for c in document["costs"])
@@ -140,7 +140,7 @@ def read_profile(path: Path) -> Profile:
                                            "overhead_fixed_ms", "overhead_per_call_ms", "sessions", "notes")}
         return Profile(costs=costs, **fields)
     except (KeyError, TypeError) as err:
-        raise PackageError(f"profile {path} is malformed ({type(err).__name__}: {err}); run `edgeinfer probe` again") from None
+        raise PackageError(f"profile {str(path)!r} is malformed ({type(err).__name__}: {err}); run `edgeinfer probe` again") from None
 
 
 def find_profile(package_root: Path, target: str, threads: int, explicit: str | os.PathLike[str] | None) -> Profile | None:
@@ -156,9 +156,9 @@ def find_profile(package_root: Path, target: str, threads: int, explicit: str | 
     here = device_fingerprint(threads, _first_provider(target))
     if fingerprint_key(profile.fingerprint) != fingerprint_key(here):
         differing = sorted(k for k in here if profile.fingerprint.get(k) != here[k])
-        warnings.warn(f"profile {path} was measured on another device ({', '.join(differing)} differ); "
+        warnings.warn(f"profile {str(path)!r} was measured on another device ({', '.join(differing)} differ); "
                       f"its predictions may be off: run `edgeinfer probe` on this device", ProfileWarning, stacklevel=3)
     elif profile.package_id != package_id(package_root):
-        warnings.warn(f"profile {path} was measured for another build of this package; "
+        warnings.warn(f"profile {str(path)!r} was measured for another build of this package; "
                       f"run `edgeinfer probe` again", ProfileWarning, stacklevel=3)
     return profile

@@ -102,6 +102,9 @@ def test_bad_profile_is_one_line(tiny_packages, tmp_path):
         bad.write_text(content)
         with pytest.raises(PackageError, match=message):
             edgeinfer.load(package, profile=bad)
+    with pytest.raises(PackageError, match="cannot be read") as refused:  # a path of control characters
+        edgeinfer.load(package, profile="\n")
+    assert "\n" not in str(refused.value)
 
 
 def test_deadline_guard_plans_with_the_profile(probed):
