@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
+def unit_rows(rows: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
 
 
 def neighbours(queries: np.ndarray, corpus: np.ndarray, k: int, own: np.ndarray | None = None) -> np.ndarray:
     """[n, k] indices of each query's k nearest corpus rows by cosine, leaving out the query's own row
     (`own[i]`, by default i)."""
-    similarity = _unit(queries) @ _unit(corpus).T
+    similarity = unit_rows(queries) @ unit_rows(corpus).T
     own = np.arange(len(queries)) if own is None else own
     similarity[np.arange(len(queries)), own] = -np.inf
     return np.argsort(-similarity, axis=1, kind="stable")[:, :k]

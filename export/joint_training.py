@@ -64,7 +64,7 @@ def _length_bucketed_batches(encoder: TextEncoder, texts: tuple[str, ...], batch
 
 
 @torch.no_grad()
-def final_probabilities(segments: TorchSegments, encoder: TextEncoder, texts: tuple[str, ...],
+def final_answers(segments: TorchSegments, encoder: TextEncoder, texts: tuple[str, ...],
                         batch_size: int = 64, stage: str = "final layer's outputs", embeddings: bool = False
                         ) -> np.ndarray:
     """The final head's class probabilities, or (embeddings=True) its embeddings, for every text."""
@@ -98,7 +98,7 @@ def fine_tune_jointly(segments: TorchSegments, exit_modules: dict[int, nn.Module
                       examples: Examples, settings: JointSettings = JointSettings(), embeddings: bool = False) -> dict:
     """embeddings=True: a sentence-embedding model, trained without labels against its own
     embeddings (embedding_distillation_loss) at every exit and at the final layer."""
-    teacher = torch.from_numpy(final_probabilities(segments, encoder, examples.texts, stage="teacher outputs",
+    teacher = torch.from_numpy(final_answers(segments, encoder, examples.texts, stage="teacher outputs",
                                                    embeddings=embeddings))
     # without labels, every exit (and the final layer) learns from the original model alone
     labels = torch.tensor(examples.labels) if examples.labels is not None and not embeddings else None

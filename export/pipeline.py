@@ -26,7 +26,7 @@ from .calibration_data import BUNDLED_SAMPLE, Examples, has_label_column, read_e
 from .exit_heads import EXIT_HEADS, TrainingSettings, cosine_loss, distillation_loss, train_head
 from .exit_quality import evaluate, exit_outputs, judge
 from .features import TorchSegments, attention_bias, collect_features
-from .joint_training import JointSettings, final_probabilities, fine_tune_jointly
+from .joint_training import JointSettings, final_answers, fine_tune_jointly
 from .adapters import supported_model_types
 from .graph_jobs import build_segments, graph_jobs, make_exit
 from .model_source import LoadedModel, load_model, model_type_of, tokenizer_spec
@@ -249,10 +249,10 @@ def _fine_tune(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]
     """Joint fine-tuning, and how far it moved the final layer from the original model (measured on
     1,000 rows: a share of changed answers to within about a point, in seconds)."""
     measure = measure.split(DRIFT_ROWS, 0, settings.seed)[0]
-    before = final_probabilities(segments, encoder, measure.texts, stage="final layer before joint training",
+    before = final_answers(segments, encoder, measure.texts, stage="final layer before joint training",
                                  embeddings=embeddings)
     record = fine_tune_jointly(segments, exit_modules, encoder, train, settings, embeddings)
-    after = final_probabilities(segments, encoder, measure.texts, stage="final layer after joint training",
+    after = final_answers(segments, encoder, measure.texts, stage="final layer after joint training",
                                 embeddings=embeddings)
     record.update(examples=len(train), measured_on=measure.source)
     if embeddings:
@@ -270,16 +270,14 @@ def _fine_tune(segments: TorchSegments, exit_modules: dict[int, torch.nn.Module]
 
 def embedding_drift(before: np.ndarray, after: np.ndarray) -> dict:
     """How far the final embedding moved, as a search sees it: the mean cosine to the original, and
-    the share of held-back texts (the second half, as queries) whose nearest neighbour among the
-    first half (the corpus, embedded by the original model) stays the same."""
-    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    before, after = unit(before.astype(np.float64)), unit(after.astype(np.float64))
-    half = len(before) // 2
-    corpus = before[:half]
-    same = (before[half:] @ corpus.T).argmax(1) == (after[half:] @ corpus.T).argmax(1)
-    return {"final_mean_cosine_to_original": round(float((before * after).sum(1).mean()), 6),
-            "final_same_top1_neighbour": round(float(same.mean()), 6) if half else None,
-            "retrieval_queries": len(before) - half, "retrieval_corpus": half}
+    the bench's retrieval agreement (each held-back text the query, embedded after training; the
+    others the corpus, embedded by the original model: bench/retrieval.py)."""
+    from ..bench.retrieval import retrieval_agreement, unit_rows
+
+    search = retrieval_agreement(after, before)
+    return {"final_mean_cosine_to_original": round(float((unit_rows(before) * unit_rows(after)).sum(1).mean()), 6),
+            "final_same_top1_neighbour": search.get("retrieval_top1_agreement"),
+            "retrieval_queries": len(before), "retrieval_corpus": search.get("retrieval_corpus", 0)}
 
 
 def _model_facts(loaded: LoadedModel, task: str, segments: TorchSegments) -> ModelFacts:

@@ -177,7 +177,7 @@ class Decoding:
     def _next_logits(self, hidden: np.ndarray) -> np.ndarray:
         """The next token's logits after a full-depth pass (the last row of `hidden`)."""
         if self.screens:
-            ruled_out = tuple(self.s.facts.eos_ids) if len(self.stream.ids) < self.min_new else ()
+            ruled_out = self.s.facts.eos_ids if len(self.stream.ids) < self.min_new else ()
             return self.s.greedy_logits(hidden[:, -1:], ruled_out)[-1]
         return self.s.head(hidden[:, -1:], self.precision)[0, -1]
 

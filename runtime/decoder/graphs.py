@@ -66,10 +66,9 @@ class DecoderGraphs:
                                        if self._table is not None and v.path == self._embed.graph("fp32"))
         self._routes: dict[tuple[int, int, tuple[int, ...], bool], list[tuple[Segment, range]]] = {}
         self._head = manifest.segment("head")
-        self._screen = read_head_screen(package)
-        self._head_rows = None if self._screen is None else mapped_rows(
-            package, self.facts.head_screen.weight_file, self.facts.head_screen.weight_offset,
-            "decoder.head_screen.weight_file/offset")
+        screen = self.facts.head_screen
+        self._screen = None if screen is None else read_head_screen(package, mapped_rows(
+            package, screen.weight_file, screen.weight_offset, "decoder.head_screen.weight_file/offset"))
         # traced spans (any cache, and the attention each entry received) and, where the package has
         # them, spans on onnxruntime's GroupQueryAttention (contiguous caches only, and faster)
         self._spans = self._span_table(self._block_spans(gqa=False) if fused else [])
@@ -147,8 +146,7 @@ class DecoderGraphs:
         if self._screen is None:
             return self.head(hidden)[0]
         lowered, normed = self.runner.graph(self._head, self._screen.precision).run(None, {"hidden": hidden})[:2]
-        return screened_logits(self._screen, lowered[0], normed.reshape(-1, normed.shape[-1]), self._head_rows,
-                               ruled_out)
+        return screened_logits(self._screen, lowered[0], normed.reshape(-1, normed.shape[-1]), ruled_out)
 
     def blocks(self, cache: KVCache, hidden: np.ndarray, positions: np.ndarray, start: int, stop: int,
                precision: str = "fp32", attention: bool = False) -> tuple[np.ndarray, np.ndarray]:
