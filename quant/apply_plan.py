@@ -3,7 +3,8 @@
 A plan maps weight digests (weight_nodes.py) to candidate names; nodes it does not name stay fp32.
 The stages run in a fixed order so each tool sees plain float nodes for the ones it lowers:
 fp16 (onnxruntime.transformers.float16 with every other node blocked), int8 dynamic per-tensor and
-per-channel (quantize_dynamic with nodes_to_quantize), int4 block-wise (MatMulNBitsQuantizer with
+per-channel (quantize_dynamic with nodes_to_quantize, after SmoothQuant's rescaling where the
+analysis found it helps: smoothing.py), int4 block-wise (MatMulNBitsQuantizer with
 nodes_to_exclude; embeddings become GatherBlockQuantized). The quantizers need the plain
 graph, not an ORT-optimized one, and the int4 path needs `onnx-ir` (docs/platform-facts.md).
 """
@@ -22,6 +23,7 @@ import onnx
 import onnx.numpy_helper
 
 from .candidates import BY_NAME, Candidate, for_op
+from .smoothing import NONE, Smoothing, smoothed
 from .weight_nodes import WeightNode, weight_nodes
 
 
@@ -34,11 +36,16 @@ def nodes_by_candidate(model: onnx.ModelProto, plan: Mapping[str, str]) -> dict[
     return groups
 
 
-def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str]) -> onnx.ModelProto:
+def apply_plan(model: onnx.ModelProto, plan: Mapping[str, str], smoothing: Smoothing = NONE) -> onnx.ModelProto:
+    """smoothing: divisors for the int8 nodes' inputs (smoothing.py); the other nodes never take them."""
     groups = nodes_by_candidate(model, plan)
     lowered = copy.deepcopy(model)
     if "fp16" in groups:
         lowered = _fp16(lowered, {n.name for n in groups["fp16"]})
+    int8_nodes = [n for name in ("int8-tensor", "int8-channel") for n in groups.get(name, [])]
+    if smoothing.scales and int8_nodes:
+        lowered = smoothed(lowered, int8_nodes, smoothing)
+        lowered = with_nodes(lowered, list(lowered.graph.node))  # the unscaled weights are read no more
     for name in ("int8-tensor", "int8-channel"):
         if name in groups:
             lowered = int8_dynamic(lowered, [n.name for n in groups[name]], BY_NAME[name])

@@ -69,7 +69,8 @@ def measured_front(analysis: Analysis, model: onnx.ModelProto, manifest: Manifes
     classifier = manifest.model.task == "text-classification"
     measured = []
     for name, plan in plans.items():
-        lowered = apply_plan(model, {digests[node]: p for node, p in plan.items()}).SerializeToString() if plan else fp32_bytes
+        by_digest = {digests[node]: p for node, p in plan.items()}
+        lowered = apply_plan(model, by_digest, analysis.smoothing).SerializeToString() if plan else fp32_bytes
         fp32_ms, plan_ms = paired_latency_ms(fp32_bytes, lowered, manifest)
         outputs = model_outputs(lowered, tuple(feeds))
         measured.append(MeasuredPlan(

@@ -23,6 +23,7 @@ from .output_error import CalibrationBatches, calibration_batches
 from .propagation import block_gains, gain_of
 from .search import Option, Plan, dp_front, greedy_front, pareto, plan_for_budget
 from .sensitivity import measure_sensitivity
+from .smoothing import ALPHAS, NONE, Smoothing, channel_peaks, smoothing_for
 from .value_stats import ValueStats, activation_stats, proxy_error
 from .weight_nodes import WeightNode, weight_nodes
 
@@ -46,6 +47,7 @@ class Analysis:
     other_latency_ms: float  # the graph's time outside the analysed nodes, at PLAN_TOKENS
     seconds: dict[str, float] = field(default_factory=dict)
     latency_scales: dict[str, float] = field(default_factory=dict)  # see calibrated_latencies
+    smoothing: Smoothing = NONE  # what every int8 node of a plan takes (smoothing.py)
 
     def error(self, key: tuple[str, str]) -> float:
         if key[1] == "fp32":
@@ -102,21 +104,25 @@ def analyse(package: Package, texts: list[str], sensitivity: str = "proxy",
     nodes = weight_nodes(model)
     seconds = {}
     start = time.perf_counter()
-    stats = activation_stats(model, nodes, batches.feeds)
+    smoothing = choose_smoothing(model, nodes, batches)
+    seconds["smoothing"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    stats = activation_stats(model, nodes, batches.feeds, smoothing)
     gains = block_gains(package, batches.feeds, batches.reference)
-    proxy = {(n.name, c.name): proxy_error(model, n, c, stats) * gain_of(n.name, gains)
+    proxy = {(n.name, c.name): proxy_error(model, n, c, stats, smoothing) * gain_of(n.name, gains)
              for n in nodes for c in candidates if c.bits < 32 and n.op_type in c.ops}
     seconds["proxy"] = round(time.perf_counter() - start, 2)
     measured = None
     if sensitivity == "measured":
         start = time.perf_counter()
-        measured = measure_sensitivity(model, nodes, candidates, batches.error)
+        measured = measure_sensitivity(model, nodes, candidates, batches.error, smoothing)
         seconds["measured"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
     latency = node_latencies(nodes, list(candidates), PLAN_TOKENS)
     scales = {}
     if model_latency_ms is not None:
-        latency, scales = calibrated_latencies(package, model, nodes, candidates, latency, model_latency_ms)
+        latency, scales = calibrated_latencies(package, model, nodes, candidates, latency, model_latency_ms,
+                                               smoothing)
     seconds["latency"] = round(time.perf_counter() - start, 2)
     sizes = {(n.name, c.name): c.weight_bytes(n.shape) for n in nodes for c in candidates if n.op_type in c.ops}
     analysed = {n.weight for n in nodes}
@@ -124,12 +130,31 @@ def analyse(package: Package, texts: list[str], sensitivity: str = "proxy",
     fp32_nodes_ms = sum(latency[(n.name, "fp32")] for n in nodes)
     other_ms = max((model_latency_ms or fp32_nodes_ms) - fp32_nodes_ms, 0.0)
     return Analysis(tuple(nodes), sizes, latency, proxy, measured, stats, tuple(gains), other_bytes, other_ms,
-                    seconds, scales), batches
+                    seconds, scales, smoothing), batches
+
+
+SMOOTHING_TEXTS = 256  # the alpha's choice settles on a few hundred texts
+
+
+def choose_smoothing(model: onnx.ModelProto, nodes: list[WeightNode], batches: CalibrationBatches) -> Smoothing:
+    """The alpha (or none) whose uniform int8 plan is closest to fp32 on the calibration texts."""
+    feeds, count = [], 0
+    for feed in batches.feeds:
+        feeds.append(feed)
+        count += len(feed["input_ids"])
+        if count >= SMOOTHING_TEXTS:
+            break
+    subset = CalibrationBatches(batches.task, tuple(feeds), batches.reference[:count])
+    int8 = {n.digest: for_op("int8-channel", n.op_type) for n in nodes}
+    peaks = channel_peaks(model, nodes, subset.feeds)
+    choices = [NONE, *(smoothing_for(model, nodes, peaks, alpha) for alpha in ALPHAS)]
+    return min(choices, key=lambda smoothing: subset.error(apply_plan(model, int8, smoothing)))
 
 
 def calibrated_latencies(package: Package, model: onnx.ModelProto, nodes: list[WeightNode],
                          candidates: tuple[Candidate, ...], latency: dict[tuple[str, str], float],
-                         model_latency_ms: float) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+                         model_latency_ms: float, smoothing: Smoothing = NONE
+                         ) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
     """Scale each candidate's per-node time savings so the whole model lowered to it matches a measurement.
 
     Nodes timed alone miss what the lowered model shares: q, k and v read one input, which int8
@@ -144,7 +169,8 @@ def calibrated_latencies(package: Package, model: onnx.ModelProto, nodes: list[W
         lowered = [n for n in nodes if n.op_type in candidate.ops]
         saved = sum(latency[(n.name, "fp32")] - latency[(n.name, candidate.name)] for n in lowered)
         plan = {n.digest: candidate.name for n in lowered}
-        measured = full_graph_latency_ms(apply_plan(model, plan).SerializeToString(), package.manifest, PLAN_TOKENS)
+        measured = full_graph_latency_ms(apply_plan(model, plan, smoothing).SerializeToString(), package.manifest,
+                                         PLAN_TOKENS)
         scale = (model_latency_ms - measured) / saved if abs(saved) > 1e-6 else 1.0
         scales[candidate.name] = round(scale, 4)
         for n in lowered:

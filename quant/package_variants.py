@@ -25,6 +25,7 @@ from ..manifest import Manifest, PrecisionVariant, Variant
 from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan
+from .smoothing import NONE, Smoothing
 from .output_error import CalibrationBatches, output_error
 from .variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from .weight_nodes import weight_nodes
@@ -43,8 +44,10 @@ def exit_precision(plan: dict[str, str]) -> str:
 
 
 def add_precision_variant(package: Package, output: Path, name: str, plan: dict[str, str],
-                          batches: CalibrationBatches, speedup: float, record: dict, force: bool = False) -> Manifest:
-    """plan: precision by node name of the full-depth graph (quant/mixed_precision.py)."""
+                          batches: CalibrationBatches, speedup: float, record: dict, force: bool = False,
+                          smoothing: Smoothing = NONE) -> Manifest:
+    """plan: precision by node name of the full-depth graph (quant/mixed_precision.py); smoothing:
+    what its int8 nodes take (smoothing.py), the same in every graph since it goes by weight digest."""
     manifest = package.manifest
     if not VARIANT_NAME.match(name) or name == "fp32":
         raise InputError(f"variant name {name!r} must be 1-32 lowercase letters, digits or '-', and not fp32")
@@ -53,14 +56,14 @@ def add_precision_variant(package: Package, output: Path, name: str, plan: dict[
     same_place = output.resolve() == package.root.resolve()
     staging = prepare_staging(output, force or same_place)
     try:
-        return _write(package, staging, output, name, plan, batches, speedup, record)
+        return _write(package, staging, output, name, plan, batches, speedup, record, smoothing)
     except BaseException:
         discard(staging)
         raise
 
 
 def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[str, str],
-           batches: CalibrationBatches, speedup: float, record: dict) -> Manifest:
+           batches: CalibrationBatches, speedup: float, record: dict, smoothing: Smoothing) -> Manifest:
     manifest = _without_variant(package.manifest, name)
     shutil.copytree(package.path(manifest.tokenizer.path).parent, staging / "tokenizer", dirs_exist_ok=True)
     for litert_file in (manifest.litert.files.values() if manifest.litert is not None else ()):
@@ -88,7 +91,7 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
                 graphs.append(staging / variant.path)
                 bar.update()
             model = onnx.load(str(package.path(segment.graph("fp32"))))
-            lowered = apply_plan(model, by_digest)
+            lowered = apply_plan(model, by_digest, smoothing)
             path = f"graphs/{Path(segment.graph('fp32')).stem}.{name}.onnx"
             onnx.save(lowered, str(staging / path))
             graphs.append(staging / path)
@@ -101,7 +104,7 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
         calibrated = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
                                        feed_lengths(batches.feeds))
         bar.update()
-    variant_bytes = len(apply_plan(full, by_digest).SerializeToString())
+    variant_bytes = len(apply_plan(full, by_digest, smoothing).SerializeToString())
     quality = {"calibration_examples": int(len(final)), **_closeness(manifest.model.task, batches.reference, final),
                "output_error": round(output_error(manifest.model.task, batches.reference, final), 8),
                "output_error_kind": "KL" if manifest.model.task == "text-classification" else "1 - cosine",

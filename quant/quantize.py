@@ -18,6 +18,7 @@ from .measured_front import MeasuredPlan, fastest_measured, measured_front
 from .model_latency import fp32_latency_ms, paired_latency_ms
 from .output_error import CalibrationBatches, calibration_batches
 from .package_variants import add_precision_variant
+from .smoothing import NONE, Smoothing
 from .weight_nodes import WeightNode, weight_nodes
 
 SENSITIVITY_MODES = ("proxy", "measured")
@@ -63,23 +64,24 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
         plan = chosen.plan
     predicted = result.predicted(plan)
     fp32 = result.predicted({})
-    record = {"mode": mode, "sensitivity": sensitivity,
+    record = {"mode": mode, "sensitivity": sensitivity, "smoothing_alpha": result.smoothing.alpha,
               "size_budget_mb": size_budget_mb, "latency_budget_ms": latency_budget_ms,
               "predicted_bytes": int(predicted[0]), "predicted_latency_ms": round(predicted[1], 4),
               "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2],
               **({"measured_choice": chosen.name} if chosen is not None else {}),
-              **(measured_speed(package, model, plan, fp32[1] / max(predicted[1], 1e-9)) if chosen is None
+              **(measured_speed(package, model, plan, fp32[1] / max(predicted[1], 1e-9), result.smoothing) if chosen is None
                  else speed_record(chosen.fp32_ms, chosen.measured_ms, fp32[1] / max(predicted[1], 1e-9)))}
     manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
-                                     plan, batches, record["speedup_measured"], record, force)
+                                     plan, batches, record["speedup_measured"], record, force, result.smoothing)
     return QuantizeResult(manifest, result, plan, predicted, batches, measured)
 
 
-def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str], predicted_speedup: float) -> dict:
+def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str], predicted_speedup: float,
+                   smoothing: Smoothing = NONE) -> dict:
     """The written variant's full-depth latency beside fp32's, measured in alternating rounds: what
     the runtime's choice of precision relies on, and the check on the plan's prediction."""
     by_digest = {n.digest: plan.get(n.name, "fp32") for n in weight_nodes(model)}
-    fp32_ms, variant_ms = paired_latency_ms(model.SerializeToString(), apply_plan(model, by_digest).SerializeToString(),
+    fp32_ms, variant_ms = paired_latency_ms(model.SerializeToString(), apply_plan(model, by_digest, smoothing).SerializeToString(),
                                             package.manifest)
     return speed_record(fp32_ms, variant_ms, predicted_speedup)
 

@@ -22,6 +22,7 @@ import onnx
 
 from ..runtime.sessions import open_session
 from .candidates import INT8_WEIGHT_LEVELS, Candidate
+from .smoothing import NONE, Smoothing
 from .weight_nodes import WeightNode, weight_array
 
 OUTLIER_RATIO_FOR_8_BITS = 6.0  # max / p99.9 above this: the node keeps 8 bits or more
@@ -40,10 +41,12 @@ class ValueStats:
 
 
 def activation_stats(model: onnx.ModelProto, nodes: list[WeightNode],
-                     feeds: tuple[dict[str, np.ndarray], ...]) -> dict[str, ValueStats]:
-    """Stats of every MatMul/Gemm input over the calibration batches (Gather inputs are ids: none)."""
+                     feeds: tuple[dict[str, np.ndarray], ...], smoothing: Smoothing = NONE) -> dict[str, ValueStats]:
+    """Stats of every MatMul/Gemm input over the calibration batches (Gather inputs are ids: none);
+    int8's input noise is that of the input as int8 receives it, divided by its smoothing."""
     by_name = {n.name: n for n in model.graph.node}
     inputs = {node.name: by_name[node.name].input[0] for node in nodes if node.op_type != "Gather"}
+    divisors = {inputs[n.name]: smoothing.of(n) for n in nodes if smoothing.of(n) is not None}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
@@ -60,8 +63,9 @@ def activation_stats(model: onnx.ModelProto, nodes: list[WeightNode],
         values = graph.run(wanted, {k: v for k, v in feed.items() if k in feed_names})
         for name, value in zip(wanted, values):
             rows = value[mask] if value.ndim == 3 and value.shape[:2] == mask.shape else value.reshape(-1, value.shape[-1])
-            span = max(float(rows.max()), 0.0) - min(float(rows.min()), 0.0)
-            noise[name].append((span / 255.0) ** 2 / 12.0 / max(float(np.mean(rows ** 2)), 1e-12))
+            received = rows / divisors[name] if name in divisors else rows
+            span = max(float(received.max()), 0.0) - min(float(received.min()), 0.0)
+            noise[name].append((span / 255.0) ** 2 / 12.0 / max(float(np.mean(received ** 2)), 1e-12))
             samples[name].append(rows.ravel()[:: max(1, rows.size // 200_000)])
     stats = {}
     for node_name, tensor in inputs.items():
@@ -105,9 +109,12 @@ def weight_noise(weights: np.ndarray, candidate: Candidate, input_axis: int) -> 
 
 
 def proxy_error(model: onnx.ModelProto, node: WeightNode, candidate: Candidate,
-                stats: dict[str, ValueStats]) -> float:
-    """Estimated relative noise at the node's output when it alone is lowered to `candidate`."""
-    noise = weight_noise(weight_array(model, node), candidate, node.input_axis)
+                stats: dict[str, ValueStats], smoothing: Smoothing = NONE) -> float:
+    """Estimated relative noise at the node's output when it alone is lowered to `candidate` (int8
+    rounds the smoothed weight, relative to the smoothed weight's own size)."""
+    weights = weight_array(model, node)
+    scale = smoothing.of(node) if candidate.bits == 8 else None
+    noise = weight_noise(weights if scale is None else weights * scale[:, None], candidate, node.input_axis)
     if candidate.bits == 8 and node.name in stats:
         noise += stats[node.name].input_noise_int8
     return noise

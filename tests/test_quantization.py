@@ -3,6 +3,7 @@ in the package with their own thresholds, the runtime's cheap-first cascade, and
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -56,6 +57,55 @@ def test_int8_weights_keep_seven_bits_so_no_cpu_saturates(tiny_packages):
     quantized = [numpy_helper.to_array(t) for t in int8.graph.initializer if t.name in weights]
     assert quantized and all(q.dtype == np.int8 for q in quantized)
     assert max(int(np.abs(q.astype(np.int32)).max()) for q in quantized) <= 64
+
+
+def _outlier_graph(rng: np.random.Generator):
+    """x [1, n, 32] -> x * gamma (channel 3 40x the others, as after a BERT LayerNorm) -> two MatMuls."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    gamma = np.ones(32, np.float32)
+    gamma[3] = 40.0
+    tensors = [numpy_helper.from_array(gamma, "gamma"),
+               numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32) * 0.2, "w1"),
+               numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32) * 0.2, "w2")]
+    nodes = [helper.make_node("Mul", ["x", "gamma"], ["normed"], name="norm"),
+             helper.make_node("MatMul", ["normed", "w1"], ["a"], name="first"),
+             helper.make_node("MatMul", ["normed", "w2"], ["b"], name="second"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="join")]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, 32])], tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_smoothing_keeps_fp32_and_tames_an_outlier_channel_for_int8():
+    """SmoothQuant's rescaling is the same function in fp32; where an input has an outlier channel
+    (as BERT-like models have after a LayerNorm), it brings int8 much closer to fp32. Both MatMuls
+    read one input: they share one divisor."""
+    from edgeinfer.quant.smoothing import NONE, channel_peaks, smoothed, smoothing_for
+    from edgeinfer.runtime.sessions import open_session
+
+    rng = np.random.default_rng(0)
+    model = _outlier_graph(rng)
+    feeds = tuple({"x": rng.standard_normal((1, 24, 32)).astype(np.float32), "attention_bias": np.zeros((1, 24))}
+                  for _ in range(8))
+
+    def outputs(graph) -> np.ndarray:
+        session = open_session(graph.SerializeToString())
+        return np.concatenate([session.run(None, {"x": f["x"]})[0] for f in feeds])
+
+    def error(graph) -> float:
+        return float(np.linalg.norm(outputs(graph) - reference) / np.linalg.norm(reference))
+
+    reference = outputs(model)
+    nodes = weight_nodes(model)
+    smoothing = smoothing_for(model, nodes, channel_peaks(model, nodes, feeds), alpha=0.8)
+    assert len({s.tobytes() for s in smoothing.scales.values()}) == 1 and len(smoothing.scales) == 2
+    rescaled = smoothed(copy.deepcopy(model), nodes, smoothing)
+    assert sum(n.op_type == "Mul" for n in rescaled.graph.node) == 2 and error(rescaled) < 1e-6
+    int8 = {n.digest: "int8-channel" for n in nodes}
+    plain, smooth = error(apply_plan(model, int8)), error(apply_plan(model, int8, smoothing))
+    assert smooth < 0.6 * plain
+    assert error(apply_plan(model, int8, NONE)) == plain
 
 
 def test_weight_noise_orders_precisions():
