@@ -137,18 +137,27 @@ SMOOTHING_TEXTS = 256  # the alpha's choice settles on a few hundred texts
 
 
 def choose_smoothing(model: onnx.ModelProto, nodes: list[WeightNode], batches: CalibrationBatches) -> Smoothing:
-    """The alpha (or none) whose uniform int8 plan is closest to fp32 on the calibration texts."""
-    feeds, count = [], 0
-    for feed in batches.feeds:
-        feeds.append(feed)
-        count += len(feed["input_ids"])
-        if count >= SMOOTHING_TEXTS:
-            break
-    subset = CalibrationBatches(batches.task, tuple(feeds), batches.reference[:count])
+    """The alpha (or none) whose uniform int8 plan is closest to fp32 on calibration texts, each run
+    alone as a request runs: dynamic int8 takes one range per tensor, and over a padded batch of 32
+    texts that range is the widest text's (on all-MiniLM-L6-v2 it hid a halving of the error)."""
+    subset = single_texts(batches, SMOOTHING_TEXTS)
     int8 = {n.digest: for_op("int8-channel", n.op_type) for n in nodes}
     peaks = channel_peaks(model, nodes, subset.feeds)
     choices = [NONE, *(smoothing_for(model, nodes, peaks, alpha) for alpha in ALPHAS)]
     return min(choices, key=lambda smoothing: subset.error(apply_plan(model, int8, smoothing)))
+
+
+def single_texts(batches: CalibrationBatches, count: int) -> CalibrationBatches:
+    """The first `count` texts of padded batches as batches of one, cut to their own tokens."""
+    feeds = []
+    for feed in batches.feeds:
+        for row in range(len(feed["input_ids"])):
+            tokens = int((feed["attention_bias"][row] > -1.0).sum())  # padding is on the right
+            feeds.append({name: value[row:row + 1, :tokens] if value.ndim == 2 else value[row:row + 1]
+                          for name, value in feed.items()})
+            if len(feeds) == count:
+                return CalibrationBatches(batches.task, tuple(feeds), batches.reference[:count])
+    return CalibrationBatches(batches.task, tuple(feeds), batches.reference[:len(feeds)])
 
 
 def calibrated_latencies(package: Package, model: onnx.ModelProto, nodes: list[WeightNode],

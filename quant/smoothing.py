@@ -9,8 +9,9 @@ The division is one Mul per input tensor, shared by the MatMuls that read it (q,
 
 Measured on all-MiniLM-L6-v2 (AG News search, 2,000 texts embedded by fp32, 400 queries, fake
 quantization in PyTorch): plain int8 keeps the top-1 neighbour for 0.89 of queries, alpha 0.5 for
-0.85, 0.85 for 0.96. The best alpha is the model's, so it is chosen on the calibration texts by the
-uniform int8 plan's output error, with no smoothing among the choices.
+0.85, 0.85 for 0.96; in onnxruntime, on 300 AG News train texts, 1 - cosine went from 0.0084 to
+0.0039 at alpha 0.75 and back up to 0.019 at 0.5. The best alpha is the model's, so it is chosen on
+the calibration texts by the uniform int8 plan's output error, with no smoothing among the choices.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from onnx import numpy_helper
 from ..runtime.sessions import open_session
 from .weight_nodes import WeightNode, weight_array
 
-ALPHAS = (0.5, 0.7, 0.8, 0.9)  # searched beside no smoothing at all
+ALPHAS = (0.6, 0.7, 0.75, 0.8, 0.85)  # searched beside no smoothing at all
 _FLOOR = 1e-5  # a channel that is never non-zero keeps scale ~1 instead of dividing by zero
 
 
