@@ -163,6 +163,10 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
         if exits:
             points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep, precision="fp32"), Budget())
         points[f"edgeinfer merge {schedule}"] = (Policy(agreement=None, keep_schedule=keep, reduction="merge"), Budget())
+    if probe.manifest.model.task != "text-classification":  # an embedding variant runs alone (no confidence)
+        embed = next(s for s in probe.manifest.segments if s.kind == "embed")
+        for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):
+            points[f"edgeinfer {variant.name} variant alone"] = (Policy(agreement=None, precision=variant.name), Budget())
     if probe.manifest.model.task == "text-classification" and exits:
         embed = next(s for s in probe.manifest.segments if s.kind == "embed")
         for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):

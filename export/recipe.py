@@ -31,7 +31,8 @@ def resolve_recipe(options: "ExportOptions", has_labels: bool) -> tuple["ExportO
         else ("pooler", "embedding exits are a linear map already"),
         "quant": ("int8", "an int8 variant whose cascade (fp32 on restart) load() runs when it is expected "
                           "to cost least") if classifier
-        else ("none", "no precision cascade for embeddings (no answer confidence to restart on)"),
+        else ("int8", "a smoothed int8 variant that load() runs alone where calibration shows it holds the "
+                      "agreement level outright (an embedding has no confidence to restart on)"),
     }
     why, values = {}, {}
     for field, (value, reason) in chosen.items():

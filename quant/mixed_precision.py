@@ -19,7 +19,7 @@ from .candidates import CANDIDATES, Candidate, for_op
 from .apply_plan import apply_plan
 from .model_latency import PLAN_TOKENS, full_graph_latency_ms
 from .node_latency import node_latencies
-from .output_error import CalibrationBatches, calibration_batches
+from .output_error import CalibrationBatches, calibration_batches, single_texts
 from .propagation import block_gains, gain_of
 from .search import Option, Plan, dp_front, greedy_front, pareto, plan_for_budget
 from .sensitivity import measure_sensitivity
@@ -145,19 +145,6 @@ def choose_smoothing(model: onnx.ModelProto, nodes: list[WeightNode], batches: C
     peaks = channel_peaks(model, nodes, subset.feeds)
     choices = [NONE, *(smoothing_for(model, nodes, peaks, alpha) for alpha in ALPHAS)]
     return min(choices, key=lambda smoothing: subset.error(apply_plan(model, int8, smoothing)))
-
-
-def single_texts(batches: CalibrationBatches, count: int) -> CalibrationBatches:
-    """The first `count` texts of padded batches as batches of one, cut to their own tokens."""
-    feeds = []
-    for feed in batches.feeds:
-        for row in range(len(feed["input_ids"])):
-            tokens = int((feed["attention_bias"][row] > -1.0).sum())  # padding is on the right
-            feeds.append({name: value[row:row + 1, :tokens] if value.ndim == 2 else value[row:row + 1]
-                          for name, value in feed.items()})
-            if len(feeds) == count:
-                return CalibrationBatches(batches.task, tuple(feeds), batches.reference[:count])
-    return CalibrationBatches(batches.task, tuple(feeds), batches.reference[:len(feeds)])
 
 
 def calibrated_latencies(package: Package, model: onnx.ModelProto, nodes: list[WeightNode],

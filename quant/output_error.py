@@ -56,6 +56,19 @@ def calibration_batches(package: Package, full_model: onnx.ModelProto, texts: li
     return CalibrationBatches(package.manifest.model.task, feeds, model_outputs(full_model, feeds))
 
 
+def single_texts(batches: CalibrationBatches, count: int) -> CalibrationBatches:
+    """The first `count` texts of padded batches as batches of one, cut to their own tokens."""
+    feeds = []
+    for feed in batches.feeds:
+        for row in range(len(feed["input_ids"])):
+            tokens = int((feed["attention_bias"][row] > -1.0).sum())  # padding is on the right
+            feeds.append({name: value[row:row + 1, :tokens] if value.ndim == 2 else value[row:row + 1]
+                          for name, value in feed.items()})
+            if len(feeds) == count:
+                return CalibrationBatches(batches.task, tuple(feeds), batches.reference[:count])
+    return CalibrationBatches(batches.task, tuple(feeds), batches.reference[:len(feeds)])
+
+
 def model_outputs(model: onnx.ModelProto | bytes, feeds: tuple[dict[str, np.ndarray], ...]) -> np.ndarray:
     """The model's first output for every batch, concatenated (inputs it does not take are dropped)."""
     graph = open_session(model if isinstance(model, bytes) else model.SerializeToString())

@@ -25,8 +25,8 @@ from ..manifest import Manifest, PrecisionVariant, Variant
 from ..progress import progress_bar
 from ..runtime.package import Package
 from .apply_plan import apply_plan
+from .output_error import CalibrationBatches, output_error, single_texts
 from .smoothing import NONE, Smoothing
-from .output_error import CalibrationBatches, output_error
 from .variant_thresholds import calibrate_variant, feed_lengths, onnx_graphs, variant_outputs
 from .weight_nodes import weight_nodes
 
@@ -100,13 +100,15 @@ def _write(package: Package, staging: Path, output: Path, name: str, plan: dict[
         share_weights(graphs, staging / "graphs" / WEIGHTS_FILE)
         bar.update()
         manifest = replace(manifest, segments=tuple(segments))
-        per_exit, final = variant_outputs(onnx_graphs(staging, name), manifest, batches.feeds)
-        calibrated = calibrate_variant(manifest, per_exit, final, batches.reference, speedup,
-                                       feed_lengths(batches.feeds))
+        # one text at a time, as requests run: dynamic int8's per-tensor range depends on the batch
+        alone = single_texts(batches, len(batches.reference))
+        per_exit, final = variant_outputs(onnx_graphs(staging, name), manifest, alone.feeds)
+        calibrated = calibrate_variant(manifest, per_exit, final, alone.reference, speedup,
+                                       feed_lengths(alone.feeds))
         bar.update()
     variant_bytes = len(apply_plan(full, by_digest, smoothing).SerializeToString())
-    quality = {"calibration_examples": int(len(final)), **_closeness(manifest.model.task, batches.reference, final),
-               "output_error": round(output_error(manifest.model.task, batches.reference, final), 8),
+    quality = {"calibration_examples": int(len(final)), **_closeness(manifest.model.task, alone.reference, final),
+               "output_error": round(output_error(manifest.model.task, alone.reference, final), 8),
                "output_error_kind": "KL" if manifest.model.task == "text-classification" else "1 - cosine",
                **record, **calibrated.quality(manifest.model.task)}
     variant = PrecisionVariant(name=name, plan={k: v for k, v in plan.items() if v != "fp32"},

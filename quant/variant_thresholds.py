@@ -17,6 +17,11 @@ logit(p). The family of thresholds stays one-dimensional and nested, so the cali
 guarantee are unchanged; the runtime still compares p with a stored threshold (mapped back), and needs
 nothing new. Measured on SST-2 dev at 0.99: int8 restarts fell from 21% to 5.3%, a mixed plan's from
 24% to 3.2%, with the calibration's disagreement count unchanged.
+
+An embedding's final answer has no confidence at all, so nothing could decide a restart: an
+embedding variant runs alone at full depth, and a level holds only if its answers agree with fp32's
+often enough outright (the same Clopper-Pearson count as every level). The final stage's threshold
+then only says so: 0.0 where the level holds (every answer kept), None where it does not.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from typing import Any, Callable
 import numpy as np
 from scipy.stats import norm
 
-from ..export.exit_quality import judge
-from ..export.thresholds import AGREEMENT_LEVELS, calibrate_level
+from ..export.exit_quality import cosine_rows, judge
+from ..export.thresholds import AGREEMENT_LEVELS, allowed_disagreements, calibrate_level
 from ..manifest import ExitThresholds, Manifest, Segment
+from ..runtime.policy import embedding_agreement_cosine
 from ..runtime.sessions import open_session
 
 
@@ -82,6 +88,10 @@ def calibrate_variant(manifest: Manifest, per_exit: dict[int, np.ndarray], final
     """speedup: fp32 latency / variant latency, which prices a restart in the variant's blocks;
     lengths: each input's token count, for thresholds per length range."""
     blocks = manifest.model.num_blocks
+    if manifest.model.task != "text-classification":
+        agrees = cosine_rows(final, fp32_final) >= embedding_agreement_cosine(manifest)
+        return VariantCalibration(tuple(_alone(agrees, len(per_exit), blocks, speedup, level)
+                                        for level in AGREEMENT_LEVELS), None)
     stages = {**per_exit, blocks: final}
     confidence, agrees = judge(manifest.model.task, stages, fp32_final)
     depths = sorted(stages)
@@ -91,6 +101,16 @@ def calibrate_variant(manifest: Manifest, per_exit: dict[int, np.ndarray], final
         confidence[:, -1] = agreement_scale(confidence[:, -1], noise)
     levels = (calibrate_level(confidence, agrees, depths, restart_cost, level, lengths) for level in AGREEMENT_LEVELS)
     return VariantCalibration(tuple(_final_threshold_as_confidence(level, noise) for level in levels), noise)
+
+
+def _alone(agrees: np.ndarray, exits: int, blocks: int, speedup: float, level: float) -> ExitThresholds:
+    """A level for a variant whose exits stay off and whose every answer is kept, if that holds it."""
+    holds = int((~agrees).sum()) <= allowed_disagreements(len(agrees), level)
+    share = round(float(agrees.mean()), 6) if len(agrees) else 0.0
+    return ExitThresholds(agreement=level, thresholds=(*(None,) * exits, 0.0 if holds else None),
+                          exit_shares=(*(0.0,) * exits, 1.0 if holds else 0.0, 0.0 if holds else 1.0),
+                          expected_mean_depth=float(blocks) if holds else round(blocks + blocks * max(speedup, 1e-3), 4),
+                          calibration_agreement=share if holds else 1.0)
 
 
 NOISE_QUANTILE = 0.99  # the scale is set by the tail, where a flip happens, not by the typical input

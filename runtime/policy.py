@@ -120,20 +120,27 @@ def substitute(fallback: str, missing: str, instead: str) -> None:
 
 
 def variant_level(manifest: Manifest, precision: str, agreement: float, fallback: str) -> ExitThresholds | None:
-    """A precision variant's calibrated cascade at this level (its exits' and its restart thresholds);
-    None, as far as the fallback allows, when calibration certified none of its answers there, so
-    fp32 runs instead."""
+    """A precision variant's calibrated cascade at this level (its exits' and its restart thresholds;
+    an embedding variant's level keeps every answer, quant/variant_thresholds.py); None, as far as the
+    fallback allows, when calibration certified none of its answers there, so fp32 runs instead."""
     variant = manifest.precision_variant(precision)
-    if manifest.model.task != "text-classification":
-        raise InputError(f"a precision cascade (precision={variant.name!r} with an agreement level) needs a "
-                         f"classifier, whose final answer has a confidence; for embeddings run the variant "
-                         f"alone with agreement=None")
     level = stored_level(variant.thresholds, agreement, fallback, f"precision {variant.name!r}")
-    if level is None or not level.certifies_final_answer:
-        substitute(fallback, f"precision {variant.name!r} certifies no answer at agreement {agreement:g} "
-                             f"(calibration found no restart threshold that holds it)", "fp32")
+    if level is None or not variant_answers(manifest, level):
+        why = "calibration found no restart threshold that holds it" if manifest.model.task == "text-classification" \
+            else "too few of its calibration embeddings were within the agreement cosine of fp32's outright"
+        substitute(fallback, f"precision {variant.name!r} certifies no answer at agreement {agreement:g} ({why})", "fp32")
         return None
     return level
+
+
+def variant_answers(manifest: Manifest, level: ExitThresholds) -> bool:
+    """Whether a variant's level answers anything itself. A classifier's needs a restart threshold
+    on its final confidence. An embedding's answer has no confidence, so its level must restart
+    nothing at all (a level calibrated with restarts, as before embedding variants ran alone, would
+    not hold without them)."""
+    if not level.certifies_final_answer:
+        return False
+    return manifest.model.task == "text-classification" or not level.exit_shares or level.exit_shares[-1] == 0
 
 
 def stored_level(levels: tuple[ExitThresholds, ...], agreement: float, fallback: str,

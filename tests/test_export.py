@@ -344,7 +344,9 @@ def test_the_default_recipe_for_a_classifier_is_joint_linear_and_int8(tiny_model
 
     embeddings = export_model(str(tiny_models[("bert", "feature-extraction")]), tmp_path / "e.edge",
                               ExportOptions(calib=str(tiny_calibration)))
-    assert embeddings.export["recipe"]["train_exits"].startswith("heads: ") and not embeddings.precision_variants
+    assert embeddings.export["recipe"]["train_exits"].startswith("heads: ")
+    assert embeddings.export["recipe"]["quant"].startswith("int8: ")  # smoothed, run alone where it holds a level
+    assert [v.name for v in embeddings.precision_variants] == ["int8"]
 
 
 def test_weights_stored_once_and_full_span_matches_the_chain(tiny_packages):

@@ -234,15 +234,47 @@ def test_quantize_cli_writes_variant_and_report(tiny_packages, tiny_calibration,
     assert not (tmp_path / "none.edge").exists()
 
 
-def test_embedding_variant_runs_alone_and_refuses_a_cascade(tiny_packages, tiny_calibration, tmp_path):
+def test_embedding_variant_holds_a_level_only_alone_and_outright(tiny_packages, tiny_calibration, tmp_path):
+    """An embedding has no answer confidence to restart on: a variant's level keeps every answer
+    at full depth with exits off, and exists only where calibration counted enough agreeing
+    answers outright; elsewhere the variant certifies nothing and the policy is refused."""
+    from edgeinfer.export.thresholds import allowed_disagreements
+    from edgeinfer.quant.output_error import calibration_batches, single_texts
+    from edgeinfer.export.exit_quality import cosine_rows
+
+    texts = _texts(tiny_calibration)
     out = tmp_path / "embed-int8.edge"
-    quantize_package(tiny_packages[("bert", "feature-extraction")], _texts(tiny_calibration), "int8", output=out)
-    variant = open_package(out).manifest.precision_variant("int8")
+    quantize_package(tiny_packages[("bert", "feature-extraction")], texts, "int8", output=out)
+    manifest = open_package(out).manifest
+    variant = manifest.precision_variant("int8")
     assert variant.quality["mean_cosine_to_fp32"] > 0.5
     result = edgeinfer.load(out, policy=edgeinfer.Policy(agreement=None, precision="int8")).run("a kind actor")
     assert result.trace.precision == "int8" and np.isfinite(result.embedding).all()
-    with pytest.raises(InputError, match="needs a classifier"):
-        edgeinfer.load(out, policy=edgeinfer.Policy(agreement=0.95, precision="int8"))
+    package = open_package(out)
+    alone = single_texts(calibration_batches(package, full_model(package), texts), len(texts))
+    session = edgeinfer.load(out, policy=edgeinfer.Policy(agreement=None, precision="int8"))
+    answers = np.stack([session.run(t).embedding for t in sorted(texts, key=len)])  # the batches' order
+    wrong = int((cosine_rows(answers, alone.reference) < 0.99).sum())
+    for level in variant.thresholds:
+        holds = wrong <= allowed_disagreements(len(texts), level.agreement)
+        assert level.certifies_final_answer == holds and all(t is None for t in level.thresholds[:-1])
+        policy = edgeinfer.Policy(agreement=level.agreement, precision="int8")
+        if holds:
+            traced = edgeinfer.load(out, policy=policy).run("a kind actor").trace
+            assert traced.precision == "int8" and traced.restarts == 0
+        else:
+            with pytest.raises(InputError, match="certifies no answer"):
+                edgeinfer.load(out, policy=policy)
+    # a level calibrated with restarts (as embedding variants were before they ran alone) answers nothing
+    from dataclasses import replace
+
+    from edgeinfer.runtime.policy import variant_answers
+
+    level = variant.thresholds[0]
+    assert variant_answers(manifest, level) == level.certifies_final_answer
+    restarting = replace(level, thresholds=(*level.thresholds[:-1], 0.97),
+                         exit_shares=(*level.exit_shares[:-2], 0.6, 0.4))
+    assert not variant_answers(manifest, restarting)
 
 
 def test_overrides_force_a_node_and_unknown_nodes_are_refused(tiny_packages, tiny_calibration, tmp_path, capsys):

@@ -7,7 +7,7 @@ from typing import Callable
 
 from ...errors import InputError, PackageError
 from ...manifest import Manifest, OperatingPoint, exact_level
-from ..policy import Policy
+from ..policy import Policy, variant_answers
 
 DEFAULT_AGREEMENT = 0.99
 
@@ -87,12 +87,11 @@ def choose_precision(manifest: Manifest, agreement: float | None, usable: Callab
         return PrecisionChoice("fp32", costs)
     level = exact_level(manifest.exit_thresholds, agreement)
     costs["fp32"] = level.expected_mean_depth / blocks if level is not None else 1.0
-    if manifest.model.task == "text-classification":
-        for variant in manifest.precision_variants:
-            level = exact_level(variant.thresholds, agreement)
-            if level is None or not usable(variant.name) or variant.speedup is None \
-                    or any(r.thresholds[-1] is None for r in level.ranges):  # a range would start at fp32
-                continue
-            costs[variant.name] = round(level.expected_mean_depth / blocks / variant.speedup, 4)
+    for variant in manifest.precision_variants:
+        level = exact_level(variant.thresholds, agreement)
+        if level is None or not usable(variant.name) or variant.speedup is None or not variant_answers(manifest, level) \
+                or any(r.thresholds[-1] is None for r in level.ranges):  # a range would start at fp32
+            continue
+        costs[variant.name] = round(level.expected_mean_depth / blocks / variant.speedup, 4)
     costs["fp32"] = round(costs["fp32"], 4)
     return PrecisionChoice(min(costs, key=lambda name: (costs[name], name != "fp32")), costs)
