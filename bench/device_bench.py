@@ -151,8 +151,8 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
         notes.append(f"no exits@{a:g} configurations: not a level this package calibrated (it has {levels})")
     points = {"edgeinfer off": (Policy.off(), Budget())}
     default = Policy()
+    embed = next(s for s in probe.manifest.segments if s.kind == "embed")
     if exact_level(probe.manifest.exit_thresholds, default.agreement) is not None:
-        embed = next(s for s in probe.manifest.segments if s.kind == "embed")
         chosen = choose_precision(probe.manifest, default.agreement, lambda name: probe.runner.has(embed, name))
         points[f"{DEFAULT_CONFIGURATION} (exits@{default.agreement:g}, {chosen.precision})"] = (default, Budget())
     if exits:
@@ -163,13 +163,12 @@ def _operating_points(package: Path, options: BenchOptions, threads: int,
         if exits:
             points[f"edgeinfer exits@{a} + prune"] = (Policy(agreement=a, keep_schedule=keep, precision="fp32"), Budget())
         points[f"edgeinfer merge {schedule}"] = (Policy(agreement=None, keep_schedule=keep, reduction="merge"), Budget())
+    variants = [v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)]
     if probe.manifest.model.task != "text-classification":  # an embedding variant runs alone (no confidence)
-        embed = next(s for s in probe.manifest.segments if s.kind == "embed")
-        for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):
+        for variant in variants:
             points[f"edgeinfer {variant.name} variant alone"] = (Policy(agreement=None, precision=variant.name), Budget())
     if probe.manifest.model.task == "text-classification" and exits:
-        embed = next(s for s in probe.manifest.segments if s.kind == "embed")
-        for variant in (v for v in probe.manifest.precision_variants if probe.runner.has(embed, v.name)):
+        for variant in variants:
             level = exact_level(variant.thresholds, a)
             if level is None or not level.certifies_final_answer:
                 notes.append(f"no cascade {variant.name}@{a:g}: the variant certifies no answer at that level")

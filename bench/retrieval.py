@@ -22,7 +22,17 @@ def neighbours(queries: np.ndarray, corpus: np.ndarray, k: int, own: np.ndarray 
     similarity = unit_rows(queries) @ unit_rows(corpus).T
     own = np.arange(len(queries)) if own is None else own
     similarity[np.arange(len(queries)), own] = -np.inf
+    return _nearest(similarity, k)
+
+
+def _nearest(similarity: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+
+def _same_results(want: np.ndarray, got: np.ndarray, k: int) -> tuple[float, float]:
+    """Share of queries with the same first result, and mean overlap of the top-k lists."""
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(want, got)])
+    return float((want[:, 0] == got[:, 0]).mean()), float(overlap)
 
 
 def retrieval_agreement(candidate: np.ndarray, reference: np.ndarray, k: int = 10) -> dict[str, float]:
@@ -31,11 +41,21 @@ def retrieval_agreement(candidate: np.ndarray, reference: np.ndarray, k: int = 1
     k = min(k, len(reference) - 1)
     if k < 1:
         return {}
-    want = neighbours(reference, reference, k)
-    got = neighbours(candidate, reference, k)
-    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(want, got)])
-    return {"retrieval_top1_agreement": round(float((want[:, 0] == got[:, 0]).mean()), 4),
-            f"retrieval_top{k}_overlap": round(float(overlap), 4), "retrieval_corpus": len(reference) - 1}
+    top1, overlap = _same_results(neighbours(reference, reference, k), neighbours(candidate, reference, k), k)
+    return {"retrieval_top1_agreement": round(top1, 4), f"retrieval_top{k}_overlap": round(overlap, 4),
+            "retrieval_corpus": len(reference) - 1}
+
+
+def search_agreement(queries: np.ndarray, reference_queries: np.ndarray, corpus: np.ndarray, k: int = 10
+                     ) -> dict[str, float]:
+    """The same against a corpus of its own (embedded by the full model): share of queries whose top-1
+    corpus neighbour is the full model's, mean recall@k of its top k, and the queries' mean cosine."""
+    corpus = unit_rows(corpus)
+    top1, recall = _same_results(_nearest(unit_rows(reference_queries) @ corpus.T, k),
+                                 _nearest(unit_rows(queries) @ corpus.T, k), k)
+    cosine = np.sum(unit_rows(queries) * unit_rows(reference_queries), axis=1)
+    return {"top1_agreement": round(top1, 4), f"recall_at_{k}": round(recall, 4),
+            "mean_cosine_to_fp32": round(float(cosine.mean()), 6)}
 
 
 def search_example(texts: list[str], candidate: np.ndarray, reference: np.ndarray, query: int = 0,

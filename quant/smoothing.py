@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..runtime.sessions import open_session
+from .tensor_values import real_rows
 from .weight_nodes import WeightNode, weight_array
 
 ALPHAS = (0.6, 0.7, 0.75, 0.8, 0.85)  # searched beside no smoothing at all
@@ -37,28 +37,25 @@ class Smoothing:
     scales: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def of(self, node: WeightNode) -> np.ndarray | None:
-        return self.scales.get(node.digest) if node.op_type == "MatMul" and node.input_axis == 0 else None
+        return self.scales.get(node.digest) if smoothable(node) else None
 
 
 NONE = Smoothing()
+
+
+def smoothable(node: WeightNode) -> bool:
+    """A MatMul whose weight rows are its input channels: where a divisor can move into the weight."""
+    return node.op_type == "MatMul" and node.input_axis == 0
 
 
 def channel_peaks(model: onnx.ModelProto, nodes: Sequence[WeightNode],
                   feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """max |x_j| over the real tokens of the calibration batches, for every MatMul's input tensor."""
     by_name = {n.name: n for n in model.graph.node}
-    wanted = sorted({by_name[n.name].input[0] for n in nodes if n.op_type == "MatMul" and n.input_axis == 0})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(w) for w in wanted if w not in existing)
-    graph = open_session(probe.SerializeToString())
-    feed_names = {i.name for i in graph.get_inputs()}
+    wanted = sorted({by_name[n.name].input[0] for n in nodes if smoothable(n)})
     peaks: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        mask = feed["attention_bias"] > -1.0  # padding rows are not the model's values
-        for name, value in zip(wanted, graph.run(wanted, {k: v for k, v in feed.items() if k in feed_names})):
-            rows = value[mask] if value.ndim == 3 and value.shape[:2] == mask.shape else value.reshape(-1, value.shape[-1])
+    for batch in real_rows(model, wanted, feeds):
+        for name, rows in batch.items():
             peak = np.abs(rows).max(axis=0)
             peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
     return peaks
@@ -71,7 +68,7 @@ def smoothing_for(model: onnx.ModelProto, nodes: Sequence[WeightNode], peaks: Ma
     readers: dict[str, list[WeightNode]] = {}
     for node in nodes:
         source = by_name[node.name].input[0]
-        if node.op_type == "MatMul" and node.input_axis == 0 and source in peaks:
+        if smoothable(node) and source in peaks:
             readers.setdefault(source, []).append(node)
     scales = {}
     for source, group in readers.items():

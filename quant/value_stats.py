@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..runtime.sessions import open_session
 from .candidates import INT8_WEIGHT_LEVELS, Candidate
 from .smoothing import NONE, Smoothing
+from .tensor_values import real_rows
 from .weight_nodes import WeightNode, weight_array
 
 OUTLIER_RATIO_FOR_8_BITS = 6.0  # max / p99.9 above this: the node keeps 8 bits or more
@@ -47,22 +47,11 @@ def activation_stats(model: onnx.ModelProto, nodes: list[WeightNode],
     by_name = {n.name: n for n in model.graph.node}
     inputs = {node.name: by_name[node.name].input[0] for node in nodes if node.op_type != "Gather"}
     divisors = {inputs[n.name]: smoothing.of(n) for n in nodes if smoothing.of(n) is not None}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
     wanted = sorted(set(inputs.values()))
-    for name in wanted:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    graph = open_session(probe.SerializeToString())
-    feed_names = {i.name for i in graph.get_inputs()}
     samples: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
     noise: dict[str, list[float]] = {name: [] for name in wanted}
-    for feed in feeds:
-        mask = feed["attention_bias"] > -1.0  # real tokens only: padding rows are not the model's values
-        values = graph.run(wanted, {k: v for k, v in feed.items() if k in feed_names})
-        for name, value in zip(wanted, values):
-            rows = value[mask] if value.ndim == 3 and value.shape[:2] == mask.shape else value.reshape(-1, value.shape[-1])
+    for batch in real_rows(model, wanted, feeds):
+        for name, rows in batch.items():
             received = rows / divisors[name] if name in divisors else rows
             span = max(float(received.max()), 0.0) - min(float(received.min()), 0.0)
             noise[name].append((span / 255.0) ** 2 / 12.0 / max(float(np.mean(received ** 2)), 1e-12))

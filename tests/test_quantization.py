@@ -238,9 +238,9 @@ def test_embedding_variant_holds_a_level_only_alone_and_outright(tiny_packages, 
     """An embedding has no answer confidence to restart on: a variant's level keeps every answer
     at full depth with exits off, and exists only where calibration counted enough agreeing
     answers outright; elsewhere the variant certifies nothing and the policy is refused."""
-    from edgeinfer.export.thresholds import allowed_disagreements
-    from edgeinfer.quant.output_error import calibration_batches, single_texts
     from edgeinfer.export.exit_quality import cosine_rows
+    from edgeinfer.export.thresholds import allowed_disagreements
+    from edgeinfer.quant.output_error import single_texts
 
     texts = _texts(tiny_calibration)
     out = tmp_path / "embed-int8.edge"

@@ -22,15 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ...manifest import Manifest
 from ...runtime.encoder.planner import choose_point, policy_of
 from ...runtime.load import load
+from ...runtime.package import open_package
 from ...runtime.policy import Policy
 from ...runtime.sessions import default_threads
 from ...runtime.tokenize import TextEncoder
 from ..baselines import MonolithicModel, export_monolithic, quantize_int8
 from ..interleaved import Named, measure_interleaved, regime
 from ..report_files import write_json
-from ..retrieval import unit_rows
+from ..retrieval import search_agreement
 from ..timing import latency_summary
 
 FP32 = "onnxruntime fp32 (monolithic)"
@@ -42,19 +44,8 @@ def read_texts(shared: Path, count: int) -> list[str]:
     return [row.split("\t")[0].strip() for row in rows if row.strip()][:count]
 
 
-def search_agreement(queries: np.ndarray, reference_queries: np.ndarray, corpus: np.ndarray, k: int = 10
-                     ) -> dict[str, float]:
-    """Share of queries whose top-1 corpus neighbour is the fp32 model's, and mean recall@k of its top k."""
-    corpus = unit_rows(corpus)
-    want = np.argsort(-(unit_rows(reference_queries) @ corpus.T), axis=1, kind="stable")[:, :k]
-    got = np.argsort(-(unit_rows(queries) @ corpus.T), axis=1, kind="stable")[:, :k]
-    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(want, got)])
-    cosine = np.sum(unit_rows(queries) * unit_rows(reference_queries), axis=1)
-    return {"top1_agreement": round(float(np.mean(want[:, 0] == got[:, 0])), 4),
-            f"recall_at_{k}": round(float(recall), 4), "mean_cosine_to_fp32": round(float(cosine.mean()), 6)}
-
-
-def configurations(package: Path, monolithic: dict[str, MonolithicModel], encoder: TextEncoder) -> list[Named]:
+def configurations(package: Path, manifest: Manifest, monolithic: dict[str, MonolithicModel],
+                   encoder: TextEncoder) -> list[Named]:
     def baseline(model: MonolithicModel):
         def answer(text: str) -> np.ndarray:
             batch = encoder.encode([text])
@@ -68,7 +59,6 @@ def configurations(package: Path, monolithic: dict[str, MonolithicModel], encode
 
     found = [Named(name, baseline(model)) for name, model in monolithic.items()]
     found.append(Named("edgeinfer full depth fp32", edge(Policy(agreement=None, precision="fp32"))))
-    manifest = load(package, policy=Policy(agreement=None, precision="fp32")).manifest
     for variant in manifest.precision_variants:
         found.append(Named(f"edgeinfer {variant.name} variant alone", edge(Policy(agreement=None, precision=variant.name))))
     found.append(Named("edgeinfer default policy", edge(Policy())))
@@ -94,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     package = Path(args.package)
     texts = read_texts(Path(args.shared), args.corpus + args.queries)
     corpus_texts, query_texts = texts[:args.corpus], texts[args.corpus:]
-    manifest = load(package, policy=Policy(agreement=None, precision="fp32")).manifest
+    manifest = open_package(package).manifest
     encoder = TextEncoder(package / manifest.tokenizer.path, manifest.tokenizer)
     with tempfile.TemporaryDirectory(prefix="edgeinfer-search-") as folder:
         fp32 = export_monolithic(str(resolve_model_dir(args.model)[0]), "feature-extraction", Path(folder) / "model.onnx")
         monolithic = {FP32: MonolithicModel(fp32), STATIC_INT8: MonolithicModel(quantize_int8(fp32, Path(folder) / "int8.onnx"))}
-        found = configurations(package, monolithic, encoder)
+        found = configurations(package, manifest, monolithic, encoder)
         reference = found[0].answer
         corpus = np.stack([reference(text) for text in corpus_texts])
         answers, latencies = measure_interleaved(found, query_texts, args.repeats, "embedding queries")

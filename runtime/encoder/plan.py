@@ -186,7 +186,7 @@ def levels(manifest: Manifest, policy: Policy) -> tuple[str, ExitThresholds | No
         warnings.warn(f"precision {policy.precision!r} certifies no answer at agreement {level.agreement:g} for inputs "
                       f"of {_length_ranges(ranges, unanswered)} tokens: those start at fp32 "
                       f"(trace.precision says so)", UserWarning, stacklevel=4)
-    if manifest.model.task != "text-classification" and not unanswered:
+    if manifest.model.task != "text-classification":
         return policy.precision, level, None  # an embedding variant's level keeps every answer: nothing restarts
     restart = max(r.thresholds[-1] for r in ranges if r.thresholds[-1] is not None)
     return policy.precision, level, restart
