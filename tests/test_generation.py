@@ -232,6 +232,8 @@ def test_context_drafting_is_exact(session, options):
 
     assert context_proposal([5, 6, 7, 8, 5, 6], 3, 2) == [7, 8]
     assert context_proposal([5, 6, 7], 3, 2) == []
+    assert context_proposal([5, 9, 7, 8, 5], 3, 2) == [9, 7]  # a one-token match
+    assert context_proposal([5, 9, 7, 8, 5], 3, 2, shortest=2) == []  # not worth a check beside a model draft
     repetitive = "good movie plot good movie plot good movie"  # something to copy from
     for prompt in [*PROMPTS, repetitive]:
         full = session.generate(prompt, max_new_tokens=40, min_new_tokens=40)

@@ -218,7 +218,8 @@ class Decoding:
             room = self.max_new - len(self.stream.ids)
             inputs, drafts, early = [token], [], []
             drafted_all = True  # False: drafting stopped at an unlikely token, the last input already ran
-            copied = context_proposal([*self.prompt, *self.stream.ids], draft.ngram, min(draft_tokens, room)) \
+            copied = context_proposal([*self.prompt, *self.stream.ids], draft.ngram, min(draft_tokens, room),
+                                      draft.shortest_match) \
                 if draft.ngram else []
             for _ in range(0 if copied or not draft.blocks else min(draft_tokens, room)):
                 hidden = self.forward([inputs[-1]], 0, draft.blocks, precision=draft.precision)
