@@ -88,6 +88,19 @@ def test_q8_draft_is_exact_and_mostly_accepted(session):
     assert accepted / drafted > 0.5
 
 
+def test_a_lowered_precision_speculates_from_the_context_only(session):
+    repetitive = "good movie plot good movie plot good movie"
+    plain = session.generate(repetitive, max_new_tokens=40, min_new_tokens=40, precision="q8")
+    fast = session.generate(repetitive, max_new_tokens=40, min_new_tokens=40, precision="q8", mode="speculative")
+    assert fast.trace.drafted > 0 and len(fast.token_ids) == 40
+    # the check runs q8 on several tokens at once, whose int8 rounding may differ from one at a time
+    assert fast.token_ids[0] == plain.token_ids[0]
+    assert np.mean(np.array(fast.token_ids) == np.array(plain.token_ids)) > 0.8
+    for options in ({"draft_precision": "q8"}, {"draft_blocks": 2}, {"draft_ngram": 0}):
+        with pytest.raises(InputError, match="drafts from the context only"):
+            session.generate(repetitive, max_new_tokens=4, precision="q8", mode="speculative", **options)
+
+
 def test_early_exit_extremes(session):
     prompt = PROMPTS[0]
     full = session.generate(prompt, max_new_tokens=20, min_new_tokens=20)

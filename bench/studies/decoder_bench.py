@@ -8,9 +8,10 @@ Prompts are "Summarize: <AG News dev text>" in the chat template (../shared/data
 PyTorch eager (`generate`, KV cache, measured alone: its OpenMP threads spin and slow whatever runs
 next), one monolithic onnxruntime graph (embedding, 30 blocks and head with KV in/out, our own export
 since Optimum is not installable beside transformers 5), and the package: full depth fp32, the q8
-variant alone, speculative decoding with a q8 draft, and with a shallow fp32 draft. With --genai, a
-model folder written by onnxruntime-genai's model builder (`pip install 'edgeinfer[peers]'`, then
-`python -m onnxruntime_genai.models.builder -m HF_FOLDER -o DIR -p fp32 -e cpu`) runs beside them
+variant alone and speculating at q8 from the context, speculative decoding with a q8 draft, and with a
+shallow fp32 draft. With --genai, a model folder written by onnxruntime-genai's model builder (`pip
+install 'edgeinfer[peers]'`, then `python -m onnxruntime_genai.models.builder -m HF_FOLDER -o DIR -p
+fp32 -e cpu`) runs beside them
 on the same token ids, and with --gguf NAME=PATH (repeatable) llama.cpp on GGUF files of the same
 weights (llama-cpp-python, built from source: PyPI has no wheel). Every run makes
 exactly --new-tokens tokens (end of sequence suppressed, as transformers' min_new_tokens does), so
@@ -281,6 +282,7 @@ def speed_section(session, monolith: "Monolith", prompts_ids: list[list[int]], c
     configs: list[tuple[str, dict]] = [
         ("edgeinfer full depth fp32", {}), ("edgeinfer q8 variant", {"precision": "q8"}),
         *((f"edgeinfer {v} variant", {"precision": v}) for v in others), *SPECULATIVE,
+        ("q8, speculative with context drafts", {"precision": "q8", "mode": "speculative"}),
         (f"early exit, calibrated for {EARLY_EXIT_LEVEL}", {"mode": "early-exit", "agreement": EARLY_EXIT_LEVEL}),
         ("q8, restart at fp32 when unsure", {"precision": "q8", "restart_below": threshold})]
     exact = {"edgeinfer full depth fp32", *(name for name, _ in SPECULATIVE)}

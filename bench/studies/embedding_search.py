@@ -2,13 +2,14 @@
 neighbours, and how long does embedding it take?
 
     python -m edgeinfer.bench.studies.embedding_search PACKAGE [--corpus 2000] [--queries 400]
-        [--repeats 2] [--out reports/embedding-search]
+        [--repeats 2] [--fused-int8] [--out reports/embedding-search]
 
 The corpus is the first --corpus AG News dev texts embedded by the fp32 model (one monolithic
 onnxruntime graph, exported as Optimum does); the queries are the --queries dev texts after them.
 Each configuration embeds the queries, and each query's top-1 and top-10 neighbours in the corpus
 are compared with the fp32 model's (same top-1; recall@10 of the fp32 top 10). Configurations: the
-monolithic fp32 and int8 dynamic per-channel sessions (bench/baselines.py), the package at full
+monolithic fp32 and int8 dynamic per-channel sessions (bench/baselines.py), with --fused-int8 also
+the int8 onnxruntime reaches after its transformer optimizer (the hardware's int8 floor), the package at full
 depth, each precision variant alone, the default policy, and the operating point `auto:LEVEL` when
 `edgeinfer calibrate` stored any. Latencies: batch 1, configurations interleaved query by query.
 """
@@ -29,7 +30,7 @@ from ...runtime.package import open_package
 from ...runtime.policy import Policy
 from ...runtime.sessions import default_threads
 from ...runtime.tokenize import TextEncoder
-from ..baselines import MonolithicModel, export_monolithic, quantize_int8
+from ..baselines import MonolithicModel, export_monolithic, fused_int8, quantize_int8
 from ..interleaved import Named, measure_interleaved, regime
 from ..report_files import write_json
 from ..retrieval import search_agreement
@@ -37,6 +38,7 @@ from ..timing import latency_summary
 
 FP32 = "onnxruntime fp32 (monolithic)"
 STATIC_INT8 = "onnxruntime int8 dynamic per-channel (monolithic)"
+FUSED_INT8 = "onnxruntime int8, transformer-optimized (QAttention; monolithic)"
 
 
 def read_texts(shared: Path, count: int) -> list[str]:
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--fused-int8", action="store_true",
+                        help="also run onnxruntime's transformer-optimized int8 (QAttention) as a baseline")
     parser.add_argument("--out", default="reports/embedding-search")
     args = parser.parse_args(argv)
     from ...export.model_source import resolve_model_dir
@@ -87,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest = open_package(package).manifest
     encoder = TextEncoder(package / manifest.tokenizer.path, manifest.tokenizer)
     with tempfile.TemporaryDirectory(prefix="edgeinfer-search-") as folder:
-        fp32 = export_monolithic(str(resolve_model_dir(args.model)[0]), "feature-extraction", Path(folder) / "model.onnx")
+        model_dir = str(resolve_model_dir(args.model)[0])
+        fp32 = export_monolithic(model_dir, "feature-extraction", Path(folder) / "model.onnx")
         monolithic = {FP32: MonolithicModel(fp32), STATIC_INT8: MonolithicModel(quantize_int8(fp32, Path(folder) / "int8.onnx"))}
+        if args.fused_int8:
+            monolithic[FUSED_INT8] = MonolithicModel(fused_int8(model_dir, Path(folder)))
         found = configurations(package, manifest, monolithic, encoder)
         reference = found[0].answer
         corpus = np.stack([reference(text) for text in corpus_texts])

@@ -200,7 +200,8 @@ class Decoding:
 
     def _speculative(self, logits: np.ndarray, draft: "Draft", draft_tokens: int) -> None:
         """Draft, verify all drafts in one full-depth pass, keep the agreeing prefix plus the full
-        model's own next token: the output is greedy full-depth decoding, token for token.
+        model's own next token: the output is greedy full-depth decoding, token for token (at a
+        lowered precision, which drafts from the context only, up to its kernels' rounding).
 
         Every draft works in the call's one cache. A shallow fp32 draft's entries are the full
         model's own, so the check runs only the deeper blocks. A lowered draft's entries are not:
@@ -240,8 +241,8 @@ class Decoding:
                 if copied:
                     drafts, inputs = copied, [token, *copied]
                 self.cache.roll_back(base)
-                deep = self.forward(inputs)
-            verdict = np.stack([self.allowed(row, i) for i, row in enumerate(s.head(deep)[0])])
+                deep = self.forward(inputs, precision=self.precision)
+            verdict = np.stack([self.allowed(row, i) for i, row in enumerate(s.head(deep, self.precision)[0])])
             self.drafted += len(drafts)
             kept = 0
             while kept < len(drafts) and int(np.argmax(verdict[kept])) == drafts[kept]:

@@ -23,11 +23,13 @@ class Draft:
 
     @property
     def shortest_match(self) -> int:
-        """The shortest context match worth a check. With a model to draft, a one-token match loses:
-        on SmolLM2 summaries its proposals were accepted 20% of the time (1.8 tokens per check) against
-        96% for q8 drafts (4.8 tokens per check and four draft steps: 13 ms a token against 14), while
-        two- and three-token matches gave 2.6 and 3.2 tokens per check (bench/studies/decoder_bench.py)."""
-        return 2 if self.blocks else 1
+        """The shortest context match worth a check. On SmolLM2 summaries, proposals after a one-token
+        match were accepted 20% of the time (1.8 tokens a check), after two and three tokens 41% and
+        57% (2.6 and 3.2). A one-token match loses beside a model draft (q8 drafts: 96%, 4.8 tokens a
+        check and four draft steps, 13 ms a token against 14), and when a lowered variant checks
+        (context drafts only): its check grows ~2.6 ms a token against fp32's ~1.2, so 1.8 tokens
+        cost more than two plain q8 steps (bench/studies/decoder_bench.py, the archive's 2026-12-05)."""
+        return 2 if self.blocks or self.precision != "fp32" else 1
 
     def shares_cache(self, num_blocks: int) -> bool:
         return self.precision == "fp32" and 0 < self.blocks < num_blocks

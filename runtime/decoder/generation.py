@@ -118,7 +118,12 @@ class DecoderSession(DecoderGraphs):
         (generation_budget.py) from this package's costs measured on this device (measured on first
         use, ~30 s, then cached); refused with one line when no setting meets them.
         precision: the variant every graph runs at in "full" and "early-exit" modes (`q8`: the
-        weight-only 8-bit variant, quant/decoder_variant.py); speculative decoding checks at fp32.
+        weight-only 8-bit variant, quant/decoder_variant.py). Speculative decoding checks at `precision`
+        too: at fp32 with any draft, at a lowered variant with drafts from the context only (the check
+        costs two lowered steps or more, so only free drafts pay). Its output is then the variant's
+        greedy output up to the int8 kernel's rounding, which differs between one token and several
+        at a time (SmolLM2 q8: logits up to 0.8 apart), so its token agreement with fp32 is measured
+        as the variant's is, not assumed.
         restart_below: sequence-level confidence restart for a lowered `precision`: when the finished
         answer's lowest token log-probability is below this, answer again at fp32 (greedy: by
         speculative decoding with this precision as the draft) if `budget_ms` leaves at least the
@@ -154,6 +159,11 @@ class DecoderSession(DecoderGraphs):
         if mode == "speculative":
             if not sampling.greedy:
                 raise InputError("speculative decoding here is exact for greedy decoding only; use temperature 0")
+            if precision != "fp32":  # the check runs the variant; only the context drafts for free
+                if draft_precision is not None or draft_blocks not in (None, 0) or draft_ngram < 1:
+                    raise InputError(f"speculative decoding at precision {precision!r} drafts from the context only: "
+                                     f"leave draft_precision and draft_blocks unset and draft_ngram above 0")
+                draft_blocks, draft_precision = 0, precision
             if draft_precision is None:
                 draft_precision = self._default_draft_precision() if draft_blocks is None else "fp32"
             if draft_precision not in self.precisions():
