@@ -47,7 +47,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     generate.add_argument("--draft-ngram", type=int, default=3,
                           help="speculative: first propose what followed the last N tokens earlier in the context "
                                "(0: never)")
-    generate.add_argument("--precision", default="fp32", help="full/early-exit: the variant to run (e.g. q8)")
+    generate.add_argument("--precision", default="fp32",
+                          help="the variant to run (e.g. q8); speculative at a variant: it checks, the context drafts")
     generate.add_argument("--restart-below", type=float, default=None,
                           help="with a lowered --precision: answer again at fp32 when the lowest token "
                                "log-probability is below this")

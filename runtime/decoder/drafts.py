@@ -28,7 +28,7 @@ class Draft:
         57% (2.6 and 3.2). A one-token match loses beside a model draft (q8 drafts: 96%, 4.8 tokens a
         check and four draft steps, 13 ms a token against 14), and when a lowered variant checks
         (context drafts only): its check grows ~2.6 ms a token against fp32's ~1.2, so 1.8 tokens
-        cost more than two plain q8 steps (bench/studies/decoder_bench.py, the archive's 2026-12-05)."""
+        cost more than two plain q8 steps (bench/RESULTS-archive.md, 2026-12-06: SmolLM2)."""
         return 2 if self.blocks or self.precision != "fp32" else 1
 
     def shares_cache(self, num_blocks: int) -> bool:
