@@ -9,9 +9,10 @@ onnxruntime graph, exported as Optimum does); the queries are the --queries dev 
 Each configuration embeds the queries, and each query's top-1 and top-10 neighbours in the corpus
 are compared with the fp32 model's (same top-1; recall@10 of the fp32 top 10). Configurations: the
 monolithic fp32 and int8 dynamic per-channel sessions (bench/baselines.py), with --fused-int8 also
-the int8 onnxruntime reaches after its transformer optimizer (the hardware's int8 floor), the package at full
-depth, each precision variant alone, the default policy, and the operating point `auto:LEVEL` when
-`edgeinfer calibrate` stored any. Latencies: batch 1, configurations interleaved query by query.
+the int8 onnxruntime reaches after its transformer optimizer (the hardware's int8 floor), the
+package at full depth, each precision variant alone, the default policy, and the operating point
+`auto:LEVEL` when `edgeinfer calibrate` stored any. Latencies: batch 1, configurations interleaved
+query by query.
 """
 
 from __future__ import annotations
