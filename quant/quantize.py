@@ -69,14 +69,25 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
               "predicted_bytes": int(predicted[0]), "predicted_latency_ms": round(predicted[1], 4),
               "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2],
               **({"measured_choice": chosen.name} if chosen is not None else {}),
-              **(measured_speed(package, model, plan, fp32[1] / max(predicted[1], 1e-9), result.smoothing) if chosen is None
-                 else speed_record(chosen.fp32_ms, chosen.measured_ms, fp32[1] / max(predicted[1], 1e-9)))}
+              **(measured_speed(package, model, plan, predicted_speedup(fp32[1], predicted[1]), result.smoothing)
+                 if chosen is None else speed_record(chosen.fp32_ms, chosen.measured_ms,
+                                                     predicted_speedup(fp32[1], predicted[1])))}
     manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
                                      plan, batches, record["speedup_measured"], record, force, result.smoothing)
     return QuantizeResult(manifest, result, plan, predicted, batches, measured)
 
 
-def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str], predicted_speedup: float,
+def predicted_speedup(fp32_ms: float, plan_ms: float) -> float | None:
+    """fp32's predicted latency over the plan's; None where that is no prediction at all: on a tiny
+    model, node timings inside the timer's noise can scale the plan's total to zero or below, and a
+    ratio outside 1/1000..1000 would be written into a manifest its reader refuses."""
+    if fp32_ms <= 0 or plan_ms <= 0:
+        return None
+    ratio = fp32_ms / plan_ms
+    return ratio if 1e-3 <= ratio <= 1e3 else None
+
+
+def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str], predicted_speedup: float | None,
                    smoothing: Smoothing = NONE) -> dict:
     """The written variant's full-depth latency beside fp32's, measured in alternating rounds: what
     the runtime's choice of precision relies on, and the check on the plan's prediction."""
@@ -86,11 +97,12 @@ def measured_speed(package: Package, model: onnx.ModelProto, plan: dict[str, str
     return speed_record(fp32_ms, variant_ms, predicted_speedup)
 
 
-def speed_record(fp32_ms: float, variant_ms: float, predicted_speedup: float) -> dict:
+def speed_record(fp32_ms: float, variant_ms: float, predicted_speedup: float | None) -> dict:
     speedup = fp32_ms / max(variant_ms, 1e-9)
     return {"fp32_latency_ms": round(fp32_ms, 4), "measured_latency_ms": round(variant_ms, 4),
-            "speedup_measured": round(speedup, 4), "speedup_predicted": round(predicted_speedup, 4),
-            "speedup_prediction_error": round(predicted_speedup / speedup - 1.0, 4)}
+            "speedup_measured": round(speedup, 4),
+            "speedup_predicted": None if predicted_speedup is None else round(predicted_speedup, 4),
+            "speedup_prediction_error": None if predicted_speedup is None else round(predicted_speedup / speedup - 1.0, 4)}
 
 
 def check_overrides(weight_nodes_of_model: list[WeightNode], overrides: dict[str, str]) -> None:

@@ -347,3 +347,15 @@ def test_restart_threshold_is_set_on_the_agreement_scale():
     wrong = sum(not agrees[i, leaves[i]] for i in range(n) if leaves[i] < 3)
     assert wrong <= allowed_disagreements(n, 0.99)
     assert abs(np.mean(leaves == 3) - level.exit_shares[-1]) < 1e-6  # shares are stored to 6 places
+
+
+def test_a_predicted_speedup_outside_reason_is_recorded_as_none():
+    # a tiny model's node timings can scale a plan's predicted total to ~0; the record must stay readable
+    from edgeinfer.quant.quantize import predicted_speedup, speed_record
+
+    assert predicted_speedup(2.0, 1.0) == 2.0
+    assert predicted_speedup(1.0, 0.0) is None and predicted_speedup(1.0, -0.5) is None
+    assert predicted_speedup(1.0, 1e-9) is None
+    record = speed_record(3.0, 2.0, None)
+    assert record["speedup_measured"] == 1.5 and record["speedup_predicted"] is None
+    assert record["speedup_prediction_error"] is None
