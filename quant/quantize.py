@@ -64,14 +64,14 @@ def quantize_package(package_path: Path, texts: list[str], mode: str = "mixed", 
         plan = chosen.plan
     predicted = result.predicted(plan)
     fp32 = result.predicted({})
+    expected = predicted_speedup(fp32[1], predicted[1])
     record = {"mode": mode, "sensitivity": sensitivity, "smoothing_alpha": result.smoothing.alpha,
               "size_budget_mb": size_budget_mb, "latency_budget_ms": latency_budget_ms,
               "predicted_bytes": int(predicted[0]), "predicted_latency_ms": round(predicted[1], 4),
               "predicted_at_tokens": PLAN_TOKENS, "predicted_error": predicted[2],
               **({"measured_choice": chosen.name} if chosen is not None else {}),
-              **(measured_speed(package, model, plan, predicted_speedup(fp32[1], predicted[1]), result.smoothing)
-                 if chosen is None else speed_record(chosen.fp32_ms, chosen.measured_ms,
-                                                     predicted_speedup(fp32[1], predicted[1])))}
+              **(measured_speed(package, model, plan, expected, result.smoothing) if chosen is None
+                 else speed_record(chosen.fp32_ms, chosen.measured_ms, expected))}
     manifest = add_precision_variant(package, output or package.root, name or _default_name(mode, predicted[0]),
                                      plan, batches, record["speedup_measured"], record, force, result.smoothing)
     return QuantizeResult(manifest, result, plan, predicted, batches, measured)

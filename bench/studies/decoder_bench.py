@@ -11,9 +11,9 @@ since Optimum is not installable beside transformers 5), and the package: full d
 variant alone and speculating at q8 from the context, speculative decoding with a q8 draft, and with a
 shallow fp32 draft. With --genai, a model folder written by onnxruntime-genai's model builder (`pip
 install 'edgeinfer[peers]'`, then `python -m onnxruntime_genai.models.builder -m HF_FOLDER -o DIR -p
-fp32 -e cpu`) runs beside them
-on the same token ids, and with --gguf NAME=PATH (repeatable) llama.cpp on GGUF files of the same
-weights (llama-cpp-python, built from source: PyPI has no wheel). Every run makes
+fp32 -e cpu`) runs beside them on the same token ids, and with --gguf NAME=PATH (repeatable)
+llama.cpp on GGUF files of the same weights (llama-cpp-python, built from source: PyPI has no
+wheel). Every run makes
 exactly --new-tokens tokens (end of sequence suppressed, as transformers' min_new_tokens does), so
 rates compare like with like. Decode rate = (new tokens - 1) / (time after the first new token);
 ratios are of medians over prompts, configurations interleaved prompt by prompt.

@@ -220,7 +220,7 @@ class Decoding:
             inputs, drafts, early = [token], [], []
             drafted_all = True  # False: drafting stopped at an unlikely token, the last input already ran
             copied = context_proposal([*self.prompt, *self.stream.ids], draft.ngram, min(draft_tokens, room),
-                                      draft.shortest_match) \
+                                      draft.shortest_match(self.precision)) \
                 if draft.ngram else []
             for _ in range(0 if copied or not draft.blocks else min(draft_tokens, room)):
                 hidden = self.forward([inputs[-1]], 0, draft.blocks, precision=draft.precision)

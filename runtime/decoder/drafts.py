@@ -21,15 +21,14 @@ class Draft:
     confidence: float = 0.0  # stop drafting at a token less likely than this under the draft
     ngram: int = 0  # first look for the context's last n..1 tokens earlier in the context, and propose what followed
 
-    @property
-    def shortest_match(self) -> int:
-        """The shortest context match worth a check. On SmolLM2 summaries, proposals after a one-token
+    def shortest_match(self, check_precision: str) -> int:
+        """The shortest context match worth a check by a model at `check_precision`. On SmolLM2 summaries, proposals after a one-token
         match were accepted 20% of the time (1.8 tokens a check), after two and three tokens 41% and
         57% (2.6 and 3.2). A one-token match loses beside a model draft (q8 drafts: 96%, 4.8 tokens a
         check and four draft steps, 13 ms a token against 14), and when a lowered variant checks
         (context drafts only): its check grows ~2.6 ms a token against fp32's ~1.2, so 1.8 tokens
         cost more than two plain q8 steps (bench/RESULTS-archive.md, 2026-12-06: SmolLM2)."""
-        return 2 if self.blocks or self.precision != "fp32" else 1
+        return 2 if self.blocks or check_precision != "fp32" else 1
 
     def shares_cache(self, num_blocks: int) -> bool:
         return self.precision == "fp32" and 0 < self.blocks < num_blocks
