@@ -43,8 +43,11 @@ def _short(err: BaseException) -> str:
 
 
 def _at(where: str, key: str) -> str:
-    """A field's place for messages: "model.labels" (the top level is "manifest", left unsaid)."""
-    return key if where in ("", "manifest") else f"{where}.{key}" if key else where
+    """A field's place for messages: "model.labels" (the top level is "manifest", left unsaid).
+    A key a damaged manifest made up is quoted, so a newline inside it cannot break the one-line
+    message."""
+    shown = key if key.isprintable() and key.strip() == key else repr(key)
+    return shown if where in ("", "manifest") else f"{where}.{shown}" if key else where
 
 
 def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:

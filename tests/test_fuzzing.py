@@ -82,6 +82,15 @@ def test_fuzzed_manifests_raise_only_package_errors(valid_manifest, data):
         assert "\n" not in str(err)
 
 
+def test_a_made_up_key_with_a_newline_is_quoted_in_the_one_line_refusal(valid_manifest):
+    """Found by the fuzzer above: a damaged guarantee keyed by "x\\n" once broke the message in two."""
+    document = json.loads(json.dumps(valid_manifest))
+    document.setdefault("calibration", {}).setdefault("thresholds", {})["guarantee"] = {"x\n": None}
+    with pytest.raises(PackageError) as caught:
+        manifest_from_json(json.dumps(document))
+    assert "\n" not in str(caught.value) and "'x\\n'" in str(caught.value)
+
+
 @pytest.fixture(scope="module")
 def package_to_mutate(tiny_packages, tmp_path_factory):
     root = tmp_path_factory.mktemp("mutated") / "p.edge"
