@@ -37,6 +37,22 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def read_corpus(name: str) -> list[str]:
+    """A search corpus: one text per line, or for a .tsv file the first column under its header."""
+    from ..errors import InputError
+
+    path = Path(name)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; pass a text file with one corpus text per line")
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    if path.suffix.lower() == ".tsv":
+        lines = [line.split("\t")[0] for line in lines[1:]]
+    texts = [line.strip() for line in lines if line.strip()]
+    if len(texts) < 2:
+        raise InputError(f"{path} holds {len(texts)} texts; a corpus needs at least 2, one per line")
+    return texts
+
+
 def keep_schedule(spec: str | None, flag: str = "--keep") -> tuple[tuple[int, float], ...]:
     from ..errors import InputError
 

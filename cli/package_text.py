@@ -132,3 +132,16 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
         lines.append(f"  level {row.get('agreement', '?')}: agreement {_number(row.get('realized_agreement'), '.4f')}, "
                      f"mean depth {_number(row.get('mean_depth'), '.2f')}{acc}")
     return lines
+
+
+def gate_line(index: dict) -> str:
+    """What a search index (runtime/encoder/search.py: SearchIndex.describe()) will do, in one line."""
+    gate, precision = index["gate"], index["precision"]
+    if precision == "fp32":
+        return f"search: the full model embeds every query ({index['texts']} corpus texts)"
+    if gate["margin"] is None:
+        return (f"search: the full model embeds every query: {gate['sampled']} sampled corpus texts cannot certify "
+                f"top-1 agreement {gate['agreement']:g} for {precision} (about 300 can at 0.99)")
+    return (f"search: {precision} embeds each query first; the full model answers when the first result leads the "
+            f"second by less than {gate['margin']:.4f} ({gate['rescued_share']:.1%} of {gate['sampled']} sampled "
+            f"corpus texts). First result = the full model's for >= {gate['agreement']:g} of queries, 95% confidence")

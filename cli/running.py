@@ -7,9 +7,9 @@ import json
 import sys
 
 from ..errors import EdgeInferError
-from .inputs import keep_schedule, read_texts, stdin_text
+from .inputs import keep_schedule, read_corpus, read_texts, stdin_text
 
-from .package_text import summary_text
+from .package_text import gate_line, summary_text
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _policy_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(handler=_plan)
+
+    search = sub.add_parser("search", help="search a corpus with an embedding package at a stated top-1 agreement "
+                                           "(cheap precision first, the full model when too close to call)")
+    search.add_argument("package", help="an edge package folder (feature-extraction)")
+    search.add_argument("--corpus", required=True, help="a text file with one corpus text per line (.tsv: first column)")
+    search.add_argument("--text", action="append", help="a query (repeatable); else --file or stdin lines")
+    search.add_argument("--file", help="a file with one query per line")
+    search.add_argument("-k", type=int, default=3, help="results per query (default 3)")
+    search.add_argument("--agreement", type=float, default=0.99,
+                        help="share of queries whose first result must be the full model's (default 0.99)")
+    search.add_argument("--precision", default="auto", help="the variant that embeds queries first (auto: the "
+                                                            "package's first; fp32: the full model only)")
+    search.add_argument("--json", action="store_true", help="print the gate, then one JSON object per query")
+    search.set_defaults(handler=_search)
 
     generate = sub.add_parser("generate", help="generate text with a text-generation package")
     generate.add_argument("package", help="a text-generation edge package")
@@ -152,6 +166,28 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"embedding[{len(result.embedding)}]\texit after block {result.trace.exit_after_block}"
                   f"\t{result.trace.total_ms:.2f} ms")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ..runtime.encoder.search import search_index
+
+    corpus = read_corpus(args.corpus)
+    queries = read_texts(args)
+    index = search_index(args.package, corpus, agreement=args.agreement, precision=args.precision)
+    if args.json:
+        print(json.dumps(index.describe()))
+    else:
+        print(gate_line(index.describe()))
+    for query in queries:
+        hits = index.search(query, k=min(args.k, len(corpus)))
+        if args.json:
+            print(json.dumps({"query": query, "ids": list(hits.ids), "scores": [round(s, 6) for s in hits.scores],
+                              "rescued": hits.rescued}))
+            continue
+        print(f"{query}  ({'full model' if hits.rescued or index.cheap is None else index.precision})")
+        for rank, (i, score) in enumerate(zip(hits.ids, hits.scores), 1):
+            print(f"  {rank}. {score:.4f}  {corpus[i]}")
     return 0
 
 

@@ -2,7 +2,7 @@
 neighbours, and how long does embedding it take?
 
     python -m edgeinfer.bench.studies.embedding_search PACKAGE [--corpus 2000] [--queries 400]
-        [--repeats 2] [--fused-int8] [--out reports/embedding-search]
+        [--repeats 2] [--fused-int8] [--index-agreement 0.99 ...] [--out reports/embedding-search]
 
 The corpus is the first --corpus AG News dev texts embedded by the fp32 model (one monolithic
 onnxruntime graph, exported as Optimum does); the queries are the --queries dev texts after them.
@@ -11,8 +11,10 @@ are compared with the fp32 model's (same top-1; recall@10 of the fp32 top 10). C
 monolithic fp32 and int8 dynamic per-channel sessions (bench/baselines.py), with --fused-int8 also
 the int8 onnxruntime reaches after its transformer optimizer (the hardware's int8 floor), the
 package at full depth, each precision variant alone, the default policy, and the operating point
-`auto:LEVEL` when `edgeinfer calibrate` stored any. Latencies: batch 1, configurations interleaved
-query by query.
+`auto:LEVEL` when `edgeinfer calibrate` stored any, and the search index (runtime/encoder/search.py) built
+on the same corpus texts for each --index-agreement. The index row's time is the whole search (embedding,
+scoring the corpus, and the fp32 embedding when the gate sends a query there); the other rows time
+the embedding alone. Latencies: batch 1, configurations interleaved query by query.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ...runtime.encoder.planner import choose_point, policy_of
 from ...runtime.load import load
 from ...runtime.package import open_package
 from ...runtime.policy import Policy
+from ...runtime.encoder.search import Hits, SearchIndex, search_index
 from ...runtime.sessions import default_threads
 from ...runtime.tokenize import TextEncoder
 from ..baselines import MonolithicModel, export_monolithic, fused_int8, quantize_int8
@@ -40,6 +43,7 @@ from ..timing import latency_summary
 FP32 = "onnxruntime fp32 (monolithic)"
 STATIC_INT8 = "onnxruntime int8 dynamic per-channel (monolithic)"
 FUSED_INT8 = "onnxruntime int8, transformer-optimized (QAttention; monolithic)"
+INDEX = "edgeinfer search index at"
 
 
 def read_texts(shared: Path, count: int) -> list[str]:
@@ -72,6 +76,13 @@ def configurations(package: Path, manifest: Manifest, monolithic: dict[str, Mono
     return found
 
 
+def index_configuration(package: Path, corpus_texts: list[str], agreement: float) -> tuple[Named, SearchIndex]:
+    """The search index over the same corpus (embedded again, by the package's fp32 model): its answer
+    is the Hits, whose embedding is what ranked the corpus."""
+    index = search_index(package, corpus_texts, agreement=agreement)
+    return Named(f"{INDEX} {agreement} ({index.precision} first, fp32 when too close to call)", index.search), index
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("package", help="an all-MiniLM-L6-v2 feature-extraction package")
@@ -82,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fused-int8", action="store_true",
                         help="also run onnxruntime's transformer-optimized int8 (QAttention) as a baseline")
+    parser.add_argument("--index-agreement", type=float, nargs="+", default=[0.99],
+                        help="the agreements a search index row is built for (runtime/encoder/search.py), one row each")
     parser.add_argument("--out", default="reports/embedding-search")
     args = parser.parse_args(argv)
     from ...export.model_source import resolve_model_dir
@@ -98,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.fused_int8:
             monolithic[FUSED_INT8] = MonolithicModel(fused_int8(model_dir, Path(folder)))
         found = configurations(package, manifest, monolithic, encoder)
+        indexes = {}
+        for agreement in args.index_agreement:
+            indexed, indexes[indexed.name] = index_configuration(package, corpus_texts, agreement)
+            found.append(indexed)
         reference = found[0].answer
         corpus = np.stack([reference(text) for text in corpus_texts])
         answers, latencies = measure_interleaved(found, query_texts, args.repeats, "embedding queries")
@@ -108,16 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     for configuration in found:
         name = configuration.name
         mean = float(np.mean(latencies[name]))
-        rows.append({"configuration": name, **search_agreement(np.stack(answers[name]), fp32_queries, corpus),
+        hits = answers[name] if isinstance(answers[name][0], Hits) else None
+        embeddings = np.stack([h.embedding for h in hits] if hits else answers[name])
+        rows.append({"configuration": name, **search_agreement(embeddings, fp32_queries, corpus),
                      **latency_summary(latencies[name]), "x_fp32": round(mean / fp32_mean, 4),
-                     "x_static_int8": round(mean / int8_mean, 4)})
+                     "x_static_int8": round(mean / int8_mean, 4),
+                     **({"rescued_share": round(float(np.mean([h.rescued for h in hits])), 4)} if hits else {})})
     report = {"corpus": len(corpus_texts), "queries": len(query_texts), "repeats": args.repeats,
               "threads": default_threads(), "regime": regime(), "machine": platform.processor() or platform.machine(),
-              "rows": rows}
+              "search_indexes": {name: index.describe() for name, index in indexes.items()}, "rows": rows}
     out = Path(args.out)
     write_json(out / "embedding_search.json", report)
     for row in rows:
-        print(f"{row['configuration']:58s} top-1 {row['top1_agreement']:.4f}  recall@10 {row['recall_at_10']:.4f}  "
+        print(f"{row['configuration'][:58]:58s} top-1 {row['top1_agreement']:.4f}  recall@10 {row['recall_at_10']:.4f}  "
               f"{row['mean_ms']:.2f} ms  {row['x_fp32']:.3f}x fp32  {row['x_static_int8']:.3f}x static int8")
     return 0
 
