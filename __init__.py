@@ -16,12 +16,12 @@ from .runtime.result import Result, Trace  # noqa: E402
 from .runtime.load import load  # noqa: E402
 from .runtime.encoder.session import EdgeSession  # noqa: E402
 from .runtime.sessions import use_global_thread_pool  # noqa: E402
-from .runtime.encoder.search import Hits, SearchIndex, search_index  # noqa: E402
+from .runtime.encoder.search import Hits, SearchIndex, open_index, search_index  # noqa: E402
 
 if TYPE_CHECKING:
     from .export.pipeline import ExportOptions, export_model  # noqa: F401
 
-__all__ = ["load", "search_index", "SearchIndex", "Hits", "use_global_thread_pool", "Budget", "Policy", "EdgeSession", "Result", "Trace", "BudgetError", "EdgeInferError", "ExportError", "InputError", "PackageError",
+__all__ = ["load", "search_index", "open_index", "SearchIndex", "Hits", "use_global_thread_pool", "Budget", "Policy", "EdgeSession", "Result", "Trace", "BudgetError", "EdgeInferError", "ExportError", "InputError", "PackageError",
            "ExportOptions", "export_model", "__version__"]
 
 

@@ -165,3 +165,41 @@ def test_search_command_refuses_a_missing_corpus_in_one_line(embedding_package, 
 def test_a_decoder_is_refused_for_search(tiny_llama_package, corpus):
     with pytest.raises(InputError, match="feature-extraction package; this one is for text-generation"):
         edgeinfer.search_index(tiny_llama_package, corpus[:5])
+
+
+def test_a_saved_index_opens_with_its_package_and_answers_alike(embedding_package, corpus, tmp_path):
+    built = edgeinfer.search_index(embedding_package, corpus, agreement=0.97)
+    built.save(tmp_path / "corpus.index")
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.index"]  # nothing half-written left beside it
+    opened = edgeinfer.open_index(tmp_path / "corpus.index", embedding_package)
+    assert opened.gate == built.gate and opened.precision == "int8" and np.array_equal(opened.corpus, built.corpus)
+    for query in ["good film", "a slow dull plot", "the actors were great"]:
+        again, first = opened.search(query, k=4), built.search(query, k=4)
+        assert (again.ids, again.scores, again.rescued) == (first.ids, first.scores, first.rescued)
+    exact = edgeinfer.search_index(embedding_package, corpus[:10], precision="fp32")
+    exact.save(tmp_path / "exact.index")
+    assert edgeinfer.open_index(tmp_path / "exact.index", embedding_package).cheap is None
+
+
+@pytest.mark.parametrize("damage,error,words", [
+    (lambda data: data[:-4], edgeinfer.PackageError, "bytes of embeddings"),
+    (lambda data: data[:-1] + bytes([data[-1] ^ 1]), edgeinfer.PackageError, "fails its sha256 check"),
+    (lambda data: b"PK\x03\x04" + data[4:], edgeinfer.PackageError, "not an edgeinfer search index"),
+    (lambda data: data[:8] + b"\xff\xff\xff\x7f" + data[12:], edgeinfer.PackageError, "header length"),
+    (lambda data: data.replace(b'"version": 1', b'"version": 9'), edgeinfer.PackageError, "version 9"),
+])
+def test_a_damaged_index_file_is_refused_in_one_line(embedding_package, corpus, tmp_path, damage, error, words):
+    path = tmp_path / "corpus.index"
+    edgeinfer.search_index(embedding_package, corpus[:10], precision="fp32").save(path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(error) as caught:
+        edgeinfer.open_index(path, embedding_package)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_index_is_refused_with_another_package(embedding_package, tiny_packages, corpus, tmp_path):
+    edgeinfer.search_index(embedding_package, corpus[:10], precision="fp32").save(tmp_path / "corpus.index")
+    with pytest.raises(InputError, match="built with another package"):
+        edgeinfer.open_index(tmp_path / "corpus.index", tiny_packages[("bert", "feature-extraction")])
+    with pytest.raises(InputError, match="does not exist"):
+        edgeinfer.open_index(tmp_path / "none.index", embedding_package)

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, PackageError
 from ...progress import progress_bar
 from .. import arguments
 from ..package import open_package
 from ..policy import Policy
 from ..tokenize import check_texts
+from .search_file import package_digest, read_index_file, write_index_file
 from .search_gate import MarginGate, choose_margin
 from .session import EdgeSession
 
@@ -64,6 +65,12 @@ class SearchIndex:
     def describe(self) -> dict:
         return {"texts": len(self.corpus), "precision": self.precision, "gate": self.gate.to_dict()}
 
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """One file holding the corpus embeddings and the gate (search_file.py), for open_index()
+        here or openIndex() in the TypeScript runtime, with the same package."""
+        write_index_file(arguments.path("path", path), self.corpus, self.gate, self.precision,
+                         package_digest(self.full.package.root))
+
 
 def search_index(package: str | os.PathLike[str], corpus: list[str], agreement: float = 0.99,
                  precision: str = "auto", sample: int = SAMPLE, threads: int | None = None) -> SearchIndex:
@@ -94,6 +101,25 @@ def search_index(package: str | os.PathLike[str], corpus: list[str], agreement: 
         return SearchIndex(full, None, embedded, MarginGate(agreement, np.inf, 0, 1.0, 0, 0.0))
     cheap = load(package, policy=Policy(agreement=None, precision=chosen), threads=threads)
     return SearchIndex(full, cheap, embedded, _calibrate(cheap, list(corpus), embedded, agreement, sample))
+
+
+def open_index(path: str | os.PathLike[str], package: str | os.PathLike[str], threads: int | None = None) -> SearchIndex:
+    """An index saved by SearchIndex.save(), searched with the package it was built with (refused
+    with one line for any other, or for a damaged file)."""
+    from ..load import load
+
+    root = arguments.path("package", package)
+    manifest = open_package(root).manifest
+    if manifest.model.task != "feature-extraction":
+        raise InputError(f"open_index needs a feature-extraction package; this one is for {manifest.model.task}")
+    dimension = manifest.model.embedding_dim or manifest.model.hidden_size
+    corpus, gate, precision = read_index_file(arguments.path("path", path), package_digest(root), dimension)
+    full = load(root, policy=Policy(agreement=None, precision="fp32"), threads=threads)
+    if precision == "fp32":
+        return SearchIndex(full, None, corpus, gate)
+    if precision not in [v.name for v in manifest.precision_variants]:
+        raise PackageError(f"{path} embeds queries with {precision!r}, which the package does not hold; rebuild the index")
+    return SearchIndex(full, load(root, policy=Policy(agreement=None, precision=precision), threads=threads), corpus, gate)
 
 
 def _embed_corpus(full: EdgeSession, texts: list[str]) -> np.ndarray:
