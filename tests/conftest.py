@@ -163,6 +163,17 @@ def quantized(tiny_packages, tiny_calibration, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def quantized_embedder(tiny_packages, tiny_calibration, tmp_path_factory) -> Path:
+    """The tiny BERT feature extractor with an int8 variant (what search indexes embed queries with)."""
+    from edgeinfer.quant.quantize import quantize_package
+
+    out = tmp_path_factory.mktemp("quant-embedder") / "e.edge"
+    texts = [line.split("\t")[0] for line in tiny_calibration.read_text().splitlines()[1:]][:200]
+    quantize_package(tiny_packages[("bert", "feature-extraction")], texts, "int8", output=out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def minilm_package(tmp_path_factory) -> Path:
     from edgeinfer.export.pipeline import export_model
 

@@ -66,3 +66,32 @@ def test_chromium_reproduces_the_vectors_and_the_demo_answers(js_runtime, tiny_p
     done = _node_test(js_runtime, "browser.test.mjs", {"EDGEINFER_VECTORS": os.pathsep.join(map(str, files))})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "# fail 0" in done.stdout and "in Chromium (WASM" in done.stdout
+
+
+def test_node_searches_an_index_the_python_runtime_saved(js_runtime, quantized_embedder, tiny_packages,
+                                                         tiny_calibration, tmp_path):
+    import json
+
+    import edgeinfer
+
+    texts = list(dict.fromkeys(line.split("\t")[0] for line in tiny_calibration.read_text().splitlines()[1:]))
+    cascade = edgeinfer.search_index(quantized_embedder, texts, agreement=0.97)
+    exact = edgeinfer.search_index(quantized_embedder, texts, precision="fp32")
+    cascade.save(tmp_path / "cascade.index")
+    exact.save(tmp_path / "exact.index")
+    queries = ["good film", "a slow dull plot", "the actors were great", "bad", "what a waste of time"] + texts[:15]
+
+    def hits(index):
+        return [{"query": q, "ids": list(h.ids), "scores": list(h.scores), "rescued": h.rescued}
+                for q in queries for h in [index.search(q, k=5)]]
+
+    gate = cascade.gate
+    cases = {"package": str(quantized_embedder), "other": str(tiny_packages[EMBEDDER]),
+             "cascade": str(tmp_path / "cascade.index"), "exact": str(tmp_path / "exact.index"),
+             "gate": {"agreement": gate.agreement, "margin": gate.margin, "sampled": gate.sampled,
+                      "rescuedShare": gate.rescued_share, "changed": gate.changed, "bound": gate.bound},
+             "cascade_hits": hits(cascade), "exact_hits": hits(exact)}
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    done = _node_test(js_runtime, "search.test.mjs", {"EDGEINFER_INDEX_CASES": str(tmp_path / "cases.json")})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "# fail 0" in done.stdout and "# pass 3" in done.stdout

@@ -74,12 +74,8 @@ def _texts(path, n):
 
 
 @pytest.fixture(scope="module")
-def embedding_package(tiny_packages, tiny_calibration, tmp_path_factory):
-    from edgeinfer.quant.quantize import quantize_package
-
-    out = tmp_path_factory.mktemp("search") / "e.edge"
-    quantize_package(tiny_packages[("bert", "feature-extraction")], _texts(tiny_calibration, 200), "int8", output=out)
-    return out
+def embedding_package(quantized_embedder):
+    return quantized_embedder
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ export { EdgeInferError, InputError, PackageError } from "./errors.js";
 export type { Policy, Budget } from "./policy.js";
 export type { Result, Trace } from "./session.js";
 export { EdgeSession } from "./session.js";
+export { openIndex, SearchIndex, type Gate, type Hits } from "./search.js";
 
 export interface LoadOptions {
   policy?: Policy;

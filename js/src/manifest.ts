@@ -24,6 +24,8 @@ export interface Manifest {
   task: "text-classification" | "feature-extraction" | string;
   numBlocks: number;
   hiddenSize: number;
+  /** Feature extraction: the embedding's width (the hidden size unless a head projects it). */
+  embeddingDim: number | null;
   labels: string[] | null;
   tokenizer: { path: string; maxLength: number; padId: number; specialIds: number[] };
   segments: Segment[];
@@ -57,6 +59,7 @@ export function parseManifest(text: string): Manifest {
     task,
     numBlocks: integer(model.num_blocks, "model.num_blocks", 1, 1024),
     hiddenSize: integer(model.hidden_size, "model.hidden_size", 1, 1 << 20),
+    embeddingDim: model.embedding_dim == null ? null : integer(model.embedding_dim, "model.embedding_dim", 1, 1 << 20),
     labels: model.labels == null ? null : array(model.labels, "model.labels").map((l, i) => string(l, `model.labels[${i}]`)),
     tokenizer: {
       path: string(tokenizer.path, "tokenizer.path"),
