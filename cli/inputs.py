@@ -25,10 +25,7 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     if args.text:
         return list(args.text)
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise InputError(f"{path} does not exist; pass a text file with one input per line")
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = _file_lines(args.file, "one input per line")
     else:
         lines = stdin_text().splitlines()
     texts = [line for line in lines if line.strip()]
@@ -42,15 +39,22 @@ def read_corpus(name: str) -> list[str]:
     from ..errors import InputError
 
     path = Path(name)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; pass a text file with one corpus text per line")
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    lines = [line for line in _file_lines(name, "one corpus text per line") if line.strip()]
     if path.suffix.lower() == ".tsv":
         lines = [line.split("\t")[0] for line in lines[1:]]
     texts = [line.strip() for line in lines if line.strip()]
     if len(texts) < 2:
         raise InputError(f"{path} holds {len(texts)} texts; a corpus needs at least 2, one per line")
     return texts
+
+
+def _file_lines(name: str, layout: str) -> list[str]:
+    from ..errors import InputError
+
+    path = Path(name)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; pass a text file with {layout}")
+    return path.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
 def keep_schedule(spec: str | None, flag: str = "--keep") -> tuple[tuple[int, float], ...]:

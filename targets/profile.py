@@ -105,9 +105,14 @@ class Profile:
         return {"format": PROFILE_FORMAT, **asdict(self)}
 
 
+def manifest_digest(package_root: Path) -> str:
+    """A package build's identity: the sha256 of its manifest, which lists every file's sha256."""
+    return hashlib.sha256((package_root / "manifest.json").read_bytes()).hexdigest()
+
+
 def package_id(package_root: Path) -> str:
-    """Profiles belong to one package build: the digest of its manifest (which lists every file's)."""
-    return hashlib.sha256((package_root / "manifest.json").read_bytes()).hexdigest()[:16]
+    """Profiles belong to one package build: its manifest digest, shortened for file names."""
+    return manifest_digest(package_root)[:16]
 
 
 def profile_dir() -> Path:

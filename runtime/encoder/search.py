@@ -16,11 +16,12 @@ import numpy as np
 
 from ...errors import InputError, PackageError
 from ...progress import progress_bar
+from ...targets.profile import manifest_digest
 from .. import arguments
 from ..package import open_package
 from ..policy import Policy
 from ..tokenize import check_texts
-from .search_file import package_digest, read_index_file, write_index_file
+from .search_file import read_index_file, write_index_file
 from .search_gate import MarginGate, choose_margin
 from .session import EdgeSession
 
@@ -51,7 +52,7 @@ class SearchIndex:
         return len(self.corpus)
 
     def search(self, query: str, k: int = 10) -> Hits:
-        check_texts([query])
+        check_texts([query])  # the query's fault is named before k's
         arguments.whole("k", k, 1, len(self.corpus))
         if self.cheap is not None and not np.isinf(self.gate.margin):
             embedding = _unit(self.cheap.run(query).embedding)
@@ -69,7 +70,7 @@ class SearchIndex:
         """One file holding the corpus embeddings and the gate (search_file.py), for open_index()
         here or openIndex() in the TypeScript runtime, with the same package."""
         write_index_file(arguments.path("path", path), self.corpus, self.gate, self.precision,
-                         package_digest(self.full.package.root))
+                         manifest_digest(self.full.package.root))
 
 
 def search_index(package: str | os.PathLike[str], corpus: list[str], agreement: float = 0.99,
@@ -113,7 +114,7 @@ def open_index(path: str | os.PathLike[str], package: str | os.PathLike[str], th
     if manifest.model.task != "feature-extraction":
         raise InputError(f"open_index needs a feature-extraction package; this one is for {manifest.model.task}")
     dimension = manifest.model.embedding_dim or manifest.model.hidden_size
-    corpus, gate, precision = read_index_file(arguments.path("path", path), package_digest(root), dimension)
+    corpus, gate, precision = read_index_file(arguments.path("path", path), manifest_digest(root), dimension)
     full = load(root, policy=Policy(agreement=None, precision="fp32"), threads=threads)
     if precision == "fp32":
         return SearchIndex(full, None, corpus, gate)

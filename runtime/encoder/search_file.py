@@ -30,10 +30,6 @@ VERSION = 1
 MAX_HEADER_BYTES = 1 << 16
 
 
-def package_digest(package_root: Path) -> str:
-    return hashlib.sha256((package_root / "manifest.json").read_bytes()).hexdigest()
-
-
 def write_index_file(path: Path, corpus: np.ndarray, gate: MarginGate, precision: str, package: str) -> None:
     """Written beside its destination and renamed into place: a reader never sees half a file."""
     rows = np.ascontiguousarray(corpus, dtype="<f4")

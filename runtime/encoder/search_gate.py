@@ -59,7 +59,7 @@ def choose_margin(margins: np.ndarray, changed: np.ndarray, agreement: float,
     n = len(margins)
     allowed = 1.0 - agreement
     order = np.argsort(-margins, kind="stable")
-    margin, kept_changed, bound = np.inf, 0, rate_upper_bound(0, n, confidence)
+    margin, kept_changed, bound = np.inf, 0, 0.0  # until a margin passes, every query runs at full precision
     changed_so_far = 0
     i = 0
     while i < n:
@@ -72,7 +72,5 @@ def choose_margin(margins: np.ndarray, changed: np.ndarray, agreement: float,
             break
         margin, kept_changed, bound = float(margins[order[i]]), changed_so_far, candidate
         i = j
-    if np.isinf(margin):
-        bound = 0.0  # every query runs at full precision: nothing can change
     accepted = int(np.sum(margins >= margin))
     return MarginGate(agreement, margin, n, 1.0 - accepted / n if n else 1.0, kept_changed, bound)
