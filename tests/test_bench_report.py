@@ -190,3 +190,14 @@ def test_decoder_pareto_front_keeps_the_rows_nothing_beats():
             {"config": "q4", "tokens_per_s_median": 150.0, "token_agreement": 0.70},
             {"config": "pytorch", "tokens_per_s_median": 15.0}]  # no agreement figure: left out
     assert pareto_front(rows, {"fp32", "speculative"}) == ["speculative", "q8", "q4"]
+
+
+def test_speculation_acceptance_needed_solves_the_round_cost():
+    from edgeinfer.bench.studies.speculation_costs import acceptance_needed, tokens_per_round
+
+    assert tokens_per_round(1.0, 4) == 5.0 and tokens_per_round(0.0, 4) == 1.0
+    assert tokens_per_round(0.5, 2) == 1.75  # 1 + 0.5 + 0.25
+    needed = acceptance_needed(2.0, 27.0, 4, 12.5)
+    assert needed is not None and abs((4 * 2.0 + 27.0) / tokens_per_round(needed, 4) - 12.5) < 1e-6
+    assert acceptance_needed(10.0, 27.0, 4, 12.5) is None  # (4 x 10 + 27) / 5 = 13.4 ms even if all are kept
+    assert acceptance_needed(1.0, 27.0, 4, 12.5) < needed  # a cheaper draft may be wrong more often
