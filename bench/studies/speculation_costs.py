@@ -10,7 +10,7 @@ and head (lowered, one token) and a check's blocks and head (fp32, the drafted t
 With `--gguf NAME=PATH` llama.cpp (the peers extra) decodes the same prompts, alternated prompt by
 prompt, and the target rate is `--target` times its rate. A round costs k draft steps and one check,
 and keeps (1 - a^(k+1)) / (1 - a) tokens when each draft is accepted with probability a; the last
-table solves that for the acceptance a draft of a given step cost would need to reach the target.
+table solves that for the per-draft acceptance rate a draft of a given step cost would need to reach the target.
 """
 
 from __future__ import annotations
