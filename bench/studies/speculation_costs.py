@@ -49,31 +49,43 @@ def acceptance_needed(step_ms: float, check_ms: float, drafts: int, target_ms: f
 
 
 class CallClock:
-    """Times a session's block and head calls by part; calls over more than `rows` tokens (the
-    prefill's) are left out."""
+    """Times a session's block and head calls by part, from the prefill's first-token choice on (a
+    head or screened-head call) until `restart()`, which each generation calls first. It replaces the
+    two methods on this study's session object only."""
 
-    def __init__(self, session, rows: int):
+    def __init__(self, session):
         self.ms: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
-        self.rows = rows
-        blocks, head = session.blocks, session.head
+        self.decoding = False
+        blocks, head, greedy = session.blocks, session.head, session.greedy_logits
 
         def timed_blocks(cache, hidden, positions, start, stop, precision="fp32", attention=False):
-            return self._time("blocks", precision, hidden.shape[1], blocks, cache, hidden, positions, start, stop,
-                              precision, attention)
+            return self._time("blocks", precision, blocks, cache, hidden, positions, start, stop, precision,
+                              attention)
 
         def timed_head(hidden, precision="fp32"):
-            return self._time("head", precision, hidden.shape[1], head, hidden, precision)
+            return self._time("head", precision, head, hidden, precision)
 
-        session.blocks, session.head = timed_blocks, timed_head  # this study's session only
+        def first_choice(*args):
+            out = greedy(*args)
+            self.decoding = True
+            return out
 
-    def _time(self, what: str, precision: str, rows: int, call, *args):
+        session.blocks, session.head, session.greedy_logits = timed_blocks, timed_head, first_choice
+
+    def restart(self) -> None:
+        self.decoding = False
+
+    def _time(self, what: str, precision: str, call, *args):
+        if not self.decoding:
+            out = call(*args)
+            self.decoding = what == "head"  # the prefill ends with the first token's head
+            return out
         started = time.perf_counter()
         out = call(*args)
-        if rows <= self.rows:
-            part = f"{'check' if precision == 'fp32' else 'draft'} {what}"
-            self.ms[part] += (time.perf_counter() - started) * 1000
-            self.calls[part] += 1
+        part = f"{'check' if precision == 'fp32' else 'draft'} {what}"
+        self.ms[part] += (time.perf_counter() - started) * 1000
+        self.calls[part] += 1
         return out
 
 
@@ -99,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         peer.generate(prompts[0], 4, session.facts.eos_ids)
     options = {"mode": "speculative", "draft_tokens": args.draft_tokens}
     session.generate(prompts[0], max_new_tokens=4, min_new_tokens=4, **options)  # every graph opens
-    clock = CallClock(session, args.draft_tokens + 1)
+    clock = CallClock(session)
     ours, theirs, decoding_ms = [], [], 0.0
     tokens = drafted = accepted = 0
     for ids in prompts:
         if peer is not None:
             theirs.append(_rate(*peer.generate(ids, args.new_tokens, session.facts.eos_ids))["tokens_per_s"])
+        clock.restart()
         result = session.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **options)
         trace = result.trace
         ours.append(_rate(list(result.token_ids), trace.first_token_ms, trace.total_ms)["tokens_per_s"])
