@@ -10,7 +10,7 @@ and head (lowered, one token) and a check's blocks and head (fp32, the drafted t
 With `--gguf NAME=PATH` llama.cpp (the peers extra) decodes the same prompts, alternated prompt by
 prompt, and the target rate is `--target` times its rate. A round costs k draft steps and one check,
 and keeps (1 - a^(k+1)) / (1 - a) tokens when each draft is accepted with probability a; the last
-table solves that for the per-draft acceptance rate a draft of a given step cost would need to reach the target.
+table solves that for the per-draft acceptance rate a draft of a given step cost would need.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,20 +54,21 @@ class CallClock:
     head or screened-head call) until `restart()`, which each generation calls first. It replaces the
     two methods on this study's session object only."""
 
-    def __init__(self, session):
+    def __init__(self, session: Any):  # a DecoderSession
         self.ms: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.decoding = False
         blocks, head, greedy = session.blocks, session.head, session.greedy_logits
 
-        def timed_blocks(cache, hidden, positions, start, stop, precision="fp32", attention=False):
+        def timed_blocks(cache: Any, hidden: np.ndarray, positions: np.ndarray, start: int, stop: int,
+                         precision: str = "fp32", attention: bool = False) -> tuple[np.ndarray, np.ndarray]:
             return self._time("blocks", precision, blocks, cache, hidden, positions, start, stop, precision,
                               attention)
 
-        def timed_head(hidden, precision="fp32"):
+        def timed_head(hidden: np.ndarray, precision: str = "fp32") -> np.ndarray:
             return self._time("head", precision, head, hidden, precision)
 
-        def first_choice(*args):
+        def first_choice(*args: Any) -> np.ndarray:
             out = greedy(*args)
             self.decoding = True
             return out
@@ -76,7 +78,7 @@ class CallClock:
     def restart(self) -> None:
         self.decoding = False
 
-    def _time(self, what: str, precision: str, call, *args):
+    def _time(self, what: str, precision: str, call: Callable[..., Any], *args: Any) -> Any:
         if not self.decoding:
             out = call(*args)
             self.decoding = what == "head"  # the prefill ends with the first token's head
@@ -100,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[3] / "shared"))
     parser.add_argument("--out", default="reports/speculation")
     args = parser.parse_args(argv)
+    if args.gguf is not None and "=" not in args.gguf:
+        parser.error(f"--gguf takes NAME=PATH (e.g. F16=smol-f16.gguf), not {args.gguf!r}")
     import edgeinfer
 
     session = edgeinfer.load(args.package)
+    if len(session.precisions()) < 2:  # an fp32 draft's calls would count as checks
+        parser.error("this study times a lowered variant's drafts: add one with `edgeinfer quantize PKG --quant q8`")
     prompts = [session.encode(p) for p in read_prompts(Path(args.shared), args.prompts)]
     peer_name, peer = None, None
     if args.gguf:
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 "accepted": accepted, "ms_per_token": ms_per_token, "tokens_per_s": float(np.median(ours)),
                 "parts": {p: {"calls": clock.calls[p], "ms_per_call": per_call[p], "ms_per_token": per_token[p]}
                           for p in PARTS},
-                "draft_step_ms": step_ms, "check_ms": check_ms, "checks_per_token": clock.calls["check blocks"] / tokens}
+                "draft_step_ms": step_ms, "check_ms": check_ms,
+                "checks_per_token": clock.calls["check blocks"] / tokens}
     lines = [f"speculative (draft_tokens={args.draft_tokens}): {ms_per_token:.2f} ms a decoded token, median "
              f"{document['tokens_per_s']:.1f} tokens/s over {len(prompts)} prompts; {accepted} of {drafted} drafts "
              f"accepted", "", "| part | calls | ms a call | ms a token |", "|---|---:|---:|---:|"]
@@ -148,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"llama.cpp {peer_name}: median {peer_rate:.1f} tokens/s; speculative at {ratio:.3f}x its rate "
                       f"(total decoding time). {args.target:g}x is {target_ms:.2f} ms a token.", "",
                   f"With a check of {check_ms:.1f} ms, the per-draft acceptance a draft needs for {target_ms:.2f} ms "
-                  f"a token:", "", "| draft step | cost | 2 drafts | 4 drafts | 6 drafts |", "|---|---:|---:|---:|---:|"]
+                  f"a token:", "", "| draft step | cost | 2 drafts | 4 drafts | 6 drafts |",
+                  "|---|---:|---:|---:|---:|"]
         needs = []
         for name, cost in (("this package's draft", step_ms), ("a fifth of it", step_ms / 5), ("free", 0.0)):
             cells = [acceptance_needed(cost, check_ms, k, target_ms) for k in (2, 4, 6)]
