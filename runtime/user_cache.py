@@ -55,13 +55,21 @@ def clear_cache(parts: list[str] | None = None) -> int:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file renamed into place: a reader, in this process or another,
-    sees the old contents or the new ones. Raises OSError (a read-only or full cache)."""
+    """write_bytes_atomically of the text as UTF-8."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write `chunks` one after another through a temporary file renamed into place: a reader, in
+    this process or another, sees the old contents or the new ones, never part of a file. Raises
+    OSError (a read-only or full disk); the temporary file never outlives a failure."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text, encoding="utf-8")
+        with open(temporary, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
         os.replace(temporary, path)
-    except OSError:
+    except BaseException:
         temporary.unlink(missing_ok=True)
         raise

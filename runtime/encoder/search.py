@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ...errors import InputError, PackageError
+from ...manifest import Manifest
 from ...progress import progress_bar
 from ...targets.profile import manifest_digest
 from .. import arguments
@@ -82,45 +84,50 @@ def search_index(package: str | os.PathLike[str], corpus: list[str], agreement: 
     on (each embedded both ways, one at a time, as queries are). The index refuses nothing for a
     small corpus: when the sample cannot certify the agreement, every query runs at full precision
     and index.gate says so (margin inf)."""
-    from ..load import load
-
     if not isinstance(corpus, (list, tuple)) or len(corpus) < 2:
         raise InputError("search_index needs a corpus of at least 2 texts (a list of strings)")
     check_texts(list(corpus))
     arguments.real("agreement", agreement, 0.5, 1.0)
     arguments.whole("sample", sample, 1, 1_000_000)
-    manifest = open_package(arguments.path("package", package)).manifest
-    if manifest.model.task != "feature-extraction":
-        raise InputError(f"search_index needs a feature-extraction package; this one is for {manifest.model.task}")
-    variants = [v.name for v in manifest.precision_variants]
+    root = arguments.path("package", package)
+    variants = [v.name for v in _embedding_manifest(root, "search_index").precision_variants]
     chosen = (variants[0] if variants else "fp32") if precision == "auto" else precision
     if chosen != "fp32" and chosen not in variants:
         raise InputError(f"precision {chosen!r} is not in this package; it has {', '.join(['fp32', *variants])}")
-    full = load(package, policy=Policy(agreement=None, precision="fp32"), threads=threads)
+    full, cheap = _sessions(root, chosen, threads)
     embedded = _embed_corpus(full, list(corpus))
-    if chosen == "fp32":
+    if cheap is None:
         return SearchIndex(full, None, embedded, MarginGate(agreement, np.inf, 0, 1.0, 0, 0.0))
-    cheap = load(package, policy=Policy(agreement=None, precision=chosen), threads=threads)
     return SearchIndex(full, cheap, embedded, _calibrate(cheap, list(corpus), embedded, agreement, sample))
 
 
 def open_index(path: str | os.PathLike[str], package: str | os.PathLike[str], threads: int | None = None) -> SearchIndex:
     """An index saved by SearchIndex.save(), searched with the package it was built with (refused
     with one line for any other, or for a damaged file)."""
-    from ..load import load
-
     root = arguments.path("package", package)
-    manifest = open_package(root).manifest
-    if manifest.model.task != "feature-extraction":
-        raise InputError(f"open_index needs a feature-extraction package; this one is for {manifest.model.task}")
+    manifest = _embedding_manifest(root, "open_index")
     dimension = manifest.model.embedding_dim or manifest.model.hidden_size
     corpus, gate, precision = read_index_file(arguments.path("path", path), manifest_digest(root), dimension)
+    if precision != "fp32" and precision not in [v.name for v in manifest.precision_variants]:
+        raise PackageError(f"{path} embeds queries with {precision!r}, which the package does not hold; rebuild the index")
+    return SearchIndex(*_sessions(root, precision, threads), corpus, gate)
+
+
+def _embedding_manifest(root: Path, caller: str) -> Manifest:
+    manifest = open_package(root).manifest
+    if manifest.model.task != "feature-extraction":
+        raise InputError(f"{caller} needs a feature-extraction package; this one is for {manifest.model.task}")
+    return manifest
+
+
+def _sessions(root: Path, precision: str, threads: int | None) -> tuple[EdgeSession, EdgeSession | None]:
+    """The full model, and the session at `precision` that embeds queries first (None for fp32)."""
+    from ..load import load
+
     full = load(root, policy=Policy(agreement=None, precision="fp32"), threads=threads)
     if precision == "fp32":
-        return SearchIndex(full, None, corpus, gate)
-    if precision not in [v.name for v in manifest.precision_variants]:
-        raise PackageError(f"{path} embeds queries with {precision!r}, which the package does not hold; rebuild the index")
-    return SearchIndex(full, load(root, policy=Policy(agreement=None, precision=precision), threads=threads), corpus, gate)
+        return full, None
+    return full, load(root, policy=Policy(agreement=None, precision=precision), threads=threads)
 
 
 def _embed_corpus(full: EdgeSession, texts: list[str]) -> np.ndarray:

@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import InputError, PackageError
+from ..user_cache import write_bytes_atomically
 from .search_gate import MarginGate
 
 MAGIC = b"EDGEIDX1"
@@ -31,24 +30,15 @@ MAX_HEADER_BYTES = 1 << 16
 
 
 def write_index_file(path: Path, corpus: np.ndarray, gate: MarginGate, precision: str, package: str) -> None:
-    """Written beside its destination and renamed into place: a reader never sees half a file."""
+    """Written beside its destination and renamed into place (user_cache.write_bytes_atomically)."""
     rows = np.ascontiguousarray(corpus, dtype="<f4")
     header = json.dumps({"format": FORMAT, "version": VERSION, "package_manifest_sha256": package,
                          "precision": precision, "texts": int(rows.shape[0]), "dimension": int(rows.shape[1]),
                          "gate": {**asdict(gate), "margin": None if math.isinf(gate.margin) else gate.margin},
-                         "embeddings_sha256": hashlib.sha256(rows.tobytes()).hexdigest()},
+                         "embeddings_sha256": hashlib.sha256(rows.data).hexdigest()},
                         sort_keys=True).encode("utf-8")
     padding = b"\0" * (-(len(MAGIC) + 4 + len(header)) % 4)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(MAGIC + struct.pack("<I", len(header)) + header + padding)
-            out.write(rows.tobytes())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_bytes_atomically(path, MAGIC + struct.pack("<I", len(header)) + header + padding, rows.data)
 
 
 def read_index_file(path: Path, package: str, dimension: int) -> tuple[np.ndarray, MarginGate, str]:
